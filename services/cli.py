@@ -1,0 +1,163 @@
+"""The `omnistock` command: a thin shell over the same use cases the HTTP routes call."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services import registry, runtime
+from shared.auth import ROLES, create_api_key
+from shared.db import create_pool
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+T = TypeVar("T")
+console = Console(stderr=True)
+DEMO_STORES, DEMO_SKUS = 25, 500
+
+
+def _run(coro_fn: Callable[[Settings], Awaitable[T]]) -> T:
+    """Resolve the database (embedded when DATABASE_URL is unset), migrate, and run `coro_fn`."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    with runtime.database(settings) as ready:
+
+        async def main() -> T:
+            await runtime.migrate(ready)
+            return await coro_fn(ready)
+
+        return _asyncio_run(main())
+
+
+def _asyncio_run(coro: Awaitable[T]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@click.group()
+def main() -> None:
+    """omnistock: one truth about stock and sales across stores, online shop and warehouses."""
+
+
+@main.command()
+@click.option("--demo", is_flag=True, help="Seed demo data and print one API key per role.")
+def up(demo: bool) -> None:
+    """Run every service until SIGINT/SIGTERM."""
+
+    async def go(settings: Settings) -> None:
+        ready = asyncio.Event()
+        server = asyncio.create_task(runtime.serve(settings, registry.service_names(), ready))
+        await ready.wait()
+        if demo:
+            await _demo(settings)
+        for name in registry.service_names():
+            click.echo(f"{name:<10} {settings.base_url(name)}")
+        click.echo("omnistock is up; Ctrl-C stops it.")
+        await server
+
+    _run(go)
+
+
+async def _demo(settings: Settings) -> None:
+    from services.inventory import repository as inventory_repo
+    from services.inventory import use_cases as inventory
+
+    pool = await create_pool(settings.database_url or "", min_size=1, max_size=2)
+    try:
+        if not await inventory_repo.list_locations(pool):
+            await inventory.seed(pool, DEMO_STORES, DEMO_SKUS)
+        first_store = (await inventory_repo.list_locations(pool))[0]["id"]
+        async with pool.acquire() as conn:
+            for role in ROLES:
+                location = first_store if role == "store" else None
+                key = await create_api_key(conn, role, location, label="demo")
+                where = f" ({location})" if location else ""
+                click.echo(f"{role + where:<24} {key}")
+    finally:
+        await pool.close()
+
+
+@main.command()
+@click.argument("name", type=click.Choice(registry.service_names()))
+def serve(name: str) -> None:
+    """Run one service (what each docker-compose container runs)."""
+    _run(lambda settings: runtime.serve(settings, [name]))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending migrations of every service."""
+
+    async def go(settings: Settings) -> None:
+        return None
+
+    _run(go)
+    click.echo("migrations applied")
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--location", "location_id", default=None, help="The location a store key is bound to.")
+@click.option("--label", default=None)
+def keys_create(role: str, location_id: str | None, label: str | None) -> None:
+    """Create an API key; the key is the last word printed."""
+    if (role == "store") != (location_id is not None):
+        raise click.UsageError("--location is required for --role store, and only for it")
+
+    async def go(settings: Settings) -> str:
+        pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                if location_id is not None and not await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM inventory.locations WHERE id = $1)", location_id
+                ):
+                    raise click.UsageError(f"unknown location '{location_id}'")
+                return await create_api_key(conn, role, location_id, label)
+        finally:
+            await pool.close()
+
+    key = _run(go)
+    click.echo(f"created {role} key{f' for {location_id}' if location_id else ''}: {key}")
+
+
+@main.command()
+@click.option("--stores", default=DEMO_STORES, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--skus", default=DEMO_SKUS, show_default=True, type=click.IntRange(1, 10_000_000))
+@click.option("--density", default=1.0, show_default=True, type=click.FloatRange(0.001, 1.0),
+              help="Share of SKUs each location stocks.")
+def seed(stores: int, skus: int, density: float) -> None:
+    """Seed demo locations, SKUs and stock."""
+    from services.inventory import use_cases as inventory
+
+    async def go(settings: Settings) -> tuple[int, int, int]:
+        pool = await create_pool(settings.database_url or "", min_size=1, max_size=2, command_timeout=3600)
+        columns = (TextColumn("seeding stock"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        try:
+            with Progress(*columns, console=console) as progress:
+                task = progress.add_task("locations", total=stores + max(1, stores // 100))
+                return await inventory.seed(pool, stores, skus, per_mille=round(density * 1000),
+                                            on_location=lambda n: progress.advance(task, n))
+        finally:
+            await pool.close()
+
+    locations, catalog, levels = _run(go)
+    click.echo(f"seeded {locations} locations, {catalog} SKUs, {levels} stock levels")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Store inventory: locations, SKUs, stock levels, movements, nearby-stock search, stock events."""

@@ -1,0 +1,137 @@
+"""Fan the outbox out to many live readers (SSE clients) with one database reader per process.
+
+The hub LISTENs for the outbox trigger's NOTIFY and also polls, because a NOTIFY can be lost (the
+listening connection drops) and an event can become readable later than its NOTIFY (it waits until
+older transactions finish, see 0001_core.sql). It keeps a bounded window of recent events in memory;
+each reader walks that window at its own pace. A reader that falls out of the window (slow, or resuming
+from long ago) catches up from the database, so a slow reader never blocks the hub or other readers
+and memory never grows with the number of readers or their lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+
+from shared.db import Pool
+from shared.logging import get_logger
+from shared.outbox import Event, Position, head_position, read_after
+
+log = get_logger("omnistock.events")
+
+CHANNEL = "omnistock_events"
+
+
+class EventHub:
+    def __init__(self, pool: Pool, dsn: str, *, window: int = 20_000, poll_interval_s: float = 0.25) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._window = window
+        self._poll_interval_s = poll_interval_s
+        self._events: list[Event] = []
+        self._positions: list[Position] = []
+        self._floor: Position = (0, 0)  # everything at or before the floor has left the window
+        self._head: Position = (0, 0)
+        self._changed = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    @property
+    def head(self) -> Position:
+        return self._head
+
+    @property
+    def pool(self) -> Pool:
+        return self._pool
+
+    async def start(self) -> None:
+        self._head = self._floor = await head_position(self._pool)
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_listener()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._ensure_listener()
+                await self._read_new()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("event hub read failed; retrying", error=str(exc))
+                await self._close_listener()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
+            self._wakeup.clear()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = await asyncpg.connect(self._dsn, server_settings={"application_name": "omnistock-hub"})
+        await self._listener.add_listener(CHANNEL, lambda *_: self._wakeup.set())
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+
+    async def _read_new(self) -> None:
+        while True:
+            batch = await read_after(self._pool, self._head, limit=1000)
+            if not batch:
+                return
+            self._append(batch)
+            if len(batch) < 1000:
+                return
+
+    def _append(self, batch: list[Event]) -> None:
+        self._events.extend(batch)
+        self._positions.extend(e.position for e in batch)
+        self._head = batch[-1].position
+        if len(self._events) > 2 * self._window:
+            cut = len(self._events) - self._window
+            self._floor = self._positions[cut - 1]
+            del self._events[:cut]
+            del self._positions[:cut]
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _window_after(self, position: Position, limit: int) -> list[Event] | None:
+        """Events after `position` from memory, or None when memory no longer covers `position`."""
+        if position < self._floor:
+            return None
+        start = bisect.bisect_right(self._positions, position)
+        return self._events[start:start + limit]
+
+    async def follow(self, start: Position, families: list[str] | None = None,
+                     heartbeat_s: float = 15.0) -> AsyncIterator[Event | None]:
+        """Every event after `start`, in order, forever; yields None as a heartbeat when idle."""
+        position = start
+        while True:
+            changed = self._changed
+            batch = self._window_after(position, 500)
+            if batch is None:
+                batch = await read_after(self._pool, position, limit=500)
+            if not batch:
+                try:
+                    await asyncio.wait_for(changed.wait(), heartbeat_s)
+                except TimeoutError:
+                    yield None
+                continue
+            for event in batch:
+                position = event.position
+                if families is None or event.topic.split(".", 1)[0] in families:
+                    yield event
+
+
+def sse_frame(event: Event, render: Callable[[Event], bytes]) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.topic.encode(), render(event))

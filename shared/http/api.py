@@ -1,0 +1,241 @@
+"""Routes declared with their pydantic models, so validation and /openapi.json come from one place.
+
+    api = Api("inventory")
+
+    @api.put("/v1/skus/{sku}", body=SkuIn, response=SkuOut, roles=("admin", "ops"))
+    async def put_sku(call: Call[SkuIn, None]) -> SkuOut: ...
+
+The wrapper authenticates, checks the role, parses the body and query (bad input becomes a 4xx
+problem before the handler runs) and renders the handler's result as JSON.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, Union
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from shared.auth import Principal
+from shared.db import Connection, Pool, transaction
+from shared.errors import (
+    MalformedJson,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from shared.http.keys import KEY_CACHE, POOL, SETTINGS
+from shared.idempotency import check_key, request_hash, run_once
+from shared.settings import Settings
+
+B = TypeVar("B")
+Q = TypeVar("Q")
+Handler = Callable[["Call[Any, Any]"], Awaitable[Any]]
+
+
+@dataclass
+class Reply:
+    """A JSON reply with a status other than the route's default, or extra headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    name: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    roles: tuple[str, ...] | None = None  # None: any authenticated key
+    public: bool = False  # no key needed (health, metrics, openapi)
+    idempotent: bool = False  # requires Idempotency-Key
+    summary: str = ""
+    raw_body_types: tuple[str, ...] = ()  # non-JSON bodies the handler parses itself (e.g. text/csv)
+    produces: str = "application/json"
+    extra_responses: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Call(Generic[B, Q]):
+    """What a handler gets: the parsed request and the app's resources."""
+
+    request: web.Request
+    route: Route
+    principal: Principal
+    body: B
+    query: Q
+    raw_body: bytes
+
+    @property
+    def pool(self) -> Pool:
+        return self.request.app[POOL]
+
+    @property
+    def settings(self) -> Settings:
+        return self.request.app[SETTINGS]
+
+    def path(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    async def once(self, work: Callable[[Connection], Awaitable[tuple[int, Any]]]) -> Reply:
+        """Run `work` in one transaction, at most once per Idempotency-Key (see shared.idempotency)."""
+        key = check_key(self.request.headers.get("Idempotency-Key"))
+        scope = f"{self.route.name}|{self.principal.subject}"
+        fingerprint = request_hash(_canonical(self.body) if self.body is not None else self.raw_body)
+        async with transaction(self.pool) as conn:
+
+            async def rendered() -> tuple[int, Any]:
+                status, result = await work(conn)
+                return status, to_jsonable(result)
+
+            stored = await run_once(conn, scope, key, fingerprint, rendered)
+        headers = {"Idempotent-Replayed": "true"} if stored.replayed else {}
+        return Reply(stored.status, stored.body, headers)
+
+
+def _canonical(body: Any) -> bytes:
+    data = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+
+def to_jsonable(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    if isinstance(result, list):
+        return [to_jsonable(item) for item in result]
+    return result
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(to_jsonable(body)), status=status, content_type="application/json", headers=headers
+    )
+
+
+def validation_errors(exc: ValidationError, prefix: str = "") -> ValidationFailed:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err["loc"] if part != "__root__")
+        errors.append({"field": f"{prefix}{loc}" if loc else prefix.rstrip(".") or "body", "problem": err["msg"]})
+    return ValidationFailed(errors)
+
+
+def _is_list_field(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (list, tuple, set):
+        return True
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_list_field(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key not in request.query:
+            continue
+        raw[key] = request.query.getall(key) if _is_list_field(info.annotation) else request.query[key]
+    unknown = set(request.query) - {info.alias or n for n, info in model.model_fields.items()}
+    if unknown and model.model_config.get("extra") == "forbid":
+        raise ValidationFailed([{"field": k, "problem": "unknown query parameter"} for k in sorted(unknown)])
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_errors(exc) from None
+
+
+async def read_body(request: web.Request, route: Route) -> tuple[bytes, Any]:
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body over {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"body over {limit} bytes")
+    if route.body is None:
+        return raw, None
+    ctype = request.content_type
+    if ctype in route.raw_body_types:
+        return raw, None
+    if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
+        accepted = ", ".join(("application/json", *route.raw_body_types))
+        raise UnsupportedMediaType(f"send {accepted}, not {ctype}")
+    if not raw.strip():
+        raise ValidationFailed([{"field": "body", "problem": "a JSON body is required"}])
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"body is not valid JSON: {exc}") from None
+    try:
+        return raw, route.body.model_validate(data)
+    except ValidationError as exc:
+        raise validation_errors(exc) from None
+
+
+MAX_PATH_PARAM = 200
+
+
+class Api:
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.routes: list[Route] = []
+
+    def route(self, method: str, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            name = options.pop("name", handler.__name__)
+            summary = options.pop("summary", (handler.__doc__ or "").strip().split("\n")[0])
+            self.routes.append(Route(method, path, handler, name=name, summary=summary, **options))
+            return handler
+
+        return register
+
+    def get(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **options)
+
+    def mount(self, app: web.Application) -> None:
+        for route in self.routes:
+            app.router.add_route(route.method, route.path, _endpoint(route), name=route.name)
+
+
+def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        for name, value in request.match_info.items():
+            if len(value) > MAX_PATH_PARAM or not value.isprintable():
+                raise ValidationFailed([{"field": name, "problem": f"at most {MAX_PATH_PARAM} printable characters"}])
+        principal = (
+            Principal(0, "anonymous")
+            if route.public
+            else await request.app[KEY_CACHE].authenticate(request.headers.get("Authorization"))
+        )
+        request["principal"] = principal
+        if route.roles is not None and not route.public:
+            principal.require_role(*route.roles)
+        query = parse_query(request, route.query) if route.query else None
+        raw, body = await read_body(request, route) if request.can_read_body or route.body else (b"", None)
+        result = await route.handler(Call(request, route, principal, body, query, raw))
+        if isinstance(result, web.StreamResponse):
+            return result
+        if isinstance(result, Reply):
+            return json_response(result.body, result.status, result.headers)
+        return json_response(result, route.status)
+
+    return endpoint

@@ -1,0 +1,103 @@
+"""The one app factory: every service is `create_service_app(...)` plus its routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import prometheus_client
+from aiohttp import web
+
+from shared.auth import KeyCache, ensure_bootstrap_admin
+from shared.db import create_pool
+from shared.errors import ServiceUnavailable
+from shared.event_stream import EventHub
+from shared.http.api import Api, Call
+from shared.http.keys import HUB, KEY_CACHE, POOL, SERVICE, SETTINGS
+from shared.http.middleware import observe
+from shared.http.openapi import build_openapi
+from shared.migrations import CORE_MIGRATIONS, MigrationSet, apply_migrations
+from shared.settings import Settings
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
+def add_system_routes(api: Api) -> None:
+    """/healthz, /readyz, /metrics, /openapi.json: open to everyone, on every service."""
+    if any(route.path == "/healthz" for route in api.routes):
+        return
+
+    @api.get("/healthz", public=True, name="healthz")
+    async def healthz(call: Call[None, None]) -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok", "service": call.request.app[SERVICE]}
+
+    @api.get("/readyz", public=True, name="readyz", extra_responses={503: "database unreachable"})
+    async def readyz(call: Call[None, None]) -> dict[str, str]:
+        """The database answers."""
+        try:
+            async with asyncio.timeout(2):
+                await call.pool.fetchval("SELECT 1")
+        except Exception as exc:  # any failure to answer means "not ready", whatever its kind
+            raise ServiceUnavailable(f"database not reachable: {type(exc).__name__}") from None
+        return {"status": "ready", "service": call.request.app[SERVICE]}
+
+    @api.get("/metrics", public=True, name="metrics", produces="text/plain")
+    async def metrics(call: Call[None, None]) -> web.Response:
+        """Prometheus metrics."""
+        return web.Response(body=prometheus_client.generate_latest(), content_type="text/plain")
+
+    @api.get("/openapi.json", public=True, name="openapi")
+    async def openapi(call: Call[None, None]) -> dict[str, Any]:
+        """This service's OpenAPI document."""
+        return build_openapi(api)
+
+
+def create_service_app(
+    service: str,
+    settings: Settings,
+    api: Api,
+    *,
+    migrations: list[MigrationSet],
+    event_hub: bool = False,
+    contexts: list[CleanupContext] | None = None,
+) -> web.Application:
+    """Wire a service: settings, pool, migrations, auth, optional event hub, then `contexts`."""
+    if not settings.database_url:
+        raise ValueError("settings.database_url must be set (the CLI starts the embedded database)")
+    add_system_routes(api)
+    app = web.Application(middlewares=[observe], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[SERVICE] = service
+    api.mount(app)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(
+            settings.database_url or "",
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            command_timeout=settings.db_command_timeout_s,
+            application_name=f"omnistock-{service}",
+        )
+        async with pool.acquire() as conn:
+            await apply_migrations(conn, [CORE_MIGRATIONS, *migrations])
+            if settings.bootstrap_admin_key is not None:
+                await ensure_bootstrap_admin(conn, settings.bootstrap_admin_key.get_secret_value())
+        app[POOL] = pool
+        app[KEY_CACHE] = KeyCache(pool, settings.auth_cache_ttl_s)
+        yield
+        await pool.close()
+
+    async def hub(app: web.Application) -> AsyncIterator[None]:
+        event_hub_ = EventHub(app[POOL], settings.database_url or "", poll_interval_s=settings.event_poll_interval_s)
+        await event_hub_.start()
+        app[HUB] = event_hub_
+        yield
+        await event_hub_.stop()
+
+    app.cleanup_ctx.append(database)
+    if event_hub:
+        app.cleanup_ctx.append(hub)
+    app.cleanup_ctx.extend(contexts or [])
+    return app

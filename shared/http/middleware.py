@@ -1,0 +1,110 @@
+"""Request id + one log line per request + metrics, and the one place errors become problem+json."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import orjson
+import structlog
+from aiohttp import web
+
+from shared.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+    ServiceUnavailable,
+)
+from shared.http.keys import SERVICE
+from shared.http.metrics import LATENCY, REQUESTS
+from shared.logging import get_logger
+
+log = get_logger("omnistock.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Failures of the database itself (down, restarting, overloaded) are the server's trouble, not the
+# client's: 503 so that clients retry, never a 500 that looks like a bug.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+)
+
+
+def problem_response(problem: Problem, instance: str | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(problem.to_dict(instance)),
+        status=problem.status,
+        content_type="application/problem+json",
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> Problem:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such resource")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"allowed: {', '.join(sorted(exc.allowed_methods))}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(exc.text or "body too large")
+    problem = Problem(exc.reason)
+    problem.status, problem.code, problem.title = exc.status, "http-error", exc.reason
+    return problem
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await _render_errors(request, handler)
+        status = response.status
+        response.headers["X-Request-ID"] = request_id
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        service = request.app[SERVICE]
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        REQUESTS.labels(service, request.method, route, str(status)).inc()
+        LATENCY.labels(service, request.method, route).observe(elapsed)
+        principal = request.get("principal")
+        log.info(
+            "request",
+            service=service,
+            method=request.method,
+            path=request.path,
+            status=status,
+            latency_ms=round(elapsed * 1000, 2),
+            principal=principal.subject if principal else None,
+        )
+
+
+async def _render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem, request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(_from_http_exception(exc), request.path)
+    except UNAVAILABLE as exc:
+        log.warning("database unavailable", error=repr(exc))
+        return problem_response(ServiceUnavailable("the database is unavailable; retry shortly"), request.path)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error")
+        return problem_response(Problem("unexpected server error; it has been logged"), request.path)

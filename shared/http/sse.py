@@ -1,0 +1,61 @@
+"""Server-Sent Events over the event hub: resumable from Last-Event-ID, with heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+from shared.errors import ValidationFailed
+from shared.event_stream import sse_frame
+from shared.http.keys import HUB, SETTINGS
+from shared.outbox import Event, Position, position_of
+
+WRITE_TIMEOUT_S = 30.0  # a client that accepts nothing for this long is gone; drop it
+
+
+async def resume_position(request: web.Request) -> Position:
+    """Where a stream starts: after Last-Event-ID (header, or `last_event_id` query for curl), else now."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    hub = request.app[HUB]
+    if raw is None or raw == "":
+        return hub.head
+    if not raw.isdigit() or len(raw) > 19:
+        raise ValidationFailed([{"field": "Last-Event-ID", "problem": "must be an event id (a positive integer)"}])
+    if int(raw) == 0:
+        return (0, 0)
+    position = await position_of(hub.pool, int(raw))
+    if position is None:
+        raise ValidationFailed([{"field": "Last-Event-ID", "problem": f"no event with id {raw}"}])
+    return position
+
+
+async def stream_events(
+    request: web.Request,
+    *,
+    families: list[str],
+    keep: Callable[[Event], bool],
+    render: Callable[[Event], bytes],
+) -> web.StreamResponse:
+    start = await resume_position(request)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    heartbeat_s = request.app[SETTINGS].sse_heartbeat_s
+    try:
+        await response.write(b"retry: 2000\n\n")
+        async for event in request.app[HUB].follow(start, families, heartbeat_s):
+            if event is None:
+                frame = b": keepalive\n\n"
+            elif keep(event):
+                frame = sse_frame(event, render)
+            else:
+                continue
+            await asyncio.wait_for(response.write(frame), WRITE_TIMEOUT_S)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return response

@@ -1,0 +1,55 @@
+"""The one settings object, read once at start-up from OMNISTOCK_* variables and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["inventory", "orders", "ecommerce", "finance", "ledger"]
+
+DEFAULT_PORTS: dict[str, int] = {
+    "inventory": 8081,
+    "orders": 8082,
+    "ecommerce": 8083,
+    "finance": 8084,
+    "ledger": 8085,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNISTOCK_", extra="ignore")
+
+    # DATABASE_URL is the conventional name operators already set; OMNISTOCK_DATABASE_URL wins if both are.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OMNISTOCK_DATABASE_URL", "DATABASE_URL")
+    )
+    data_dir: Path = Path(".omnistock")
+    host: str = "127.0.0.1"
+    embedded_pg_port: int = 54329
+
+    inventory_port: int = DEFAULT_PORTS["inventory"]
+    orders_port: int = DEFAULT_PORTS["orders"]
+    ecommerce_port: int = DEFAULT_PORTS["ecommerce"]
+    finance_port: int = DEFAULT_PORTS["finance"]
+    ledger_port: int = DEFAULT_PORTS["ledger"]
+
+    bootstrap_admin_key: SecretStr | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=20, ge=1)
+    db_command_timeout_s: float = Field(default=10.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    auth_cache_ttl_s: float = Field(default=30.0, ge=0)
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    event_poll_interval_s: float = Field(default=0.25, gt=0)
+
+    def port_for(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def base_url(self, service: str) -> str:
+        return f"http://{self.host}:{self.port_for(service)}"
