@@ -1,0 +1,362 @@
+"""Fabric-MSP-like identities: one CA per organisation, member certificates, rotation, revocation.
+
+On disk (under OMNISTOCK_DATA_DIR), one folder per organisation:
+
+    ledger/msp/<org>/ca.pem, ca.key          the org's self-signed CA (ECDSA P-256)
+    ledger/msp/<org>/member.pem, member.key  the current signing member (O=<org>, OU=<role>)
+    ledger/msp/<org>/member-<serial>.pem     members retired by rotation, kept to verify old entries
+    ledger/msp/<org>/revoked.json            {"org": "<org>", "serials": ["<hex serial>", ...]}
+
+Organisations: ops, finance and audit sign entries; `ledger` is the log's own identity and signs
+checkpoints. Private keys are created with mode 0600 from the first byte (os.open with O_EXCL), never
+chmod-ed afterwards, so no other user can read one even briefly.
+
+A TrustStore is what a verifier trusts: CA certificates (self-signed, CA=true) found in a directory of
+PEM files, plus any member certificates and revoked.json files there. The msp folder above is itself a
+valid trust directory (keys are ignored); an auditor usually gets only the .pem files.
+"""
+
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ORGS = ("ops", "finance", "audit", "ledger")
+# Fabric calls entry submitters "client" and the ordering service "orderer"; the ledger identity
+# plays the orderer's part (it orders entries and signs checkpoints).
+MEMBER_ROLES: Mapping[str, str] = {"ops": "client", "finance": "client", "audit": "client", "ledger": "orderer"}
+CA_VALIDITY = timedelta(days=3650)
+MEMBER_VALIDITY = timedelta(days=365)
+MEMBER = "member"
+
+
+class UntrustedCertificate(ValueError):
+    """A certificate that must not be accepted as a signer; the message says why."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    org: str
+    role: str
+    cert: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def cert_pem(self) -> str:
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def msp_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "ledger" / "msp"
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def cert_org(cert: x509.Certificate) -> str:
+    values = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if len(values) != 1 or not isinstance(values[0].value, str):
+        raise UntrustedCertificate("certificate subject must name exactly one organisation (O=)")
+    return values[0].value
+
+
+# --- certificate issuance ---------------------------------------------------------------------
+
+
+def new_private_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_ca_cert(org: str, key: ec.EllipticCurvePrivateKey, now: datetime) -> x509.Certificate:
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, f"ca.{org}")]
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(signing=False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def issue_member_cert(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey,
+    org: str,
+    role: str,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{MEMBER}@{org}"),
+        ]
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(signing=True), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _key_usage(signing: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=signing,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=not signing,
+        crl_sign=not signing,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _write_file(path: Path, data: bytes, mode: int, replace: bool) -> bool:
+    """Write atomically: readers see the old file or the whole new one, never a part.
+
+    With replace=False an existing file wins (returns False), which makes init idempotent and
+    safe when two processes run it at once: os.link refuses to overwrite.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _key_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_bytes(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} is not an EC private key")
+    return key
+
+
+def _ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    if not path.exists():
+        _write_file(path, _key_bytes(new_private_key()), 0o600, replace=False)
+    return _load_key(path)  # read back: if another process won the race, its key is the one
+
+
+def init_identities(data_dir: Path, orgs: Iterable[str] = ORGS, now: datetime | None = None) -> None:
+    """Create every org's CA and current member; existing keys and certificates are kept as they are."""
+    now = now or datetime.now(UTC)
+    for org in orgs:
+        folder = msp_dir(data_dir) / org
+        folder.mkdir(parents=True, exist_ok=True)
+        ca_key = _ensure_key(folder / "ca.key")
+        if not (folder / "ca.pem").exists():
+            _write_file(folder / "ca.pem", _cert_bytes(make_ca_cert(org, ca_key, now)), 0o644, replace=False)
+        member_key = _ensure_key(folder / f"{MEMBER}.key")
+        if not (folder / f"{MEMBER}.pem").exists():
+            ca_cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+            cert = issue_member_cert(
+                ca_cert, ca_key, member_key.public_key(), org, MEMBER_ROLES[org], now, now + MEMBER_VALIDITY
+            )
+            _write_file(folder / f"{MEMBER}.pem", _cert_bytes(cert), 0o644, replace=False)
+
+
+def load_identity(data_dir: Path, org: str) -> Identity:
+    """The org's current signing member."""
+    folder = msp_dir(data_dir) / org
+    cert = x509.load_pem_x509_certificate((folder / f"{MEMBER}.pem").read_bytes())
+    key = _load_key(folder / f"{MEMBER}.key")
+    if cert.public_key() != key.public_key():
+        raise ValueError(f"{folder}: {MEMBER}.key does not match {MEMBER}.pem (interrupted rotation?)")
+    return Identity(org, MEMBER_ROLES[org], cert, key)
+
+
+def rotate_member(data_dir: Path, org: str, now: datetime | None = None) -> Identity:
+    """Issue a new member key and certificate; the old certificate stays on disk, its key does not."""
+    now = now or datetime.now(UTC)
+    folder = msp_dir(data_dir) / org
+    ca_cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+    ca_key = _load_key(folder / "ca.key")
+    old_cert = x509.load_pem_x509_certificate((folder / f"{MEMBER}.pem").read_bytes())
+    key = new_private_key()
+    cert = issue_member_cert(ca_cert, ca_key, key.public_key(), org, MEMBER_ROLES[org], now, now + MEMBER_VALIDITY)
+    # Archive first: whatever happens next, the old certificate is never lost.
+    _write_file(folder / f"{MEMBER}-{old_cert.serial_number:x}.pem", _cert_bytes(old_cert), 0o644, replace=True)
+    # Key before certificate: a crash in between leaves a key without its cert, which load_identity
+    # refuses loudly (mismatch check below) rather than silently signing with the retired key.
+    _write_file(folder / f"{MEMBER}.key", _key_bytes(key), 0o600, replace=True)
+    _write_file(folder / f"{MEMBER}.pem", _cert_bytes(cert), 0o644, replace=True)
+    return Identity(org, MEMBER_ROLES[org], cert, key)
+
+
+def revoke(data_dir: Path, org: str, serial: int) -> None:
+    """Add a member serial to the org's revoked list; entries it signed stop verifying."""
+    path = msp_dir(data_dir) / org / "revoked.json"
+    serials = set(_read_revoked(path)[1]) if path.exists() else set()
+    serials.add(serial)
+    document = {"org": org, "serials": [f"{s:x}" for s in sorted(serials)]}
+    _write_file(path, json.dumps(document, indent=2).encode() + b"\n", 0o644, replace=True)
+
+
+def _read_revoked(path: Path) -> tuple[str, frozenset[int]]:
+    document = json.loads(path.read_text("utf-8"))
+    if not isinstance(document.get("org"), str) or not isinstance(document.get("serials"), list):
+        raise ValueError(f'{path}: expected {{"org": str, "serials": [hex, ...]}}')
+    return document["org"], frozenset(int(s, 16) for s in document["serials"])
+
+
+def describe_identities(data_dir: Path) -> list[dict[str, Any]]:
+    """What GET /v1/ledger/identities shows: each org, its role, CA and member certificates (PEM)."""
+    trust = TrustStore.from_dir(msp_dir(data_dir))
+    result = []
+    for org in ORGS:
+        folder = msp_dir(data_dir) / org
+        if not (folder / "ca.pem").exists():
+            continue
+        current = x509.load_pem_x509_certificate((folder / f"{MEMBER}.pem").read_bytes())
+        members = [c for c in trust.members.values() if _safe_org(c) == org]
+        result.append(
+            {
+                "org": org,
+                "role": MEMBER_ROLES[org],
+                "ca_pem": (folder / "ca.pem").read_text("ascii"),
+                "members": [
+                    {
+                        "cert_pem": _cert_bytes(c).decode("ascii"),
+                        "serial": f"{c.serial_number:x}",
+                        "fingerprint": fingerprint(c),
+                        "not_before": c.not_valid_before_utc.isoformat(),
+                        "not_after": c.not_valid_after_utc.isoformat(),
+                        "current": c == current,
+                        "revoked": c.serial_number in trust.revoked.get(org, frozenset()),
+                    }
+                    for c in sorted(members, key=lambda c: c.not_valid_before_utc)
+                ],
+            }
+        )
+    return result
+
+
+def _safe_org(cert: x509.Certificate) -> str | None:
+    try:
+        return cert_org(cert)
+    except UntrustedCertificate:
+        return None
+
+
+# --- trust ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    cas: Mapping[str, tuple[x509.Certificate, ...]]  # org -> its trusted CA certificates
+    members: Mapping[str, x509.Certificate]  # SHA-256 fingerprint (hex) -> member certificate
+    revoked: Mapping[str, frozenset[int]]  # org -> revoked member serials
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> "TrustStore":
+        """Load every *.pem (any depth) and revoked.json under `directory`; ValueError if unusable."""
+        cas: dict[str, list[x509.Certificate]] = {}
+        members: dict[str, x509.Certificate] = {}
+        revoked: dict[str, set[int]] = {}
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ValueError(f"trust directory {directory} does not exist")
+        for path in sorted(directory.rglob("*.pem")):
+            for cert in x509.load_pem_x509_certificates(path.read_bytes()):
+                if _is_ca(cert):
+                    try:
+                        cert.verify_directly_issued_by(cert)
+                    except (InvalidSignature, ValueError, TypeError) as exc:
+                        raise ValueError(f"{path}: CA certificate is not validly self-signed") from exc
+                    cas.setdefault(cert_org(cert), []).append(cert)
+                else:
+                    members[fingerprint(cert)] = cert
+        for path in sorted(directory.rglob("revoked.json")):
+            org, serials = _read_revoked(path)
+            revoked.setdefault(org, set()).update(serials)
+        return cls({o: tuple(c) for o, c in cas.items()}, members, {o: frozenset(s) for o, s in revoked.items()})
+
+    def check_signer(self, cert: x509.Certificate, org: str, at: datetime) -> None:
+        """Raise UntrustedCertificate unless `cert` may sign for `org` at time `at`."""
+        if _is_ca(cert):
+            raise UntrustedCertificate("a CA certificate cannot sign ledger statements")
+        if cert_org(cert) != org:
+            raise UntrustedCertificate(f"certificate belongs to {cert_org(cert)!r}, not {org!r}")
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise UntrustedCertificate("signer key is not ECDSA P-256")
+        # Only the org's own CA counts: another org's CA must not vouch for an O=<org> member.
+        issuer = next((ca for ca in self.cas.get(org, ()) if _issued_by(cert, ca)), None)
+        if issuer is None:
+            raise UntrustedCertificate(
+                f"certificate serial {cert.serial_number:x} is not issued by a trusted CA of {org!r}"
+            )
+        for checked, what in ((issuer, "CA"), (cert, "member")):
+            if not checked.not_valid_before_utc <= at <= checked.not_valid_after_utc:
+                raise UntrustedCertificate(f"{what} certificate of {org!r} is not valid at {at.isoformat()}")
+        if cert.serial_number in self.revoked.get(org, frozenset()):
+            raise UntrustedCertificate(f"member certificate serial {cert.serial_number:x} of {org!r} is revoked")
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True

@@ -1,0 +1,94 @@
+"""Who may append which entry kinds, and who may read what. Pure rules, default deny.
+
+Append: reconciled sales and reconciliation summaries are finance's statements; no other
+organisation may put them on the ledger (the verifier applies the same rule to every signed batch).
+Read: finance and audit read every entry; ops reads summaries only (totals, not individual sales);
+stores and the online shop read nothing from the ledger, not even checkpoints.
+
+API roles map to organisations: admin and ops act as `ops`, finance as `finance`, auditor as
+`audit`; store and shop have no organisation. admin is an operator, not an accountant, so it gets
+ops's view rather than everything.
+"""
+
+from collections.abc import Mapping
+
+RECONCILED_SALE = "reconciled_sale"
+RECONCILIATION_SUMMARY = "reconciliation_summary"
+ENTRY_KINDS = (RECONCILED_SALE, RECONCILIATION_SUMMARY)
+
+APPEND: Mapping[str, frozenset[str]] = {
+    RECONCILED_SALE: frozenset({"finance"}),
+    RECONCILIATION_SUMMARY: frozenset({"finance"}),
+}
+READ: Mapping[str, frozenset[str]] = {
+    "finance": frozenset(ENTRY_KINDS),
+    "audit": frozenset(ENTRY_KINDS),
+    "ops": frozenset({RECONCILIATION_SUMMARY}),
+}
+ROLE_ORGS: Mapping[str, str | None] = {
+    "admin": "ops",
+    "ops": "ops",
+    "finance": "finance",
+    "auditor": "audit",
+    "store": None,
+    "shop": None,
+}
+# Whole-log exports carry every entry of a range; only those who may read every kind get them.
+EXPORTERS = frozenset({"finance", "audit"})
+
+
+class PermissionDenied(Exception):
+    """A principal tried something the ledger policy does not allow (the HTTP layer makes it a 403)."""
+
+    def __init__(self, principal: str, action: str, detail: str) -> None:
+        super().__init__(f"{principal} may not {action}: {detail}")
+        self.principal = principal
+        self.action = action
+        self.detail = detail
+
+
+def org_for_role(role: str) -> str | None:
+    return ROLE_ORGS.get(role)
+
+
+def may_append(org: str, kind: str) -> bool:
+    return org in APPEND.get(kind, frozenset())
+
+
+def require_append(org: str, kind: str) -> None:
+    if not may_append(org, kind):
+        raise PermissionDenied(org, f"append {kind!r} entries", "only " + _names(APPEND.get(kind)) + " may")
+
+
+def require_role_append(role: str, kind: str) -> str:
+    """The org an API role appends as, if it may append `kind`."""
+    org = org_for_role(role)
+    if org is None:
+        raise PermissionDenied(role, f"append {kind!r} entries", "this role has no ledger organisation")
+    require_append(org, kind)
+    return org
+
+
+def may_read_kind(role: str, kind: str) -> bool:
+    org = org_for_role(role)
+    return org is not None and kind in READ.get(org, frozenset())
+
+
+def require_read_kind(role: str, kind: str) -> None:
+    if not may_read_kind(role, kind):
+        raise PermissionDenied(role, f"read {kind!r} entries", "not granted to this role")
+
+
+def require_read_log(role: str) -> None:
+    """Checkpoints, consistency proofs and identities: any role with a ledger organisation."""
+    if org_for_role(role) is None:
+        raise PermissionDenied(role, "read the ledger", "this role has no ledger organisation")
+
+
+def require_export(role: str) -> None:
+    if org_for_role(role) not in EXPORTERS:
+        raise PermissionDenied(role, "export ledger bundles", "only finance and audit may")
+
+
+def _names(orgs: frozenset[str] | None) -> str:
+    return " and ".join(sorted(orgs)) if orgs else "no organisation"
