@@ -29,7 +29,7 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from shared.http.keys import KEY_CACHE, POOL, SETTINGS
+from shared.http.keys import KEY_CACHE, POOL, PRINCIPAL, SETTINGS
 from shared.idempotency import check_key, request_hash, run_once
 from shared.settings import Settings
 
@@ -226,7 +226,7 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
             if route.public
             else await request.app[KEY_CACHE].authenticate(request.headers.get("Authorization"))
         )
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         if route.roles is not None and not route.public:
             principal.require_role(*route.roles)
         query = parse_query(request, route.query) if route.query else None

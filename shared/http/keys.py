@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.auth import KeyCache
+from shared.auth import KeyCache, Principal
 from shared.db import Pool
 from shared.event_stream import EventHub
 from shared.settings import Settings
@@ -14,3 +14,4 @@ SERVICE = web.AppKey("service", str)
 POOL = web.AppKey("pool", Pool)
 KEY_CACHE = web.AppKey("key_cache", KeyCache)
 HUB = web.AppKey("hub", EventHub)
+PRINCIPAL = web.RequestKey("principal", Principal)

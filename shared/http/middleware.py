@@ -19,7 +19,7 @@ from shared.errors import (
     Problem,
     ServiceUnavailable,
 )
-from shared.http.keys import SERVICE
+from shared.http.keys import PRINCIPAL, SERVICE
 from shared.http.metrics import LATENCY, REQUESTS
 from shared.logging import get_logger
 
@@ -79,7 +79,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = resource.canonical if resource is not None else "unmatched"
         REQUESTS.labels(service, request.method, route, str(status)).inc()
         LATENCY.labels(service, request.method, route).observe(elapsed)
-        principal = request.get("principal")
+        principal = request.get(PRINCIPAL)
         log.info(
             "request",
             service=service,

@@ -1,0 +1,175 @@
+"""One PostgreSQL per test session (per xdist worker), a migrated template, a fresh clone per test.
+
+TEST_DATABASE_URL points the suite at an existing server instead of starting the embedded one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+
+from services import registry
+from shared.auth import create_api_key
+from shared.db import create_pool, init_connection
+from shared.embedded_db import EmbeddedPostgres, free_port
+from shared.migrations import CORE_MIGRATIONS, apply_migrations
+from shared.settings import Settings
+
+ADMIN_KEY = "osk_test_bootstrap_admin_key_0123456789abcdef"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_counter = itertools.count()
+
+
+def with_database(url: str, name: str) -> str:
+    return str(URL(url).with_path(f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
+    server.start()
+    try:
+        yield server.dsn
+    finally:
+        server.stop(mode="immediate")
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> str:
+    name = f"omnistock_tpl_{WORKER}"
+
+    async def build() -> None:
+        admin = await asyncpg.connect(server_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        conn = await asyncpg.connect(with_database(server_url, name))
+        await init_connection(conn)
+        await apply_migrations(conn, [CORE_MIGRATIONS, *registry.all_migrations()])
+        await conn.close()
+
+    asyncio.run(build())
+    return name
+
+
+@pytest.fixture
+async def database_url(server_url: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh database cloned from the migrated template, dropped afterwards."""
+    name = f"t_{WORKER}_{os.getpid()}_{next(_counter)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield with_database(server_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        bootstrap_admin_key=ADMIN_KEY,
+        log_level="warning",
+        sse_heartbeat_s=0.5,
+        event_poll_interval_s=0.1,
+        auth_cache_ttl_s=0,
+    )
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(database_url, min_size=1, max_size=60)
+    yield p
+    await p.close()
+
+
+@dataclass
+class Api:
+    """An HTTP client for one service that sends a given API key."""
+
+    client: TestClient
+    key: str | None = ADMIN_KEY
+
+    def as_key(self, key: str | None) -> Api:
+        return Api(self.client, key)
+
+    def _headers(self, headers: dict[str, str] | None, idempotency_key: str | None) -> dict[str, str]:
+        out = dict(headers or {})
+        if self.key is not None:
+            out.setdefault("Authorization", f"Bearer {self.key}")
+        if idempotency_key is not None:
+            out["Idempotency-Key"] = idempotency_key
+        return out
+
+    async def request(self, method: str, path: str, *, json: Any = None, data: Any = None,
+                      headers: dict[str, str] | None = None, idem: str | None = None,
+                      params: Any = None) -> tuple[int, Any, Any]:
+        resp = await self.client.request(method, path, json=json, data=data, params=params,
+                                         headers=self._headers(headers, idem))
+        ctype = resp.headers.get("Content-Type", "")
+        body = await resp.json(content_type=None) if "json" in ctype else await resp.text()
+        return resp.status, body, resp
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        return await self.request("GET", path, **kw)
+
+    async def put(self, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        return await self.request("PUT", path, **kw)
+
+    async def post(self, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        return await self.request("POST", path, **kw)
+
+
+ServiceFactory = Callable[[str], Awaitable[Api]]
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[ServiceFactory]:
+    """Start a service app on a real socket: `api = await service("inventory")`."""
+    clients: list[TestClient] = []
+
+    async def start(name: str) -> Api:
+        client = TestClient(TestServer(registry.load(name).create_app(settings)))
+        await client.start_server()
+        clients.append(client)
+        return Api(client)
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+def make_key(pool: asyncpg.Pool) -> Callable[..., Awaitable[str]]:
+    async def make(role: str, location_id: str | None = None) -> str:
+        async with pool.acquire() as conn:
+            return await create_api_key(conn, role, location_id)
+
+    return make
+
+
+def assert_problem(status: int, body: Any, expected_status: int, code: str | None = None,
+                   field: str | None = None) -> None:
+    assert status == expected_status, body
+    assert body["status"] == expected_status
+    assert {"type", "title", "status", "detail"} <= set(body)
+    if code is not None:
+        assert body["type"].endswith("/" + code), body["type"]
+    if field is not None:
+        assert field in [e["field"] for e in body.get("errors", [])] or body.get("field") == field, body
