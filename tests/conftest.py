@@ -22,12 +22,14 @@ from services import registry
 from shared.auth import create_api_key
 from shared.db import create_pool, init_connection
 from shared.embedded_db import EmbeddedPostgres, free_port
+from shared.logging import configure_logging
 from shared.migrations import CORE_MIGRATIONS, apply_migrations
 from shared.settings import Settings
 
 ADMIN_KEY = "osk_test_bootstrap_admin_key_0123456789abcdef"
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 _counter = itertools.count()
+configure_logging("warning", "console")
 
 
 def with_database(url: str, name: str) -> str:

@@ -10,6 +10,7 @@ from services.inventory import use_cases
 from services.inventory.schemas import (
     EventsQuery,
     LevelOut,
+    LocationId,
     LocationIn,
     LocationList,
     LocationOut,
@@ -18,6 +19,7 @@ from services.inventory.schemas import (
     NearbyOut,
     NearbyQuery,
     SafetyStockIn,
+    Sku,
     SkuIn,
     SkuList,
     SkuListQuery,
@@ -29,7 +31,7 @@ from shared.http.api import Api, Call, Reply
 from shared.http.sse import stream_events
 from shared.outbox import Event
 
-api = Api("inventory")
+api = Api("inventory", path_types={"sku": Sku, "location_id": LocationId})
 
 CATALOG_WRITERS = ("admin", "ops")
 STOCK_WRITERS = ("admin", "ops", "store")

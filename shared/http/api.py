@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar, Union
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.auth import Principal
 from shared.db import Connection, Pool, transaction
@@ -186,9 +186,15 @@ MAX_PATH_PARAM = 200
 
 
 class Api:
-    def __init__(self, service: str) -> None:
+    """A service's routes. `path_types` gives the type of each path parameter by name (e.g. a SKU
+    pattern), checked before the handler runs and shown in /openapi.json."""
+
+    def __init__(self, service: str, path_types: dict[str, Any] | None = None) -> None:
         self.service = service
         self.routes: list[Route] = []
+        self.path_types: dict[str, TypeAdapter[Any]] = {
+            name: TypeAdapter(kind) for name, kind in (path_types or {}).items()
+        }
 
     def route(self, method: str, path: str, **options: Any) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -213,14 +219,32 @@ class Api:
 
     def mount(self, app: web.Application) -> None:
         for route in self.routes:
-            app.router.add_route(route.method, route.path, _endpoint(route), name=route.name)
+            app.router.add_route(route.method, route.path, _endpoint(route, self.path_types), name=route.name)
+
+    def path_schema(self, name: str) -> dict[str, Any]:
+        adapter = self.path_types.get(name)
+        return adapter.json_schema() if adapter else {"type": "string", "maxLength": MAX_PATH_PARAM}
 
 
-def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def check_path(match_info: dict[str, str], path_types: dict[str, TypeAdapter[Any]]) -> None:
+    errors = []
+    for name, value in match_info.items():
+        if len(value) > MAX_PATH_PARAM or not value.isprintable():
+            errors.append({"field": name, "problem": f"at most {MAX_PATH_PARAM} printable characters"})
+        elif name in path_types:
+            try:
+                path_types[name].validate_python(value)
+            except ValidationError as exc:
+                errors.append({"field": name, "problem": exc.errors(include_url=False)[0]["msg"]})
+    if errors:
+        raise ValidationFailed(errors)
+
+
+def _endpoint(
+    route: Route, path_types: dict[str, TypeAdapter[Any]]
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        for name, value in request.match_info.items():
-            if len(value) > MAX_PATH_PARAM or not value.isprintable():
-                raise ValidationFailed([{"field": name, "problem": f"at most {MAX_PATH_PARAM} printable characters"}])
+        check_path(dict(request.match_info), path_types)
         principal = (
             Principal(0, "anonymous")
             if route.public

@@ -13,11 +13,13 @@ import structlog
 from aiohttp import web
 
 from shared.errors import (
+    Conflict,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     Problem,
     ServiceUnavailable,
+    ValidationFailed,
 )
 from shared.http.keys import PRINCIPAL, SERVICE
 from shared.http.metrics import LATENCY, REQUESTS
@@ -100,6 +102,15 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400:
             raise
         return problem_response(_from_http_exception(exc), request.path)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # A rule the database enforces that the service did not check first: still the client's input,
+        # so a 409 naming the rule, never a 500. Logged, because it means a missing check upstream.
+        log.warning("constraint refused a request", constraint=getattr(exc, "constraint_name", None))
+        return problem_response(Conflict(f"refused by rule {getattr(exc, 'constraint_name', None) or 'unknown'}"),
+                                request.path)
+    except asyncpg.DataError as exc:
+        log.warning("database refused a value", error=str(exc))
+        return problem_response(ValidationFailed([{"field": "body", "problem": str(exc)}]), request.path)
     except UNAVAILABLE as exc:
         log.warning("database unavailable", error=repr(exc))
         return problem_response(ServiceUnavailable("the database is unavailable; retry shortly"), request.path)

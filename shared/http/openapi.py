@@ -49,9 +49,9 @@ def _problem(description: str) -> dict[str, Any]:
     }
 
 
-def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
+def _operation(api: Api, route: Route, schemas: _Schemas) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
+        {"name": name, "in": "path", "required": True, "schema": api.path_schema(name)}
         for name in re.findall(r"{(\w+)}", route.path)
     ]
     if route.query is not None:
@@ -104,7 +104,7 @@ def build_openapi(api: Api, version: str = "0.1.0") -> dict[str, Any]:
     schemas = _Schemas()
     paths: dict[str, Any] = {}
     for route in api.routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(api, route, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"omnistock {api.service}", "version": version},
