@@ -13,7 +13,7 @@ from tests.services.inventory.conftest import move
 
 
 async def read_events(api: Api, count: int, headers: dict[str, str] | None = None,
-                      query: str = "", timeout: float = 10.0) -> list[dict[str, Any]]:
+                      query: str = "", within_s: float = 10.0) -> list[dict[str, Any]]:
     """Open the stream, read `count` events, close the connection (a client going away)."""
     events: list[dict[str, Any]] = []
     resp = await api.client.get(f"/v1/events{query}", headers={"Authorization": f"Bearer {api.key}", **(headers or {})})
@@ -34,7 +34,7 @@ async def read_events(api: Api, count: int, headers: dict[str, str] | None = Non
                     return
 
     try:
-        await asyncio.wait_for(consume(), timeout)
+        await asyncio.wait_for(consume(), within_s)
     finally:
         resp.close()
     return events
@@ -73,7 +73,7 @@ async def test_filters_by_sku_and_location(inventory: Api) -> None:
 
 async def test_event_from_a_transaction_that_commits_late_is_not_skipped(inventory: Api, pool: asyncpg.Pool) -> None:
     """An event id handed out early but committed late must still reach a reader that saw later ids."""
-    reader = asyncio.create_task(read_events(inventory, 2, timeout=15))
+    reader = asyncio.create_task(read_events(inventory, 2, within_s=15))
     await asyncio.sleep(0.3)
     slow = await pool.acquire()
     try:
