@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -300,6 +300,9 @@ class TrustStore:
     cas: Mapping[str, tuple[x509.Certificate, ...]]  # org -> its trusted CA certificates
     members: Mapping[str, x509.Certificate]  # SHA-256 fingerprint (hex) -> member certificate
     revoked: Mapping[str, frozenset[int]]  # org -> revoked member serials
+    # (certificate fingerprint, org) -> issuing CA or None. The chain signature check is the costly
+    # part and one member signs thousands of batches; time, revocation and org are checked every time.
+    _issuers: dict[tuple[bytes, str], x509.Certificate | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dir(cls, directory: Path) -> "TrustStore":
@@ -335,7 +338,7 @@ class TrustStore:
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             raise UntrustedCertificate("signer key is not ECDSA P-256")
         # Only the org's own CA counts: another org's CA must not vouch for an O=<org> member.
-        issuer = next((ca for ca in self.cas.get(org, ()) if _issued_by(cert, ca)), None)
+        issuer = self._issuer(cert, org)
         if issuer is None:
             raise UntrustedCertificate(
                 f"certificate serial {cert.serial_number:x} is not issued by a trusted CA of {org!r}"
@@ -345,6 +348,12 @@ class TrustStore:
                 raise UntrustedCertificate(f"{what} certificate of {org!r} is not valid at {at.isoformat()}")
         if cert.serial_number in self.revoked.get(org, frozenset()):
             raise UntrustedCertificate(f"member certificate serial {cert.serial_number:x} of {org!r} is revoked")
+
+    def _issuer(self, cert: x509.Certificate, org: str) -> x509.Certificate | None:
+        key = (cert.fingerprint(hashes.SHA256()), org)
+        if key not in self._issuers:
+            self._issuers[key] = next((ca for ca in self.cas.get(org, ()) if _issued_by(cert, ca)), None)
+        return self._issuers[key]
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
