@@ -200,9 +200,12 @@ def init_identities(data_dir: Path, orgs: Iterable[str] = ORGS, now: datetime | 
         ca_key = _ensure_key(folder / "ca.key")
         if not (folder / "ca.pem").exists():
             _write_file(folder / "ca.pem", _cert_bytes(make_ca_cert(org, ca_key, now)), 0o644, replace=False)
+        ca_cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+        if ca_cert.public_key() != ca_key.public_key():
+            # ca.key lost and regenerated: issuing with it would mint members nobody can verify.
+            raise ValueError(f"{folder}: ca.key does not match ca.pem; restore the key or remove both")
         member_key = _ensure_key(folder / f"{MEMBER}.key")
         if not (folder / f"{MEMBER}.pem").exists():
-            ca_cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
             cert = issue_member_cert(
                 ca_cert, ca_key, member_key.public_key(), org, MEMBER_ROLES[org], now, now + MEMBER_VALIDITY
             )

@@ -102,3 +102,11 @@ def sign_checkpoint(tree_size: int, root_hash: bytes, timestamp: str, signers: S
         "timestamp": timestamp,
         "signatures": [signature_record(signer, statement) for signer in signers],
     }
+
+
+def cosign_checkpoint(checkpoint: dict[str, Any], signer: Identity) -> dict[str, Any]:
+    """Add one more signature (e.g. finance's co-signature) to a checkpoint signed elsewhere."""
+    statement = checkpoint_statement(
+        checkpoint["tree_size"], bytes.fromhex(checkpoint["root_hash"]), checkpoint["timestamp"]
+    )
+    return {**checkpoint, "signatures": [*checkpoint["signatures"], signature_record(signer, statement)]}

@@ -128,28 +128,7 @@ def _verify(bundle: Any, trust: TrustStore, report: VerificationReport) -> None:
         raise Malformed(f"unknown format {top['format']!r}, expected {BUNDLE_FORMAT!r}")
     size, root, when = _checkpoint(top["checkpoint"], "checkpoint", trust, report)
     report.tree_size = size
-    leaves: dict[int, bytes] = {}
-    kinds: dict[int, Any] = {}
-    previous = -1
-    for item in _list(top["entries"], "entries"):
-        e = _fields(item, "entry", {"seq", "entry", "leaf_hash", "inclusion_proof"})
-        seq = _int(e["seq"], "seq")
-        if not previous < seq < size:
-            raise Malformed(f"entry seq {seq} out of order or beyond tree size {size}", seq)
-        previous = seq
-        if not isinstance(e["entry"], dict):
-            raise Malformed("entry must be a JSON object", seq)
-        try:
-            leaf = merkle.leaf_hash(canonical_bytes(e["entry"]))
-        except ValueError as exc:
-            raise Malformed(f"entry has no canonical encoding: {exc}", seq) from exc
-        leaves[seq] = leaf
-        kinds[seq] = e["entry"].get("kind")
-        report.entries_checked += 1
-        if leaf != _hex(e["leaf_hash"], "leaf_hash"):
-            report.fail("leaf_hash does not match the entry's canonical bytes (entry altered?)", seq)
-        if not merkle.verify_inclusion(leaf, seq, size, _hexes(e["inclusion_proof"]), root):
-            report.fail("inclusion proof does not lead to the checkpoint root", seq)
+    leaves, kinds = _entries(top["entries"], size, root, report)
     covered = _batches(top["batches"], size, when, leaves, kinds, trust, report)
     for seq in sorted(leaves.keys() - covered):
         report.fail("entry is not covered by any signed batch", seq)
@@ -178,6 +157,33 @@ def _checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationR
         if org not in signed_by:
             report.fail(f"{label}: no valid signature by {org!r}")
     return size, root, when
+
+
+def _entries(value: Any, size: int, root: bytes, report: VerificationReport) -> tuple[dict[int, bytes], dict]:
+    """Check each entry's leaf and inclusion proof; return its recomputed leaf hash and kind by seq."""
+    leaves: dict[int, bytes] = {}
+    kinds: dict[int, Any] = {}
+    previous = -1
+    for item in _list(value, "entries"):
+        e = _fields(item, "entry", {"seq", "entry", "leaf_hash", "inclusion_proof"})
+        seq = _int(e["seq"], "seq")
+        if not previous < seq < size:
+            raise Malformed(f"entry seq {seq} out of order or beyond tree size {size}", seq)
+        previous = seq
+        if not isinstance(e["entry"], dict):
+            raise Malformed("entry must be a JSON object", seq)
+        try:
+            leaf = merkle.leaf_hash(canonical_bytes(e["entry"]))
+        except ValueError as exc:
+            raise Malformed(f"entry has no canonical encoding: {exc}", seq) from exc
+        leaves[seq] = leaf
+        kinds[seq] = e["entry"].get("kind")
+        report.entries_checked += 1
+        if leaf != _hex(e["leaf_hash"], "leaf_hash"):
+            report.fail("leaf_hash does not match the entry's canonical bytes (entry altered?)", seq)
+        if not merkle.verify_inclusion(leaf, seq, size, _hexes(e["inclusion_proof"]), root):
+            report.fail("inclusion proof does not lead to the checkpoint root", seq)
+    return leaves, kinds
 
 
 def _batches(

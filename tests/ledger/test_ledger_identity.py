@@ -142,3 +142,10 @@ def test_a_trust_dir_with_a_broken_ca_is_refused(tmp_path: Path, data_dir: Path)
         TrustStore.from_dir(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         TrustStore.from_dir(tmp_path / "missing")
+
+
+def test_init_refuses_a_ca_key_that_does_not_match_its_certificate(tmp_path: Path) -> None:
+    identity.init_identities(tmp_path, orgs=["audit"], now=T0)
+    (identity.msp_dir(tmp_path) / "audit" / "ca.key").unlink()
+    with pytest.raises(ValueError, match="ca.key does not match ca.pem"):
+        identity.init_identities(tmp_path, orgs=["audit"], now=T0)

@@ -51,3 +51,13 @@ def test_a_checkpoint_carries_one_signature_per_signer(data_dir: Path) -> None:
     for signer, record in zip(signers, checkpoint["signatures"], strict=True):
         assert record["cert_pem"] == signer.cert_pem
         assert signing.verify(signer.cert, statement, record["signature"])
+
+
+def test_finance_can_cosign_a_checkpoint_the_ledger_signed(data_dir: Path) -> None:
+    ledger_id, finance = (identity.load_identity(data_dir, org) for org in ("ledger", "finance"))
+    checkpoint = signing.sign_checkpoint(3, bytes(32), "2024-05-01T00:00:00.000000Z", [ledger_id])
+    cosigned = signing.cosign_checkpoint(checkpoint, finance)
+    statement = signing.checkpoint_statement(3, bytes(32), checkpoint["timestamp"])
+    assert [s["org"] for s in cosigned["signatures"]] == ["ledger", "finance"]
+    assert signing.verify(finance.cert, statement, cosigned["signatures"][1]["signature"])
+    assert len(checkpoint["signatures"]) == 1  # the original is left as it was
