@@ -1,0 +1,99 @@
+"""The `omnistock` command, run as a real process the way operators run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+
+from shared.embedded_db import free_port
+
+OMNISTOCK = [sys.executable, "-m", "services.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*OMNISTOCK, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def cli_env(tmp_path: Path, database_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISTOCK_") and k != "DATABASE_URL"}
+    env["OMNISTOCK_DATA_DIR"] = str(tmp_path / "data")
+    env["OMNISTOCK_LOG_LEVEL"] = "warning"
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
+async def test_keys_create_prints_the_key_last_and_it_is_stored(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path, database_url)
+    result = run_cli("keys", "create", "--role", "ops", env=env)
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.split()[-1]
+    assert key.startswith("osk_")
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT role FROM core.api_keys ORDER BY id DESC LIMIT 1") == "ops"
+    finally:
+        await conn.close()
+    refused = run_cli("keys", "create", "--role", "store", env=env)
+    assert refused.returncode != 0 and "--location" in refused.stderr
+    unknown = run_cli("keys", "create", "--role", "store", "--location", "nowhere", env=env)
+    assert unknown.returncode != 0 and "unknown location" in unknown.stderr
+
+
+async def test_seed_creates_locations_skus_and_stock_with_movements(database_url: str, tmp_path: Path) -> None:
+    result = run_cli("seed", "--stores", "5", "--skus", "40", env=cli_env(tmp_path, database_url))
+    assert result.returncode == 0, result.stderr
+    assert "seeded 6 locations, 40 SKUs, 240 stock levels" in result.stdout
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM inventory.stock_movements") == 240
+        lats = await conn.fetch("SELECT lat, lon FROM inventory.locations")
+        assert all(-90 <= r["lat"] <= 90 and -180 <= r["lon"] <= 180 for r in lats)
+    finally:
+        await conn.close()
+
+
+def test_up_serves_and_stops_cleanly_on_sigterm(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path, database_url)
+    port = free_port()
+    env["OMNISTOCK_INVENTORY_PORT"] = str(port)
+    for name in ("orders", "ecommerce", "finance", "ledger"):
+        env[f"OMNISTOCK_{name.upper()}_PORT"] = str(free_port())
+    proc = subprocess.Popen([*OMNISTOCK, "up", "--demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("inventory never became ready")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "omnistock is up" in out
+    assert any(line.startswith("auditor") and line.split()[-1].startswith("osk_") for line in out.splitlines())
+
+
+def test_migrate_on_the_embedded_database(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, None)
+    env["OMNISTOCK_EMBEDDED_PG_PORT"] = str(free_port())
+    result = run_cli("migrate", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "pg" / "PG_VERSION").exists()
+    # The command started the cluster for itself, so it stopped it again.
+    assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists()
