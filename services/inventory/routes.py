@@ -37,8 +37,7 @@ CATALOG_WRITERS = ("admin", "ops")
 STOCK_WRITERS = ("admin", "ops", "store")
 
 
-@api.put("/v1/locations/{location_id}", body=LocationIn, response=LocationOut, roles=CATALOG_WRITERS,
-         extra_responses={201: "created"})
+@api.put("/v1/locations/{location_id}", body=LocationIn, response=LocationOut, roles=CATALOG_WRITERS, also=(201,))
 async def put_location(call: Call[LocationIn, None]) -> Reply:
     """Create or update a location (200 when updated, 201 when created)."""
     created, row = await use_cases.put_location(call.pool, call.path("location_id"), call.body)
@@ -60,7 +59,7 @@ async def get_location(call: Call[None, None]) -> LocationOut:
     return LocationOut.model_validate(dict(row))
 
 
-@api.put("/v1/skus/{sku}", body=SkuIn, response=SkuOut, roles=CATALOG_WRITERS, extra_responses={201: "created"})
+@api.put("/v1/skus/{sku}", body=SkuIn, response=SkuOut, roles=CATALOG_WRITERS, also=(201,))
 async def put_sku(call: Call[SkuIn, None]) -> Reply:
     """Create or update a SKU (200 when updated, 201 when created)."""
     created, row = await use_cases.put_sku(call.pool, call.path("sku"), call.body)

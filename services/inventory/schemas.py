@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from shared.http.models import RequestModel, ResponseModel
+from shared.money import Currency, Money
 
 LocationId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")]
 Quantity = Annotated[int, Field(strict=True, ge=-1_000_000_000, le=1_000_000_000)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
 
 class LocationIn(RequestModel):
@@ -65,7 +63,7 @@ class SkuIn(RequestModel):
 class SkuOut(ResponseModel):
     sku: str
     name: str
-    price: Decimal
+    price: Money
     currency: str
     created_at: datetime
     updated_at: datetime

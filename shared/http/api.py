@@ -63,7 +63,8 @@ class Route:
     summary: str = ""
     raw_body_types: tuple[str, ...] = ()  # non-JSON bodies the handler parses itself (e.g. text/csv)
     produces: str = "application/json"
-    extra_responses: dict[int, str] = field(default_factory=dict)
+    also: tuple[int, ...] = ()  # other success statuses with the same body (e.g. 201 for a PUT that creates)
+    extra_responses: dict[int, str] = field(default_factory=dict)  # problem statuses beyond the usual ones
 
 
 @dataclass

@@ -101,7 +101,10 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem_response(_from_http_exception(exc), request.path)
+        response = problem_response(_from_http_exception(exc), request.path)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     except asyncpg.IntegrityConstraintViolationError as exc:
         # A rule the database enforces that the service did not check first: still the client's input,
         # so a 409 naming the rule, never a 500. Logged, because it means a missing check upstream.

@@ -28,6 +28,11 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     },
 }
 REF = "#/components/schemas/{model}"
+# One server-sent event as a client library parses it; `data` is a JSON document.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "data": {"type": "string"}},
+}
 
 
 class _Schemas:
@@ -75,13 +80,15 @@ def _operation(api: Api, route: Route, schemas: _Schemas) -> dict[str, Any]:
             content[raw] = {"schema": {"type": "string"}}
         op["requestBody"] = {"required": True, "content": content}
     ok: dict[str, Any] = {"description": "success"}
-    if route.produces != "application/json":
+    if route.produces == "text/event-stream":
+        ok["content"] = {route.produces: {"schema": SSE_EVENT_SCHEMA}}
+    elif route.produces != "application/json":
         ok["content"] = {route.produces: {"schema": {"type": "string"}}}
     elif route.response is not None:
         ok["content"] = {"application/json": {"schema": schemas.ref(route.response, "serialization")}}
     else:
         ok["content"] = {"application/json": {"schema": {"type": "object"}}}
-    responses: dict[str, Any] = {str(route.status): ok}
+    responses: dict[str, Any] = {str(status): ok for status in (route.status, *route.also)}
     if not route.public:
         responses["401"] = _problem("missing or unknown API key")
         responses["403"] = _problem("the key's role may not do this")
