@@ -10,6 +10,7 @@ from types import ModuleType
 
 SERVICE_MODULES: dict[str, str] = {
     "inventory": "services.inventory.app",
+    "orders": "services.orders.app",
 }
 
 

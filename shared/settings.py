@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     event_poll_interval_s: float = Field(default=0.25, gt=0)
 
+    # Orders: unpaid online orders hold their reservation this long; the sweeper looks this often.
+    reservation_ttl_s: int = Field(default=1800, ge=1)
+    reservation_sweep_interval_s: float = Field(default=30.0, gt=0)
+    orders_sourcing_policy: Literal["fewest_shipments", "nearest"] = "fewest_shipments"
+
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))
 

@@ -1,0 +1,299 @@
+"""Order rules, free of I/O: money, the status machine, what a fulfilment, cancellation or return takes.
+
+Status machine (the `status` column; `event`s in the history say what happened):
+
+    placed ──pay──> paid
+    placed | paid ──fulfil (all open units)──> fulfilled ──complete──> completed
+    placed | paid ──cancel (all open units, nothing fulfilled)──> cancelled
+    placed ──reservation expired (sweeper)──> cancelled (or fulfilled if some units already were)
+
+Partial fulfilment and partial cancellation act per line and keep the status (events
+`partially_fulfilled`, `partially_cancelled`) until no unit is open; then the order is `fulfilled` if
+any unit was fulfilled, else `cancelled`. Payment may also be recorded on a fulfilled, unpaid order
+(pay at pick-up): its status stays `fulfilled`. Returns take back fulfilled units of a placed, paid or
+fulfilled order. `completed` (fulfilled and paid, closed) and `cancelled` are final. Anything else is
+a 409 illegal-transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from shared.errors import Forbidden, IllegalTransition, ValidationFailed, field_error
+
+CENT = Decimal("0.01")
+ACTIVE = ("placed", "paid")
+RETURNABLE = ("placed", "paid", "fulfilled")
+
+
+def money(value: Decimal) -> Decimal:
+    return value.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+@dataclass(frozen=True)
+class Charges:
+    shipping: Decimal = Decimal("0.00")
+    tax: Decimal = Decimal("0.00")
+    discount: Decimal = Decimal("0.00")
+
+    def as_list(self) -> list[dict[str, Decimal]]:
+        return [{"kind": k, "amount": v} for k, v in
+                (("shipping", self.shipping), ("tax", self.tax), ("discount", self.discount)) if v]
+
+
+@dataclass(frozen=True)
+class Totals:
+    lines_total: Decimal
+    charges: Charges
+    total: Decimal
+
+
+def charges_of(items: Sequence[tuple[str, Decimal]]) -> Charges:
+    """Order-level charges by kind; several charges of one kind add up."""
+    sums = {"shipping": Decimal(0), "tax": Decimal(0), "discount": Decimal(0)}
+    for kind, amount in items:
+        sums[kind] += amount
+    return Charges(**{k: money(v) for k, v in sums.items()})
+
+
+def totals(lines: Sequence[tuple[int, Decimal]], charges: Charges) -> Totals:
+    """total = sum(qty x unit_price) + shipping + tax - discount, exact to the cent; never negative."""
+    lines_total = money(sum((Decimal(qty) * price for qty, price in lines), Decimal(0)))
+    total = money(lines_total + charges.shipping + charges.tax - charges.discount)
+    if total < 0:
+        raise field_error("charges", f"the discount exceeds lines plus charges (total would be {total})")
+    if total >= Decimal("1e12"):
+        raise field_error("lines", "the order total is too large")
+    return Totals(lines_total, charges, total)
+
+
+def check_distinct_skus(skus: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for i, sku in enumerate(skus):
+        if sku in seen:
+            raise field_error(f"lines.{i}.sku", f"sku '{sku}' appears twice; put the quantity on one line")
+        seen.add(sku)
+
+
+def check_catalog(skus: Sequence[str], currency: str, catalog: dict[str, str]) -> None:
+    """Every SKU exists and is priced in the order's currency (one currency per order, the SKU's)."""
+    errors = []
+    for i, sku in enumerate(skus):
+        if sku not in catalog:
+            errors.append({"field": f"lines.{i}.sku", "problem": f"unknown sku '{sku}'"})
+        elif catalog[sku] != currency:
+            errors.append({"field": "currency",
+                           "problem": f"sku '{sku}' is sold in {catalog[sku]}, the order is in {currency}"})
+    if errors:
+        raise ValidationFailed(errors)
+
+
+def check_tenders(total: Decimal, tenders: Sequence[Decimal]) -> None:
+    paid = money(sum(tenders, Decimal(0)))
+    if paid != total:
+        raise field_error("tenders", f"tenders sum to {paid}, the sale totals {total}")
+
+
+# --- an order's state, as the lifecycle rules see it ------------------------------------------------
+
+
+@dataclass
+class Allocation:
+    line_no: int
+    sku: str
+    location_id: str
+    qty: int
+    fulfilled: int = 0
+    cancelled: int = 0
+
+    @property
+    def open(self) -> int:
+        return self.qty - self.fulfilled - self.cancelled
+
+
+@dataclass
+class Line:
+    line_no: int
+    sku: str
+    qty: int
+    unit_price: Decimal
+    returned: int = 0
+
+
+@dataclass
+class Order:
+    id: str
+    status: str
+    channel: str
+    currency: str
+    selling_location_id: str | None
+    pickup_location_id: str | None
+    paid: bool
+    charges_recognized: bool
+    charges: Charges
+    total: Decimal
+    lines: list[Line]
+    allocations: list[Allocation] = field(default_factory=list)
+
+    def line(self, line_no: int) -> Line:
+        return next(line for line in self.lines if line.line_no == line_no)
+
+    def fulfilled_of(self, line_no: int) -> int:
+        return sum(a.fulfilled for a in self.allocations if a.line_no == line_no)
+
+    @property
+    def open_units(self) -> int:
+        return sum(a.open for a in self.allocations)
+
+    def locations(self) -> set[str]:
+        found = {a.location_id for a in self.allocations}
+        return found | {x for x in (self.selling_location_id, self.pickup_location_id) if x}
+
+
+@dataclass(frozen=True)
+class Take:
+    """Units of one allocation that a fulfilment or cancellation acts on."""
+
+    line_no: int
+    sku: str
+    location_id: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class Request:
+    sku: str
+    qty: int
+    location_id: str | None = None
+
+
+def illegal(order: Order, action: str) -> IllegalTransition:
+    return IllegalTransition(f"cannot {action} order {order.id}: it is {order.status}", status_now=order.status)
+
+
+def check_can(order: Order, action: str) -> None:
+    allowed = {"pay": ("placed", "fulfilled"), "fulfill": ACTIVE, "cancel": ACTIVE,
+               "complete": ("fulfilled",), "return": RETURNABLE}[action]
+    if order.status not in allowed:
+        raise illegal(order, action)
+    if action == "pay" and order.paid:
+        raise IllegalTransition(f"order {order.id} is already paid", status_now=order.status)
+    if action == "complete" and not order.paid:
+        raise IllegalTransition(f"order {order.id} is not paid; record the payment first", status_now=order.status)
+
+
+def take_open(order: Order, requests: Sequence[Request] | None, action: str,
+              only_location: str | None = None) -> list[Take]:
+    """The open units a fulfilment or cancellation acts on: all of them (at `only_location`, for a
+    store key) when `requests` is None, else exactly the requested quantities."""
+    check_can(order, action)
+    pool = [a for a in order.allocations if a.open > 0 and (only_location is None or a.location_id == only_location)]
+    if requests is None:
+        takes = [Take(a.line_no, a.sku, a.location_id, a.open) for a in pool]
+        if not takes:
+            raise IllegalTransition(f"order {order.id} has no open units to {action}"
+                                    + (f" at {only_location}" if only_location else ""), status_now=order.status)
+        return takes
+    skus = {line.sku for line in order.lines}
+    takes, used = [], {}
+    for i, req in enumerate(requests):
+        if req.sku not in skus:
+            raise field_error(f"lines.{i}.sku", f"sku '{req.sku}' is not on order {order.id}")
+        if only_location is not None and req.location_id not in (None, only_location):
+            raise Forbidden(f"this store key acts only on units at {only_location}")
+        wanted = req.qty
+        for a in pool:
+            if a.sku != req.sku or (req.location_id is not None and a.location_id != req.location_id):
+                continue
+            room = a.open - used.get(id(a), 0)
+            step = min(room, wanted)
+            if step > 0:
+                takes.append(Take(a.line_no, a.sku, a.location_id, step))
+                used[id(a)] = used.get(id(a), 0) + step
+                wanted -= step
+        if wanted > 0:
+            where = f" at {req.location_id or only_location}" if (req.location_id or only_location) else ""
+            raise IllegalTransition(f"order {order.id} has only {req.qty - wanted} open unit(s) of '{req.sku}'"
+                                    f"{where} to {action}, not {req.qty}", status_now=order.status)
+    return takes
+
+
+def apply_takes(order: Order, takes: Sequence[Take], kind: str) -> None:
+    for take in takes:
+        alloc = next(a for a in order.allocations if a.line_no == take.line_no and a.location_id == take.location_id)
+        if kind == "fulfill":
+            alloc.fulfilled += take.qty
+        else:
+            alloc.cancelled += take.qty
+
+
+def status_after_takes(order: Order) -> str:
+    """With no unit open, an order is fulfilled if any unit was, else cancelled; otherwise unchanged."""
+    if order.open_units > 0:
+        return order.status
+    return "fulfilled" if any(a.fulfilled for a in order.allocations) else "cancelled"
+
+
+def event_after_takes(kind: str, new_status: str) -> str:
+    """`fulfilled` / `cancelled` when the order reached that status, else the partial event."""
+    if kind == "fulfill":
+        return "fulfilled" if new_status == "fulfilled" else "partially_fulfilled"
+    return "cancelled" if new_status == "cancelled" else "partially_cancelled"
+
+
+@dataclass(frozen=True)
+class SaleDraft:
+    """A sale to record: lines [{sku, qty, unit_price, amount, location_id}] and signed amounts."""
+
+    kind: str
+    location_id: str
+    lines: list[dict[str, object]]
+    goods: Decimal
+    charges: Charges
+
+    @property
+    def total(self) -> Decimal:
+        return money(self.goods + self.charges.shipping + self.charges.tax - self.charges.discount)
+
+
+def fulfilment_sales(order: Order, takes: Sequence[Take]) -> list[SaleDraft]:
+    """One sale per credited location: the selling store for channel store, else where the stock left.
+    Order-level charges go, whole, onto the first sale of the order's first fulfilment."""
+    by_location: dict[str, list[dict[str, object]]] = {}
+    for take in takes:
+        line = order.line(take.line_no)
+        credited = order.selling_location_id if order.channel == "store" and order.selling_location_id else \
+            take.location_id
+        by_location.setdefault(credited, []).append({
+            "sku": take.sku, "qty": take.qty, "unit_price": line.unit_price,
+            "amount": money(line.unit_price * take.qty), "location_id": take.location_id,
+        })
+    drafts = []
+    for i, (location_id, lines) in enumerate(sorted(by_location.items())):
+        charges = order.charges if i == 0 and not order.charges_recognized else Charges()
+        goods = money(sum((ln["amount"] for ln in lines), Decimal(0)))  # type: ignore[misc]
+        drafts.append(SaleDraft("fulfillment", location_id, lines, goods, charges))
+    return drafts
+
+
+def return_sale(order: Order, requests: Sequence[Request], location_id: str) -> SaleDraft:
+    """What a return takes back (negative), after checking each unit was fulfilled and not returned yet."""
+    check_can(order, "return")
+    lines = []
+    for i, req in enumerate(requests):
+        line = next((ln for ln in order.lines if ln.sku == req.sku), None)
+        if line is None:
+            raise field_error(f"lines.{i}.sku", f"sku '{req.sku}' is not on order {order.id}")
+        returnable = order.fulfilled_of(line.line_no) - line.returned
+        if req.qty > returnable:
+            raise IllegalTransition(f"only {returnable} unit(s) of '{req.sku}' of order {order.id} can be returned,"
+                                    f" not {req.qty}", status_now=order.status)
+        lines.append({"sku": req.sku, "qty": -req.qty, "unit_price": line.unit_price,
+                      "amount": -money(line.unit_price * req.qty), "location_id": location_id,
+                      "line_no": line.line_no})
+    if len({ln["sku"] for ln in lines}) != len(lines):
+        raise field_error("lines", "each sku at most once per return")
+    goods = money(sum((ln["amount"] for ln in lines), Decimal(0)))  # type: ignore[misc]
+    return SaleDraft("return", location_id, lines, goods, Charges())

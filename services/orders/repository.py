@@ -1,0 +1,260 @@
+"""All SQL of the orders service. Stock changes go through the functions of 0001_orders.sql, which
+reach inventory only through inventory.lock_levels and inventory.apply_movement."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from services.orders import domain
+from services.orders.sourcing import Candidate
+from shared.db import Connection, Pool
+
+CATALOG_AND_STOCK = """
+SELECT q.sku, s.currency, c.location_id, c.available, c.distance_km, c.priority
+FROM unnest($1::text[]) AS q(sku)
+LEFT JOIN inventory.skus s ON s.sku = q.sku
+LEFT JOIN LATERAL (
+    SELECT lv.location_id, lv.on_hand - lv.reserved - lv.safety_stock AS available, l.priority,
+           CASE WHEN $4::float8 IS NULL THEN NULL ELSE inventory.distance_km($4, $5, l.lat, l.lon) END AS distance_km
+    FROM inventory.stock_levels lv
+    JOIN inventory.locations l ON l.id = lv.location_id
+    WHERE lv.sku = s.sku AND lv.on_hand - lv.reserved - lv.safety_stock > 0
+      AND CASE WHEN $2 = 'pickup' THEN l.id = $3 ELSE l.ship AND ($3::text IS NULL OR l.id = $3) END
+) c ON true
+"""
+
+PLACE_ORDER = """
+SELECT short, placed_at FROM orders.place_order(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+    $17::text[], $18::int[], $19::numeric[], $20::int[], $21::text[], $22::int[], $23::jsonb)
+"""
+
+TILL_SALE = """
+SELECT short, sale_id, business_day, sold_at FROM orders.record_till_sale(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9::text[], $10::int[], $11::numeric[], $12::jsonb, $13::jsonb, $14::jsonb)
+"""
+
+ORDER_LINES = """
+SELECT l.line_no, l.sku, l.qty AS line_qty, l.unit_price, l.returned_qty,
+       a.location_id, a.qty, a.fulfilled_qty, a.cancelled_qty
+FROM orders.order_lines l
+JOIN orders.allocations a ON a.order_id = l.order_id AND a.line_no = l.line_no
+WHERE l.order_id = $1
+ORDER BY l.line_no, a.location_id
+"""
+
+SALE_COLUMNS = ("id, kind, channel, order_id::text AS order_id, location_id, business_day, currency, lines,"
+                " goods_amount, shipping, tax, discount, total, tenders, reference, occurred_at")
+
+
+async def catalog_and_stock(db: Connection, skus: list[str], fulfillment_type: str, location_id: str | None,
+                            ship_to: tuple[float, float] | None) -> tuple[dict[str, str], dict[str, list[Candidate]]]:
+    """Each SKU's currency (absent if unknown) and where it can come from, in one round trip."""
+    lat, lon = ship_to if ship_to else (None, None)
+    rows = await db.fetch(CATALOG_AND_STOCK, skus, fulfillment_type, location_id, lat, lon)
+    catalog: dict[str, str] = {}
+    stock: dict[str, list[Candidate]] = {}
+    for r in rows:
+        if r["currency"] is None:
+            continue
+        catalog[r["sku"]] = r["currency"]
+        if r["location_id"] is not None:
+            stock.setdefault(r["sku"], []).append(
+                Candidate(r["location_id"], r["available"], r["distance_km"], r["priority"]))
+    return catalog, stock
+
+
+async def locations(db: Pool | Connection, ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    rows = await db.fetch("SELECT id, kind, ship, pickup, timezone FROM inventory.locations WHERE id = ANY($1)",
+                          list(set(ids)))
+    return {r["id"]: r for r in rows}
+
+
+async def sku_currencies(db: Pool | Connection, skus: list[str]) -> dict[str, str]:
+    rows = await db.fetch("SELECT sku, currency FROM inventory.skus WHERE sku = ANY($1)", skus)
+    return {r["sku"]: r["currency"] for r in rows}
+
+
+async def place_order(conn: Connection, *, order_id: uuid.UUID, channel: str, external_id: str | None,
+                      selling_location_id: str | None, currency: str, fulfillment_type: str,
+                      pickup_location_id: str | None, ship_to: tuple[float, float] | None,
+                      totals: domain.Totals, reserved_until: datetime | None, actor: str,
+                      lines: Sequence[tuple[str, int, Decimal]],
+                      allocations: Sequence[tuple[int, str, int]], event: dict[str, Any]) -> asyncpg.Record:
+    """Lock, check, reserve and write the order in one call; `short` is set (and nothing written)
+    when an allocation cannot be reserved."""
+    lat, lon = ship_to if ship_to else (None, None)
+    c = totals.charges
+    return await conn.fetchrow(
+        PLACE_ORDER, order_id, channel, external_id, selling_location_id, currency, fulfillment_type,
+        pickup_location_id, lat, lon, totals.lines_total, c.shipping, c.tax, c.discount, totals.total,
+        reserved_until, actor,
+        [ln[0] for ln in lines], [ln[1] for ln in lines], [ln[2] for ln in lines],
+        [a[0] for a in allocations], [a[1] for a in allocations], [a[2] for a in allocations], event,
+    )
+
+
+async def record_till_sale(conn: Connection, *, order_id: uuid.UUID, location_id: str, currency: str,
+                           totals: domain.Totals, actor: str, lines: Sequence[tuple[str, int, Decimal]],
+                           sale_lines: list[dict[str, Any]], tenders: list[dict[str, Any]],
+                           event: dict[str, Any]) -> asyncpg.Record:
+    c = totals.charges
+    return await conn.fetchrow(
+        TILL_SALE, order_id, location_id, currency, totals.lines_total, c.tax, c.discount, totals.total, actor,
+        [ln[0] for ln in lines], [ln[1] for ln in lines], [ln[2] for ln in lines], sale_lines, tenders, event,
+    )
+
+
+def _order_state(row: asyncpg.Record, line_rows: list[asyncpg.Record]) -> domain.Order:
+    lines: dict[int, domain.Line] = {}
+    allocations = []
+    for r in line_rows:
+        lines.setdefault(r["line_no"], domain.Line(r["line_no"], r["sku"], r["line_qty"], r["unit_price"],
+                                                   r["returned_qty"]))
+        allocations.append(domain.Allocation(r["line_no"], r["sku"], r["location_id"], r["qty"],
+                                             r["fulfilled_qty"], r["cancelled_qty"]))
+    return domain.Order(
+        id=str(row["id"]), status=row["status"], channel=row["channel"], currency=row["currency"],
+        selling_location_id=row["selling_location_id"], pickup_location_id=row["pickup_location_id"],
+        paid=row["paid_at"] is not None, charges_recognized=row["charges_recognized"],
+        charges=domain.Charges(row["shipping"], row["tax"], row["discount"]), total=row["total"],
+        lines=list(lines.values()), allocations=allocations,
+    )
+
+
+async def lock_order(conn: Connection, order_id: uuid.UUID) -> domain.Order | None:
+    """The order with its lines and allocations, its row locked until the transaction ends.
+    Lock order everywhere: the order row first, then stock levels in (sku, location) order."""
+    row = await conn.fetchrow("SELECT * FROM orders.orders WHERE id = $1 FOR UPDATE", order_id)
+    if row is None:
+        return None
+    return _order_state(row, await conn.fetch(ORDER_LINES, order_id))
+
+
+async def read_order(db: Pool | Connection, order_id: uuid.UUID) -> tuple[asyncpg.Record, list[asyncpg.Record],
+                                                                        list[asyncpg.Record]] | None:
+    row = await db.fetchrow("SELECT * FROM orders.orders WHERE id = $1", order_id)
+    if row is None:
+        return None
+    lines = await db.fetch(ORDER_LINES, order_id)
+    history = await db.fetch(
+        "SELECT event, status, at, actor, detail FROM orders.status_history WHERE order_id = $1 ORDER BY seq",
+        order_id)
+    return row, lines, history
+
+
+async def list_orders(db: Pool | Connection, status: str | None, channel: str | None, location_id: str | None,
+                      before: datetime | None, limit: int) -> list[uuid.UUID]:
+    rows = await db.fetch(
+        """
+        SELECT o.id FROM orders.orders o
+        WHERE ($1::text IS NULL OR o.status = $1) AND ($2::text IS NULL OR o.channel = $2)
+          AND ($3::text IS NULL OR o.selling_location_id = $3 OR o.pickup_location_id = $3
+               OR EXISTS (SELECT 1 FROM orders.allocations a WHERE a.order_id = o.id AND a.location_id = $3))
+          AND ($4::timestamptz IS NULL OR o.created_at < $4)
+        ORDER BY o.created_at DESC, o.id
+        LIMIT $5
+        """,
+        status, channel, location_id, before, limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def move_stock(conn: Connection, changes: Sequence[tuple[str, str, int, int]], kind: str, reference: str,
+                     reason: str | None, actor: str) -> None:
+    """(sku, location, on_hand_delta, reserved_delta) changes as movements of one kind."""
+    if not changes:
+        return
+    await conn.execute(
+        "SELECT orders.move_stock($1::text[], $2::text[], $3, $4::int[], $5::int[], $6, $7, $8)",
+        [c[0] for c in changes], [c[1] for c in changes], kind, [c[2] for c in changes], [c[3] for c in changes],
+        reference, reason, actor,
+    )
+
+
+async def add_to_allocations(conn: Connection, order_id: uuid.UUID, takes: Sequence[domain.Take], kind: str) -> None:
+    column = "fulfilled_qty" if kind == "fulfill" else "cancelled_qty"
+    await conn.execute(
+        f"UPDATE orders.allocations a SET {column} = a.{column} + t.qty"
+        " FROM unnest($2::int[], $3::text[], $4::int[]) AS t(line_no, location_id, qty)"
+        " WHERE a.order_id = $1 AND a.line_no = t.line_no AND a.location_id = t.location_id",
+        order_id, [t.line_no for t in takes], [t.location_id for t in takes], [t.qty for t in takes],
+    )
+
+
+async def add_returned(conn: Connection, order_id: uuid.UUID, returned: Sequence[tuple[int, int]]) -> None:
+    await conn.execute(
+        "UPDATE orders.order_lines l SET returned_qty = l.returned_qty + t.qty"
+        " FROM unnest($2::int[], $3::int[]) AS t(line_no, qty) WHERE l.order_id = $1 AND l.line_no = t.line_no",
+        order_id, [r[0] for r in returned], [r[1] for r in returned],
+    )
+
+
+async def set_status(conn: Connection, order_id: uuid.UUID, status: str, *, charges_recognized: bool | None = None,
+                     payment: dict[str, Any] | None = None) -> None:
+    """Change the status; leaving `placed` (or being paid) stops the reservation clock."""
+    await conn.execute(
+        """
+        UPDATE orders.orders SET status = $2, updated_at = now(),
+               charges_recognized = coalesce($3, charges_recognized),
+               paid_at = CASE WHEN $4::jsonb IS NULL THEN paid_at ELSE now() END,
+               payment = coalesce($4::jsonb, payment),
+               reserved_until = CASE WHEN $2 = 'placed' AND $4::jsonb IS NULL THEN reserved_until END
+        WHERE id = $1
+        """,
+        order_id, status, charges_recognized, payment,
+    )
+
+
+async def add_history(conn: Connection, order_id: uuid.UUID, event: str, status: str, actor: str,
+                      detail: dict[str, Any] | None = None) -> datetime:
+    return await conn.fetchval(
+        "INSERT INTO orders.status_history (order_id, seq, event, status, actor, detail)"
+        " SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4, $5 FROM orders.status_history WHERE order_id = $1"
+        " RETURNING at",
+        order_id, event, status, actor, detail,
+    )
+
+
+async def record_sale(conn: Connection, order: domain.Order, draft: domain.SaleDraft, reference: str,
+                      actor: str) -> asyncpg.Record:
+    c = draft.charges
+    return await conn.fetchrow(
+        f"SELECT {SALE_COLUMNS} FROM orders.record_sale($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13)",
+        draft.kind, order.channel, uuid.UUID(order.id), draft.location_id, order.currency, draft.lines, draft.goods,
+        c.shipping, c.tax, c.discount, draft.total, reference, actor,
+    )
+
+
+async def due_orders(conn: Connection, now: datetime | None, limit: int) -> list[uuid.UUID]:
+    """Unpaid orders whose reservation has expired, locked; ones another transaction holds are skipped
+    (a payment in flight wins, and two sweepers never take the same order)."""
+    rows = await conn.fetch(
+        "SELECT id FROM orders.orders WHERE status = 'placed' AND reserved_until <= coalesce($1, now())"
+        " ORDER BY reserved_until LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now, limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def lock_levels(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
+    if pairs:
+        unique = sorted(set(pairs))
+        await conn.execute("SELECT count(*) FROM inventory.lock_levels($1::text[], $2::text[])",
+                           [p[0] for p in unique], [p[1] for p in unique])
+
+
+async def list_sales(db: Pool | Connection, business_day: date, channel: str | None, location_id: str | None,
+                     after: int, limit: int) -> list[asyncpg.Record]:
+    return await db.fetch(
+        f"SELECT {SALE_COLUMNS} FROM orders.sales"
+        " WHERE business_day = $1 AND ($2::text IS NULL OR channel = $2) AND ($3::text IS NULL OR location_id = $3)"
+        " AND id > $4 ORDER BY id LIMIT $5",
+        business_day, channel, location_id, after, limit,
+    )

@@ -1,0 +1,179 @@
+"""Orders HTTP: parse, authorize, call a use case, render.
+
+Who may do what (403 otherwise); services/orders/README.md has the full matrix:
+- place: admin, ops (any channel), shop (online), store (channel store, sold at its own location);
+- read orders: every role; read sales records: admin, ops, finance, auditor;
+- pay, cancel: admin, ops, shop (online orders), store (orders that involve its location);
+- fulfil: admin, ops, store (units allocated at its location); complete: admin, ops, store (involved);
+- returns: admin, ops, store (restocking at its own location); till sales: admin, ops, store (its own);
+- sweep now: admin.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from services.orders import use_cases
+from services.orders.schemas import (
+    OrderIn,
+    OrderList,
+    OrderListQuery,
+    OrderOut,
+    PartialIn,
+    PaymentIn,
+    ReturnIn,
+    ReturnOut,
+    SaleList,
+    SalesQuery,
+    SweepOut,
+    TillSaleIn,
+    TillSaleOut,
+)
+from services.orders.sourcing import POLICIES, SourcingPolicy
+from shared.db import Connection, transaction
+from shared.errors import MalformedJson, UnsupportedMediaType
+from shared.http.api import Api, Call, Reply, validation_errors
+
+M = TypeVar("M", bound=BaseModel)
+
+api = Api("orders", path_types={"order_id": uuid.UUID})
+SOURCING = web.AppKey("orders_sourcing", SourcingPolicy)  # type: ignore[type-abstract]
+
+PLACERS = ("admin", "ops", "store", "shop")
+PAYERS = ("admin", "ops", "store", "shop")
+OPERATORS = ("admin", "ops", "store")
+SALES_READERS = ("admin", "ops", "finance", "auditor")
+IDEMPOTENT_409 = "illegal-transition, or Idempotency-Key reused"
+
+
+def _policy(call: Call[Any, Any]) -> SourcingPolicy:
+    return call.request.app.get(SOURCING) or POLICIES[call.settings.orders_sourcing_policy]
+
+
+def optional_body(call: Call[Any, Any], model: type[M]) -> M:
+    """Bodies that may be left out entirely (cancel everything, fulfil everything, pay)."""
+    raw = call.raw_body
+    if not raw.strip():
+        return model()
+    ctype = call.request.content_type
+    if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send application/json, not {ctype}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_errors(exc) from None
+
+
+async def once_if_keyed(call: Call[Any, Any], work: Callable[[Connection], Awaitable[Any]]) -> Any:
+    """With an Idempotency-Key, at most once per key (a retried partial fulfilment must not fulfil
+    twice); without one, a plain transaction: a full cancel or fulfil retried is a 409, not harm."""
+    if call.request.headers.get("Idempotency-Key") is not None:
+        async def keyed(conn: Connection) -> tuple[int, Any]:
+            return 200, await work(conn)
+
+        return await call.once(keyed)
+    async with transaction(call.pool) as conn:
+        return await work(conn)
+
+
+def order_id(call: Call[Any, Any]) -> uuid.UUID:
+    return uuid.UUID(call.path("order_id"))
+
+
+@api.post("/v1/orders", body=OrderIn, response=OrderOut, status=201, roles=PLACERS, idempotent=True,
+          extra_responses={409: "insufficient-stock (nothing reserved), or Idempotency-Key reused"})
+async def place_order(call: Call[OrderIn, None]) -> Reply:
+    """Place an order: source every line and reserve it, or reserve nothing."""
+    policy, ttl = _policy(call), call.settings.reservation_ttl_s
+
+    async def work(conn: Connection) -> tuple[int, OrderOut]:
+        return 201, await use_cases.place_order(conn, call.body, call.principal, policy, ttl)
+
+    return await call.once(work)
+
+
+@api.get("/v1/orders", query=OrderListQuery, response=OrderList)
+async def list_orders(call: Call[None, OrderListQuery]) -> OrderList:
+    """Orders, newest first; filter by status, channel, or a location they involve."""
+    return await use_cases.list_orders(call.pool, call.query)
+
+
+@api.get("/v1/orders/{order_id}", response=OrderOut, extra_responses={404: "unknown order"})
+async def get_order(call: Call[None, None]) -> OrderOut:
+    """The order with its lines, allocations and status history."""
+    return await use_cases.get_order(call.pool, order_id(call))
+
+
+@api.post("/v1/orders/{order_id}/pay", response=OrderOut, roles=PAYERS,
+          extra_responses={404: "unknown order", 409: IDEMPOTENT_409})
+async def pay(call: Call[None, None]) -> Any:
+    """Record payment (optional body {amount, provider, reference}); stops the reservation clock."""
+    body = optional_body(call, PaymentIn)
+    return await once_if_keyed(call, lambda conn: use_cases.pay(conn, order_id(call), body, call.principal))
+
+
+@api.post("/v1/orders/{order_id}/cancel", response=OrderOut, roles=PAYERS,
+          extra_responses={404: "unknown order", 409: IDEMPOTENT_409})
+async def cancel(call: Call[None, None]) -> Any:
+    """Release reserved units: all (no body), or {lines: [{sku, qty, location_id?}], reason?}."""
+    body = optional_body(call, PartialIn)
+    return await once_if_keyed(call, lambda conn: use_cases.cancel(conn, order_id(call), body, call.principal))
+
+
+@api.post("/v1/orders/{order_id}/fulfill", response=OrderOut, roles=OPERATORS,
+          extra_responses={404: "unknown order", 409: IDEMPOTENT_409})
+async def fulfill(call: Call[None, None]) -> Any:
+    """Shipped or picked up: all open units (no body), or {lines: [{sku, qty, location_id?}]}."""
+    body = optional_body(call, PartialIn)
+    return await once_if_keyed(call, lambda conn: use_cases.fulfill(conn, order_id(call), body, call.principal))
+
+
+@api.post("/v1/orders/{order_id}/complete", response=OrderOut, roles=OPERATORS,
+          extra_responses={404: "unknown order", 409: IDEMPOTENT_409})
+async def complete(call: Call[None, None]) -> Any:
+    """Close a fulfilled, paid order."""
+    return await once_if_keyed(call, lambda conn: use_cases.complete(conn, order_id(call), call.principal))
+
+
+@api.post("/v1/orders/{order_id}/returns", body=ReturnIn, response=ReturnOut, status=201, roles=OPERATORS,
+          idempotent=True, extra_responses={404: "unknown order", 409: IDEMPOTENT_409})
+async def post_return(call: Call[ReturnIn, None]) -> Reply:
+    """Take fulfilled units back into stock at location_id: a negative sale there."""
+
+    async def work(conn: Connection) -> tuple[int, ReturnOut]:
+        return 201, await use_cases.return_goods(conn, order_id(call), call.body, call.principal)
+
+    return await call.once(work)
+
+
+@api.post("/v1/pos/sales", body=TillSaleIn, response=TillSaleOut, status=201, roles=OPERATORS, idempotent=True,
+          extra_responses={409: "insufficient-stock, or Idempotency-Key reused"})
+async def till_sale(call: Call[TillSaleIn, None]) -> Reply:
+    """A till sale: on-hand goes down at once; tenders must sum to the total (422 otherwise)."""
+
+    async def work(conn: Connection) -> tuple[int, TillSaleOut]:
+        return 201, await use_cases.till_sale(conn, call.body, call.principal)
+
+    return await call.once(work)
+
+
+@api.get("/v1/sales", query=SalesQuery, response=SaleList, roles=SALES_READERS)
+async def list_sales(call: Call[None, SalesQuery]) -> SaleList:
+    """Sales records of one business day (fulfilments, till sales, returns), in id order."""
+    return await use_cases.list_sales(call.pool, call.query)
+
+
+@api.post("/v1/orders/reservations/sweep", response=SweepOut, roles=("admin",))
+async def sweep(call: Call[None, None]) -> SweepOut:
+    """Release expired reservations now (the background sweeper does this every few seconds)."""
+    return SweepOut(expired_orders=await use_cases.expire_reservations(call.pool))

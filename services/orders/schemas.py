@@ -1,0 +1,254 @@
+"""Request and response models of the orders API. Money is Decimal, rendered as a string ("12.30")."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from services.inventory.schemas import Currency, LocationId, Sku
+from shared.http.models import RequestModel, ResponseModel
+
+MAX_LINES = 100
+MAX_LINE_QTY = 100_000
+
+Qty = Annotated[int, Field(strict=True, ge=1, le=MAX_LINE_QTY)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
+PositiveMoney = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
+Channel = Literal["online", "store"]
+Status = Literal["placed", "paid", "fulfilled", "completed", "cancelled"]
+Note = Annotated[str, StringConstraints(max_length=500)]
+
+
+class LineIn(RequestModel):
+    sku: Sku
+    qty: Qty
+    unit_price: Money
+
+
+class ChargeIn(RequestModel):
+    kind: Literal["shipping", "tax", "discount"]
+    amount: Money
+
+
+class ShipTo(RequestModel):
+    lat: Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+    lon: Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+
+
+class FulfillmentIn(RequestModel):
+    """`pickup`: location_id is the pickup store, the only source. `ship`: location_id, if given, pins
+    the shipping location; otherwise the sourcing policy picks among ship-enabled locations."""
+
+    type: Literal["ship", "pickup"]
+    location_id: LocationId | None = None
+    ship_to: ShipTo | None = None
+
+    @model_validator(mode="after")
+    def pickup_needs_a_store(self) -> FulfillmentIn:
+        if self.type == "pickup" and self.location_id is None:
+            raise ValueError("a pickup order needs location_id (the pickup store)")
+        if self.type == "pickup" and self.ship_to is not None:
+            raise ValueError("a pickup order has no ship_to")
+        return self
+
+
+class OrderIn(RequestModel):
+    channel: Channel
+    external_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    # channel 'store' (endless aisle, pick-up sold at a till): the selling store; a store key's own
+    # location by default.
+    selling_location_id: LocationId | None = None
+    currency: Currency
+    lines: Annotated[list[LineIn], Field(min_length=1, max_length=MAX_LINES)]
+    charges: Annotated[list[ChargeIn], Field(max_length=10)] = []
+    fulfillment: FulfillmentIn
+
+
+class AllocationOut(ResponseModel):
+    sku: str
+    location_id: str
+    qty: int
+    fulfilled: int = 0
+    cancelled: int = 0
+    open: int
+
+
+class LineOut(ResponseModel):
+    sku: str
+    qty: int
+    unit_price: Decimal
+    amount: Decimal
+    fulfilled: int = 0
+    cancelled: int = 0
+    returned: int = 0
+    open: int
+
+
+class ChargeOut(ResponseModel):
+    kind: str
+    amount: Decimal
+
+
+class HistoryOut(ResponseModel):
+    event: str
+    status: str
+    at: datetime
+    actor: str
+    detail: dict[str, Any] | None = None
+
+
+class FulfillmentOut(ResponseModel):
+    type: str
+    location_id: str | None = None
+    ship_to: dict[str, float] | None = None
+
+
+class OrderOut(ResponseModel):
+    id: str
+    status: Status
+    channel: Channel
+    external_id: str | None = None
+    selling_location_id: str | None = None
+    currency: str
+    fulfillment: FulfillmentOut
+    lines: list[LineOut]
+    charges: list[ChargeOut]
+    lines_total: Decimal
+    total: Decimal
+    allocations: list[AllocationOut]
+    reserved_until: datetime | None = None
+    paid_at: datetime | None = None
+    created_at: datetime
+    history: list[HistoryOut]
+
+
+class OrderList(ResponseModel):
+    items: list[OrderOut]
+    next_before: datetime | None = None
+
+
+class OrderListQuery(RequestModel):
+    status: Status | None = None
+    channel: Channel | None = None
+    location_id: LocationId | None = None  # selling, pickup or allocated location
+    before: datetime | None = None  # created_at of the last order of the previous page
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+
+
+class QtyLineIn(RequestModel):
+    sku: Sku
+    qty: Qty
+    location_id: LocationId | None = None  # which allocation; any open one when absent
+
+
+class PartialIn(RequestModel):
+    """Body of fulfil and cancel: no body (or no `lines`) means every open unit."""
+
+    lines: Annotated[list[QtyLineIn], Field(min_length=1, max_length=MAX_LINES)] | None = None
+    reason: Note | None = None
+
+
+class PaymentIn(RequestModel):
+    """Recording payment stops the reservation clock. `amount`, if given, must equal the order total."""
+
+    amount: Money | None = None
+    provider: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = None
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class ReturnLineIn(RequestModel):
+    sku: Sku
+    qty: Qty
+
+
+class ReturnIn(RequestModel):
+    lines: Annotated[list[ReturnLineIn], Field(min_length=1, max_length=MAX_LINES)]
+    location_id: LocationId
+    reason: Note | None = None
+
+
+class SaleLineOut(ResponseModel):
+    sku: str
+    qty: int
+    unit_price: Decimal
+    amount: Decimal
+    location_id: str
+
+
+class SaleOut(ResponseModel):
+    id: int
+    kind: str
+    channel: str
+    order_id: str
+    location_id: str
+    business_day: date
+    currency: str
+    lines: list[SaleLineOut]
+    goods_amount: Decimal
+    shipping: Decimal
+    tax: Decimal
+    discount: Decimal
+    total: Decimal
+    tenders: list[dict[str, Any]] | None = None
+    reference: str
+    occurred_at: datetime
+
+
+class ReturnOut(ResponseModel):
+    order_id: str
+    status: Status
+    location_id: str
+    lines: list[ReturnLineIn]
+    sale: SaleOut
+
+
+class TenderIn(RequestModel):
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    amount: PositiveMoney
+    reference: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class TillChargeIn(RequestModel):
+    kind: Literal["tax", "discount"]
+    amount: Money
+
+
+class TillSaleIn(RequestModel):
+    location_id: LocationId
+    currency: Currency
+    lines: Annotated[list[LineIn], Field(min_length=1, max_length=MAX_LINES)]
+    charges: Annotated[list[TillChargeIn], Field(max_length=10)] = []
+    tenders: Annotated[list[TenderIn], Field(min_length=1, max_length=20)]
+
+
+class TillSaleOut(ResponseModel):
+    id: str  # the order the sale created (returns go to /v1/orders/{id}/returns)
+    status: Status
+    location_id: str
+    currency: str
+    total: Decimal
+    lines: list[SaleLineOut]
+    tenders: list[dict[str, Any]]
+    sale_id: int
+    business_day: date
+    sold_at: datetime
+
+
+class SalesQuery(RequestModel):
+    business_day: date
+    channel: Channel | None = None
+    location_id: LocationId | None = None
+    after: Annotated[int, Field(ge=0)] = 0  # id of the last sale of the previous page
+    limit: Annotated[int, Field(ge=1, le=1000)] = 500
+
+
+class SaleList(ResponseModel):
+    items: list[SaleOut]
+    next_after: int | None = None
+
+
+class SweepOut(ResponseModel):
+    expired_orders: int

@@ -1,0 +1,409 @@
+"""What the orders API does, one function per use case. Each runs inside one transaction: the caller's
+(the Idempotency-Key claim's) when given a connection, or its own."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.orders import domain
+from services.orders import repository as repo
+from services.orders.schemas import (
+    AllocationOut,
+    ChargeOut,
+    FulfillmentOut,
+    HistoryOut,
+    LineOut,
+    OrderIn,
+    OrderList,
+    OrderListQuery,
+    OrderOut,
+    PartialIn,
+    PaymentIn,
+    ReturnIn,
+    ReturnLineIn,
+    ReturnOut,
+    SaleLineOut,
+    SaleList,
+    SaleOut,
+    SalesQuery,
+    TillSaleIn,
+    TillSaleOut,
+)
+from services.orders.sourcing import LineRequest, SourcingPolicy, Unfillable
+from shared.auth import Principal
+from shared.db import Connection, Pool, transaction
+from shared.errors import Conflict, Forbidden, InsufficientStock, NotFound, ValidationFailed, field_error
+from shared.outbox import publish_many
+
+PLACEMENT_ATTEMPTS = 3  # re-source when the snapshot lost a race to a concurrent order
+SYSTEM_ACTOR = "system:sweeper"
+
+
+# --- placement ---------------------------------------------------------------------------------------
+
+
+def _selling_location(body: OrderIn, principal: Principal) -> str | None:
+    """Who may place what: shop places online orders; a store key places store orders sold at its own
+    location; admin and ops place either (a store order names its selling location)."""
+    if principal.role == "shop" and body.channel != "online":
+        raise Forbidden("a shop key places online orders only")
+    if principal.role == "store":
+        if body.channel != "store":
+            raise Forbidden("a store key places store orders only")
+        selling = body.selling_location_id or principal.location_id
+        principal.require_location(selling or "")
+        return selling
+    if body.channel == "store" and body.selling_location_id is None:
+        raise field_error("selling_location_id", "a store order names the store that sold it")
+    if body.channel == "online" and body.selling_location_id is not None:
+        raise field_error("selling_location_id", "only a store order has a selling location")
+    return body.selling_location_id
+
+
+async def _check_locations(conn: Connection, body: OrderIn, selling: str | None) -> None:
+    wanted = {"selling_location_id": selling, "fulfillment.location_id": body.fulfillment.location_id}
+    ids = [v for v in wanted.values() if v]
+    if not ids:
+        return
+    found = await repo.locations(conn, ids)
+    errors = [{"field": f, "problem": f"unknown location '{v}'"} for f, v in wanted.items() if v and v not in found]
+    if errors:
+        raise ValidationFailed(errors)
+    target = found.get(body.fulfillment.location_id or "")
+    if target is not None and body.fulfillment.type == "pickup" and not target["pickup"]:
+        raise field_error("fulfillment.location_id", f"location '{target['id']}' does not offer pick-up")
+    if target is not None and body.fulfillment.type == "ship" and not target["ship"]:
+        raise field_error("fulfillment.location_id", f"location '{target['id']}' does not ship")
+
+
+async def place_order(conn: Connection, body: OrderIn, principal: Principal, policy: SourcingPolicy,
+                      reservation_ttl_s: int) -> OrderOut:
+    """Validate, source, and reserve every line or none (409 naming the short SKUs)."""
+    selling = _selling_location(body, principal)
+    skus = [ln.sku for ln in body.lines]
+    domain.check_distinct_skus(skus)
+    totals = domain.totals([(ln.qty, ln.unit_price) for ln in body.lines],
+                           domain.charges_of([(c.kind, c.amount) for c in body.charges]))
+    await _check_locations(conn, body, selling)
+    ful = body.fulfillment
+    ship_to = (ful.ship_to.lat, ful.ship_to.lon) if ful.ship_to else None
+    requests = [LineRequest(i + 1, ln.sku, ln.qty) for i, ln in enumerate(body.lines)]
+    order_id = uuid.uuid4()
+    actor = principal.subject
+    reserved_until = None
+    if body.channel == "online":
+        reserved_until = datetime.now().astimezone() + timedelta(seconds=reservation_ttl_s)
+    short: list[dict[str, Any]] = []
+    for _ in range(PLACEMENT_ATTEMPTS):
+        catalog, stock = await repo.catalog_and_stock(conn, skus, ful.type, ful.location_id, ship_to)
+        domain.check_catalog(skus, body.currency, catalog)
+        try:
+            allocations = policy.allocate(requests, stock)
+        except Unfillable as exc:
+            raise _insufficient(exc.short) from None
+        event = _placed_event(order_id, body, selling, totals, allocations)
+        try:
+            row = await repo.place_order(
+                conn, order_id=order_id, channel=body.channel, external_id=body.external_id,
+                selling_location_id=selling, currency=body.currency, fulfillment_type=ful.type,
+                pickup_location_id=ful.location_id if ful.type == "pickup" else None, ship_to=ship_to,
+                totals=totals, reserved_until=reserved_until, actor=actor,
+                lines=[(ln.sku, ln.qty, ln.unit_price) for ln in body.lines],
+                allocations=[(a.line_no, a.location_id, a.qty) for a in allocations], event=event,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"an {body.channel} order with external_id '{body.external_id}' exists already",
+                           field="external_id") from None
+        if row["short"] is None:
+            return _placed_out(order_id, body, selling, totals, allocations, reserved_until, row["placed_at"], actor)
+        short = row["short"]
+    raise _insufficient(short)
+
+
+def _insufficient(short: list[dict[str, Any]]) -> InsufficientStock:
+    skus = sorted({str(s["sku"]) for s in short})
+    return InsufficientStock(f"not enough stock of {', '.join(skus)}; nothing was reserved", short=short,
+                             skus=skus)
+
+
+def _placed_event(order_id: uuid.UUID, body: OrderIn, selling: str | None, totals: domain.Totals,
+                  allocations: list[Any]) -> dict[str, Any]:
+    return {
+        "order_id": str(order_id), "event": "placed", "status": "placed", "channel": body.channel,
+        "external_id": body.external_id, "selling_location_id": selling, "currency": body.currency,
+        "total": str(totals.total), "fulfillment": body.fulfillment.type,
+        "lines": [{"sku": ln.sku, "qty": ln.qty, "unit_price": str(ln.unit_price)} for ln in body.lines],
+        "allocations": [{"sku": a.sku, "location_id": a.location_id, "qty": a.qty} for a in allocations],
+    }
+
+
+def _placed_out(order_id: uuid.UUID, body: OrderIn, selling: str | None, totals: domain.Totals,
+                allocations: list[Any], reserved_until: datetime | None, placed_at: datetime, actor: str) -> OrderOut:
+    ful = body.fulfillment
+    return OrderOut(
+        id=str(order_id), status="placed", channel=body.channel, external_id=body.external_id,
+        selling_location_id=selling, currency=body.currency,
+        fulfillment=FulfillmentOut(type=ful.type, location_id=ful.location_id,
+                                   ship_to=ful.ship_to.model_dump() if ful.ship_to else None),
+        lines=[LineOut(sku=ln.sku, qty=ln.qty, unit_price=ln.unit_price, amount=domain.money(ln.unit_price * ln.qty),
+                       open=ln.qty) for ln in body.lines],
+        charges=[ChargeOut(**c) for c in totals.charges.as_list()],
+        lines_total=totals.lines_total, total=totals.total,
+        allocations=[AllocationOut(sku=a.sku, location_id=a.location_id, qty=a.qty, open=a.qty) for a in allocations],
+        reserved_until=reserved_until, created_at=placed_at,
+        history=[HistoryOut(event="placed", status="placed", at=placed_at, actor=actor)],
+    )
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+
+async def get_order(db: Pool | Connection, order_id: uuid.UUID) -> OrderOut:
+    found = await repo.read_order(db, order_id)
+    if found is None:
+        raise NotFound(f"unknown order '{order_id}'")
+    return _order_out(*found)
+
+
+def _order_out(row: asyncpg.Record, line_rows: list[asyncpg.Record], history: list[asyncpg.Record]) -> OrderOut:
+    state = repo._order_state(row, line_rows)
+    lines = []
+    for line in state.lines:
+        allocs = [a for a in state.allocations if a.line_no == line.line_no]
+        lines.append(LineOut(
+            sku=line.sku, qty=line.qty, unit_price=line.unit_price, amount=domain.money(line.unit_price * line.qty),
+            fulfilled=sum(a.fulfilled for a in allocs), cancelled=sum(a.cancelled for a in allocs),
+            returned=line.returned, open=sum(a.open for a in allocs),
+        ))
+    ship_to = {"lat": row["ship_to_lat"], "lon": row["ship_to_lon"]} if row["ship_to_lat"] is not None else None
+    return OrderOut(
+        id=str(row["id"]), status=row["status"], channel=row["channel"], external_id=row["external_id"],
+        selling_location_id=row["selling_location_id"], currency=row["currency"],
+        fulfillment=FulfillmentOut(type=row["fulfillment_type"],
+                                   location_id=row["pickup_location_id"] or _only_location(state), ship_to=ship_to),
+        lines=lines, charges=[ChargeOut(**c) for c in state.charges.as_list()],
+        lines_total=row["lines_total"], total=row["total"],
+        allocations=[AllocationOut(sku=a.sku, location_id=a.location_id, qty=a.qty, fulfilled=a.fulfilled,
+                                   cancelled=a.cancelled, open=a.open) for a in state.allocations],
+        reserved_until=row["reserved_until"], paid_at=row["paid_at"], created_at=row["created_at"],
+        history=[HistoryOut(event=h["event"], status=h["status"], at=h["at"], actor=h["actor"], detail=h["detail"])
+                 for h in history],
+    )
+
+
+def _only_location(state: domain.Order) -> str | None:
+    found = {a.location_id for a in state.allocations}
+    return found.pop() if len(found) == 1 else None
+
+
+async def list_orders(pool: Pool, query: OrderListQuery) -> OrderList:
+    ids = await repo.list_orders(pool, query.status, query.channel, query.location_id, query.before, query.limit)
+    items = [await get_order(pool, order_id) for order_id in ids]
+    return OrderList(items=items, next_before=items[-1].created_at if len(items) == query.limit else None)
+
+
+async def list_sales(pool: Pool, query: SalesQuery) -> SaleList:
+    rows = await repo.list_sales(pool, query.business_day, query.channel, query.location_id, query.after, query.limit)
+    items = [_sale_out(r) for r in rows]
+    return SaleList(items=items, next_after=items[-1].id if len(items) == query.limit else None)
+
+
+def _sale_out(row: asyncpg.Record) -> SaleOut:
+    return SaleOut(**{**dict(row), "lines": [SaleLineOut(**{k: v for k, v in ln.items() if k != "line_no"})
+                                             for ln in row["lines"]]})
+
+
+# --- lifecycle ---------------------------------------------------------------------------------------
+
+
+async def _locked(conn: Connection, order_id: uuid.UUID) -> domain.Order:
+    order = await repo.lock_order(conn, order_id)
+    if order is None:
+        raise NotFound(f"unknown order '{order_id}'")
+    return order
+
+
+def _store_may_act(principal: Principal, order: domain.Order, action: str) -> None:
+    if principal.role == "store" and principal.location_id not in order.locations():
+        raise Forbidden(f"this store key may not {action} an order that does not involve {principal.location_id}")
+    if principal.role == "shop" and order.channel != "online":
+        raise Forbidden(f"a shop key may {action} online orders only")
+
+
+Events = list[tuple[str, str, dict[str, Any]]]
+
+
+def _events(order_id: str, event: str, status: str, channel: str, **extra: Any) -> Events:
+    return [(f"order.{event}", order_id, {"order_id": order_id, "event": event, "status": status,
+                                           "channel": channel, **extra})]
+
+
+async def pay(conn: Connection, order_id: uuid.UUID, body: PaymentIn, principal: Principal) -> OrderOut:
+    """Record payment: placed -> paid (or a fulfilled, unpaid order stays fulfilled); stops the clock."""
+    order = await _locked(conn, order_id)
+    _store_may_act(principal, order, "record payment for")
+    domain.check_can(order, "pay")
+    total = order.total
+    if body.amount is not None and domain.money(body.amount) != total:
+        raise field_error("amount", f"the order totals {total}, not {body.amount}")
+    status = "paid" if order.status == "placed" else order.status
+    payment = {"amount": str(total), "provider": body.provider, "reference": body.reference,
+               "recorded_by": principal.subject}
+    await repo.set_status(conn, order_id, status, payment=payment)
+    await repo.add_history(conn, order_id, "paid", status, principal.subject, {"reference": body.reference})
+    await publish_many(conn, _events(order.id, "paid", status, order.channel, amount=str(total),
+                                     provider=body.provider, reference=body.reference))
+    return await get_order(conn, order_id)
+
+
+async def fulfill(conn: Connection, order_id: uuid.UUID, body: PartialIn, principal: Principal) -> OrderOut:
+    """Shipped or picked up: reserved units leave on-hand and reserved together; the sale is recorded."""
+    order = await _locked(conn, order_id)
+    if principal.role == "store" and principal.location_id not in {a.location_id for a in order.allocations}:
+        raise Forbidden(f"nothing of this order is allocated at {principal.location_id}")
+    only = principal.location_id if principal.role == "store" else None
+    takes = domain.take_open(order, _requests(body), "fulfill", only)
+    reference = f"order:{order.id}"
+    await repo.move_stock(conn, [(t.sku, t.location_id, -t.qty, -t.qty) for t in takes], "sale", reference,
+                          "fulfilment", principal.subject)
+    await repo.add_to_allocations(conn, order_id, takes, "fulfill")
+    sales = [await repo.record_sale(conn, order, draft, reference, principal.subject)
+             for draft in domain.fulfilment_sales(order, takes)]
+    domain.apply_takes(order, takes, "fulfill")
+    status = domain.status_after_takes(order)
+    event = domain.event_after_takes("fulfill", status)
+    await repo.set_status(conn, order_id, status, charges_recognized=True)
+    detail = {"lines": _take_lines(takes), "sale_ids": [s["id"] for s in sales]}
+    await repo.add_history(conn, order_id, event, status, principal.subject, detail)
+    await publish_many(conn, _events(order.id, event, status, order.channel, **detail))
+    return await get_order(conn, order_id)
+
+
+async def cancel(conn: Connection, order_id: uuid.UUID, body: PartialIn, principal: Principal,
+                 event: str | None = None) -> OrderOut:
+    """Release what is still reserved: all of it, or the given quantities per line."""
+    order = await _locked(conn, order_id)
+    _store_may_act(principal, order, "cancel")
+    takes = domain.take_open(order, _requests(body), "cancel")
+    await _release(conn, order, takes, principal.subject, body.reason, event)
+    return await get_order(conn, order_id)
+
+
+async def _release(conn: Connection, order: domain.Order, takes: list[domain.Take], actor: str,
+                   reason: str | None, event: str | None = None) -> None:
+    order_id = uuid.UUID(order.id)
+    await repo.move_stock(conn, [(t.sku, t.location_id, 0, -t.qty) for t in takes], "release", f"order:{order.id}",
+                          reason or event or "cancelled", actor)
+    await repo.add_to_allocations(conn, order_id, takes, "cancel")
+    domain.apply_takes(order, takes, "cancel")
+    status = domain.status_after_takes(order)
+    event = event or domain.event_after_takes("cancel", status)
+    await repo.set_status(conn, order_id, status)
+    detail = {"lines": _take_lines(takes), "reason": reason}
+    await repo.add_history(conn, order_id, event, status, actor, detail)
+    await publish_many(conn, _events(order.id, event, status, order.channel, **detail))
+
+
+async def complete(conn: Connection, order_id: uuid.UUID, principal: Principal) -> OrderOut:
+    """Close a fulfilled, paid order: nothing changes it any more."""
+    order = await _locked(conn, order_id)
+    _store_may_act(principal, order, "complete")
+    domain.check_can(order, "complete")
+    await repo.set_status(conn, order_id, "completed")
+    await repo.add_history(conn, order_id, "completed", "completed", principal.subject)
+    await publish_many(conn, _events(order.id, "completed", "completed", order.channel))
+    return await get_order(conn, order_id)
+
+
+async def return_goods(conn: Connection, order_id: uuid.UUID, body: ReturnIn, principal: Principal) -> ReturnOut:
+    """Take fulfilled units back into stock at `location_id`; records a negative sale there."""
+    principal.require_location(body.location_id)
+    if not await repo.locations(conn, [body.location_id]):
+        raise field_error("location_id", f"unknown location '{body.location_id}'")
+    order = await _locked(conn, order_id)
+    draft = domain.return_sale(order, [domain.Request(ln.sku, ln.qty) for ln in body.lines], body.location_id)
+    reference = f"return:{order.id}:{uuid.uuid4()}"
+    await repo.move_stock(conn, [(str(ln["sku"]), body.location_id, -int(ln["qty"]), 0)  # type: ignore[call-overload]
+                                 for ln in draft.lines], "return", reference, body.reason, principal.subject)
+    await repo.add_returned(conn, order_id, [(int(ln["line_no"]), -int(ln["qty"]))  # type: ignore[call-overload]
+                                             for ln in draft.lines])
+    sale = await repo.record_sale(conn, order, draft, reference, principal.subject)
+    detail = {"lines": [{"sku": ln.sku, "qty": ln.qty} for ln in body.lines], "location_id": body.location_id,
+              "sale_id": sale["id"], "reason": body.reason}
+    await repo.set_status(conn, order_id, order.status)
+    await repo.add_history(conn, order_id, "returned", order.status, principal.subject, detail)
+    await publish_many(conn, _events(order.id, "returned", order.status, order.channel, **detail))
+    return ReturnOut(order_id=order.id, status=order.status, location_id=body.location_id,  # type: ignore[arg-type]
+                     lines=[ReturnLineIn(sku=ln.sku, qty=ln.qty) for ln in body.lines], sale=_sale_out(sale))
+
+
+def _requests(body: PartialIn) -> list[domain.Request] | None:
+    if body.lines is None:
+        return None
+    return [domain.Request(ln.sku, ln.qty, ln.location_id) for ln in body.lines]
+
+
+def _take_lines(takes: list[domain.Take]) -> list[dict[str, Any]]:
+    return [{"sku": t.sku, "location_id": t.location_id, "qty": t.qty} for t in takes]
+
+
+# --- till sales --------------------------------------------------------------------------------------
+
+
+async def till_sale(conn: Connection, body: TillSaleIn, principal: Principal) -> TillSaleOut:
+    """A sale at the till: on-hand goes down at once; tenders must sum to the total."""
+    principal.require_location(body.location_id)
+    skus = [ln.sku for ln in body.lines]
+    domain.check_distinct_skus(skus)
+    totals = domain.totals([(ln.qty, ln.unit_price) for ln in body.lines],
+                           domain.charges_of([(c.kind, c.amount) for c in body.charges]))
+    domain.check_tenders(totals.total, [t.amount for t in body.tenders])
+    location = (await repo.locations(conn, [body.location_id])).get(body.location_id)
+    if location is None:
+        raise field_error("location_id", f"unknown location '{body.location_id}'")
+    domain.check_catalog(skus, body.currency, await repo.sku_currencies(conn, skus))
+    order_id = uuid.uuid4()
+    sale_lines = [{"sku": ln.sku, "qty": ln.qty, "unit_price": ln.unit_price,
+                   "amount": domain.money(ln.unit_price * ln.qty), "location_id": body.location_id}
+                  for ln in body.lines]
+    tenders = [t.model_dump(mode="json", exclude_none=True) for t in body.tenders]
+    event = {"order_id": str(order_id), "event": "sold", "status": "fulfilled", "channel": "store",
+             "location_id": body.location_id, "total": str(totals.total), "currency": body.currency,
+             "lines": [{"sku": ln.sku, "qty": ln.qty} for ln in body.lines]}
+    row = await repo.record_till_sale(conn, order_id=order_id, location_id=body.location_id, currency=body.currency,
+                                      totals=totals, actor=principal.subject,
+                                      lines=[(ln.sku, ln.qty, ln.unit_price) for ln in body.lines],
+                                      sale_lines=sale_lines, tenders=tenders, event=event)
+    if row["short"] is not None:
+        raise _insufficient(row["short"])
+    return TillSaleOut(id=str(order_id), status="fulfilled", location_id=body.location_id, currency=body.currency,
+                       total=totals.total, lines=[SaleLineOut(**ln) for ln in sale_lines], tenders=tenders,
+                       sale_id=row["sale_id"], business_day=row["business_day"], sold_at=row["sold_at"])
+
+
+# --- reservation expiry ------------------------------------------------------------------------------
+
+
+async def expire_reservations(pool: Pool, now: datetime | None = None, batch: int = 200) -> int:
+    """Release every unpaid online order whose reservation expired (by `now`, default the database's
+    clock); returns how many orders were expired. Each batch is one transaction: due orders are
+    locked first (skipping any a payment or cancel holds), then all their levels in (sku, location)
+    order, so the sweep can never deadlock with placements."""
+    expired = 0
+    while True:
+        async with transaction(pool) as conn:
+            ids = await repo.due_orders(conn, now, batch)
+            orders = [await repo.lock_order(conn, order_id) for order_id in ids]
+            await repo.lock_levels(conn, [(a.sku, a.location_id) for o in orders if o for a in o.allocations
+                                          if a.open > 0])
+            for order in orders:
+                assert order is not None
+                takes = [domain.Take(a.line_no, a.sku, a.location_id, a.open) for a in order.allocations if a.open]
+                await _release(conn, order, takes, SYSTEM_ACTOR, "reservation expired", "expired")
+        expired += len(ids)
+        if len(ids) < batch:
+            return expired
