@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-quick clean
+.PHONY: run test lint bench bench-quick fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,6 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .omnistock .pytest_cache
+
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=200 $(BIN)/pytest -q tests/test_fuzz.py

@@ -145,6 +145,16 @@ async def apply_movement(conn: Connection, sku: str, location_id: str, kind: str
     )
 
 
+async def list_movements(db: Pool | Connection, sku: str | None, location_id: str | None, after: int,
+                         limit: int) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT * FROM inventory.stock_movements"
+        " WHERE id > $3 AND ($1::text IS NULL OR sku = $1) AND ($2::text IS NULL OR location_id = $2)"
+        " ORDER BY id LIMIT $4",
+        sku, location_id, after, limit,
+    )
+
+
 async def stock_of(db: Pool | Connection, sku: str) -> list[asyncpg.Record]:
     return await db.fetch(
         f"SELECT {LEVEL_COLUMNS} FROM inventory.stock_levels WHERE sku = $1 ORDER BY location_id", sku

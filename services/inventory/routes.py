@@ -15,7 +15,10 @@ from services.inventory.schemas import (
     LocationList,
     LocationOut,
     MovementIn,
+    MovementList,
+    MovementListQuery,
     MovementOut,
+    MovementRecord,
     NearbyOut,
     NearbyQuery,
     SafetyStockIn,
@@ -94,6 +97,15 @@ async def post_movement(call: Call[MovementIn, None]) -> Reply:
         return 201, await use_cases.record_movement(conn, call.body, actor)
 
     return await call.once(work)
+
+
+@api.get("/v1/stock/movements", query=MovementListQuery, response=MovementList)
+async def list_movements(call: Call[None, MovementListQuery]) -> MovementList:
+    """The movement journal, oldest first, a page at a time (pass `after` = the last id seen)."""
+    q = call.query
+    rows = await repo.list_movements(call.pool, q.sku, q.location_id, q.after, q.limit)
+    items = [MovementRecord.model_validate(dict(r)) for r in rows]
+    return MovementList(items=items, next_after=items[-1].id if len(items) == q.limit else None)
 
 
 @api.get("/v1/stock/{sku}", response=StockOut, extra_responses={404: "unknown sku"})

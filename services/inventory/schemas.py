@@ -19,8 +19,8 @@ Quantity = Annotated[int, Field(strict=True, ge=-1_000_000_000, le=1_000_000_000
 class LocationIn(RequestModel):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     kind: Literal["store", "warehouse", "dc"]
-    lat: Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
-    lon: Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+    lat: Annotated[float, Field(strict=True, ge=-90, le=90, allow_inf_nan=False)]
+    lon: Annotated[float, Field(strict=True, ge=-180, le=180, allow_inf_nan=False)]
     ship: Annotated[bool, Field(strict=True)]
     pickup: Annotated[bool, Field(strict=True)]
     timezone: str = "UTC"
@@ -86,6 +86,31 @@ class MovementIn(RequestModel):
     qty: Quantity
     to_location_id: LocationId | None = None
     reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class MovementListQuery(RequestModel):
+    sku: Sku | None = None
+    location_id: LocationId | None = None
+    after: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class MovementRecord(ResponseModel):
+    id: int
+    sku: str
+    location_id: str
+    kind: str
+    on_hand_delta: int
+    reserved_delta: int
+    reference: str | None
+    reason: str | None
+    actor: str | None
+    created_at: datetime
+
+
+class MovementList(ResponseModel):
+    items: list[MovementRecord]
+    next_after: int | None = None
 
 
 class LevelOut(ResponseModel):

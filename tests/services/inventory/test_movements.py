@@ -99,3 +99,15 @@ async def test_database_refuses_reserved_above_on_hand(inventory: Api, pool: asy
         raise AssertionError("reserved > on_hand was allowed")
     except asyncpg.CheckViolationError:
         pass
+
+
+async def test_movement_journal_lists_every_change_with_its_deltas(inventory: Api) -> None:
+    await move(inventory, "r", sku="TEE-M", location_id="store-a", kind="receipt", qty=5)
+    await move(inventory, "t", sku="TEE-M", location_id="store-a", kind="transfer", qty=2, to_location_id="store-b")
+    status, body, _ = await inventory.get("/v1/stock/movements?sku=TEE-M&limit=2")
+    assert status == 200
+    assert [(m["location_id"], m["kind"], m["on_hand_delta"]) for m in body["items"]] == [
+        ("store-a", "receipt", 5), ("store-a", "transfer", -2)]
+    status, body, _ = await inventory.get(f"/v1/stock/movements?sku=TEE-M&after={body['next_after']}")
+    assert [(m["location_id"], m["on_hand_delta"]) for m in body["items"]] == [("store-b", 2)]
+    assert body["next_after"] is None
