@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -14,7 +15,7 @@ from tests.conftest import with_database
 
 @pytest.fixture
 async def empty_db(server_url: str) -> str:
-    name = f"mig_{id(object())}"
+    name = f"mig_{uuid.uuid4().hex}"
     admin = await asyncpg.connect(server_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
