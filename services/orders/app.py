@@ -11,9 +11,10 @@ from pathlib import Path
 from aiohttp import web
 
 from services.inventory import app as inventory_app
-from services.orders.routes import SOURCING, api
+from services.orders.repository import LocationDirectory
+from services.orders.routes import PLACEMENT, api
 from services.orders.sourcing import POLICIES, SourcingPolicy
-from services.orders.use_cases import expire_reservations
+from services.orders.use_cases import Placement, expire_reservations
 from shared.http.app import create_service_app
 from shared.http.keys import POOL
 from shared.logging import get_logger
@@ -48,5 +49,6 @@ def create_app(settings: Settings, sourcing: SourcingPolicy | None = None) -> we
             await task
 
     app = create_service_app("orders", settings, api, migrations=MIGRATIONS, contexts=[run_sweeper])
-    app[SOURCING] = sourcing or POLICIES[settings.orders_sourcing_policy]
+    app[PLACEMENT] = Placement(sourcing or POLICIES[settings.orders_sourcing_policy], LocationDirectory(),
+                               settings.reservation_ttl_s)
     return app

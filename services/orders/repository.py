@@ -3,30 +3,28 @@ reach inventory only through inventory.lock_levels and inventory.apply_movement.
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
+from services.inventory.domain import great_circle_km
 from services.orders import domain
 from services.orders.sourcing import Candidate
 from shared.db import Connection, Pool
 
 CATALOG_AND_STOCK = """
-SELECT q.sku, s.currency, c.location_id, c.available, c.distance_km, c.priority
+SELECT q.sku, s.currency, lv.location_id, lv.on_hand - lv.reserved - lv.safety_stock AS available
 FROM unnest($1::text[]) AS q(sku)
 LEFT JOIN inventory.skus s ON s.sku = q.sku
-LEFT JOIN LATERAL (
-    SELECT lv.location_id, lv.on_hand - lv.reserved - lv.safety_stock AS available, l.priority,
-           CASE WHEN $4::float8 IS NULL THEN NULL ELSE inventory.distance_km($4, $5, l.lat, l.lon) END AS distance_km
-    FROM inventory.stock_levels lv
-    JOIN inventory.locations l ON l.id = lv.location_id
-    WHERE lv.sku = s.sku AND lv.on_hand - lv.reserved - lv.safety_stock > 0
-      AND CASE WHEN $2 = 'pickup' THEN l.id = $3 ELSE l.ship AND ($3::text IS NULL OR l.id = $3) END
-) c ON true
+LEFT JOIN inventory.stock_levels lv ON lv.sku = s.sku AND lv.location_id = ANY($2::text[])
+      AND lv.on_hand - lv.reserved - lv.safety_stock > 0
 """
 
 PLACE_ORDER = """
@@ -53,11 +51,46 @@ SALE_COLUMNS = ("id, kind, channel, order_id::text AS order_id, location_id, bus
                 " goods_amount, shipping, tax, discount, total, tenders, reference, occurred_at")
 
 
-async def catalog_and_stock(db: Connection, skus: list[str], fulfillment_type: str, location_id: str | None,
+@dataclass(frozen=True)
+class Site:
+    """What sourcing needs to know about a location."""
+
+    id: str
+    lat: float
+    lon: float
+    ship: bool
+    pickup: bool
+    priority: int
+
+
+class LocationDirectory:
+    """Locations, read at most every `ttl_s` seconds (and at once when an unknown id is asked for).
+
+    Placement asks for them on every order; they change a few times a day. A location whose `ship` or
+    `pickup` flag was just switched may be used for up to `ttl_s` more: stock correctness does not
+    depend on it (every reservation is checked under lock), only the choice of location does.
+    """
+
+    def __init__(self, ttl_s: float = 5.0) -> None:
+        self._ttl = ttl_s
+        self._sites: dict[str, Site] = {}
+        self._loaded_at = -math.inf
+
+    async def sites(self, db: Pool | Connection, need: Sequence[str] = ()) -> dict[str, Site]:
+        now = time.monotonic()
+        if now - self._loaded_at > self._ttl or any(i not in self._sites for i in need):
+            rows = await db.fetch("SELECT id, lat, lon, ship, pickup, priority FROM inventory.locations")
+            self._sites = {r["id"]: Site(r["id"], r["lat"], r["lon"], r["ship"], r["pickup"], r["priority"])
+                           for r in rows}
+            self._loaded_at = now
+        return self._sites
+
+
+async def catalog_and_stock(db: Connection, skus: list[str], sites: Sequence[Site],
                             ship_to: tuple[float, float] | None) -> tuple[dict[str, str], dict[str, list[Candidate]]]:
-    """Each SKU's currency (absent if unknown) and where it can come from, in one round trip."""
-    lat, lon = ship_to if ship_to else (None, None)
-    rows = await db.fetch(CATALOG_AND_STOCK, skus, fulfillment_type, location_id, lat, lon)
+    """Each SKU's currency (absent if unknown) and its sellable units at `sites`, in one round trip."""
+    by_id = {site.id: site for site in sites}
+    rows = await db.fetch(CATALOG_AND_STOCK, skus, list(by_id))
     catalog: dict[str, str] = {}
     stock: dict[str, list[Candidate]] = {}
     for r in rows:
@@ -65,8 +98,9 @@ async def catalog_and_stock(db: Connection, skus: list[str], fulfillment_type: s
             continue
         catalog[r["sku"]] = r["currency"]
         if r["location_id"] is not None:
-            stock.setdefault(r["sku"], []).append(
-                Candidate(r["location_id"], r["available"], r["distance_km"], r["priority"]))
+            site = by_id[r["location_id"]]
+            km = great_circle_km(ship_to[0], ship_to[1], site.lat, site.lon) if ship_to else None
+            stock.setdefault(r["sku"], []).append(Candidate(site.id, r["available"], km, site.priority))
     return catalog, stock
 
 

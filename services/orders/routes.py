@@ -35,7 +35,6 @@ from services.orders.schemas import (
     TillSaleIn,
     TillSaleOut,
 )
-from services.orders.sourcing import POLICIES, SourcingPolicy
 from shared.db import Connection, transaction
 from shared.errors import MalformedJson, UnsupportedMediaType
 from shared.http.api import Api, Call, Reply, validation_errors
@@ -43,17 +42,13 @@ from shared.http.api import Api, Call, Reply, validation_errors
 M = TypeVar("M", bound=BaseModel)
 
 api = Api("orders", path_types={"order_id": uuid.UUID})
-SOURCING = web.AppKey("orders_sourcing", SourcingPolicy)  # type: ignore[type-abstract]
+PLACEMENT = web.AppKey("orders_placement", use_cases.Placement)
 
 PLACERS = ("admin", "ops", "store", "shop")
 PAYERS = ("admin", "ops", "store", "shop")
 OPERATORS = ("admin", "ops", "store")
 SALES_READERS = ("admin", "ops", "finance", "auditor")
 IDEMPOTENT_409 = "illegal-transition, or Idempotency-Key reused"
-
-
-def _policy(call: Call[Any, Any]) -> SourcingPolicy:
-    return call.request.app.get(SOURCING) or POLICIES[call.settings.orders_sourcing_policy]
 
 
 def optional_body(call: Call[Any, Any], model: type[M]) -> M:
@@ -94,10 +89,10 @@ def order_id(call: Call[Any, Any]) -> uuid.UUID:
           extra_responses={409: "insufficient-stock (nothing reserved), or Idempotency-Key reused"})
 async def place_order(call: Call[OrderIn, None]) -> Reply:
     """Place an order: source every line and reserve it, or reserve nothing."""
-    policy, ttl = _policy(call), call.settings.reservation_ttl_s
+    placement = call.request.app[PLACEMENT]
 
     async def work(conn: Connection) -> tuple[int, OrderOut]:
-        return 201, await use_cases.place_order(conn, call.body, call.principal, policy, ttl)
+        return 201, await use_cases.place_order(conn, call.body, call.principal, placement)
 
     return await call.once(work)
 

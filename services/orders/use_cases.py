@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,45 +65,55 @@ def _selling_location(body: OrderIn, principal: Principal) -> str | None:
     return body.selling_location_id
 
 
-async def _check_locations(conn: Connection, body: OrderIn, selling: str | None) -> None:
-    wanted = {"selling_location_id": selling, "fulfillment.location_id": body.fulfillment.location_id}
-    ids = [v for v in wanted.values() if v]
-    if not ids:
-        return
-    found = await repo.locations(conn, ids)
-    errors = [{"field": f, "problem": f"unknown location '{v}'"} for f, v in wanted.items() if v and v not in found]
+@dataclass(frozen=True)
+class Placement:
+    """What placement is configured with: the sourcing policy, the location directory, the TTL."""
+
+    policy: SourcingPolicy
+    directory: repo.LocationDirectory
+    reservation_ttl_s: int
+
+
+def _eligible_sites(body: OrderIn, selling: str | None, sites: dict[str, repo.Site]) -> list[repo.Site]:
+    """Check the locations the order names; return where its stock may come from."""
+    named = {"selling_location_id": selling, "fulfillment.location_id": body.fulfillment.location_id}
+    errors = [{"field": f, "problem": f"unknown location '{v}'"} for f, v in named.items() if v and v not in sites]
     if errors:
         raise ValidationFailed(errors)
-    target = found.get(body.fulfillment.location_id or "")
-    if target is not None and body.fulfillment.type == "pickup" and not target["pickup"]:
-        raise field_error("fulfillment.location_id", f"location '{target['id']}' does not offer pick-up")
-    if target is not None and body.fulfillment.type == "ship" and not target["ship"]:
-        raise field_error("fulfillment.location_id", f"location '{target['id']}' does not ship")
+    ful = body.fulfillment
+    if ful.location_id is None:
+        return [site for site in sites.values() if site.ship]
+    target = sites[ful.location_id]
+    if ful.type == "pickup" and not target.pickup:
+        raise field_error("fulfillment.location_id", f"location '{target.id}' does not offer pick-up")
+    if ful.type == "ship" and not target.ship:
+        raise field_error("fulfillment.location_id", f"location '{target.id}' does not ship")
+    return [target]
 
 
-async def place_order(conn: Connection, body: OrderIn, principal: Principal, policy: SourcingPolicy,
-                      reservation_ttl_s: int) -> OrderOut:
+async def place_order(conn: Connection, body: OrderIn, principal: Principal, placement: Placement) -> OrderOut:
     """Validate, source, and reserve every line or none (409 naming the short SKUs)."""
     selling = _selling_location(body, principal)
     skus = [ln.sku for ln in body.lines]
     domain.check_distinct_skus(skus)
     totals = domain.totals([(ln.qty, ln.unit_price) for ln in body.lines],
                            domain.charges_of([(c.kind, c.amount) for c in body.charges]))
-    await _check_locations(conn, body, selling)
     ful = body.fulfillment
+    named = [x for x in (selling, ful.location_id) if x]
+    eligible = _eligible_sites(body, selling, await placement.directory.sites(conn, named))
     ship_to = (ful.ship_to.lat, ful.ship_to.lon) if ful.ship_to else None
     requests = [LineRequest(i + 1, ln.sku, ln.qty) for i, ln in enumerate(body.lines)]
     order_id = uuid.uuid4()
     actor = principal.subject
     reserved_until = None
     if body.channel == "online":
-        reserved_until = datetime.now().astimezone() + timedelta(seconds=reservation_ttl_s)
+        reserved_until = datetime.now().astimezone() + timedelta(seconds=placement.reservation_ttl_s)
     short: list[dict[str, Any]] = []
     for _ in range(PLACEMENT_ATTEMPTS):
-        catalog, stock = await repo.catalog_and_stock(conn, skus, ful.type, ful.location_id, ship_to)
+        catalog, stock = await repo.catalog_and_stock(conn, skus, eligible, ship_to)
         domain.check_catalog(skus, body.currency, catalog)
         try:
-            allocations = policy.allocate(requests, stock)
+            allocations = placement.policy.allocate(requests, stock)
         except Unfillable as exc:
             raise _insufficient(exc.short) from None
         event = _placed_event(order_id, body, selling, totals, allocations)

@@ -193,8 +193,9 @@ BEGIN
       FROM unnest(p_alloc_lines, p_alloc_locations, p_alloc_qtys, p_alloc_fulfilled) AS a(line_no, loc, qty, fulfilled);
 END $$;
 
--- Place an order in one call: lock and check every allocated level, reserve, write the order, its
--- history and its event. Returns the short items (and changes nothing) when stock is missing.
+-- Place an order in one call: reserve every allocation (inventory.reserve_many locks the levels in
+-- the global order and is all-or-nothing), then write the order, its history and its event. Returns
+-- the short items, with nothing written and no lock kept, when stock is missing.
 CREATE FUNCTION orders.place_order(
     p_id uuid, p_channel text, p_external_id text, p_selling_location_id text, p_currency text,
     p_fulfillment_type text, p_pickup_location_id text, p_ship_to_lat float8, p_ship_to_lon float8,
@@ -205,20 +206,24 @@ CREATE FUNCTION orders.place_order(
     p_event jsonb,
     OUT short jsonb, OUT placed_at timestamptz
 ) LANGUAGE plpgsql AS $$
-DECLARE
-    alloc_skus text[] := ARRAY(SELECT p_line_skus[n] FROM unnest(p_alloc_lines) WITH ORDINALITY AS a(n, i) ORDER BY i);
-    zeros int[] := array_fill(0, ARRAY[cardinality(p_alloc_lines)]);
 BEGIN
-    short := orders.lock_and_check(alloc_skus, p_alloc_locations, p_alloc_qtys, 'reserve');
+    short := inventory.reserve_many(
+        ARRAY(SELECT p_line_skus[n] FROM unnest(p_alloc_lines) WITH ORDINALITY AS a(n, i) ORDER BY i),
+        p_alloc_locations, p_alloc_qtys, 'order:' || p_id, p_actor);
     IF short IS NOT NULL THEN
         RETURN;
     END IF;
-    PERFORM orders.insert_order(p_id, p_channel, p_external_id, p_selling_location_id, p_currency,
-        p_fulfillment_type, p_pickup_location_id, p_ship_to_lat, p_ship_to_lon, 'placed', p_lines_total,
-        p_shipping, p_tax, p_discount, p_total, p_reserved_until, NULL, NULL, p_actor,
-        p_line_skus, p_line_qtys, p_line_prices, p_alloc_lines, p_alloc_locations, p_alloc_qtys, zeros);
-    PERFORM orders.move_stock(alloc_skus, p_alloc_locations, 'reservation', zeros, p_alloc_qtys,
-        'order:' || p_id, NULL, p_actor);
+    INSERT INTO orders.orders (id, channel, external_id, selling_location_id, currency, fulfillment_type,
+        pickup_location_id, ship_to_lat, ship_to_lon, status, lines_total, shipping, tax, discount, total,
+        reserved_until, placed_by)
+    VALUES (p_id, p_channel, p_external_id, p_selling_location_id, p_currency, p_fulfillment_type,
+        p_pickup_location_id, p_ship_to_lat, p_ship_to_lon, 'placed', p_lines_total, p_shipping, p_tax,
+        p_discount, p_total, p_reserved_until, p_actor);
+    INSERT INTO orders.order_lines (order_id, line_no, sku, qty, unit_price)
+    SELECT p_id, n, sku, qty, price FROM unnest(p_line_skus, p_line_qtys, p_line_prices)
+        WITH ORDINALITY AS l(sku, qty, price, n);
+    INSERT INTO orders.allocations (order_id, line_no, location_id, qty)
+    SELECT p_id, line_no, loc, qty FROM unnest(p_alloc_lines, p_alloc_locations, p_alloc_qtys) AS a(line_no, loc, qty);
     INSERT INTO orders.status_history (order_id, seq, event, status, actor) VALUES (p_id, 1, 'placed', 'placed', p_actor);
     INSERT INTO core.events (topic, key, payload) VALUES ('order.placed', p_id::text, p_event);
     placed_at := now();
