@@ -97,7 +97,10 @@ async def place_order(call: Call[OrderIn, None]) -> Reply:
     return await call.once(work)
 
 
-@api.get("/v1/orders", query=OrderListQuery, response=OrderList)
+LONG_URL = {400: "request line too long"}
+
+
+@api.get("/v1/orders", query=OrderListQuery, response=OrderList, extra_responses=LONG_URL)
 async def list_orders(call: Call[None, OrderListQuery]) -> OrderList:
     """Orders, newest first; filter by status, channel, or a location they involve."""
     return await use_cases.list_orders(call.pool, call.query)
@@ -162,7 +165,7 @@ async def till_sale(call: Call[TillSaleIn, None]) -> Reply:
     return await call.once(work)
 
 
-@api.get("/v1/sales", query=SalesQuery, response=SaleList, roles=SALES_READERS)
+@api.get("/v1/sales", query=SalesQuery, response=SaleList, roles=SALES_READERS, extra_responses=LONG_URL)
 async def list_sales(call: Call[None, SalesQuery]) -> SaleList:
     """Sales records of one business day (fulfilments, till sales, returns), in id order."""
     return await use_cases.list_sales(call.pool, call.query)

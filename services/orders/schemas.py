@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import BeforeValidator, Field, StringConstraints, model_validator
 
 from services.inventory.schemas import Currency, LocationId, Sku
 from shared.http.models import RequestModel, ResponseModel
@@ -22,6 +22,29 @@ Status = Literal["placed", "paid", "fulfilled", "completed", "cancelled"]
 Note = Annotated[str, StringConstraints(max_length=500)]
 
 
+def _iso_datetime(value: object) -> object:
+    """Query times are RFC 3339 strings only (pydantic would also take a number as a Unix time)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("an RFC 3339 date-time string")
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _iso_date(value: object) -> object:
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a date as YYYY-MM-DD")
+    return date.fromisoformat(value)
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
 class LineIn(RequestModel):
     sku: Sku
     qty: Qty
@@ -34,8 +57,8 @@ class ChargeIn(RequestModel):
 
 
 class ShipTo(RequestModel):
-    lat: Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
-    lon: Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+    lat: Annotated[Coordinate, Field(ge=-90, le=90)]
+    lon: Annotated[Coordinate, Field(ge=-180, le=180)]
 
 
 class FulfillmentIn(RequestModel):
@@ -134,7 +157,7 @@ class OrderListQuery(RequestModel):
     status: Status | None = None
     channel: Channel | None = None
     location_id: LocationId | None = None  # selling, pickup or allocated location
-    before: datetime | None = None  # created_at of the last order of the previous page
+    before: IsoDatetime | None = None  # created_at of the last order of the previous page
     limit: Annotated[int, Field(ge=1, le=200)] = 50
 
 
@@ -238,7 +261,7 @@ class TillSaleOut(ResponseModel):
 
 
 class SalesQuery(RequestModel):
-    business_day: date
+    business_day: IsoDate
     channel: Channel | None = None
     location_id: LocationId | None = None
     after: Annotated[int, Field(ge=0)] = 0  # id of the last sale of the previous page
