@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services import registry, runtime
+from services.ecommerce.cli import ecommerce as ecommerce_commands
 from shared.auth import ROLES, create_api_key
 from shared.db import create_pool
 from shared.logging import configure_logging
@@ -158,6 +159,8 @@ def seed(stores: int, skus: int, density: float) -> None:
     locations, catalog, levels = _run(go)
     click.echo(f"seeded {locations} locations, {catalog} SKUs, {levels} stock levels")
 
+
+main.add_command(ecommerce_commands)
 
 if __name__ == "__main__":
     sys.exit(main())

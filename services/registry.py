@@ -11,6 +11,7 @@ from types import ModuleType
 SERVICE_MODULES: dict[str, str] = {
     "inventory": "services.inventory.app",
     "orders": "services.orders.app",
+    "ecommerce": "services.ecommerce.app",
 }
 
 

@@ -48,6 +48,23 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     event_poll_interval_s: float = Field(default=0.25, gt=0)
 
+    # E-commerce: the availability projection, outbound webhooks, inbound shop orders.
+    projection_poll_interval_s: float = Field(default=1.0, gt=0)
+    # Host names, IPs or CIDR networks webhooks may reach although not public (e.g. ["127.0.0.1"]);
+    # everything else private, loopback, link-local or reserved is refused. JSON list in the environment.
+    webhook_allow_hosts: list[str] = Field(default_factory=list)
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_connect_timeout_s: float = Field(default=2.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_backoff_base_s: float = Field(default=1.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=600.0, gt=0)
+    webhook_coalesce_s: float = Field(default=0.05, ge=0)  # how long a change waits for newer ones of its SKU
+    webhook_concurrency: int = Field(default=32, ge=1)
+    webhook_poll_interval_s: float = Field(default=1.0, gt=0)
+    # The shop's webhook signing secret: X-Shopify-Hmac-Sha256 = base64(HMAC-SHA256(secret, raw body)).
+    shop_webhook_secret: SecretStr | None = None
+    shop_channel: str = "shopify"
+
     # Orders: unpaid online orders hold their reservation this long; the sweeper looks this often.
     reservation_ttl_s: int = Field(default=1800, ge=1)
     reservation_sweep_interval_s: float = Field(default=30.0, gt=0)

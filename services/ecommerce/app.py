@@ -1,0 +1,48 @@
+"""Wiring of the e-commerce service: routes, migrations, and two background tasks per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import services.inventory.app
+from services.ecommerce.projection import run_projector
+from services.ecommerce.routes import api
+from services.ecommerce.webhooks import Dispatcher
+from shared.http.app import create_service_app
+from shared.http.keys import HUB, POOL
+from shared.migrations import MigrationSet
+from shared.settings import Settings
+
+MIGRATIONS = [*services.inventory.app.MIGRATIONS, MigrationSet("ecommerce", Path(__file__).parent / "migrations")]
+
+
+def _background(name: str, start: Any) -> Any:
+    """A cleanup context that runs `start(app)` as a task for the app's lifetime."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        coro: Coroutine[Any, Any, None] = start(app)
+        task = asyncio.create_task(coro, name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return context
+
+
+def create_app(settings: Settings) -> web.Application:
+    # Every replica runs both tasks; the cursor locks make exactly one of them work a batch at a time,
+    # and SKIP LOCKED claims let every replica's dispatcher send disjoint deliveries.
+    projector = _background(
+        "ecommerce-projector",
+        lambda app: run_projector(app[POOL], app[HUB], settings.projection_poll_interval_s),
+    )
+    dispatcher = _background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
+    return create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=True,
+                              contexts=[projector, dispatcher])

@@ -1,0 +1,186 @@
+"""E-commerce rules, free of I/O: sellable numbers, stock states, webhook signing, backoff, SSRF policy."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import math
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+from urllib.parse import urlsplit
+
+DEFAULT_SCOPE = "*"  # the default rule's key; '*' can never be a SKU
+STATES = ("in_stock", "low_stock", "out_of_stock")
+AVAILABILITY_TOPICS = (
+    "availability.changed",
+    "availability.low_stock",
+    "availability.out_of_stock",
+    "availability.back_in_stock",
+)
+COALESCABLE_TOPIC = "availability.changed"  # a snapshot: only the newest one matters to a receiver
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A channel rule as stored: any field may be None (inherit the default's)."""
+
+    buffer_kind: str | None = None  # "absolute" | "percent"
+    buffer_value: Decimal | None = None
+    low_stock_threshold: int | None = None
+
+
+@dataclass(frozen=True)
+class Availability:
+    ship_available: int
+    sellable: int
+    state: str
+
+
+NOTHING = Availability(0, 0, "out_of_stock")
+
+
+def effective_rule(own: Rule | None, default: Rule | None) -> Rule:
+    """A SKU's own buffer and threshold where set, else the default's, else none."""
+    own, default = own or Rule(), default or Rule()
+    if own.buffer_kind is not None:
+        kind, value = own.buffer_kind, own.buffer_value
+    else:
+        kind, value = default.buffer_kind, default.buffer_value
+    threshold = own.low_stock_threshold if own.low_stock_threshold is not None else default.low_stock_threshold
+    return Rule(kind, value, threshold)
+
+
+def held_back(ship_available: int, rule: Rule) -> int:
+    """Units the channel buffer keeps from online sale; a percentage rounds up (never oversell)."""
+    if rule.buffer_kind is None or rule.buffer_value is None:
+        return 0
+    if rule.buffer_kind == "absolute":
+        return int(rule.buffer_value)
+    units = (Decimal(ship_available) * rule.buffer_value / 100).to_integral_value(rounding=ROUND_CEILING)
+    return int(units)
+
+
+def stock_state(sellable: int, low_stock_threshold: int | None) -> str:
+    if sellable <= 0:
+        return "out_of_stock"
+    if low_stock_threshold is not None and sellable <= low_stock_threshold:
+        return "low_stock"
+    return "in_stock"
+
+
+def availability(ship_available: int, rule: Rule) -> Availability:
+    sellable = max(0, ship_available - held_back(ship_available, rule))
+    return Availability(ship_available, sellable, stock_state(sellable, rule.low_stock_threshold))
+
+
+def change_topics(old: Availability, new: Availability) -> list[str]:
+    """Outbox topics a change publishes: `changed` when the sellable number moves, plus one per state
+    transition (leaving out-of-stock is back-in-stock; entering low and out are their own events)."""
+    topics = ["availability.changed"] if old.sellable != new.sellable else []
+    if old.state != new.state:
+        if old.state == "out_of_stock":
+            topics.append("availability.back_in_stock")
+        if new.state == "low_stock":
+            topics.append("availability.low_stock")
+        if new.state == "out_of_stock":
+            topics.append("availability.out_of_stock")
+    return topics
+
+
+def change_payload(sku: str, old: Availability, new: Availability) -> dict[str, object]:
+    return {
+        "sku": sku, "available": new.sellable, "previous": old.sellable, "state": new.state,
+        "previous_state": old.state, "ship_available": new.ship_available,
+    }
+
+
+# --- webhooks -------------------------------------------------------------------------------------
+
+
+def signature(secret: str, body: bytes) -> str:
+    """`X-Omnistock-Signature`: sha256=<hex HMAC-SHA256 of the raw body>."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float, jitter: float) -> float:
+    """Delay before retry number `attempt` (1 = after the first failure): exponential, capped, with
+    "equal jitter" (`jitter` in [0, 1)) so that many failed receivers do not retry in lockstep."""
+    ceiling = min(cap_s, base_s * math.pow(2, min(attempt - 1, 60)))
+    return ceiling / 2 + ceiling / 2 * jitter
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_allow_list(entries: list[str]) -> tuple[frozenset[str], tuple[Network, ...]]:
+    """Host names (matched exactly, lowercase) and IP networks that may be non-public destinations."""
+    hosts: set[str] = set()
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            hosts.add(entry.strip().lower().rstrip("."))
+    return frozenset(hosts), tuple(networks)
+
+
+def address_allowed(ip: str, host: str, allow_list: list[str]) -> bool:
+    """A destination may be reached if it is a public address, or allow-listed by name or network.
+
+    Private, loopback, link-local (cloud metadata at 169.254.169.254), multicast, reserved and
+    unspecified addresses are refused: a subscriber must not turn our dispatcher into a probe of
+    the internal network.
+    """
+    hosts, networks = parse_allow_list(allow_list)
+    if host.lower().rstrip(".") in hosts:
+        return True
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in networks):
+        return True
+    return address.is_global and not address.is_multicast
+
+
+def url_problem(url: str) -> str | None:
+    """Why a webhook URL is unacceptable on its face (scheme, host, credentials), or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return "only http and https URLs"
+    if not parts.hostname:
+        return "the URL needs a host"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not allowed; sign with the secret instead"
+    if port == 0:
+        return "port 0 is not a port"
+    if parts.fragment:
+        return "a URL fragment is never sent; remove it"
+    return None
+
+
+def literal_ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+def collapse_snapshots(items: list[tuple[str, str]]) -> list[tuple[int, int]]:
+    """Coalesce rapid changes: in a sequence of (topic, key), a snapshot topic that directly follows
+    another of the same key (no other message of that key between) replaces it. Returns the kept
+    positions, in order, each with how many earlier snapshots it absorbed. Per-key order is unchanged."""
+    kept: dict[int, int] = {}
+    last_of_key: dict[str, int] = {}
+    for index, (topic, key) in enumerate(items):
+        previous = last_of_key.get(key)
+        if previous is not None and topic == COALESCABLE_TOPIC and items[previous][0] == COALESCABLE_TOPIC:
+            kept[index] = kept.pop(previous) + 1
+        else:
+            kept[index] = 0
+        last_of_key[key] = index
+    return sorted(kept.items())

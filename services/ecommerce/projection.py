@@ -1,0 +1,188 @@
+"""The availability projection: incremental from the outbox, and rebuilt from scratch on demand.
+
+One consumer works at a time (it holds the cursor row's lock for its whole batch, replicas skip it),
+and it moves the cursor in the same transaction as the projection rows and the `availability.*`
+events it publishes, so a crash never applies a batch twice or skips one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from services.ecommerce import domain
+from services.ecommerce import repository as repo
+from shared.db import Connection, Pool, transaction
+from shared.event_stream import EventHub
+from shared.logging import get_logger
+from shared.outbox import Event, publish_many, read_after
+
+log = get_logger("omnistock.ecommerce.projection")
+
+CURSOR = "availability"
+FAMILIES = ["stock", "location", "channel"]
+RULES_CHANGED = "channel.rules_changed"
+
+
+@dataclass
+class Touched:
+    """What a batch of events asks the projection to look at again."""
+
+    pairs: set[tuple[str, str]] = field(default_factory=set)
+    locations: set[str] = field(default_factory=set)
+    rule_skus: set[str] = field(default_factory=set)
+    all_rules: bool = False
+
+    @classmethod
+    def of(cls, events: list[Event]) -> Touched:
+        touched = cls()
+        for event in events:
+            if event.topic == "stock.changed":
+                touched.pairs.add((event.payload["sku"], event.payload["location_id"]))
+            elif event.topic == "location.changed":
+                touched.locations.add(event.payload["location_id"])
+            elif event.topic == RULES_CHANGED:
+                scope = event.payload["scope"]
+                if scope == domain.DEFAULT_SCOPE:
+                    touched.all_rules = True
+                else:
+                    touched.rule_skus.add(scope)
+        return touched
+
+
+async def apply_batch(pool: Pool, limit: int = 1000, *, wait: bool = False) -> int | None:
+    """Apply the next batch of events; the number applied, or None if another process holds the cursor."""
+    async with transaction(pool) as conn:
+        position = await repo.lock_cursor(conn, CURSOR, wait=wait)
+        if position is None:
+            return None
+        events = await read_after(conn, position, limit, FAMILIES)
+        if not events:
+            return 0
+        await _apply(conn, Touched.of(events))
+        await repo.save_cursor(conn, CURSOR, events[-1].position)
+    return len(events)
+
+
+async def _apply(conn: Connection, touched: Touched) -> None:
+    location_ids = sorted(touched.locations | {loc for _, loc in touched.pairs})
+    if location_ids:
+        await repo.refresh_locations(conn, location_ids)
+    if touched.pairs:
+        await repo.refresh_levels(conn, sorted(touched.pairs))
+    skus = {sku for sku, _ in touched.pairs} | touched.rule_skus
+    if touched.locations:
+        skus.update(await repo.refresh_levels_at(conn, sorted(touched.locations)))
+    if touched.all_rules:
+        skus.update(await repo.projected_skus(conn))
+    if skus:
+        await _recompute(conn, sorted(skus))
+
+
+async def _recompute(conn: Connection, skus: list[str]) -> int:
+    """Recompute these SKUs from the mirrors; save and publish the ones that changed."""
+    sums = await repo.ship_sums(conn, skus)
+    default, rules = await repo.rules_for(conn, skus)
+    old = await repo.availability_of(conn, skus)
+    new = {sku: domain.availability(sums[sku], domain.effective_rule(rules.get(sku), default)) for sku in skus}
+    return await _save_changes(conn, old, new)
+
+
+async def _save_changes(conn: Connection, old: dict[str, domain.Availability],
+                        new: dict[str, domain.Availability]) -> int:
+    changed = [(sku, a) for sku, a in sorted(new.items()) if old.get(sku) != a]
+    await repo.save_availability(conn, changed)
+    events = []
+    for sku, current in changed:
+        before = old.get(sku, domain.NOTHING)
+        payload = domain.change_payload(sku, before, current)
+        events.extend((topic, sku, payload) for topic in domain.change_topics(before, current))
+    await publish_many(conn, events)
+    return len(changed)
+
+
+async def catch_up(pool: Pool, limit: int = 1000) -> int:
+    """Apply every readable event (waiting for a concurrent consumer's batch); the number applied."""
+    total = 0
+    while n := await apply_batch(pool, limit, wait=True):
+        total += n
+    return total
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far the projection is from a from-scratch computation (all zero when it agrees)."""
+
+    levels: int
+    locations: int
+    availability: list[tuple[str, domain.Availability | None, domain.Availability | None]]
+
+    @property
+    def none(self) -> bool:
+        return self.levels == 0 and self.locations == 0 and not self.availability
+
+
+async def _expected(conn: Connection) -> dict[str, domain.Availability]:
+    sums = await repo.ship_sums_from_inventory(conn)
+    default, rules = await repo.rules_for(conn, None)
+    return {sku: domain.availability(total, domain.effective_rule(rules.get(sku), default))
+            for sku, total in sums.items()}
+
+
+async def _drift(conn: Connection) -> tuple[Drift, dict[str, domain.Availability], dict[str, domain.Availability]]:
+    expected, actual = await _expected(conn), await repo.all_availability(conn)
+    wrong = [(sku, actual.get(sku), expected.get(sku)) for sku in sorted(expected.keys() | actual.keys())
+             if actual.get(sku) != expected.get(sku)]
+    levels = len((await repo.expected_levels(conn)) ^ (await repo.mirrored_levels(conn)))
+    locations = len((await repo.expected_locations(conn)) ^ (await repo.mirrored_locations(conn)))
+    return Drift(levels, locations, wrong), expected, actual
+
+
+async def check(pool: Pool) -> Drift:
+    """Compare the projection with a from-scratch computation, in one snapshot, changing nothing."""
+    async with transaction(pool, isolation="repeatable_read") as conn:
+        drift, _, _ = await _drift(conn)
+    return drift
+
+
+async def rebuild(pool: Pool) -> Drift:
+    """Recompute everything from inventory and the rules; return the drift it repaired.
+
+    Holds the consumer's cursor lock, so no batch interleaves; the cursor itself stays where it is:
+    replaying events after it only re-reads rows, which changes nothing already right.
+    """
+    async with transaction(pool) as conn:
+        await repo.lock_cursor(conn, CURSOR, wait=True)
+        drift, expected, actual = await _drift(conn)
+        await repo.replace_mirrors(conn)
+        await repo.delete_availability(conn, sorted(actual.keys() - expected.keys()))
+        await _save_changes(conn, actual, expected)
+    return drift
+
+
+async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
+    """Background task: apply batches whenever the hub sees events (or every `poll_s`), forever."""
+    wake = asyncio.Event()
+
+    async def listen() -> None:
+        async for _ in hub.follow(hub.head, FAMILIES, heartbeat_s=poll_s):
+            wake.set()
+
+    listener = asyncio.create_task(listen(), name="ecommerce-projector-wake")
+    try:
+        while True:
+            try:
+                while await apply_batch(pool):
+                    pass
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("projection batch failed; retrying", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), poll_s)
+            wake.clear()
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener

@@ -1,0 +1,278 @@
+"""SQL of the availability projection, channel rules, availability reads and the endless aisle.
+
+Inventory's tables are read here (never written): the projection refreshes its mirrors from them, the
+rebuild recomputes from them, the endless aisle answers from them live. Webhook SQL is in
+webhook_repository.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from services.ecommerce.domain import DEFAULT_SCOPE, Availability, Rule
+from shared.db import Connection, Pool
+from shared.outbox import Position
+
+# Inventory's published definition (CONTRACT): available = on_hand - reserved - safety_stock, never < 0.
+INVENTORY_AVAILABLE = "greatest(0, s.on_hand - s.reserved - s.safety_stock)"
+
+
+# --- cursors ----------------------------------------------------------------------------------------
+
+
+async def lock_cursor(conn: Connection, name: str, *, wait: bool) -> Position | None:
+    """Lock a consumer's cursor row for this transaction; None when another process holds it."""
+    sql = "SELECT txid, event_id FROM ecommerce.cursors WHERE name = $1 FOR UPDATE"
+    row = await conn.fetchrow(sql if wait else sql + " SKIP LOCKED", name)
+    return None if row is None else (row["txid"], row["event_id"])
+
+
+async def save_cursor(conn: Connection, name: str, position: Position) -> None:
+    await conn.execute(
+        "UPDATE ecommerce.cursors SET txid = $2, event_id = $3, updated_at = now() WHERE name = $1",
+        name, position[0], position[1],
+    )
+
+
+async def cursor_of(db: Pool | Connection, name: str) -> Position:
+    row = await db.fetchrow("SELECT txid, event_id FROM ecommerce.cursors WHERE name = $1", name)
+    return (row["txid"], row["event_id"])
+
+
+# --- projection: refreshing the mirrors -----------------------------------------------------------
+
+
+async def refresh_locations(conn: Connection, location_ids: list[str]) -> None:
+    await conn.execute(
+        """
+        INSERT INTO ecommerce.locations (location_id, name, kind, ship, pickup, lat, lon)
+        SELECT id, name, kind, ship, pickup, lat, lon FROM inventory.locations WHERE id = ANY($1::text[])
+        ON CONFLICT (location_id) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind,
+            ship = EXCLUDED.ship, pickup = EXCLUDED.pickup, lat = EXCLUDED.lat, lon = EXCLUDED.lon
+        """,
+        location_ids,
+    )
+
+
+async def refresh_levels(conn: Connection, pairs: list[tuple[str, str]]) -> None:
+    """Copy the current availability of each (sku, location) from inventory."""
+    await conn.execute(
+        f"""
+        INSERT INTO ecommerce.levels (sku, location_id, available)
+        SELECT s.sku, s.location_id, {INVENTORY_AVAILABLE}
+        FROM inventory.stock_levels s
+        JOIN unnest($1::text[], $2::text[]) AS t(sku, location_id) USING (sku, location_id)
+        ORDER BY s.sku, s.location_id
+        ON CONFLICT (sku, location_id) DO UPDATE SET available = EXCLUDED.available
+        """,
+        [p[0] for p in pairs], [p[1] for p in pairs],
+    )
+
+
+async def refresh_levels_at(conn: Connection, location_ids: list[str]) -> list[str]:
+    """Re-copy every level at these locations; return the SKUs stocked there."""
+    rows = await conn.fetch(
+        f"""
+        INSERT INTO ecommerce.levels (sku, location_id, available)
+        SELECT s.sku, s.location_id, {INVENTORY_AVAILABLE}
+        FROM inventory.stock_levels s WHERE s.location_id = ANY($1::text[])
+        ORDER BY s.sku, s.location_id
+        ON CONFLICT (sku, location_id) DO UPDATE SET available = EXCLUDED.available
+        RETURNING sku
+        """,
+        location_ids,
+    )
+    return [r["sku"] for r in rows]
+
+
+async def projected_skus(conn: Connection) -> list[str]:
+    rows = await conn.fetch("SELECT sku FROM ecommerce.availability UNION SELECT DISTINCT sku FROM ecommerce.levels")
+    return [r["sku"] for r in rows]
+
+
+async def ship_sums(conn: Connection, skus: list[str]) -> dict[str, int]:
+    """Sum of mirrored availability over ship-enabled locations, per SKU (0 when none)."""
+    rows = await conn.fetch(
+        """
+        SELECT k.sku, coalesce(sum(l.available) FILTER (WHERE loc.ship), 0)::bigint AS ship_available
+        FROM unnest($1::text[]) AS k(sku)
+        LEFT JOIN ecommerce.levels l ON l.sku = k.sku
+        LEFT JOIN ecommerce.locations loc ON loc.location_id = l.location_id
+        GROUP BY k.sku
+        """,
+        skus,
+    )
+    return {r["sku"]: r["ship_available"] for r in rows}
+
+
+async def availability_of(db: Pool | Connection, skus: list[str]) -> dict[str, Availability]:
+    rows = await db.fetch(
+        "SELECT sku, ship_available, sellable, state FROM ecommerce.availability WHERE sku = ANY($1::text[])", skus
+    )
+    return {r["sku"]: Availability(r["ship_available"], r["sellable"], r["state"]) for r in rows}
+
+
+async def all_availability(db: Pool | Connection) -> dict[str, Availability]:
+    rows = await db.fetch("SELECT sku, ship_available, sellable, state FROM ecommerce.availability")
+    return {r["sku"]: Availability(r["ship_available"], r["sellable"], r["state"]) for r in rows}
+
+
+async def save_availability(conn: Connection, rows: Iterable[tuple[str, Availability]]) -> None:
+    items = list(rows)
+    if not items:
+        return
+    await conn.execute(
+        """
+        INSERT INTO ecommerce.availability (sku, ship_available, sellable, state)
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) ORDER BY 1
+        ON CONFLICT (sku) DO UPDATE SET ship_available = EXCLUDED.ship_available,
+            sellable = EXCLUDED.sellable, state = EXCLUDED.state, updated_at = now()
+        """,
+        [sku for sku, _ in items], [a.ship_available for _, a in items], [a.sellable for _, a in items],
+        [a.state for _, a in items],
+    )
+
+
+# --- from scratch (rebuild and its check) ---------------------------------------------------------
+
+
+async def expected_levels(conn: Connection) -> set[tuple[str, str, int]]:
+    rows = await conn.fetch(f"SELECT s.sku, s.location_id, {INVENTORY_AVAILABLE} AS available"
+                            " FROM inventory.stock_levels s")
+    return {(r["sku"], r["location_id"], r["available"]) for r in rows}
+
+
+async def mirrored_levels(conn: Connection) -> set[tuple[str, str, int]]:
+    rows = await conn.fetch("SELECT sku, location_id, available FROM ecommerce.levels")
+    return {(r["sku"], r["location_id"], r["available"]) for r in rows}
+
+
+async def expected_locations(conn: Connection) -> set[tuple[Any, ...]]:
+    rows = await conn.fetch("SELECT id, name, kind, ship, pickup, lat, lon FROM inventory.locations")
+    return {tuple(r) for r in rows}
+
+
+async def mirrored_locations(conn: Connection) -> set[tuple[Any, ...]]:
+    rows = await conn.fetch("SELECT location_id, name, kind, ship, pickup, lat, lon FROM ecommerce.locations")
+    return {tuple(r) for r in rows}
+
+
+async def ship_sums_from_inventory(conn: Connection) -> dict[str, int]:
+    rows = await conn.fetch(
+        f"""
+        SELECT s.sku, coalesce(sum({INVENTORY_AVAILABLE}) FILTER (WHERE l.ship), 0)::bigint AS ship_available
+        FROM inventory.stock_levels s JOIN inventory.locations l ON l.id = s.location_id
+        GROUP BY s.sku
+        """
+    )
+    return {r["sku"]: r["ship_available"] for r in rows}
+
+
+async def replace_mirrors(conn: Connection) -> None:
+    """Make both mirrors equal to inventory (the rebuild's first step)."""
+    await conn.execute("DELETE FROM ecommerce.levels")
+    await conn.execute("DELETE FROM ecommerce.locations")
+    await refresh_locations(conn, [r["id"] for r in await conn.fetch("SELECT id FROM inventory.locations")])
+    await conn.execute(
+        f"INSERT INTO ecommerce.levels (sku, location_id, available)"
+        f" SELECT s.sku, s.location_id, {INVENTORY_AVAILABLE} FROM inventory.stock_levels s"
+    )
+
+
+async def delete_availability(conn: Connection, skus: list[str]) -> None:
+    await conn.execute("DELETE FROM ecommerce.availability WHERE sku = ANY($1::text[])", skus)
+
+
+# --- channel rules ----------------------------------------------------------------------------------
+
+
+def _rule(row: asyncpg.Record) -> Rule:
+    return Rule(row["buffer_kind"], row["buffer_value"], row["low_stock_threshold"])
+
+
+async def rules_for(db: Pool | Connection, skus: list[str] | None) -> tuple[Rule | None, dict[str, Rule]]:
+    """(default rule, rules by SKU) for `skus`, or for every SKU when `skus` is None."""
+    rows = await db.fetch(
+        "SELECT * FROM ecommerce.channel_rules WHERE $1::text[] IS NULL OR scope = ANY($1::text[]) OR scope = $2",
+        None if skus is None else list(skus), DEFAULT_SCOPE,
+    )
+    by_scope = {r["scope"]: _rule(r) for r in rows}
+    return by_scope.pop(DEFAULT_SCOPE, None), by_scope
+
+
+async def put_rule(conn: Connection, scope: str, kind: str | None, value: Decimal | None,
+                   threshold: int | None) -> asyncpg.Record:
+    return await conn.fetchrow(
+        """
+        INSERT INTO ecommerce.channel_rules (scope, buffer_kind, buffer_value, low_stock_threshold)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (scope) DO UPDATE SET buffer_kind = EXCLUDED.buffer_kind, buffer_value = EXCLUDED.buffer_value,
+            low_stock_threshold = EXCLUDED.low_stock_threshold, updated_at = now()
+        RETURNING *
+        """,
+        scope, kind, value, threshold,
+    )
+
+
+async def delete_rule(conn: Connection, scope: str) -> bool:
+    return await conn.fetchval("DELETE FROM ecommerce.channel_rules WHERE scope = $1 RETURNING true", scope) or False
+
+
+async def list_rules(db: Pool | Connection) -> list[asyncpg.Record]:
+    return await db.fetch("SELECT * FROM ecommerce.channel_rules ORDER BY scope = $1 DESC, scope", DEFAULT_SCOPE)
+
+
+# --- reads ------------------------------------------------------------------------------------------
+
+
+async def known_skus(db: Pool | Connection, skus: list[str]) -> set[str]:
+    rows = await db.fetch("SELECT sku FROM inventory.skus WHERE sku = ANY($1::text[])", skus)
+    return {r["sku"] for r in rows}
+
+
+async def availability_row(db: Pool | Connection, sku: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT * FROM ecommerce.availability WHERE sku = $1", sku)
+
+
+async def pickup_levels(db: Pool | Connection, sku: str) -> list[asyncpg.Record]:
+    return await db.fetch(
+        """
+        SELECT l.location_id, loc.name, l.available
+        FROM ecommerce.levels l JOIN ecommerce.locations loc USING (location_id)
+        WHERE l.sku = $1 AND loc.pickup AND l.available > 0
+        ORDER BY l.location_id
+        """,
+        sku,
+    )
+
+
+async def location_point(db: Pool | Connection, location_id: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT id, lat, lon FROM inventory.locations WHERE id = $1", location_id)
+
+
+async def sources_of(db: Pool | Connection, sku: str, lat: float, lon: float, min_available: int,
+                     exclude: str | None) -> list[asyncpg.Record]:
+    """Every ship- or pickup-enabled location holding at least `min_available`, nearest first (live)."""
+    return await db.fetch(
+        f"""
+        SELECT l.id AS location_id, l.name, l.kind, l.ship, l.pickup, {INVENTORY_AVAILABLE} AS available,
+               inventory.distance_km($2, $3, l.lat, l.lon) AS distance_km
+        FROM inventory.stock_levels s JOIN inventory.locations l ON l.id = s.location_id
+        WHERE s.sku = $1 AND {INVENTORY_AVAILABLE} >= $4 AND (l.ship OR l.pickup)
+          AND l.id IS DISTINCT FROM $5
+        ORDER BY distance_km, l.id
+        """,
+        sku, lat, lon, min_available, exclude,
+    )
+
+
+async def available_at(db: Pool | Connection, sku: str, location_id: str) -> int:
+    value = await db.fetchval(
+        f"SELECT {INVENTORY_AVAILABLE} FROM inventory.stock_levels s WHERE s.sku = $1 AND s.location_id = $2",
+        sku, location_id,
+    )
+    return int(value or 0)

@@ -1,0 +1,169 @@
+"""E-commerce HTTP: parse, authorize, call a use case, render.
+
+Role matrix (tests/services/ecommerce/test_access.py):
+- availability (batch, one SKU, stream) and reading channel rules: every role;
+- endless aisle: admin, ops, store, shop (the till and the shop place the order it suggests);
+- channel rules (buffer, low-stock threshold): admin, ops write;
+- webhooks (subscribe, list, delete, delivery log, redeliver): admin, ops — a subscription's secret
+  and target URL are operator configuration, not something a shop key may change;
+- inbound shop orders: shop, admin (and the request must carry the shop's HMAC signature).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from aiohttp import web
+from pydantic import Field
+
+from services.ecommerce import use_cases, webhooks
+from services.ecommerce.schemas import (
+    AisleOut,
+    AisleQuery,
+    AvailabilityList,
+    AvailabilityQuery,
+    DeliveriesQuery,
+    DeliveryDetail,
+    DeliveryList,
+    DeliveryOut,
+    RuleIn,
+    RuleList,
+    RuleOut,
+    SkuAvailability,
+    StreamQuery,
+    SubscriptionIn,
+    SubscriptionList,
+    SubscriptionOut,
+)
+from services.inventory.schemas import Sku
+from shared.http.api import Api, Call, Reply
+from shared.http.sse import stream_events
+from shared.outbox import Event
+
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+api = Api("ecommerce", path_types={"sku": Sku, "subscription_id": RowId, "delivery_id": RowId})
+
+RULE_WRITERS = ("admin", "ops")
+WEBHOOK_MANAGERS = ("admin", "ops")
+AISLE_READERS = ("admin", "ops", "store", "shop")
+
+
+# --- availability -----------------------------------------------------------------------------------
+
+
+@api.get("/v1/availability", query=AvailabilityQuery, response=AvailabilityList)
+async def get_availability(call: Call[None, AvailabilityQuery]) -> AvailabilityList:
+    """Sellable online now, for up to 500 SKUs (`?sku=A&sku=B`)."""
+    return await use_cases.batch_availability(call.pool, call.query.sku)
+
+
+def _render(event: Event) -> bytes:
+    return orjson.dumps({"id": event.id, "topic": event.topic, "created_at": event.created_at, **event.payload})
+
+
+# Registered before /v1/availability/{sku}, so "stream" is this route, not a SKU.
+@api.get("/v1/availability/stream", query=StreamQuery, produces="text/event-stream")
+async def get_availability_stream(call: Call[None, StreamQuery]) -> web.StreamResponse:
+    """Availability changes (and low/out/back-in-stock) as Server-Sent Events; Last-Event-ID resumes."""
+    skus = frozenset(call.query.sku) if call.query.sku else None
+
+    def keep(event: Event) -> bool:
+        return skus is None or event.key in skus
+
+    return await stream_events(call.request, families=["availability"], keep=keep, render=_render)
+
+
+@api.get("/v1/availability/{sku}", response=SkuAvailability, extra_responses={404: "unknown sku"})
+async def get_sku_availability(call: Call[None, None]) -> SkuAvailability:
+    """One SKU: sellable online, before the buffer, and per pick-up store."""
+    return await use_cases.sku_availability(call.pool, call.path("sku"))
+
+
+@api.get("/v1/endless-aisle/{sku}", query=AisleQuery, response=AisleOut, roles=AISLE_READERS,
+         extra_responses={404: "unknown sku"})
+async def get_endless_aisle(call: Call[None, AisleQuery]) -> AisleOut:
+    """Where else the SKU can be had now: ship from which location, pick up at which nearby store."""
+    return await use_cases.endless_aisle(call.pool, call.path("sku"), call.query)
+
+
+# --- channel rules ----------------------------------------------------------------------------------
+
+
+@api.get("/v1/channel-rules", response=RuleList)
+async def get_rules(call: Call[None, None]) -> RuleList:
+    """The default channel rule and every SKU's own."""
+    return await use_cases.list_rules(call.pool)
+
+
+@api.put("/v1/channel-rules", body=RuleIn, response=RuleOut, roles=RULE_WRITERS)
+async def put_default_rule(call: Call[RuleIn, None]) -> RuleOut:
+    """The default buffer and low-stock threshold (a SKU's own rule overrides field by field)."""
+    return await use_cases.put_rule(call.pool, None, call.body)
+
+
+@api.put("/v1/channel-rules/{sku}", body=RuleIn, response=RuleOut, roles=RULE_WRITERS)
+async def put_sku_rule(call: Call[RuleIn, None]) -> RuleOut:
+    """A SKU's buffer (absolute units or percent) and low-stock threshold; null fields inherit the default."""
+    return await use_cases.put_rule(call.pool, call.path("sku"), call.body)
+
+
+@api.delete("/v1/channel-rules/{sku}", roles=RULE_WRITERS, extra_responses={404: "no rule for that sku"})
+async def delete_sku_rule(call: Call[None, None]) -> dict[str, str]:
+    """Drop a SKU's own rule: the default applies again."""
+    await use_cases.delete_rule(call.pool, call.path("sku"))
+    return {"deleted": call.path("sku")}
+
+
+# --- webhooks ---------------------------------------------------------------------------------------
+
+
+@api.post("/v1/webhooks", body=SubscriptionIn, response=SubscriptionOut, status=201, roles=WEBHOOK_MANAGERS)
+async def post_webhook(call: Call[SubscriptionIn, None]) -> SubscriptionOut:
+    """Subscribe a URL to availability events; deliveries are signed with the secret."""
+    return await webhooks.subscribe(call.pool, call.body, call.settings.webhook_allow_hosts,
+                                    call.principal.subject)
+
+
+@api.get("/v1/webhooks", response=SubscriptionList, roles=WEBHOOK_MANAGERS)
+async def list_webhooks(call: Call[None, None]) -> SubscriptionList:
+    """Live subscriptions (secrets are never shown)."""
+    return await webhooks.subscriptions(call.pool)
+
+
+@api.get("/v1/webhooks/{subscription_id}", response=SubscriptionOut, roles=WEBHOOK_MANAGERS,
+         extra_responses={404: "no such subscription"})
+async def get_webhook(call: Call[None, None]) -> SubscriptionOut:
+    """One subscription."""
+    return await webhooks.subscription(call.pool, int(call.path("subscription_id")))
+
+
+@api.delete("/v1/webhooks/{subscription_id}", response=SubscriptionOut, roles=WEBHOOK_MANAGERS,
+            extra_responses={404: "no such subscription"})
+async def delete_webhook(call: Call[None, None]) -> SubscriptionOut:
+    """Unsubscribe; messages not yet sent are cancelled, the delivery log stays."""
+    return await webhooks.unsubscribe(call.pool, int(call.path("subscription_id")))
+
+
+@api.get("/v1/webhooks/{subscription_id}/deliveries", query=DeliveriesQuery, response=DeliveryList,
+         roles=WEBHOOK_MANAGERS, extra_responses={404: "no such subscription"})
+async def list_deliveries(call: Call[None, DeliveriesQuery]) -> DeliveryList:
+    """The delivery log, newest first (`?status=dead` lists the dead letters; `before` pages)."""
+    q = call.query
+    return await webhooks.deliveries(call.pool, int(call.path("subscription_id")), q.status, q.before, q.limit)
+
+
+@api.get("/v1/webhooks/{subscription_id}/deliveries/{delivery_id}", response=DeliveryDetail,
+         roles=WEBHOOK_MANAGERS, extra_responses={404: "no such delivery"})
+async def get_delivery(call: Call[None, None]) -> DeliveryDetail:
+    """One delivery with every attempt (time, duration, HTTP status or error)."""
+    return await webhooks.delivery(call.pool, int(call.path("subscription_id")), int(call.path("delivery_id")))
+
+
+@api.post("/v1/webhooks/{subscription_id}/deliveries/{delivery_id}/redeliver", response=DeliveryOut,
+          status=202, roles=WEBHOOK_MANAGERS,
+          extra_responses={404: "no such delivery", 409: "the delivery is still queued or being sent"})
+async def post_redeliver(call: Call[None, None]) -> Reply:
+    """Send a delivered or dead-lettered message again (same event id and body, fresh attempts)."""
+    out = await webhooks.redeliver(call.pool, int(call.path("subscription_id")), int(call.path("delivery_id")))
+    return Reply(202, out)

@@ -1,0 +1,226 @@
+"""Outbound webhooks: subscriptions, fan-out of availability events into delivery queues, dispatch.
+
+Fan-out is an outbox consumer like the projection (cursor moved in the same transaction as the
+deliveries it enqueues). Dispatch claims the head of each (subscription, SKU) queue, sends it outside
+any transaction, and records the outcome: delivered, retried later with exponential backoff and
+jitter, or dead-lettered after `webhook_max_attempts`. At-least-once: a dispatcher that dies mid-send
+leaves a lease that expires, and the message is sent again (receivers dedupe on the event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+
+from services.ecommerce import domain
+from services.ecommerce import repository as repo
+from services.ecommerce import webhook_repository as hooks
+from services.ecommerce.delivery import Outcome, Sender, refusal
+from services.ecommerce.schemas import (
+    DeliveryDetail,
+    DeliveryList,
+    DeliveryOut,
+    SubscriptionIn,
+    SubscriptionList,
+    SubscriptionOut,
+)
+from shared.db import Pool, transaction
+from shared.errors import Conflict, NotFound, field_error
+from shared.event_stream import EventHub
+from shared.logging import get_logger
+from shared.outbox import Event, read_after
+from shared.settings import Settings
+
+log = get_logger("omnistock.ecommerce.webhooks")
+
+CURSOR = "webhooks"
+FAMILIES = ["availability"]
+_jitter = random.SystemRandom()
+
+
+# --- subscriptions ----------------------------------------------------------------------------------
+
+
+async def subscribe(pool: Pool, body: SubscriptionIn, allow_list: list[str], actor: str) -> SubscriptionOut:
+    if problem := refusal(body.url, allow_list):
+        raise field_error("url", problem)
+    async with transaction(pool) as conn:
+        row = await hooks.create_subscription(conn, body.url, list(body.events), body.secret, actor)
+    return SubscriptionOut.model_validate(dict(row))
+
+
+async def subscriptions(pool: Pool) -> SubscriptionList:
+    return SubscriptionList(items=[SubscriptionOut.model_validate(dict(r))
+                                   for r in await hooks.list_subscriptions(pool)])
+
+
+async def subscription(pool: Pool, subscription_id: int) -> SubscriptionOut:
+    row = await hooks.get_subscription(pool, subscription_id)
+    if row is None:
+        raise NotFound(f"no webhook subscription {subscription_id}")
+    return SubscriptionOut.model_validate(dict(row))
+
+
+async def unsubscribe(pool: Pool, subscription_id: int) -> SubscriptionOut:
+    async with transaction(pool) as conn:
+        row = await hooks.delete_subscription(conn, subscription_id)
+    if row is None:
+        raise NotFound(f"no webhook subscription {subscription_id}")
+    return SubscriptionOut.model_validate(dict(row))
+
+
+async def deliveries(pool: Pool, subscription_id: int, status: str | None, before: int | None,
+                     limit: int) -> DeliveryList:
+    await subscription(pool, subscription_id)
+    rows = await hooks.list_deliveries(pool, subscription_id, status, before, limit)
+    items = [DeliveryOut.model_validate(dict(r)) for r in rows]
+    return DeliveryList(items=items, next_before=items[-1].id if len(items) == limit else None)
+
+
+async def delivery(pool: Pool, subscription_id: int, delivery_id: int) -> DeliveryDetail:
+    row = await hooks.get_delivery(pool, subscription_id, delivery_id)
+    if row is None:
+        raise NotFound(f"no delivery {delivery_id} of webhook subscription {subscription_id}")
+    attempts = [dict(a) for a in await hooks.attempts_of(pool, delivery_id)]
+    return DeliveryDetail.model_validate({**dict(row), "log": attempts})
+
+
+async def redeliver(pool: Pool, subscription_id: int, delivery_id: int) -> DeliveryOut:
+    await subscription(pool, subscription_id)
+    async with transaction(pool) as conn:
+        found = await hooks.get_delivery(conn, subscription_id, delivery_id)
+        if found is None:
+            raise NotFound(f"no delivery {delivery_id} of webhook subscription {subscription_id}")
+        row = await hooks.redeliver(conn, delivery_id)
+    if row is None:
+        raise Conflict(f"delivery {delivery_id} is {found['status']}; only delivered or dead ones are sent again")
+    return DeliveryOut.model_validate(dict(row))
+
+
+# --- fan-out ----------------------------------------------------------------------------------------
+
+
+def render_body(event: Event) -> bytes:
+    return orjson.dumps({"id": event.id, "topic": event.topic, "created_at": event.created_at,
+                         "data": event.payload})
+
+
+async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000) -> int | None:
+    """Turn the next availability events into deliveries; the number of events read (None: locked)."""
+    async with transaction(pool) as conn:
+        position = await repo.lock_cursor(conn, CURSOR, wait=False)
+        if position is None:
+            return None
+        events = await read_after(conn, position, limit, FAMILIES)
+        if not events:
+            return 0
+        subscriptions = await hooks.live_subscriptions(conn)
+        for sub in subscriptions:
+            wanted = [e for e in events if e.topic in sub["events"] and e.created_at >= sub["created_at"]]
+            for index, folded in domain.collapse_snapshots([(e.topic, e.key) for e in wanted]):
+                event = wanted[index]
+                body = render_body(event)
+                if event.topic == domain.COALESCABLE_TOPIC and await hooks.coalesce_into_tail(
+                        conn, sub["id"], event.key, event.topic, event.id, body, folded):
+                    continue
+                await hooks.enqueue(conn, sub["id"], event.id, event.topic, event.key, body, coalesce_s, folded)
+        await repo.save_cursor(conn, CURSOR, events[-1].position)
+    return len(events)
+
+
+# --- dispatch ---------------------------------------------------------------------------------------
+
+
+def headers_for(row: asyncpg.Record, now: float) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-Omnistock-Signature": domain.signature(row["secret"], row["body"]),
+        "X-Omnistock-Event-Id": str(row["event_id"]),
+        "X-Omnistock-Event": row["topic"],
+        "X-Omnistock-Delivery-Id": str(row["id"]),
+        "X-Omnistock-Attempt": str(row["attempts"]),
+        "X-Omnistock-Timestamp": str(int(now)),
+    }
+
+
+async def deliver_one(pool: Pool, sender: Sender, settings: Settings, row: asyncpg.Record) -> Outcome:
+    started = datetime.now(UTC)
+    outcome = await sender.send(row["url"], bytes(row["body"]), headers_for(row, time.time()))
+    attempt = row["attempts"]
+    async with transaction(pool) as conn:
+        await hooks.record_attempt(conn, row["id"], attempt, started, outcome.duration_ms, outcome.status_code,
+                                   outcome.error)
+        if outcome.ok:
+            await hooks.mark_delivered(conn, row["id"], attempt, outcome.status_code or 200)
+        else:
+            retry_in = None if attempt >= settings.webhook_max_attempts else domain.backoff_s(
+                attempt, settings.webhook_backoff_base_s, settings.webhook_backoff_max_s, _jitter.random())
+            await hooks.mark_failed(conn, row["id"], attempt, outcome.status_code, outcome.error or "failed",
+                                    retry_in)
+    if not outcome.ok:
+        log.info("webhook attempt failed", delivery_id=row["id"], attempt=attempt, error=outcome.error)
+    return outcome
+
+
+class Dispatcher:
+    """Background task: fan out, then keep up to `webhook_concurrency` sends in flight."""
+
+    def __init__(self, pool: Pool, hub: EventHub, settings: Settings) -> None:
+        self.pool, self.hub, self.settings = pool, hub, settings
+        self.sender = Sender(settings)
+        self.wake = asyncio.Event()
+        self.in_flight: set[asyncio.Task[Outcome]] = set()
+
+    async def run(self) -> None:
+        await self.sender.start()
+        listener = asyncio.create_task(self._listen(), name="ecommerce-webhooks-wake")
+        try:
+            while True:
+                timeout = self.settings.webhook_poll_interval_s
+                try:
+                    while await fan_out(self.pool, self.settings.webhook_coalesce_s):
+                        pass
+                    await self._claim()
+                    due = await hooks.next_due_in_s(self.pool)
+                    if due is not None:
+                        timeout = min(timeout, max(due, 0.005))
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("webhook dispatch failed; retrying", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                self.wake.clear()
+        finally:
+            listener.cancel()
+            for task in (listener, *self.in_flight):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.sender.close()
+
+    async def _listen(self) -> None:
+        async for _ in self.hub.follow(self.hub.head, FAMILIES, heartbeat_s=self.settings.webhook_poll_interval_s):
+            self.wake.set()
+
+    async def _claim(self) -> None:
+        room = self.settings.webhook_concurrency - len(self.in_flight)
+        if room <= 0:
+            return
+        lease_s = self.settings.webhook_timeout_s + 30.0
+        async with transaction(self.pool) as conn:
+            rows = await hooks.claim_due(conn, room, lease_s)
+        for row in rows:
+            task = asyncio.create_task(deliver_one(self.pool, self.sender, self.settings, row))
+            self.in_flight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Outcome]) -> None:
+        self.in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("webhook delivery task failed", error=repr(task.exception()))
+        self.wake.set()  # a finished head may unblock the next message of its SKU

@@ -1,0 +1,140 @@
+"""Inventory and e-commerce on one fresh database: three stores and a warehouse, two SKUs.
+
+Ship-enabled: store-b and wh-1. Pick-up: the three stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+
+from services.ecommerce import projection
+from shared.settings import Settings
+from tests.conftest import Api, ServiceFactory
+
+T = TypeVar("T")
+
+LOCATIONS: dict[str, dict[str, Any]] = {
+    "store-a": {"name": "Soho", "kind": "store", "lat": 51.5136, "lon": -0.1365, "ship": False, "pickup": True},
+    "store-b": {"name": "Camden", "kind": "store", "lat": 51.5390, "lon": -0.1426, "ship": True, "pickup": True},
+    "store-c": {"name": "Brighton", "kind": "store", "lat": 50.8225, "lon": -0.1372, "ship": False, "pickup": True},
+    "wh-1": {"name": "Dartford DC", "kind": "warehouse", "lat": 51.4462, "lon": 0.2169, "ship": True, "pickup": False},
+}
+SKUS = {"TEE-M": {"name": "Tee M", "price": "19.90", "currency": "EUR"},
+        "JEANS-32": {"name": "Jeans 32", "price": "79.00", "currency": "EUR"}}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Fast timers, and the local test receivers allow-listed (127.0.0.1 is refused otherwise)."""
+    return settings.model_copy(update={
+        "webhook_allow_hosts": ["127.0.0.1"],
+        "webhook_backoff_base_s": 0.05,
+        "webhook_backoff_max_s": 0.2,
+        "webhook_timeout_s": 2.0,
+        "webhook_coalesce_s": 0.0,
+        "webhook_poll_interval_s": 0.1,
+        "projection_poll_interval_s": 0.1,
+    })
+
+
+@dataclass
+class Channel:
+    inventory: Api
+    ecommerce: Api
+    pool: asyncpg.Pool
+
+    async def move(self, key: str, **body: Any) -> Any:
+        status, resp, _ = await self.inventory.post("/v1/stock/movements", json=body, idem=key)
+        assert status == 201, resp
+        return resp
+
+    async def receive(self, sku: str, location_id: str, qty: int, key: str | None = None) -> Any:
+        return await self.move(key or f"r-{sku}-{location_id}-{qty}-{id(object())}", sku=sku,
+                               location_id=location_id, kind="receipt", qty=qty)
+
+    async def settled(self) -> None:
+        """Wait until the projection has applied every event written so far."""
+        await projection.catch_up(self.pool)
+
+    async def available(self, sku: str) -> int:
+        await self.settled()
+        status, body, _ = await self.ecommerce.get("/v1/availability", params={"sku": sku})
+        assert status == 200, body
+        return body["items"][0]["available"]
+
+
+@pytest.fixture
+async def channel(service: ServiceFactory, pool: asyncpg.Pool) -> Channel:
+    inventory = await service("inventory")
+    ecommerce = await service("ecommerce")
+    for location_id, body in LOCATIONS.items():
+        status, resp, _ = await inventory.put(f"/v1/locations/{location_id}", json=body)
+        assert status == 201, resp
+    for sku, body in SKUS.items():
+        status, resp, _ = await inventory.put(f"/v1/skus/{sku}", json=body)
+        assert status == 201, resp
+    return Channel(inventory, ecommerce, pool)
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], within_s: float = 10.0) -> T:
+    """Poll `check` until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {within_s}s")
+        await asyncio.sleep(0.02)
+
+
+class SseReader:
+    """An SSE client that collects events as they arrive."""
+
+    def __init__(self, api: Api, query: str = "", headers: dict[str, str] | None = None) -> None:
+        self.api, self.query, self.headers = api, query, headers or {}
+        self.events: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    async def __aenter__(self) -> SseReader:
+        self._task = asyncio.create_task(self._read())
+        await asyncio.wait_for(self._connected.wait(), 5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+    async def _read(self) -> None:
+        headers = {"Authorization": f"Bearer {self.api.key}", **self.headers}
+        async with self.api.client.get(f"/v1/availability/stream{self.query}", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            current: dict[str, Any] = {}
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("retry:"):
+                    self._connected.set()
+                elif line.startswith("id: "):
+                    current["id"] = int(line[4:])
+                elif line.startswith("event: "):
+                    current["event"] = line[7:]
+                elif line.startswith("data: "):
+                    current["data"] = json.loads(line[6:])
+                elif line == "" and "data" in current:
+                    self.events.append(dict(current))
+                    current.clear()
+
+    def of(self, topic: str = "availability.changed") -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == topic]
