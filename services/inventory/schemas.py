@@ -91,7 +91,7 @@ class MovementIn(RequestModel):
 class MovementListQuery(RequestModel):
     sku: Sku | None = None
     location_id: LocationId | None = None
-    after: Annotated[int, Field(ge=0)] = 0
+    after: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 

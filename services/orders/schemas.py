@@ -264,7 +264,7 @@ class SalesQuery(RequestModel):
     business_day: IsoDate
     channel: Channel | None = None
     location_id: LocationId | None = None
-    after: Annotated[int, Field(ge=0)] = 0  # id of the last sale of the previous page
+    after: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0  # id of the last sale of the previous page
     limit: Annotated[int, Field(ge=1, le=1000)] = 500
 
 
