@@ -93,7 +93,8 @@ async def _recompute(conn: Connection, skus: list[str]) -> int:
 
 async def _save_changes(conn: Connection, old: dict[str, domain.Availability],
                         new: dict[str, domain.Availability]) -> int:
-    changed = [(sku, a) for sku, a in sorted(new.items()) if old.get(sku) != a]
+    # A missing row means "nothing sellable": a SKU never stocked gets no row, as in a rebuild.
+    changed = [(sku, a) for sku, a in sorted(new.items()) if old.get(sku, domain.NOTHING) != a]
     await repo.save_availability(conn, changed)
     events = []
     for sku, current in changed:
@@ -134,8 +135,9 @@ async def _expected(conn: Connection) -> dict[str, domain.Availability]:
 
 async def _drift(conn: Connection) -> tuple[Drift, dict[str, domain.Availability], dict[str, domain.Availability]]:
     expected, actual = await _expected(conn), await repo.all_availability(conn)
+    nothing = domain.NOTHING
     wrong = [(sku, actual.get(sku), expected.get(sku)) for sku in sorted(expected.keys() | actual.keys())
-             if actual.get(sku) != expected.get(sku)]
+             if actual.get(sku, nothing) != expected.get(sku, nothing)]
     levels = len((await repo.expected_levels(conn)) ^ (await repo.mirrored_levels(conn)))
     locations = len((await repo.expected_locations(conn)) ^ (await repo.mirrored_locations(conn)))
     return Drift(levels, locations, wrong), expected, actual

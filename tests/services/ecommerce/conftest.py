@@ -6,6 +6,7 @@ Ship-enabled: store-b and wh-1. Pick-up: the three stores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -112,10 +113,8 @@ class SseReader:
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
     async def _read(self) -> None:
         headers = {"Authorization": f"Bearer {self.api.key}", **self.headers}

@@ -1,0 +1,159 @@
+"""The incremental projection always agrees with a from-scratch computation, and a crash mid-batch
+neither skips nor double-applies anything."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.cli import main
+from services.ecommerce import projection
+from services.ecommerce import repository as ecommerce_repo
+from services.ecommerce import use_cases as ecommerce
+from services.ecommerce.schemas import Buffer, RuleIn
+from services.inventory import repository as inventory_repo
+from services.inventory import use_cases as inventory
+from services.inventory.schemas import LocationIn, MovementIn
+from shared.db import transaction
+from shared.errors import InsufficientStock, NotFound, ValidationFailed
+from tests.conftest import Api, ServiceFactory
+from tests.services.ecommerce.conftest import LOCATIONS, SKUS, Channel
+
+PLACES = sorted(LOCATIONS)
+
+operation = st.one_of(
+    st.tuples(st.sampled_from(["receipt", "adjustment", "count", "transfer", "reserve", "release"]),
+              st.sampled_from(sorted(SKUS)), st.sampled_from(PLACES), st.sampled_from(PLACES),
+              st.integers(min_value=-20, max_value=20)),
+    st.tuples(st.just("safety"), st.sampled_from(sorted(SKUS)), st.sampled_from(PLACES), st.just(""),
+              st.integers(min_value=0, max_value=5)),
+    st.tuples(st.just("ship"), st.just(""), st.sampled_from(PLACES), st.just(""), st.integers(0, 1)),
+    st.tuples(st.just("rule"), st.sampled_from(["*", *sorted(SKUS)]), st.sampled_from(["absolute", "percent", "none"]),
+              st.just(""), st.integers(min_value=0, max_value=60)),
+    st.tuples(st.just("settle"), st.just(""), st.just(""), st.just(""), st.just(0)),
+)
+
+
+async def apply(pool: asyncpg.Pool, op: tuple[str, str, str, str, int]) -> None:
+    kind, sku, place, to, qty = op
+    try:
+        if kind == "safety":
+            await inventory.set_safety_stock(pool, sku, place, qty)
+        elif kind == "ship":
+            await inventory.put_location(pool, place, LocationIn(**{**LOCATIONS[place], "ship": bool(qty)}))
+        elif kind == "rule":
+            await _rule(pool, sku, place, qty)
+        elif kind == "settle":
+            await projection.catch_up(pool)
+        elif kind in ("reserve", "release"):
+            async with transaction(pool) as conn:
+                delta = abs(qty) if kind == "reserve" else -abs(qty)
+                await inventory_repo.lock_levels(conn, [(sku, place)])
+                await inventory_repo.apply_movement(conn, sku, place, "reservation" if delta > 0 else "release",
+                                                    0, delta)
+        else:
+            async with transaction(pool) as conn:
+                body = MovementIn(sku=sku, location_id=place, kind=kind, qty=qty,
+                                  to_location_id=to if kind == "transfer" else None)
+                await inventory.record_movement(conn, body, "test")
+    except (InsufficientStock, ValidationFailed, NotFound):
+        pass
+    except asyncpg.PostgresError as exc:
+        assert inventory_repo.is_insufficient(exc), exc
+
+
+async def _rule(pool: asyncpg.Pool, scope: str, kind: str, value: int) -> None:
+    sku = None if scope == "*" else scope
+    if kind == "none":
+        if sku is not None:
+            await ecommerce.delete_rule(pool, sku)
+        return
+    amount = Decimal(min(value, 100)) if kind == "percent" else Decimal(value // 10)
+    await ecommerce.put_rule(pool, sku, RuleIn(buffer=Buffer(kind=kind, value=amount),  # type: ignore[arg-type]
+                                               low_stock_threshold=value % 7))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(operation, min_size=1, max_size=20))
+async def test_projection_equals_a_from_scratch_computation_after_random_operations(
+    channel: Channel, ops: list[tuple[str, str, str, str, int]]
+) -> None:
+    # The service's own projector runs concurrently with the explicit catch-ups: both must be safe.
+    for op in ops:
+        await apply(channel.pool, op)
+    await projection.catch_up(channel.pool)
+    drift = await projection.check(channel.pool)
+    assert drift.none, drift
+    assert (await projection.rebuild(channel.pool)).none
+
+
+@pytest.fixture
+async def quiet(service: ServiceFactory, pool: asyncpg.Pool) -> Api:
+    """Inventory only: no e-commerce process, so no background projector races the test."""
+    api = await service("inventory")
+    for location_id, body in LOCATIONS.items():
+        await api.put(f"/v1/locations/{location_id}", json=body)
+    for sku, body in SKUS.items():
+        await api.put(f"/v1/skus/{sku}", json=body)
+    return api
+
+
+async def _receive(api: Api, key: str, sku: str, location_id: str, qty: int) -> None:
+    status, body, _ = await api.post("/v1/stock/movements", idem=key,
+                                     json={"sku": sku, "location_id": location_id, "kind": "receipt", "qty": qty})
+    assert status == 201, body
+
+
+async def test_a_batch_that_fails_midway_moves_neither_cursor_nor_projection(
+    quiet: Api, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _receive(quiet, "r1", "TEE-M", "wh-1", 4)
+    before = await ecommerce_repo.cursor_of(pool, projection.CURSOR)
+
+    async def crash(*args: Any) -> None:
+        raise ConnectionResetError("process died")
+
+    monkeypatch.setattr(ecommerce_repo, "save_availability", crash)
+    with pytest.raises(ConnectionResetError):
+        await projection.apply_batch(pool)
+    assert await ecommerce_repo.cursor_of(pool, projection.CURSOR) == before
+    assert await pool.fetchval("SELECT count(*) FROM ecommerce.levels") == 0
+    assert await pool.fetchval("SELECT count(*) FROM core.events WHERE topic LIKE 'availability.%'") == 0
+    monkeypatch.undo()
+
+    await projection.catch_up(pool)
+    await projection.catch_up(pool)  # nothing left: applying again changes nothing
+    assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].sellable == 4
+    assert await pool.fetchval("SELECT count(*) FROM core.events WHERE topic = 'availability.changed'") == 1
+    assert await ecommerce_repo.cursor_of(pool, projection.CURSOR) > before
+
+
+async def test_rebuild_cli_repairs_a_projection_changed_behind_its_back(
+    quiet: Api, pool: asyncpg.Pool, database_url: str
+) -> None:
+    await _receive(quiet, "r1", "TEE-M", "wh-1", 4)
+    await _receive(quiet, "r2", "JEANS-32", "store-b", 2)
+    await projection.catch_up(pool)
+    await pool.execute("UPDATE ecommerce.availability SET sellable = 1, ship_available = 1 WHERE sku = 'TEE-M'")
+    await pool.execute("DELETE FROM ecommerce.levels WHERE sku = 'JEANS-32'")
+    env = {"OMNISTOCK_DATABASE_URL": database_url, "OMNISTOCK_LOG_LEVEL": "warning"}
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(main, ["ecommerce", "rebuild", *args], env=env)
+
+    checked = await asyncio.to_thread(invoke, "--check")
+    assert checked.exit_code == 1, checked.output
+    assert "in 1 SKUs, 1 levels" in checked.output and "TEE-M" in checked.output
+    rebuilt = await asyncio.to_thread(invoke)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    again = await asyncio.to_thread(invoke, "--check")
+    assert again.exit_code == 0, again.output
+    assert "in 0 SKUs, 0 levels, 0 locations" in again.output
+    assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].sellable == 4
