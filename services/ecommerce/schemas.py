@@ -53,7 +53,7 @@ class SkuAvailability(ResponseModel):
 
 
 class StreamQuery(RequestModel):
-    sku: Annotated[list[Sku], Field(max_length=MAX_BATCH)] | None = None
+    sku: list[Sku] | None = Field(default=None, max_length=MAX_BATCH)
     last_event_id: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,19}$")] | None = None
 
 

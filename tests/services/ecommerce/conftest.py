@@ -107,7 +107,12 @@ class SseReader:
 
     async def __aenter__(self) -> SseReader:
         self._task = asyncio.create_task(self._read())
-        await asyncio.wait_for(self._connected.wait(), 5)
+        connected = asyncio.create_task(self._connected.wait())
+        await asyncio.wait([self._task, connected], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        connected.cancel()
+        if self._task.done():
+            self._task.result()  # the stream was refused: raise why
+        assert self._connected.is_set(), "stream did not start within 5 s"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
