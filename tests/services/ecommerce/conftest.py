@@ -39,6 +39,7 @@ def settings(settings: Settings) -> Settings:
         "webhook_backoff_base_s": 0.05,
         "webhook_backoff_max_s": 0.2,
         "webhook_timeout_s": 2.0,
+        "webhook_max_attempts": 3,
         "webhook_coalesce_s": 0.0,
         "webhook_poll_interval_s": 0.1,
         "projection_poll_interval_s": 0.1,

@@ -1,0 +1,199 @@
+"""Outbound webhooks: signed, retried with backoff, dead-lettered, redelivered, coalesced, in order per SKU."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import assert_problem
+from tests.services.ecommerce.conftest import Channel, eventually
+
+SECRET = "whsec_test_0123456789abcdef"
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A shop's webhook endpoint: records every request, answers what `respond` says."""
+
+    server: TestServer
+    requests: list[Received] = field(default_factory=list)
+    respond: Callable[[Received], Awaitable[int]] | None = None
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/hooks"))
+
+    def of(self, sku: str) -> list[Received]:
+        return [r for r in self.requests if r.json["data"]["sku"] == sku]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    holder: list[Receiver] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got = Received(dict(request.headers), await request.read())
+        holder[0].requests.append(got)
+        status = await holder[0].respond(got) if holder[0].respond else 200
+        return web.Response(status=status, text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hooks", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    holder.append(Receiver(server))
+    yield holder[0]
+    await server.close()
+
+
+async def subscribe(channel: Channel, receiver: Receiver, events: list[str] | None = None) -> int:
+    status, body, _ = await channel.ecommerce.post("/v1/webhooks", json={
+        "url": receiver.url, "events": events or ["availability.changed"], "secret": SECRET})
+    assert status == 201, body
+    assert "secret" not in body
+    return int(body["id"])
+
+
+def signed_correctly(request: Received) -> bool:
+    expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(request.headers["X-Omnistock-Signature"], expected)
+
+
+async def test_a_receiver_that_fails_first_gets_the_retry_correctly_signed(channel: Channel,
+                                                                            receiver: Receiver) -> None:
+    calls = 0
+
+    async def fail_once(_: Received) -> int:
+        nonlocal calls
+        calls += 1
+        return 500 if calls == 1 else 204
+
+    receiver.respond = fail_once
+    sub = await subscribe(channel, receiver)
+    await channel.receive("TEE-M", "wh-1", 5)
+    await eventually(lambda: _count(receiver.requests, 2))
+    first, retry = receiver.requests
+    assert first.body == retry.body and signed_correctly(first) and signed_correctly(retry)
+    payload = retry.json
+    assert payload["topic"] == "availability.changed" and payload["data"]["available"] == 5
+    assert retry.headers["X-Omnistock-Event-Id"] == str(payload["id"])
+    assert abs(int(retry.headers["X-Omnistock-Timestamp"]) - time.time()) < 60
+    assert (first.headers["X-Omnistock-Attempt"], retry.headers["X-Omnistock-Attempt"]) == ("1", "2")
+
+    async def delivered() -> Any:
+        status, body, _ = await channel.ecommerce.get(f"/v1/webhooks/{sub}/deliveries")
+        return body["items"] if body["items"] and body["items"][0]["status"] == "delivered" else None
+
+    [delivery] = await eventually(delivered)
+    assert delivery["attempts"] == 2 and delivery["event_id"] == payload["id"]
+    status, detail, _ = await channel.ecommerce.get(f"/v1/webhooks/{sub}/deliveries/{delivery['id']}")
+    assert status == 200
+    assert [(a["attempt"], a["status_code"]) for a in detail["log"]] == [(1, 500), (2, 204)]
+
+
+async def _count(items: list[Any], n: int) -> list[Any] | None:
+    return items if len(items) >= n else None
+
+
+async def test_dead_letter_after_max_attempts_then_manual_redelivery(channel: Channel, receiver: Receiver) -> None:
+    healthy = False
+
+    async def down(_: Received) -> int:
+        return 200 if healthy else 503
+
+    receiver.respond = down
+    sub = await subscribe(channel, receiver)
+    await channel.receive("TEE-M", "wh-1", 5)
+
+    async def dead() -> Any:
+        _, body, _ = await channel.ecommerce.get(f"/v1/webhooks/{sub}/deliveries", params={"status": "dead"})
+        return body["items"]
+
+    [letter] = await eventually(dead)
+    assert letter["attempts"] == 3 and letter["last_status_code"] == 503 and len(receiver.requests) == 3
+    healthy = True
+    status, body, _ = await channel.ecommerce.post(f"/v1/webhooks/{sub}/deliveries/{letter['id']}/redeliver")
+    assert status == 202, body
+    await eventually(lambda: _count(receiver.requests, 4))
+    assert receiver.requests[-1].body == receiver.requests[0].body and signed_correctly(receiver.requests[-1])
+    status, body, _ = await channel.ecommerce.post(f"/v1/webhooks/{sub}/deliveries/{letter['id']}/redeliver")
+    assert status in (202, 409)  # delivered again already (202) or still on its way (409)
+
+
+async def test_rapid_changes_of_one_sku_are_coalesced_in_order_and_other_skus_are_not_held_up(
+    channel: Channel, receiver: Receiver
+) -> None:
+    release = asyncio.Event()
+
+    async def slow_for_tee(request: Received) -> int:
+        if request.json["data"]["sku"] == "TEE-M":
+            await release.wait()
+        return 200
+
+    receiver.respond = slow_for_tee
+    await subscribe(channel, receiver)
+    await channel.receive("TEE-M", "wh-1", 1)
+    await eventually(lambda: _count(receiver.of("TEE-M"), 1))  # the first one is now in flight, held
+    for i in range(8):
+        await channel.move(f"m{i}", sku="TEE-M", location_id="wh-1", kind="receipt", qty=1)
+        await channel.settled()
+    await channel.receive("JEANS-32", "store-b", 3)
+    await eventually(lambda: _count(receiver.of("JEANS-32"), 1))  # not behind TEE-M's stuck message
+    release.set()
+    await eventually(lambda: _last_available(receiver, "TEE-M", 9))
+    tee = receiver.of("TEE-M")
+    ids = [r.json["id"] for r in tee]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert len(tee) <= 3, [r.json["data"]["available"] for r in tee]  # 9 changes, at most 3 messages
+
+
+async def _last_available(receiver: Receiver, sku: str, value: int) -> bool:
+    got = receiver.of(sku)
+    return bool(got) and got[-1].json["data"]["available"] == value
+
+
+async def test_subscriptions_list_and_delete(channel: Channel, receiver: Receiver) -> None:
+    sub = await subscribe(channel, receiver, ["availability.out_of_stock", "availability.back_in_stock"])
+    status, body, _ = await channel.ecommerce.get("/v1/webhooks")
+    assert status == 200
+    assert [(s["id"], s["events"]) for s in body["items"]] == [
+        (sub, ["availability.back_in_stock", "availability.out_of_stock"])]
+    assert all("secret" not in s for s in body["items"])
+    status, body, _ = await channel.ecommerce.request("DELETE", f"/v1/webhooks/{sub}")
+    assert status == 200
+    status, body, _ = await channel.ecommerce.get(f"/v1/webhooks/{sub}")
+    assert_problem(status, body, 404, "not-found")
+    await channel.receive("TEE-M", "wh-1", 5)
+    await channel.settled()
+    await asyncio.sleep(0.3)
+    assert receiver.requests == []
+
+
+async def test_only_the_subscribed_events_are_sent(channel: Channel, receiver: Receiver) -> None:
+    await subscribe(channel, receiver, ["availability.out_of_stock"])
+    await channel.receive("TEE-M", "wh-1", 2)
+    await channel.settled()
+    await channel.move("gone", sku="TEE-M", location_id="wh-1", kind="count", qty=0)
+    await eventually(lambda: _count(receiver.requests, 1))
+    await asyncio.sleep(0.2)
+    assert [r.json["topic"] for r in receiver.requests] == ["availability.out_of_stock"]
