@@ -10,16 +10,20 @@ from typing import Any
 
 from aiohttp import web
 
-import services.inventory.app
+import services.orders.app
 from services.ecommerce.projection import run_projector
-from services.ecommerce.routes import api
+from services.ecommerce.routes import SHOP_PLACEMENT, api
 from services.ecommerce.webhooks import Dispatcher
+from services.orders.repository import LocationDirectory
+from services.orders.sourcing import POLICIES
+from services.orders.use_cases import Placement
 from shared.http.app import create_service_app
 from shared.http.keys import HUB, POOL
 from shared.migrations import MigrationSet
 from shared.settings import Settings
 
-MIGRATIONS = [*services.inventory.app.MIGRATIONS, MigrationSet("ecommerce", Path(__file__).parent / "migrations")]
+# Orders' sets include inventory's: shop orders are placed through the orders domain, in our transaction.
+MIGRATIONS = [*services.orders.app.MIGRATIONS, MigrationSet("ecommerce", Path(__file__).parent / "migrations")]
 
 
 def _background(name: str, start: Any) -> Any:
@@ -44,5 +48,8 @@ def create_app(settings: Settings) -> web.Application:
         lambda app: run_projector(app[POOL], app[HUB], settings.projection_poll_interval_s),
     )
     dispatcher = _background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
-    return create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=True,
-                              contexts=[projector, dispatcher])
+    app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=True,
+                             contexts=[projector, dispatcher])
+    app[SHOP_PLACEMENT] = Placement(POLICIES[settings.orders_sourcing_policy], LocationDirectory(),
+                                    settings.reservation_ttl_s)
+    return app

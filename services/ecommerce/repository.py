@@ -276,3 +276,32 @@ async def available_at(db: Pool | Connection, sku: str, location_id: str) -> int
         sku, location_id,
     )
     return int(value or 0)
+
+
+# --- inbound shop orders ----------------------------------------------------------------------------
+
+
+async def claim_shop_order(conn: Connection, channel: str, external_id: str, body_sha256: bytes) -> bool:
+    """Claim (channel, external id) in this transaction. A concurrent copy waits here until the first
+    commits (then finds the claim) or rolls back (then claims it itself)."""
+    return bool(await conn.fetchval(
+        "INSERT INTO ecommerce.shop_orders (channel, external_id, body_sha256) VALUES ($1, $2, $3)"
+        " ON CONFLICT (channel, external_id) DO NOTHING RETURNING true",
+        channel, external_id, body_sha256,
+    ))
+
+
+async def replayed_shop_order(conn: Connection, channel: str, external_id: str) -> Any:
+    return await conn.fetchval(
+        "UPDATE ecommerce.shop_orders SET replays = replays + 1 WHERE channel = $1 AND external_id = $2"
+        " RETURNING response",
+        channel, external_id,
+    )
+
+
+async def complete_shop_order(conn: Connection, channel: str, external_id: str, order_id: str,
+                              response: dict[str, Any]) -> None:
+    await conn.execute(
+        "UPDATE ecommerce.shop_orders SET order_id = $3, response = $4 WHERE channel = $1 AND external_id = $2",
+        channel, external_id, order_id, response,
+    )

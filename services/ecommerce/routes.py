@@ -6,7 +6,9 @@ Role matrix (tests/services/ecommerce/test_access.py):
 - channel rules (buffer, low-stock threshold): admin, ops write;
 - webhooks (subscribe, list, delete, delivery log, redeliver): admin, ops — a subscription's secret
   and target URL are operator configuration, not something a shop key may change;
-- inbound shop orders: shop, admin (and the request must carry the shop's HMAC signature).
+- inbound shop orders: no API key (Shopify cannot send one); the shop's HMAC signature over the raw
+  body (X-Shopify-Hmac-Sha256, with OMNISTOCK_SHOP_WEBHOOK_SECRET) authenticates it, and it acts as
+  the shop role. Missing or wrong signature: 401.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Annotated
 
 import orjson
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from services.ecommerce import use_cases, webhooks
+from services.ecommerce import shop_orders, shopify, use_cases, webhooks
 from services.ecommerce.schemas import (
     AisleOut,
     AisleQuery,
@@ -30,6 +32,7 @@ from services.ecommerce.schemas import (
     RuleIn,
     RuleList,
     RuleOut,
+    ShopOrderOut,
     SkuAvailability,
     StreamQuery,
     SubscriptionIn,
@@ -37,13 +40,16 @@ from services.ecommerce.schemas import (
     SubscriptionOut,
 )
 from services.inventory.schemas import Sku
-from shared.http.api import Api, Call, Reply
+from services.orders.use_cases import Placement
+from shared.errors import MalformedJson, ServiceUnavailable, Unauthorized
+from shared.http.api import Api, Call, Reply, validation_errors
 from shared.http.sse import stream_events
 from shared.outbox import Event
 
 RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 api = Api("ecommerce", path_types={"sku": Sku, "subscription_id": RowId, "delivery_id": RowId})
 
+SHOP_PLACEMENT = web.AppKey("ecommerce_shop_placement", Placement)
 RULE_WRITERS = ("admin", "ops")
 WEBHOOK_MANAGERS = ("admin", "ops")
 AISLE_READERS = ("admin", "ops", "store", "shop")
@@ -167,3 +173,32 @@ async def post_redeliver(call: Call[None, None]) -> Reply:
     """Send a delivered or dead-lettered message again (same event id and body, fresh attempts)."""
     out = await webhooks.redeliver(call.pool, int(call.path("subscription_id")), int(call.path("delivery_id")))
     return Reply(202, out)
+
+
+# --- inbound shop orders ----------------------------------------------------------------------------
+
+
+@api.post("/v1/shop/orders", response=ShopOrderOut, status=201, public=True,
+          extra_responses={401: "missing or wrong signature",
+                           409: "insufficient-stock (nothing reserved)", 422: "unknown SKU or invalid order",
+                           503: "no shop secret configured"})
+async def post_shop_order(call: Call[None, None]) -> Reply:
+    """A shop's order (Shopify orders/create body), placed through orders once per external id.
+
+    201 the first time; a replay of the same shop order answers 200 with the first result.
+    """
+    secret = call.settings.shop_webhook_secret
+    if secret is None:
+        raise ServiceUnavailable("no shop secret is configured (OMNISTOCK_SHOP_WEBHOOK_SECRET)")
+    if not shopify.signature_valid(secret.get_secret_value(), call.raw_body,
+                                   call.request.headers.get("X-Shopify-Hmac-Sha256")):
+        raise Unauthorized("X-Shopify-Hmac-Sha256 is missing or does not match the body")
+    try:
+        order = shopify.ShopifyOrder.model_validate(orjson.loads(call.raw_body))
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"body is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise validation_errors(exc) from None
+    status, result, replayed = await shop_orders.place_shop_order(
+        call.pool, call.request.app[SHOP_PLACEMENT], call.settings.shop_channel, order, call.raw_body)
+    return Reply(status, result, {"Idempotent-Replayed": "true"} if replayed else {})

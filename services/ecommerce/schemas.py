@@ -189,3 +189,20 @@ class AisleOut(ResponseModel):
     here: int | None = Field(description="available at the origin store (when asked from a store)")
     ship_from: list[AisleOption] = Field(description="locations that can ship the quantity, nearest first")
     pickup_at: list[AisleOption] = Field(description="pick-up stores within radius_km holding it, nearest first")
+
+
+# --- inbound shop orders ----------------------------------------------------------------------------
+
+
+class ShopAllocation(ResponseModel):
+    sku: str
+    location_id: str
+    qty: int
+
+
+class ShopOrderOut(ResponseModel):
+    order_id: str
+    external_id: str = Field(description="'<channel>:<the shop's order id>', the order's external_id in orders")
+    status: str
+    total: Decimal
+    allocations: list[ShopAllocation]

@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from services.ecommerce import projection
 from shared.settings import Settings
 from tests.conftest import Api, ServiceFactory
 
 T = TypeVar("T")
+SHOP_SECRET = "shpss_test_0123456789abcdef"
 
 LOCATIONS: dict[str, dict[str, Any]] = {
     "store-a": {"name": "Soho", "kind": "store", "lat": 51.5136, "lon": -0.1365, "ship": False, "pickup": True},
@@ -43,6 +45,7 @@ def settings(settings: Settings) -> Settings:
         "webhook_coalesce_s": 0.0,
         "webhook_poll_interval_s": 0.1,
         "projection_poll_interval_s": 0.1,
+        "shop_webhook_secret": SecretStr(SHOP_SECRET),
     })
 
 
