@@ -12,6 +12,7 @@ SERVICE_MODULES: dict[str, str] = {
     "inventory": "services.inventory.app",
     "orders": "services.orders.app",
     "ecommerce": "services.ecommerce.app",
+    "finance": "services.finance.app",
 }
 
 

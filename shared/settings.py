@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -69,6 +70,11 @@ class Settings(BaseSettings):
     reservation_ttl_s: int = Field(default=1800, ge=1)
     reservation_sweep_interval_s: float = Field(default=30.0, gt=0)
     orders_sourcing_policy: Literal["fewest_shipments", "nearest"] = "fewest_shipments"
+
+    # Finance: how far an order's payments may be from its sales, and a store's declared tender totals
+    # from what its tills took, and still count as matched (0 = to the cent).
+    finance_amount_tolerance: Decimal = Field(default=Decimal("0.00"), ge=0, le=1000, decimal_places=2)
+    finance_cash_tolerance: Decimal = Field(default=Decimal("0.00"), ge=0, le=1000, decimal_places=2)
 
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

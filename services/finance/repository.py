@@ -1,0 +1,314 @@
+"""All SQL of the finance service. Sales are read from orders.sales and orders.orders, never written."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from datetime import date
+from typing import Any
+
+import asyncpg
+
+from services.finance.domain import Scope
+from services.finance.schemas import SettlementIn
+from shared.db import Connection, Pool
+
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# A provider names the order by our id or by the channel's external id; probing the (channel,
+# external_id) index once per channel keeps this an index lookup.
+RESOLVE_ORDER_TEMPLATE = """
+    coalesce(
+        (SELECT o.id FROM orders.orders o
+          WHERE o.id = CASE WHEN REF ~ 'PATTERN' THEN REF::uuid END),
+        (SELECT o.id FROM orders.orders o
+          WHERE o.channel = ANY (ARRAY['online', 'store']) AND o.external_id = REF
+          ORDER BY o.channel LIMIT 1))
+""".replace("PATTERN", UUID_PATTERN)
+
+
+def resolve_order(ref: str) -> str:
+    return RESOLVE_ORDER_TEMPLATE.replace("REF", ref)
+ITEM_COLUMNS = ("run_id", "item_no", "kind", "class", "order_id", "order_ref", "channel", "location_id", "tender",
+                "currency", "sales_total", "expected", "paid", "difference", "sale_ids", "settlement_ids", "note")
+STAGING_COLUMNS = ("line", "provider", "external_id", "order_ref", "type", "amount", "fee", "currency",
+                   "settled_at")
+
+
+# --- settlements ------------------------------------------------------------------------------------
+
+
+async def import_settlements(conn: Connection, rows: Sequence[tuple[int, SettlementIn]], source: str,
+                             actor: str) -> tuple[int, int, list[asyncpg.Record]]:
+    """Stage the rows with COPY, insert the new ones in one statement, and return (batch id, inserted,
+    rows that repeat an imported (provider, external_id) with other values)."""
+    await conn.execute(
+        "CREATE TEMP TABLE finance_staging (line int, provider text, external_id text, order_ref text, type text,"
+        " amount numeric(14,2), fee numeric(14,2), currency text, settled_at timestamptz) ON COMMIT DROP")
+    await conn.copy_records_to_table(
+        "finance_staging", schema_name="pg_temp", columns=STAGING_COLUMNS,
+        records=((line, r.provider, r.external_id, r.order_id, r.type, r.amount, r.fee, r.currency, r.settled_at)
+                 for line, r in rows))
+    batch_id = await conn.fetchval(
+        "INSERT INTO finance.import_batches (source, received, inserted, already, imported_by)"
+        " VALUES ($1, $2, 0, 0, $3) RETURNING id", source, len(rows), actor)
+    status = await conn.execute(f"""
+        INSERT INTO finance.settlements (provider, external_id, order_ref, order_id, type, amount, fee, currency,
+                                         settled_at, batch_id)
+        SELECT st.provider, st.external_id, st.order_ref, {resolve_order('st.order_ref')},
+               st.type, st.amount, st.fee, st.currency, st.settled_at, $1
+          FROM pg_temp.finance_staging st
+         ORDER BY st.line
+        ON CONFLICT (provider, external_id) DO NOTHING""", batch_id)
+    inserted = int(status.split()[-1])
+    # Checked after the insert, so a concurrent import of the same keys has committed (or rolled back)
+    # by now: whatever is stored under a key is what the key means.
+    conflicts = await conn.fetch("""
+        SELECT st.line, s.provider, s.external_id
+          FROM pg_temp.finance_staging st
+          JOIN finance.settlements s USING (provider, external_id)
+         WHERE (s.order_ref, s.type, s.amount, s.fee, s.currency, s.settled_at)
+               IS DISTINCT FROM (st.order_ref, st.type, st.amount, st.fee, st.currency, st.settled_at)
+         ORDER BY st.line LIMIT 1000""")
+    await conn.execute("UPDATE finance.import_batches SET inserted = $2, already = received - $2 WHERE id = $1",
+                       batch_id, inserted)
+    return batch_id, inserted, conflicts
+
+
+async def resolve_pending_settlements(conn: Connection) -> int:
+    """Settlements imported before their order existed point at it once it does."""
+    status = await conn.execute(f"""
+        UPDATE finance.settlements s SET order_id = r.order_id
+          FROM (SELECT id, {resolve_order('order_ref')} AS order_id
+                  FROM finance.settlements WHERE order_id IS NULL) r
+         WHERE s.id = r.id AND r.order_id IS NOT NULL""")
+    return int(status.split()[-1])
+
+
+async def list_settlements(pool: Pool, order_ref: str | None, after: int, limit: int) -> list[asyncpg.Record]:
+    return await pool.fetch("""
+        SELECT id, provider, external_id, order_ref AS order_id, order_id::text AS resolved_order_id, type, amount,
+               fee, currency, settled_at
+          FROM finance.settlements
+         WHERE id > $1 AND ($2::text IS NULL OR order_ref = $2 OR order_id::text = $2)
+         ORDER BY id LIMIT $3""", after, order_ref, limit)
+
+
+async def settlement_exists(conn: Connection, settlement_id: int) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM finance.settlements WHERE id = $1)",
+                                    settlement_id))
+
+
+# --- close-outs ---------------------------------------------------------------------------------------
+
+
+async def insert_closeout(conn: Connection, location_id: str, business_day: date, currency: str,
+                          tenders: list[dict[str, str]], note: str | None, actor: str) -> asyncpg.Record:
+    return await conn.fetchrow("""
+        INSERT INTO finance.closeouts (location_id, business_day, currency, tenders, note, declared_by)
+        VALUES ($1, $2, $3, $4, $5, $6) RETURNING *""", location_id, business_day, currency, tenders, note, actor)
+
+
+async def location_exists(conn: Connection | Pool, location_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM inventory.locations WHERE id = $1)",
+                                    location_id))
+
+
+async def latest_closeouts(db: Connection | Pool, business_day: date,
+                           location_id: str | None) -> list[asyncpg.Record]:
+    return await db.fetch("""
+        SELECT DISTINCT ON (location_id) *
+          FROM finance.closeouts
+         WHERE business_day = $1 AND ($2::text IS NULL OR location_id = $2)
+         ORDER BY location_id, id DESC""", business_day, location_id)
+
+
+# --- runs: reading what a run needs (one REPEATABLE READ snapshot) -------------------------------------
+
+IN_SCOPE = "s.business_day = $1 AND ($2::text IS NULL OR s.channel = $2) AND ($3::text IS NULL OR s.location_id = $3)"
+POSITIONS = f"""
+WITH scoped AS (
+    SELECT DISTINCT s.order_id FROM orders.sales s WHERE {IN_SCOPE}
+), sold AS (
+    SELECT s.order_id,
+           min(s.channel) AS channel,
+           (array_agg(s.location_id ORDER BY s.id) FILTER (WHERE {IN_SCOPE}))[1] AS location_id,
+           min(s.currency) AS currency,
+           bool_or(s.kind = 'till') AS paid_at_till,
+           sum(s.total) FILTER (WHERE {IN_SCOPE}) AS sales_total,
+           coalesce(bool_or(s.kind <> 'return') FILTER (WHERE {IN_SCOPE}), false) AS sells,
+           coalesce(bool_or(s.kind = 'return') FILTER (WHERE {IN_SCOPE}), false) AS returns,
+           coalesce(sum(s.total) FILTER (WHERE s.kind <> 'return'), 0) AS sold,
+           coalesce(-sum(s.total) FILTER (WHERE s.kind = 'return'), 0) AS returned,
+           array_agg(s.id ORDER BY s.id) FILTER (WHERE {IN_SCOPE}) AS sale_ids
+      FROM orders.sales s JOIN scoped USING (order_id)
+     GROUP BY s.order_id
+), paid AS (
+    SELECT t.order_id,
+           array_agg(t.amount ORDER BY t.id) FILTER (WHERE t.type = 'capture') AS captures,
+           array_agg(t.id ORDER BY t.id) FILTER (WHERE t.type = 'capture') AS capture_ids,
+           array_agg(t.amount ORDER BY t.id) FILTER (WHERE t.type = 'refund') AS refunds,
+           array_agg(t.id ORDER BY t.id) FILTER (WHERE t.type = 'refund') AS refund_ids,
+           array_agg(DISTINCT t.currency) AS currencies
+      FROM finance.settlements t JOIN scoped USING (order_id)
+     GROUP BY t.order_id
+)
+SELECT sold.*, paid.captures, paid.capture_ids, paid.refunds, paid.refund_ids, paid.currencies
+  FROM sold LEFT JOIN paid USING (order_id)
+"""
+
+
+async def count_scope_orders(conn: Connection, scope: Scope) -> int:
+    return int(await conn.fetchval(f"SELECT count(DISTINCT s.order_id) FROM orders.sales s WHERE {IN_SCOPE}",
+                                   *_scope_args(scope)))
+
+
+async def positions(conn: Connection, scope: Scope, prefetch: int = 20_000) -> AsyncIterator[asyncpg.Record]:
+    """Per order with a sale in scope: its sales and settlements, aggregated (inside a transaction)."""
+    async for row in conn.cursor(POSITIONS, *_scope_args(scope), prefetch=prefetch):
+        yield row
+
+
+async def stray_settlements(conn: Connection, scope: Scope) -> list[asyncpg.Record]:
+    """Settlements of the day that no sale accounts for: the rule of domain.is_stray, as an anti-join."""
+    if scope.location_id is not None:
+        return []
+    return await conn.fetch("""
+        SELECT t.id, t.order_ref, t.order_id::text AS order_id, t.type, t.amount, t.fee, t.currency, t.settled_at,
+               o.channel
+          FROM finance.settlements t
+          LEFT JOIN orders.orders o ON o.id = t.order_id
+         WHERE t.settled_at >= $1::date::timestamp AT TIME ZONE 'UTC'
+           AND t.settled_at < ($1::date + 1)::timestamp AT TIME ZONE 'UTC'
+           AND ($2::text IS NULL OR coalesce(o.channel, 'online') = $2)
+           AND NOT EXISTS (SELECT 1 FROM orders.sales s
+                            WHERE s.order_id = t.order_id AND (s.kind = 'return') = (t.type = 'refund'))
+         ORDER BY t.id""", scope.business_day, scope.channel)
+
+
+async def till_tenders(conn: Connection, scope: Scope) -> list[asyncpg.Record]:
+    """What the tills took per store, currency and tender kind on the day."""
+    return await conn.fetch("""
+        SELECT s.location_id, s.currency, t->>'kind' AS kind, sum((t->>'amount')::numeric) AS amount
+          FROM orders.sales s CROSS JOIN LATERAL jsonb_array_elements(s.tenders) t
+         WHERE s.business_day = $1 AND s.kind = 'till' AND ($2::text IS NULL OR s.location_id = $2)
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", scope.business_day, scope.location_id)
+
+
+async def till_returns(conn: Connection, scope: Scope) -> list[asyncpg.Record]:
+    """Returns of till orders on the day, with the tenders the original sale was paid in."""
+    return await conn.fetch("""
+        SELECT s.location_id, s.currency, s.total, o.payment->'tenders' AS original
+          FROM orders.sales s JOIN orders.orders o ON o.id = s.order_id
+         WHERE s.business_day = $1 AND s.kind = 'return' AND o.fulfillment_type = 'till'
+           AND ($2::text IS NULL OR s.location_id = $2)
+         ORDER BY s.id""", scope.business_day, scope.location_id)
+
+
+def _scope_args(scope: Scope) -> tuple[Any, ...]:
+    return scope.business_day, scope.channel, scope.location_id
+
+
+# --- runs: writing ---------------------------------------------------------------------------------------
+
+
+async def lock_scope(conn: Connection, scope: Scope) -> None:
+    """One run of a scope at a time, so that exactly one of two concurrent runs supersedes the other."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7277005))",
+                       f"finance.run|{scope.business_day}|{scope.channel}|{scope.location_id}")
+
+
+async def next_run_id(conn: Connection) -> int:
+    return int(await conn.fetchval("SELECT nextval('finance.run_ids')"))
+
+
+async def copy_items(conn: Connection, records: AsyncIterable[tuple[Any, ...]]) -> None:
+    await conn.copy_records_to_table("run_items", schema_name="finance", columns=ITEM_COLUMNS, records=records)
+
+
+async def supersede(conn: Connection, scope: Scope, run_id: int) -> int | None:
+    return await conn.fetchval("""
+        UPDATE finance.runs SET superseded_by = $4
+         WHERE business_day = $1 AND channel IS NOT DISTINCT FROM $2 AND location_id IS NOT DISTINCT FROM $3
+           AND superseded_by IS NULL
+        RETURNING id""", *_scope_args(scope), run_id)
+
+
+async def insert_run(conn: Connection, **values: Any) -> None:
+    columns = ", ".join(values)
+    params = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    await conn.execute(f"INSERT INTO finance.runs ({columns}) VALUES ({params})", *values.values())
+
+
+# --- runs: reading back -----------------------------------------------------------------------------------
+
+RUN_SELECT = """
+    SELECT r.*, (SELECT count(*) FROM finance.resolutions x WHERE x.run_id = r.id) AS resolved
+      FROM finance.runs r"""
+ITEM_SELECT = """
+    SELECT i.*, x.action, x.reason, x.amount, x.settlement_id, x.resolved_by, x.resolved_at
+      FROM finance.run_items i
+      LEFT JOIN finance.resolutions x ON x.run_id = i.run_id AND x.item_no = i.item_no"""
+
+
+async def get_run(db: Connection | Pool, run_id: int, *, lock: bool = False) -> asyncpg.Record | None:
+    if lock:
+        await db.fetchval("SELECT id FROM finance.runs WHERE id = $1 FOR UPDATE", run_id)
+    return await db.fetchrow(f"{RUN_SELECT} WHERE r.id = $1", run_id)
+
+
+async def list_runs(db: Pool, business_day: date | None, limit: int) -> list[asyncpg.Record]:
+    return await db.fetch(f"{RUN_SELECT} WHERE ($1::date IS NULL OR r.business_day = $1) ORDER BY r.id DESC LIMIT $2",
+                          business_day, limit)
+
+
+async def first_items(db: Connection | Pool, run_id: int, limit: int) -> list[asyncpg.Record]:
+    """Exceptions first (they are what a reader acts on), then matched items, each in item order."""
+    exceptions = await db.fetch(f"{ITEM_SELECT} WHERE i.run_id = $1 AND i.class <> 'matched'"
+                                " ORDER BY i.item_no LIMIT $2", run_id, limit)
+    if len(exceptions) >= limit:
+        return exceptions
+    matched = await db.fetch(f"{ITEM_SELECT} WHERE i.run_id = $1 AND i.class = 'matched'"
+                             " ORDER BY i.item_no LIMIT $2", run_id, limit - len(exceptions))
+    return exceptions + matched
+
+
+async def list_items(db: Pool, run_id: int, item_class: str | None, after: int, limit: int) -> list[asyncpg.Record]:
+    return await db.fetch(f"""{ITEM_SELECT}
+        WHERE i.run_id = $1 AND ($2::text IS NULL OR i.class = $2) AND i.item_no > $3
+        ORDER BY i.item_no LIMIT $4""", run_id, item_class, after, limit)
+
+
+async def get_item(conn: Connection, run_id: int, item_no: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"{ITEM_SELECT} WHERE i.run_id = $1 AND i.item_no = $2", run_id, item_no)
+
+
+async def insert_resolution(conn: Connection, run_id: int, item_no: int, action: str, reason: str,
+                            amount: Any, settlement_id: int | None, actor: str) -> bool:
+    return bool(await conn.fetchval("""
+        INSERT INTO finance.resolutions (run_id, item_no, action, reason, amount, settlement_id, resolved_by)
+        VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true""",
+                                    run_id, item_no, action, reason, amount, settlement_id, actor))
+
+
+async def mark_committed(conn: Connection, run_id: int, actor: str, override_reason: str | None) -> None:
+    await conn.execute("""
+        UPDATE finance.runs SET committed_at = now(), committed_by = $2, override_reason = $3,
+               override_by = CASE WHEN $3::text IS NULL THEN NULL ELSE $2 END
+         WHERE id = $1 AND committed_at IS NULL""", run_id, actor, override_reason)
+
+
+# --- reports ---------------------------------------------------------------------------------------------
+
+GROUP_KEYS = {"day": "s.business_day::text", "channel": "s.channel", "location": "s.location_id"}
+
+
+async def revenue(db: Pool, start: date, end: date, group_by: str) -> list[asyncpg.Record]:
+    key = GROUP_KEYS[group_by]
+    return await db.fetch(f"""
+        SELECT {key} AS key, s.currency,
+               count(DISTINCT s.order_id) FILTER (WHERE s.kind <> 'return') AS orders,
+               coalesce(sum(s.total) FILTER (WHERE s.kind <> 'return'), 0) AS gross,
+               coalesce(sum(s.total) FILTER (WHERE s.kind = 'return'), 0) AS returns,
+               sum(s.total) AS revenue
+          FROM orders.sales s
+         WHERE s.business_day BETWEEN $1 AND $2
+         GROUP BY 1, 2 ORDER BY 1, 2""", start, end)

@@ -1,0 +1,166 @@
+"""Finance HTTP: parse, authorize, call a use case, render.
+
+Who may do what (403 for every other role, admin included: an operator is not an accountant):
+- finance: everything (import settlements, declare close-outs, run, resolve, commit, read, report);
+- auditor: read runs, items, settlements, close-outs and reports.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from aiohttp import web
+from pydantic import Field, ValidationError
+
+from services.finance import ledger_commit, use_cases
+from services.finance import repository as repo
+from services.finance.schemas import (
+    CloseoutIn,
+    CloseoutList,
+    CloseoutOut,
+    CloseoutQuery,
+    CommitIn,
+    CommitOut,
+    ImportOut,
+    ItemList,
+    ItemOut,
+    ItemQuery,
+    ResolutionIn,
+    RevenueQuery,
+    RevenueReport,
+    RunIn,
+    RunList,
+    RunOut,
+    RunQuery,
+    SettlementBatch,
+    SettlementList,
+    SettlementOut,
+    SettlementQuery,
+)
+from services.finance.settlement_file import RowErrors, csv_rows, decode_csv, json_rows
+from shared.errors import MalformedJson, UnsupportedMediaType
+from shared.http.api import Api, Call, Reply, validation_errors
+
+api = Api("finance", path_types={"run_id": Annotated[int, Field(ge=1, le=2**62)],
+                                 "item_no": Annotated[int, Field(ge=1, le=2**31 - 1)]})
+
+WRITERS = ("finance",)
+READERS = ("finance", "auditor")
+RUN_404 = {404: "unknown run"}
+
+
+def run_id(call: Call[Any, Any]) -> int:
+    return int(call.path("run_id"))
+
+
+def commit_body(call: Call[Any, Any]) -> CommitIn:
+    """The commit body may be left out entirely (no override)."""
+    if not call.raw_body.strip():
+        return CommitIn()
+    ctype = call.request.content_type
+    if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send application/json, not {ctype}")
+    try:
+        return CommitIn.model_validate(orjson.loads(call.raw_body))
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"body is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise validation_errors(exc) from None
+
+
+@api.post("/v1/settlements", body=SettlementBatch, response=ImportOut, status=201, also=(200,), roles=WRITERS,
+          raw_body_types=("text/csv",),
+          extra_responses={422: "bad rows, each as {line, field, problem}; nothing was imported"})
+async def import_settlements(call: Call[SettlementBatch, None]) -> Reply:
+    """Import payment settlements (a JSON list or text/csv); all or nothing; rows seen before are skipped."""
+    errors = RowErrors()
+    if call.body is None:
+        rows, source = csv_rows(decode_csv(call.raw_body), errors), "csv"
+    else:
+        rows, source = json_rows(call.body.root), "json"
+    result = await use_cases.import_settlements(call.pool, rows, errors, source, call.principal.subject)
+    return Reply(201 if result.inserted else 200, result)
+
+
+@api.get("/v1/settlements", query=SettlementQuery, response=SettlementList, roles=READERS)
+async def list_settlements(call: Call[None, SettlementQuery]) -> SettlementList:
+    """Imported settlements in id order; filter by order_id (as sent, or the order it resolved to)."""
+    q = call.query
+    rows = await repo.list_settlements(call.pool, q.order_id, q.after, q.limit)
+    items = [SettlementOut.model_validate(dict(r)) for r in rows]
+    return SettlementList(items=items, next_after=items[-1].id if len(items) == q.limit else None)
+
+
+@api.post("/v1/closeouts", body=CloseoutIn, response=CloseoutOut, status=201, roles=WRITERS)
+async def declare_closeout(call: Call[CloseoutIn, None]) -> CloseoutOut:
+    """A store's end-of-day declared totals per tender; declaring the day again replaces them."""
+    return await use_cases.declare_closeout(call.pool, call.body, call.principal.subject)
+
+
+@api.get("/v1/closeouts", query=CloseoutQuery, response=CloseoutList, roles=READERS)
+async def list_closeouts(call: Call[None, CloseoutQuery]) -> CloseoutList:
+    """The close-outs in force for a business day (the latest declaration per store)."""
+    rows = await repo.latest_closeouts(call.pool, call.query.business_day, call.query.location_id)
+    return CloseoutList(items=[CloseoutOut.model_validate(dict(r)) for r in rows])
+
+
+@api.post("/v1/reconciliations", body=RunIn, response=RunOut, status=201, roles=WRITERS)
+async def reconcile(call: Call[RunIn, None]) -> RunOut:
+    """Reconcile a business day (optionally one channel or location) into a new run superseding the last."""
+    return await use_cases.run_reconciliation(call.pool, call.body, call.principal.subject,
+                                              use_cases.tolerances(call.settings))
+
+
+@api.get("/v1/reconciliations", query=RunQuery, response=RunList, roles=READERS)
+async def list_runs(call: Call[None, RunQuery]) -> RunList:
+    """Runs, newest first (without their items); filter by business_day."""
+    return RunList(items=await use_cases.list_runs(call.pool, call.query.business_day, call.query.limit))
+
+
+@api.get("/v1/reconciliations/{run_id}", response=RunOut, roles=READERS, extra_responses=RUN_404)
+async def get_run(call: Call[None, None]) -> RunOut:
+    """A run with its counts, totals and first items (exceptions first)."""
+    return await use_cases.get_run(call.pool, run_id(call))
+
+
+@api.get("/v1/reconciliations/{run_id}/items", query=ItemQuery, response=ItemList, roles=READERS,
+         extra_responses=RUN_404)
+async def list_items(call: Call[None, ItemQuery]) -> ItemList:
+    """A run's items in item order, a page at a time; filter by class."""
+    q = call.query
+    return await use_cases.list_items(call.pool, run_id(call), q.class_, q.after, q.limit)
+
+
+@api.post("/v1/reconciliations/{run_id}/items/{item_no}/resolution", body=ResolutionIn, response=ItemOut,
+          status=201, roles=WRITERS,
+          extra_responses={404: "unknown run or item", 409: "matched, resolved already, superseded or committed"})
+async def resolve_item(call: Call[ResolutionIn, None]) -> ItemOut:
+    """Resolve an item: write it off, book an adjustment, or link it to a later settlement."""
+    return await use_cases.resolve_item(call.pool, run_id(call), int(call.path("item_no")), call.body,
+                                        call.principal.subject)
+
+
+@api.post("/v1/reconciliations/{run_id}/commit", response=CommitOut, roles=WRITERS,
+          extra_responses={404: "unknown run", 409: "unresolved items (no override), or superseded",
+                           503: "the ledger is not available"})
+async def commit_run(call: Call[None, None]) -> CommitOut:
+    """Write the run's reconciled sales and summary to the ledger (optional body {override_reason})."""
+    return await ledger_commit.commit_run(call.pool, call.settings, run_id(call), commit_body(call),
+                                          call.principal.subject)
+
+
+@api.get("/v1/reports/revenue", query=RevenueQuery, response=RevenueReport, roles=READERS)
+async def revenue(call: Call[None, RevenueQuery]) -> RevenueReport:
+    """Revenue by day, channel or location: orders, gross, returns, net revenue, average order value."""
+    return await use_cases.revenue_report(call.pool, call.query)
+
+
+@api.get("/v1/reports/revenue.csv", query=RevenueQuery, roles=READERS, produces="text/csv")
+async def revenue_csv(call: Call[None, RevenueQuery]) -> web.Response:
+    """The revenue report as CSV."""
+    report = await use_cases.revenue_report(call.pool, call.query)
+    name = f"revenue-{report.group_by}-{report.from_}-{report.to}.csv"
+    return web.Response(text=use_cases.revenue_csv(report), content_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+

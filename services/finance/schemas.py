@@ -1,0 +1,315 @@
+"""Request and response models of the finance API. Money is Decimal on the inside, "12.30" on the wire."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, RootModel, StringConstraints, WithJsonSchema, model_validator
+
+from services.inventory.schemas import LocationId
+from shared.http.models import RequestModel, ResponseModel
+from shared.money import Currency, Money, SignedMoney
+
+MAX_TENDERS = 20
+MAX_LIST = 1000
+Channel = Literal["online", "store"]
+ItemClass = Literal["matched", "amount_mismatch", "missing_payment", "missing_sale", "duplicate"]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"\S")]
+
+
+def _aware_datetime(value: object) -> object:
+    """RFC 3339 text; a time without an offset is taken as UTC (providers' CSVs often omit it)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str):
+        raise ValueError("an RFC 3339 date-time string")
+    parsed = datetime.fromisoformat(value.strip())
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if not 1970 <= parsed.year <= 9000:
+        raise ValueError("a time between 1970 and 9000")
+    return parsed
+
+
+def _iso_date(value: object) -> object:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or len(value) != 10:
+        raise ValueError("a date as YYYY-MM-DD")
+    return date.fromisoformat(value)
+
+
+SettledAt = Annotated[datetime, BeforeValidator(_aware_datetime),
+                      WithJsonSchema({"type": "string", "format": "date-time"})]
+IsoDate = Annotated[date, BeforeValidator(_iso_date), WithJsonSchema({"type": "string", "format": "date"})]
+
+
+# --- settlements -------------------------------------------------------------------------------------
+
+
+class SettlementIn(RequestModel):
+    provider: Text
+    external_id: Text
+    order_id: Text  # our order id, or the channel's external id of the order
+    amount: Money
+    fee: Money = Decimal("0.00")
+    currency: Currency
+    settled_at: SettledAt
+    type: Literal["capture", "refund"] = "capture"
+
+
+SETTLEMENT_FIELDS = tuple(SettlementIn.model_fields)
+# The body is read leniently (a list of objects) so that each element can be checked on its own and a
+# bad one reported by position with the others; the documented schema is the strict one.
+class SettlementBatch(RootModel[Annotated[
+    list[dict[str, Any]],
+    WithJsonSchema({"type": "array", "items": SettlementIn.model_json_schema()}),
+]]):
+    pass
+
+
+class ImportOut(ResponseModel):
+    batch_id: int | None
+    received: int
+    inserted: int
+    already_imported: int
+
+
+class SettlementOut(ResponseModel):
+    id: int
+    provider: str
+    external_id: str
+    order_id: str
+    resolved_order_id: str | None
+    type: str
+    amount: Money
+    fee: Money
+    currency: str
+    settled_at: datetime
+
+
+class SettlementQuery(RequestModel):
+    order_id: Text | None = None
+    after: Annotated[int, Field(ge=0, le=2**62)] = 0
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 100
+
+
+class SettlementList(ResponseModel):
+    items: list[SettlementOut]
+    next_after: int | None = None
+
+
+# --- close-outs -------------------------------------------------------------------------------------
+
+
+class TenderIn(RequestModel):
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
+    amount: Money
+
+
+class CloseoutIn(RequestModel):
+    location_id: LocationId
+    business_day: IsoDate
+    currency: Currency
+    tenders: Annotated[list[TenderIn], Field(min_length=1, max_length=MAX_TENDERS)]
+    note: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+    @model_validator(mode="after")
+    def one_total_per_tender(self) -> CloseoutIn:
+        kinds = [t.kind for t in self.tenders]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("each tender kind once")
+        return self
+
+
+class TenderOut(ResponseModel):
+    kind: str
+    amount: Money
+
+
+class CloseoutOut(ResponseModel):
+    id: int
+    location_id: str
+    business_day: date
+    currency: str
+    tenders: list[TenderOut]
+    note: str | None = None
+    declared_by: str
+    declared_at: datetime
+
+
+class CloseoutQuery(RequestModel):
+    business_day: IsoDate
+    location_id: LocationId | None = None
+
+
+class CloseoutList(ResponseModel):
+    items: list[CloseoutOut]
+
+
+# --- reconciliation runs ---------------------------------------------------------------------------
+
+
+class RunIn(RequestModel):
+    business_day: IsoDate
+    channel: Channel | None = None
+    location_id: LocationId | None = None
+
+
+class Counts(ResponseModel):
+    matched: int
+    amount_mismatch: int
+    missing_payment: int
+    missing_sale: int
+    duplicate: int
+
+
+class TotalOut(ResponseModel):
+    currency: str
+    sales: SignedMoney
+    expected: SignedMoney
+    paid: SignedMoney
+    difference: SignedMoney
+
+
+class ResolutionIn(RequestModel):
+    """write_off: accept the difference; adjustment: book `amount` against it; linked_settlement: a
+    later settlement (its id) accounts for it."""
+
+    action: Literal["write_off", "adjustment", "linked_settlement"]
+    reason: Reason
+    amount: SignedMoney | None = None
+    settlement_id: Annotated[int, Field(ge=1, le=2**62)] | None = None
+
+    @model_validator(mode="after")
+    def fields_fit_the_action(self) -> ResolutionIn:
+        if (self.action == "linked_settlement") != (self.settlement_id is not None):
+            raise ValueError("settlement_id is required for linked_settlement, and only for it")
+        if (self.action == "adjustment") != (self.amount is not None):
+            raise ValueError("amount is required for an adjustment, and only for it")
+        return self
+
+
+class ResolutionOut(ResponseModel):
+    action: str
+    reason: str
+    amount: SignedMoney | None = None
+    settlement_id: int | None = None
+    resolved_by: str
+    resolved_at: datetime
+
+
+class ItemOut(ResponseModel):
+    model_config = ConfigDict(from_attributes=True, serialize_by_alias=True)
+
+    item_no: int
+    kind: Literal["order", "settlement", "tender"]
+    class_: ItemClass = Field(serialization_alias="class")
+    order_id: str | None = None
+    order_ref: str | None = None
+    channel: str | None = None
+    location_id: str | None = None
+    tender: str | None = None
+    currency: str
+    sales_total: SignedMoney
+    expected: SignedMoney
+    paid: SignedMoney
+    difference: SignedMoney
+    sale_ids: list[int]
+    settlement_ids: list[int]
+    note: str | None = None
+    resolution: ResolutionOut | None = None
+
+
+class RunOut(ResponseModel):
+    id: int
+    status: Literal["open", "reconciled", "committed", "superseded"]
+    business_day: date
+    channel: str | None = None
+    location_id: str | None = None
+    counts: Counts
+    totals: list[TotalOut]
+    unresolved: int
+    item_count: int
+    items_root: str
+    amount_tolerance: Money
+    cash_tolerance: Money
+    created_by: str
+    created_at: datetime
+    supersedes: int | None = None
+    superseded_by: int | None = None
+    committed_at: datetime | None = None
+    committed_by: str | None = None
+    override_reason: str | None = None
+    items: list[ItemOut]
+    items_truncated: bool = False  # the first items only (exceptions first): page through .../items
+
+
+class RunQuery(RequestModel):
+    business_day: IsoDate | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 50
+
+
+class RunList(ResponseModel):
+    items: list[RunOut]
+
+
+class ItemQuery(RequestModel):
+    class_: ItemClass | None = Field(default=None, alias="class")
+    after: Annotated[int, Field(ge=0, le=2**31)] = 0
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 100
+
+
+class ItemList(ResponseModel):
+    items: list[ItemOut]
+    next_after: int | None = None
+
+
+class CommitIn(RequestModel):
+    override_reason: Reason | None = None  # commit although items are unresolved; recorded with who
+
+
+class CommitOut(ResponseModel):
+    run_id: int
+    status: str
+    written: int  # ledger entries this call appended
+    already: int  # entries an earlier commit had written
+    override_reason: str | None = None
+
+
+# --- reports ------------------------------------------------------------------------------------------
+
+
+class RevenueQuery(RequestModel):
+    from_: IsoDate = Field(alias="from")
+    to: IsoDate
+    group_by: Literal["day", "channel", "location"] = "day"
+
+    @model_validator(mode="after")
+    def a_bounded_range(self) -> RevenueQuery:
+        if self.to < self.from_:
+            raise ValueError("'to' is before 'from'")
+        if (self.to - self.from_).days > 3660:
+            raise ValueError("at most ten years at once")
+        return self
+
+
+class RevenueRow(ResponseModel):
+    key: str  # the day (YYYY-MM-DD), channel or location
+    currency: str
+    orders: int  # orders with a sale in the group
+    gross: SignedMoney  # sales before returns
+    returns: SignedMoney  # returns (negative)
+    revenue: SignedMoney  # gross + returns
+    average_order_value: SignedMoney  # gross / orders
+
+
+class RevenueReport(ResponseModel):
+    model_config = ConfigDict(from_attributes=True, serialize_by_alias=True)
+
+    from_: date = Field(serialization_alias="from")
+    to: date
+    group_by: str
+    rows: list[RevenueRow]
