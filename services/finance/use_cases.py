@@ -9,9 +9,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import asyncpg
-import orjson
 
-from ledger.merkle import Frontier, leaf_hash
 from services.finance import domain
 from services.finance import repository as repo
 from services.finance.domain import Item, OrderPosition, RunTotals, Scope, Settlement, Tender, Tolerances
@@ -91,14 +89,11 @@ async def declare_closeout(pool: Pool, body: CloseoutIn, actor: str) -> Closeout
 
 
 def _position(row: asyncpg.Record) -> OrderPosition:
-    return OrderPosition(
-        order_id=str(row["order_id"]), channel=row["channel"], location_id=row["location_id"],
-        currency=row["currency"], paid_at_till=row["paid_at_till"], sales_total=row["sales_total"],
-        sells=row["sells"], returns=row["returns"], sold=row["sold"], returned=row["returned"],
-        captures=tuple(row["captures"] or ()), refunds=tuple(row["refunds"] or ()),
-        currencies=frozenset(row["currencies"] or ()), sale_ids=tuple(row["sale_ids"]),
-        capture_ids=tuple(row["capture_ids"] or ()), refund_ids=tuple(row["refund_ids"] or ()),
-    )
+    order_id, channel, location_id, currency, paid_at_till, sales_total, sells, returns, sold, returned, \
+        sale_ids, captures, capture_ids, refunds, refund_ids, currencies = row
+    return OrderPosition(str(order_id), channel, location_id, currency, paid_at_till, sales_total, sells, returns,
+                         sold, returned, captures or (), refunds or (), frozenset(currencies or ()), sale_ids,
+                         capture_ids or (), refund_ids or ())
 
 
 def _tenders(raw: Any) -> tuple[Tender, ...]:
@@ -124,17 +119,7 @@ async def _other_items(reader: Connection, scope: Scope, tol: Tolerances) -> lis
     return items + domain.tender_items(totals, closeouts, tol)
 
 
-def _record(run_id: int, item_no: int, item: Item) -> tuple[Any, ...]:
-    return (run_id, item_no, item.kind, item.cls, item.order_id, item.order_ref, item.channel, item.location_id,
-            item.tender, item.currency, item.sales_total, item.expected, item.paid, item.difference,
-            list(item.sale_ids), list(item.settlement_ids), item.note)
-
-
-def item_leaf(run_id: int, scope: Scope, item_no: int, item: Item) -> bytes:
-    # orjson with sorted keys writes the same bytes as ledger.encoding.canonical_bytes for these
-    # entries (ASCII keys, strings, integers, null), several times faster over a million items.
-    entry = domain.item_entry(run_id, scope.business_day, item_no, item)
-    return leaf_hash(orjson.dumps(entry, option=orjson.OPT_SORT_KEYS))
+COPY_CHUNK = 5000
 
 
 async def run_reconciliation(pool: Pool, body: RunIn, actor: str, tol: Tolerances,
@@ -142,8 +127,10 @@ async def run_reconciliation(pool: Pool, body: RunIn, actor: str, tol: Tolerance
     """Reconcile one business day (optionally one channel or location) into a new, immutable run.
 
     Orders are aggregated in SQL and streamed through the pure rules in domain.py into a COPY, so a
-    million orders never sit in memory at once: one connection reads (one snapshot), the other writes
-    the run in one transaction.
+    million orders never sit in memory at once as objects: one connection reads (one snapshot), the
+    other writes the run in one transaction while the rows are still being classified. The run's
+    items_root is the RFC 9162 Merkle root over the items' COPY lines (repository.item_line), in
+    item order: anyone holding the items can recompute it.
     """
     scope = Scope(body.business_day, body.channel, body.location_id)
     async with transaction(pool) as conn:
@@ -151,36 +138,43 @@ async def run_reconciliation(pool: Pool, body: RunIn, actor: str, tol: Tolerance
     async with transaction(pool) as writer, pool.acquire() as reader, \
             reader.transaction(isolation="repeatable_read", readonly=True):
         await repo.lock_scope(writer, scope)
+        await repo.prepare_reader(reader)
         if on_total is not None:
             on_total(await repo.count_scope_orders(reader, scope))
         run_id = await repo.next_run_id(writer)
-        totals, frontier = RunTotals(), Frontier()
+        totals, leaves = RunTotals(), []
 
-        async def records() -> AsyncIterator[tuple[Any, ...]]:
-            item_no = 0
+        def emit(item_no: int, item: Item) -> str:
+            totals.add(item)
+            line = repo.item_line(run_id, item_no, item)
+            leaves.append(domain.leaf(line.encode()))
+            return line
+
+        async def chunks() -> AsyncIterator[bytes]:
+            item_no, lines = 0, []
             async for row in repo.positions(reader, scope):
                 item_no += 1
-                item = domain.classify(_position(row), tol)
-                totals.add(item)
-                frontier.append(item_leaf(run_id, scope, item_no, item))
-                if on_progress is not None and item_no % 10_000 == 0:
-                    on_progress(10_000)
-                yield _record(run_id, item_no, item)
+                lines.append(emit(item_no, domain.classify(_position(row), tol)))
+                if len(lines) == COPY_CHUNK:
+                    yield "".join(lines).encode()
+                    lines.clear()
+                    if on_progress is not None:
+                        on_progress(COPY_CHUNK)
             if on_progress is not None:
-                on_progress(item_no % 10_000)
+                on_progress(len(lines))
             for item in await _other_items(reader, scope, tol):
                 item_no += 1
-                totals.add(item)
-                frontier.append(item_leaf(run_id, scope, item_no, item))
-                yield _record(run_id, item_no, item)
+                lines.append(emit(item_no, item))
+            if lines:
+                yield "".join(lines).encode()
 
-        await repo.copy_items(writer, records())
+        await repo.copy_items(writer, chunks())
         previous = await repo.supersede(writer, scope, run_id)
         await repo.insert_run(
             writer, id=run_id, business_day=scope.business_day, channel=scope.channel,
             location_id=scope.location_id, amount_tolerance=tol.amount, cash_tolerance=tol.cash,
-            counts=totals.count_dict(), totals=totals.total_list(), item_count=frontier.size,
-            items_root=frontier.root().hex(), created_by=actor, supersedes=previous)
+            counts=totals.count_dict(), totals=totals.total_list(), item_count=len(leaves),
+            items_root=domain.merkle_root(leaves).hex(), created_by=actor, supersedes=previous)
     return await get_run(pool, run_id)
 
 
