@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from services import registry, runtime
 from services.ecommerce.cli import ecommerce as ecommerce_commands
+from services.finance.cli import import_group, reconcile
 from shared.auth import ROLES, create_api_key
 from shared.db import create_pool
 from shared.logging import configure_logging
@@ -161,6 +162,9 @@ def seed(stores: int, skus: int, density: float) -> None:
 
 
 main.add_command(ecommerce_commands)
+
+main.add_command(import_group)
+main.add_command(reconcile)
 
 if __name__ == "__main__":
     sys.exit(main())
