@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from services.finance import use_cases
@@ -59,12 +60,14 @@ async def test_a_split_payment_whose_parts_happen_to_be_equal_is_not_a_duplicate
 
 
 async def test_a_payment_with_no_sale_is_missing_its_sale(books: Books) -> None:
-    await books.settle(payment("shop-order-that-never-was", "12.00"))
+    day = await books.day_of("wh-1")
+    noon = datetime.combine(day, datetime.min.time(), UTC).replace(hour=12)  # a payment's day is its UTC date
+    await books.settle(payment("shop-order-that-never-was", "12.00", settled_at=noon))
     placed_not_shipped = await books.orders.post("/v1/orders", idem="nf", json={
         "channel": "online", "currency": "EUR", "lines": [{"sku": "TEE", "qty": 1, "unit_price": "19.90"}],
         "fulfillment": {"type": "ship", "location_id": "wh-1"}})
-    await books.settle(payment(placed_not_shipped[1]["id"], "19.90"))
-    run = await books.run(await books.day_of("wh-1"))  # settled today (UTC) = the London day, mostly
+    await books.settle(payment(placed_not_shipped[1]["id"], "19.90", settled_at=noon))
+    run = await books.run(day)
     strays = items_of(run, "missing_sale", kind="settlement")
     assert sorted(i["order_ref"] for i in strays) == sorted(["shop-order-that-never-was",
                                                              placed_not_shipped[1]["id"]])
