@@ -301,8 +301,8 @@ def strays(scope: Scope, sales: Iterable[Sale], settlements: Iterable[Settlement
         channel = channels.get(s.order_id) if s.order_id else None
         if scope.covers_settlement_day(s.settled_at, channel) and is_stray(s, kinds.get(s.order_id or "", set())):
             grouped[s.order_id or s.order_ref].append(s)
-    return [stray_item(ref, sorted(rows, key=lambda s: s.id), channels.get(rows[0].order_id or ""))
-            for ref, rows in sorted(grouped.items())]
+    return [stray_item(rows[0].order_ref, sorted(rows, key=lambda s: s.id), channels.get(rows[0].order_id or ""))
+            for _, rows in sorted(grouped.items())]
 
 
 @dataclass
