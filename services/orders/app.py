@@ -11,8 +11,9 @@ from pathlib import Path
 from aiohttp import web
 
 from services.inventory import app as inventory_app
+from services.orders.group_placement import PlacementGroup
 from services.orders.repository import LocationDirectory
-from services.orders.routes import PLACEMENT, api
+from services.orders.routes import PLACEMENT, PLACEMENT_GROUP, api
 from services.orders.sourcing import POLICIES, SourcingPolicy
 from services.orders.use_cases import Placement, expire_reservations
 from shared.http.app import create_service_app
@@ -48,7 +49,13 @@ def create_app(settings: Settings, sourcing: SourcingPolicy | None = None) -> we
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app = create_service_app("orders", settings, api, migrations=MIGRATIONS, contexts=[run_sweeper])
+    async def placement_group(app: web.Application) -> AsyncIterator[None]:
+        group = PlacementGroup(app[POOL], app[PLACEMENT])
+        app[PLACEMENT_GROUP] = group
+        yield
+        await group.close()
+
+    app = create_service_app("orders", settings, api, migrations=MIGRATIONS, contexts=[placement_group, run_sweeper])
     app[PLACEMENT] = Placement(sourcing or POLICIES[settings.orders_sourcing_policy], LocationDirectory(),
                                settings.reservation_ttl_s)
     return app

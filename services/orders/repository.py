@@ -86,22 +86,46 @@ class LocationDirectory:
         return self._sites
 
 
-async def catalog_and_stock(db: Connection, skus: list[str], sites: Sequence[Site],
-                            ship_to: tuple[float, float] | None) -> tuple[dict[str, str], dict[str, list[Candidate]]]:
-    """Each SKU's currency (absent if unknown) and its sellable units at `sites`, in one round trip."""
+@dataclass(frozen=True)
+class StockSnapshot:
+    """Each SKU's catalogue currency (absent if unknown) and its sellable units per location, read
+    without locks: sourcing works on it, the reservation checks again under lock."""
+
+    catalog: dict[str, str]
+    levels: dict[str, list[tuple[str, int]]]
+    sites: dict[str, Site]
+
+    def candidates(self, skus: Sequence[str], eligible: Sequence[Site],
+                   ship_to: tuple[float, float] | None) -> dict[str, list[Candidate]]:
+        """Where each of `skus` can come from among `eligible`, with the distance to `ship_to`."""
+        allowed = {site.id for site in eligible}
+        sites = self.sites
+        stock: dict[str, list[Candidate]] = {}
+        for sku in skus:
+            found = []
+            for location_id, available in self.levels.get(sku, ()):
+                if location_id in allowed:
+                    site = sites[location_id]
+                    km = great_circle_km(ship_to[0], ship_to[1], site.lat, site.lon) if ship_to else None
+                    found.append(Candidate(location_id, available, km, site.priority))
+            if found:
+                stock[sku] = found
+        return stock
+
+
+async def read_stock(db: Pool | Connection, skus: Sequence[str], sites: Sequence[Site]) -> StockSnapshot:
+    """One round trip: the catalogue entries of `skus` and their sellable units at `sites`."""
     by_id = {site.id: site for site in sites}
-    rows = await db.fetch(CATALOG_AND_STOCK, skus, list(by_id))
+    rows = await db.fetch(CATALOG_AND_STOCK, list(skus), list(by_id))
     catalog: dict[str, str] = {}
-    stock: dict[str, list[Candidate]] = {}
-    for r in rows:
-        if r["currency"] is None:
+    levels: dict[str, list[tuple[str, int]]] = {}
+    for sku, currency, location_id, available in rows:
+        if currency is None:
             continue
-        catalog[r["sku"]] = r["currency"]
-        if r["location_id"] is not None:
-            site = by_id[r["location_id"]]
-            km = great_circle_km(ship_to[0], ship_to[1], site.lat, site.lon) if ship_to else None
-            stock.setdefault(r["sku"], []).append(Candidate(site.id, r["available"], km, site.priority))
-    return catalog, stock
+        catalog[sku] = currency
+        if location_id is not None:
+            levels.setdefault(sku, []).append((location_id, available))
+    return StockSnapshot(catalog, levels, by_id)
 
 
 async def locations(db: Pool | Connection, ids: Sequence[str]) -> dict[str, asyncpg.Record]:
@@ -131,6 +155,78 @@ async def place_order(conn: Connection, *, order_id: uuid.UUID, channel: str, ex
         reserved_until, actor,
         [ln[0] for ln in lines], [ln[1] for ln in lines], [ln[2] for ln in lines],
         [a[0] for a in allocations], [a[1] for a in allocations], [a[2] for a in allocations], event,
+    )
+
+
+PLACE_BATCH = """
+SELECT idx, outcome, stored_status, stored_response, short_lines FROM orders.place_batch(
+    $1::text[], $2::text[], $3::bytea[], $4::bool[], $5::jsonb[],
+    $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[],
+    $14::float8[], $15::numeric[], $16::numeric[], $17::numeric[], $18::numeric[], $19::numeric[],
+    $20::timestamptz[], $21::text[], $22::jsonb[], $23::timestamptz,
+    $24::int[], $25::int[], $26::text[], $27::int[], $28::numeric[],
+    $29::int[], $30::int[], $31::text[], $32::text[], $33::int[])
+"""
+
+
+@dataclass(frozen=True)
+class BatchOrder:
+    """One order of a group placement. Without `response` it is not placed: only its key is checked
+    (the service already has its answer, an error, unless the key was used before)."""
+
+    scope: str
+    key: str
+    fingerprint: bytes
+    response: dict[str, Any] | None = None
+    order_id: uuid.UUID | None = None
+    channel: str | None = None
+    external_id: str | None = None
+    selling_location_id: str | None = None
+    currency: str | None = None
+    fulfillment_type: str | None = None
+    pickup_location_id: str | None = None
+    ship_to: tuple[float, float] | None = None
+    totals: domain.Totals | None = None
+    reserved_until: datetime | None = None
+    actor: str | None = None
+    event: dict[str, Any] | None = None
+    lines: Sequence[tuple[str, int, Decimal]] = ()
+    allocations: Sequence[tuple[int, str, str, int]] = ()  # (line_no, sku, location_id, qty)
+
+
+async def place_batch(conn: Connection, orders: Sequence[BatchOrder], placed_at: datetime) -> list[asyncpg.Record]:
+    """orders.place_batch: one statement, so outside a transaction block it is its own transaction.
+    Rows (idx, outcome, stored_status, stored_response, short_lines), idx 1-based into `orders`."""
+    totals = [o.totals for o in orders]
+    line_orders, line_nos, line_skus, line_qtys, line_prices = [], [], [], [], []
+    alloc_orders, alloc_lines, alloc_skus, alloc_locations, alloc_qtys = [], [], [], [], []
+    for n, o in enumerate(orders, 1):
+        for line_no, (sku, qty, price) in enumerate(o.lines, 1):
+            line_orders.append(n)
+            line_nos.append(line_no)
+            line_skus.append(sku)
+            line_qtys.append(qty)
+            line_prices.append(price)
+        for line_no, sku, location_id, qty in o.allocations:
+            alloc_orders.append(n)
+            alloc_lines.append(line_no)
+            alloc_skus.append(sku)
+            alloc_locations.append(location_id)
+            alloc_qtys.append(qty)
+    return await conn.fetch(
+        PLACE_BATCH,
+        [o.scope for o in orders], [o.key for o in orders], [o.fingerprint for o in orders],
+        [o.response is not None for o in orders], [o.response for o in orders],
+        [o.order_id for o in orders], [o.channel for o in orders], [o.external_id for o in orders],
+        [o.selling_location_id for o in orders], [o.currency for o in orders], [o.fulfillment_type for o in orders],
+        [o.pickup_location_id for o in orders], [o.ship_to[0] if o.ship_to else None for o in orders],
+        [o.ship_to[1] if o.ship_to else None for o in orders],
+        [t.lines_total if t else None for t in totals], [t.charges.shipping if t else None for t in totals],
+        [t.charges.tax if t else None for t in totals], [t.charges.discount if t else None for t in totals],
+        [t.total if t else None for t in totals], [o.reserved_until for o in orders], [o.actor for o in orders],
+        [o.event for o in orders], placed_at,
+        line_orders, line_nos, line_skus, line_qtys, line_prices,
+        alloc_orders, alloc_lines, alloc_skus, alloc_locations, alloc_qtys,
     )
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from services.orders import use_cases
+from services.orders.group_placement import PlacementGroup
 from services.orders.schemas import (
     OrderIn,
     OrderList,
@@ -43,6 +44,7 @@ M = TypeVar("M", bound=BaseModel)
 
 api = Api("orders", path_types={"order_id": uuid.UUID})
 PLACEMENT = web.AppKey("orders_placement", use_cases.Placement)
+PLACEMENT_GROUP = web.AppKey("orders_placement_group", PlacementGroup)
 
 PLACERS = ("admin", "ops", "store", "shop")
 PAYERS = ("admin", "ops", "store", "shop")
@@ -89,12 +91,10 @@ def order_id(call: Call[Any, Any]) -> uuid.UUID:
           extra_responses={409: "insufficient-stock (nothing reserved), or Idempotency-Key reused"})
 async def place_order(call: Call[OrderIn, None]) -> Reply:
     """Place an order: source every line and reserve it, or reserve nothing."""
-    placement = call.request.app[PLACEMENT]
-
-    async def work(conn: Connection) -> tuple[int, OrderOut]:
-        return 201, await use_cases.place_order(conn, call.body, call.principal, placement)
-
-    return await call.once(work)
+    # Placed together with the orders arriving at the same time, one transaction per group
+    # (group_placement.py), with the same Idempotency-Key semantics as call.once.
+    stored = await call.request.app[PLACEMENT_GROUP].place(call.body, call.principal, *call.idempotency())
+    return Reply(stored.status, stored.body, {"Idempotent-Replayed": "true"} if stored.replayed else {})
 
 
 LONG_URL = {400: "request line too long"}

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from services.orders import domain
+from services.orders import domain, placement
 from services.orders import repository as repo
 from services.orders.schemas import (
     AllocationOut,
@@ -18,7 +17,6 @@ from services.orders.schemas import (
     FulfillmentOut,
     HistoryOut,
     LineOut,
-    OrderIn,
     OrderList,
     OrderListQuery,
     OrderOut,
@@ -34,140 +32,17 @@ from services.orders.schemas import (
     TillSaleIn,
     TillSaleOut,
 )
-from services.orders.sourcing import LineRequest, SourcingPolicy, Unfillable
 from shared.auth import Principal
 from shared.db import Connection, Pool, transaction
-from shared.errors import Conflict, Forbidden, InsufficientStock, NotFound, ValidationFailed, field_error
+from shared.errors import Forbidden, NotFound, field_error
 from shared.outbox import publish_many
 
-PLACEMENT_ATTEMPTS = 3  # re-source when the snapshot lost a race to a concurrent order
 SYSTEM_ACTOR = "system:sweeper"
 
-
-# --- placement ---------------------------------------------------------------------------------------
-
-
-def _selling_location(body: OrderIn, principal: Principal) -> str | None:
-    """Who may place what: shop places online orders; a store key places store orders sold at its own
-    location; admin and ops place either (a store order names its selling location)."""
-    if principal.role == "shop" and body.channel != "online":
-        raise Forbidden("a shop key places online orders only")
-    if principal.role == "store":
-        if body.channel != "store":
-            raise Forbidden("a store key places store orders only")
-        selling = body.selling_location_id or principal.location_id
-        principal.require_location(selling or "")
-        return selling
-    if body.channel == "store" and body.selling_location_id is None:
-        raise field_error("selling_location_id", "a store order names the store that sold it")
-    if body.channel == "online" and body.selling_location_id is not None:
-        raise field_error("selling_location_id", "only a store order has a selling location")
-    return body.selling_location_id
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What placement is configured with: the sourcing policy, the location directory, the TTL."""
-
-    policy: SourcingPolicy
-    directory: repo.LocationDirectory
-    reservation_ttl_s: int
-
-
-def _eligible_sites(body: OrderIn, selling: str | None, sites: dict[str, repo.Site]) -> list[repo.Site]:
-    """Check the locations the order names; return where its stock may come from."""
-    named = {"selling_location_id": selling, "fulfillment.location_id": body.fulfillment.location_id}
-    errors = [{"field": f, "problem": f"unknown location '{v}'"} for f, v in named.items() if v and v not in sites]
-    if errors:
-        raise ValidationFailed(errors)
-    ful = body.fulfillment
-    if ful.location_id is None:
-        return [site for site in sites.values() if site.ship]
-    target = sites[ful.location_id]
-    if ful.type == "pickup" and not target.pickup:
-        raise field_error("fulfillment.location_id", f"location '{target.id}' does not offer pick-up")
-    if ful.type == "ship" and not target.ship:
-        raise field_error("fulfillment.location_id", f"location '{target.id}' does not ship")
-    return [target]
-
-
-async def place_order(conn: Connection, body: OrderIn, principal: Principal, placement: Placement) -> OrderOut:
-    """Validate, source, and reserve every line or none (409 naming the short SKUs)."""
-    selling = _selling_location(body, principal)
-    skus = [ln.sku for ln in body.lines]
-    domain.check_distinct_skus(skus)
-    totals = domain.totals([(ln.qty, ln.unit_price) for ln in body.lines],
-                           domain.charges_of([(c.kind, c.amount) for c in body.charges]))
-    ful = body.fulfillment
-    named = [x for x in (selling, ful.location_id) if x]
-    eligible = _eligible_sites(body, selling, await placement.directory.sites(conn, named))
-    ship_to = (ful.ship_to.lat, ful.ship_to.lon) if ful.ship_to else None
-    requests = [LineRequest(i + 1, ln.sku, ln.qty) for i, ln in enumerate(body.lines)]
-    order_id = uuid.uuid4()
-    actor = principal.subject
-    reserved_until = None
-    if body.channel == "online":
-        reserved_until = datetime.now().astimezone() + timedelta(seconds=placement.reservation_ttl_s)
-    short: list[dict[str, Any]] = []
-    for _ in range(PLACEMENT_ATTEMPTS):
-        catalog, stock = await repo.catalog_and_stock(conn, skus, eligible, ship_to)
-        domain.check_catalog(skus, body.currency, catalog)
-        try:
-            allocations = placement.policy.allocate(requests, stock)
-        except Unfillable as exc:
-            raise _insufficient(exc.short) from None
-        event = _placed_event(order_id, body, selling, totals, allocations)
-        try:
-            row = await repo.place_order(
-                conn, order_id=order_id, channel=body.channel, external_id=body.external_id,
-                selling_location_id=selling, currency=body.currency, fulfillment_type=ful.type,
-                pickup_location_id=ful.location_id if ful.type == "pickup" else None, ship_to=ship_to,
-                totals=totals, reserved_until=reserved_until, actor=actor,
-                lines=[(ln.sku, ln.qty, ln.unit_price) for ln in body.lines],
-                allocations=[(a.line_no, a.location_id, a.qty) for a in allocations], event=event,
-            )
-        except asyncpg.UniqueViolationError:
-            raise Conflict(f"an {body.channel} order with external_id '{body.external_id}' exists already",
-                           field="external_id") from None
-        if row["short"] is None:
-            return _placed_out(order_id, body, selling, totals, allocations, reserved_until, row["placed_at"], actor)
-        short = row["short"]
-    raise _insufficient(short)
-
-
-def _insufficient(short: list[dict[str, Any]]) -> InsufficientStock:
-    skus = sorted({str(s["sku"]) for s in short})
-    return InsufficientStock(f"not enough stock of {', '.join(skus)}; nothing was reserved", short=short,
-                             skus=skus)
-
-
-def _placed_event(order_id: uuid.UUID, body: OrderIn, selling: str | None, totals: domain.Totals,
-                  allocations: list[Any]) -> dict[str, Any]:
-    return {
-        "order_id": str(order_id), "event": "placed", "status": "placed", "channel": body.channel,
-        "external_id": body.external_id, "selling_location_id": selling, "currency": body.currency,
-        "total": str(totals.total), "fulfillment": body.fulfillment.type,
-        "lines": [{"sku": ln.sku, "qty": ln.qty, "unit_price": str(ln.unit_price)} for ln in body.lines],
-        "allocations": [{"sku": a.sku, "location_id": a.location_id, "qty": a.qty} for a in allocations],
-    }
-
-
-def _placed_out(order_id: uuid.UUID, body: OrderIn, selling: str | None, totals: domain.Totals,
-                allocations: list[Any], reserved_until: datetime | None, placed_at: datetime, actor: str) -> OrderOut:
-    ful = body.fulfillment
-    return OrderOut(
-        id=str(order_id), status="placed", channel=body.channel, external_id=body.external_id,
-        selling_location_id=selling, currency=body.currency,
-        fulfillment=FulfillmentOut(type=ful.type, location_id=ful.location_id,
-                                   ship_to=ful.ship_to.model_dump() if ful.ship_to else None),
-        lines=[LineOut(sku=ln.sku, qty=ln.qty, unit_price=ln.unit_price, amount=domain.money(ln.unit_price * ln.qty),
-                       open=ln.qty) for ln in body.lines],
-        charges=[ChargeOut(**c) for c in totals.charges.as_list()],
-        lines_total=totals.lines_total, total=totals.total,
-        allocations=[AllocationOut(sku=a.sku, location_id=a.location_id, qty=a.qty, open=a.qty) for a in allocations],
-        reserved_until=reserved_until, created_at=placed_at,
-        history=[HistoryOut(event="placed", status="placed", at=placed_at, actor=actor)],
-    )
+# Placement lives in placement.py (one order) and group_placement.py (many at once); these names stay
+# importable from here for the callers that place orders inside their own transaction (e-commerce).
+Placement = placement.Placement
+place_order = placement.place_order
 
 
 # --- reading -----------------------------------------------------------------------------------------
@@ -390,7 +265,7 @@ async def till_sale(conn: Connection, body: TillSaleIn, principal: Principal) ->
                                       lines=[(ln.sku, ln.qty, ln.unit_price) for ln in body.lines],
                                       sale_lines=sale_lines, tenders=tenders, event=event)
     if row["short"] is not None:
-        raise _insufficient(row["short"])
+        raise placement.insufficient(row["short"])
     return TillSaleOut(id=str(order_id), status="fulfilled", location_id=body.location_id, currency=body.currency,
                        total=totals.total, lines=[SaleLineOut(**ln) for ln in sale_lines], tenders=tenders,
                        sale_id=row["sale_id"], business_day=row["business_day"], sold_at=row["sold_at"])

@@ -89,11 +89,15 @@ class Call(Generic[B, Q]):
     def path(self, name: str) -> str:
         return self.request.match_info[name]
 
-    async def once(self, work: Callable[[Connection], Awaitable[tuple[int, Any]]]) -> Reply:
-        """Run `work` in one transaction, at most once per Idempotency-Key (see shared.idempotency)."""
+    def idempotency(self) -> tuple[str, str, bytes]:
+        """(scope, key, fingerprint) of this request's Idempotency-Key claim (400 without a key)."""
         key = check_key(self.request.headers.get("Idempotency-Key"))
         scope = f"{self.route.name}|{self.principal.subject}"
-        fingerprint = request_hash(_canonical(self.body) if self.body is not None else self.raw_body)
+        return scope, key, request_hash(_canonical(self.body) if self.body is not None else self.raw_body)
+
+    async def once(self, work: Callable[[Connection], Awaitable[tuple[int, Any]]]) -> Reply:
+        """Run `work` in one transaction, at most once per Idempotency-Key (see shared.idempotency)."""
+        scope, key, fingerprint = self.idempotency()
         async with transaction(self.pool) as conn:
 
             async def rendered() -> tuple[int, Any]:
