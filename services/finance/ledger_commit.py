@@ -1,38 +1,145 @@
-"""Commit: a run's reconciled sales and its summary onto the ledger, through the ledger port, signed
-with the finance identity. Idempotent: finance.ledger_commits records every entry written, by key.
+"""Commit: a run's reconciled sales and its summary onto the ledger through the ledger port
+(ledger.port.Ledger), signed with the finance identity.
 
-The ledger port (ledger/port.py) is being built alongside; until it exists, commit answers 503.
+Idempotent: finance.ledger_commits records every entry written, by key (`sale:<order>:<business day>`,
+`run:<run id>`), and only keys not recorded yet are appended, so committing twice writes nothing new
+and a commit cut short resumes where it stopped. A session advisory lock per run keeps two commits of
+one run from interleaving. Entries go in batches; each batch is one signed, all-or-nothing append
+whose receipts are recorded right after it (an append whose receipts were lost to a crash at exactly
+that point would be appended again; every entry carries its `entry_key`, so a reader can tell).
+
+Which ledger: `app[LEDGER]`, set by finance's create_app. The embedded backend is being built
+alongside; until one is wired in, commit answers 503 and the run stays uncommitted.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import AsyncIterator, Callable
+from datetime import date
+from pathlib import Path
+from typing import Any, Protocol
 
+import asyncpg
+
+from ledger.encoding import format_timestamp
+from ledger.identity import Identity, load_identity
+from ledger.policy import RECONCILED_SALE, RECONCILIATION_SUMMARY
 from services.finance import domain
 from services.finance import repository as repo
 from services.finance.schemas import CommitIn, CommitOut
 from services.finance.use_cases import unresolved_count
 from shared.db import Pool, transaction
 from shared.errors import NotFound, ServiceUnavailable
-from shared.settings import Settings
+
+BATCH = 2000
+FINANCE_ORG = "finance"
 
 
-def ledger_port() -> object:
-    try:
-        return importlib.import_module("ledger.port")
-    except ModuleNotFoundError:
-        raise ServiceUnavailable("the ledger is not available yet; the run stays uncommitted") from None
+class Receipt(Protocol):
+    seq: int
+    leaf_hash: str
 
 
-async def commit_run(pool: Pool, settings: Settings, run_id: int, body: CommitIn, actor: str) -> CommitOut:
+class Appender(Protocol):
+    """The part of ledger.port.Ledger that commit needs."""
+
+    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> list[Receipt]: ...
+
+
+IdentityLoader = Callable[[], Identity]
+
+
+def finance_identity(data_dir: Path) -> IdentityLoader:
+    def load() -> Identity:
+        try:
+            return load_identity(data_dir, FINANCE_ORG)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ServiceUnavailable(f"the finance ledger identity is not available: {exc}") from None
+
+    return load
+
+
+def sale_key(order_id: str, business_day: date) -> str:
+    return f"sale:{order_id}:{business_day.isoformat()}"
+
+
+def sale_entry(run: asyncpg.Record, item: asyncpg.Record) -> dict[str, Any]:
+    resolution = None
+    if item["action"] is not None:
+        resolution = {"action": item["action"], "reason": item["reason"],
+                      "amount": None if item["amount"] is None else f"{item['amount']:.2f}",
+                      "settlement_id": item["settlement_id"], "resolved_by": item["resolved_by"],
+                      "resolved_at": format_timestamp(item["resolved_at"])}
+    return {
+        "kind": RECONCILED_SALE, "entry_key": sale_key(str(item["order_id"]), run["business_day"]),
+        "run_id": run["id"], "item_no": item["item_no"], "business_day": run["business_day"].isoformat(),
+        "order_id": str(item["order_id"]), "channel": item["channel"], "location_id": item["location_id"],
+        "currency": item["currency"], "class": item["class"], "sales_total": f"{item['sales_total']:.2f}",
+        "expected": f"{item['expected']:.2f}", "paid": f"{item['paid']:.2f}",
+        "sale_ids": list(item["sale_ids"]), "settlement_ids": list(item["settlement_ids"]), "resolution": resolution,
+    }
+
+
+def summary_entry(run: asyncpg.Record, actor: str, override_reason: str | None) -> dict[str, Any]:
+    return {
+        "kind": RECONCILIATION_SUMMARY, "entry_key": f"run:{run['id']}", "run_id": run["id"],
+        "business_day": run["business_day"].isoformat(), "channel": run["channel"],
+        "location_id": run["location_id"], "counts": dict(run["counts"]), "totals": list(run["totals"]),
+        "item_count": run["item_count"], "items_root": run["items_root"], "resolved": run["resolved"],
+        "amount_tolerance": f"{run['amount_tolerance']:.2f}", "cash_tolerance": f"{run['cash_tolerance']:.2f}",
+        "committed_by": actor, "override": None if override_reason is None else {"reason": override_reason,
+                                                                                 "by": actor},
+    }
+
+
+async def _pending_sales(pool: Pool, run: asyncpg.Record) -> AsyncIterator[list[dict[str, Any]]]:
+    after = 0
+    while True:
+        rows = await repo.uncommitted_sale_items(pool, run["id"], run["business_day"], after, BATCH)
+        if not rows:
+            return
+        after = rows[-1]["item_no"]
+        yield [sale_entry(run, r) for r in rows]
+
+
+async def commit_run(pool: Pool, ledger: Appender | None, identity: IdentityLoader, run_id: int, body: CommitIn,
+                     actor: str) -> CommitOut:
+    async with pool.acquire() as lock_conn:
+        await repo.lock_run_commit(lock_conn, run_id)
+        try:
+            run = await repo.get_run(pool, run_id)
+            if run is None:
+                raise NotFound(f"unknown reconciliation run {run_id}")
+            if run["superseded_by"] is not None:
+                raise domain.RunSuperseded(f"run {run_id} was superseded by run {run['superseded_by']}")
+            unresolved = unresolved_count(run)
+            override = run["override_reason"] if run["committed_at"] is not None else body.override_reason
+            if unresolved and override is None:
+                raise domain.UnresolvedItems(f"run {run_id} has {unresolved} unresolved item(s); resolve them or "
+                                             "commit with an override_reason", unresolved=unresolved)
+            if ledger is None:
+                raise ServiceUnavailable("the ledger is not available yet; the run stays uncommitted")
+            signer = identity()
+            written = 0
+            async for entries in _pending_sales(pool, run):
+                await _append(pool, ledger, signer, run_id, entries)
+                written += len(entries)
+            summary_key = f"run:{run_id}"
+            if not await repo.committed(pool, summary_key):
+                await _append(pool, ledger, signer, run_id, [summary_entry(run, actor, override)])
+                written += 1
+            async with transaction(pool) as conn:
+                await repo.mark_committed(conn, run_id, actor, override)
+            total = await repo.commit_count(pool, run_id)
+        finally:
+            await repo.unlock_run_commit(lock_conn, run_id)
+    return CommitOut(run_id=run_id, status="committed", written=written, already=total - written,
+                     override_reason=override)
+
+
+async def _append(pool: Pool, ledger: Appender, signer: Identity, run_id: int, entries: list[dict[str, Any]]) -> None:
+    receipts = await ledger.append(entries, signer)
     async with transaction(pool) as conn:
-        run = await repo.get_run(conn, run_id, lock=True)
-        if run is None:
-            raise NotFound(f"unknown reconciliation run {run_id}")
-        if run["superseded_by"] is not None:
-            raise domain.RunSuperseded(f"run {run_id} was superseded by run {run['superseded_by']}")
-        if unresolved_count(run) and body.override_reason is None and run["committed_at"] is None:
-            raise domain.UnresolvedItems(f"run {run_id} has {unresolved_count(run)} unresolved item(s); resolve "
-                                         "them or commit with an override_reason", unresolved=unresolved_count(run))
-    ledger_port()
-    raise ServiceUnavailable("the ledger is not available yet; the run stays uncommitted")
+        await repo.record_commits(conn, run_id, [
+            (e["entry_key"], e["kind"], {"seq": r.seq, "leaf_hash": r.leaf_hash})
+            for e, r in zip(entries, receipts, strict=True)])

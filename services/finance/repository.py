@@ -325,6 +325,42 @@ async def mark_committed(conn: Connection, run_id: int, actor: str, override_rea
          WHERE id = $1 AND committed_at IS NULL""", run_id, actor, override_reason)
 
 
+# --- ledger commits -----------------------------------------------------------------------------------
+
+
+async def lock_run_commit(conn: Connection, run_id: int) -> None:
+    await conn.execute("SELECT pg_advisory_lock(7277006, $1::int)", run_id % 2**31)
+
+
+async def unlock_run_commit(conn: Connection, run_id: int) -> None:
+    await conn.execute("SELECT pg_advisory_unlock(7277006, $1::int)", run_id % 2**31)
+
+
+async def uncommitted_sale_items(db: Pool, run_id: int, business_day: date, after: int,
+                                 limit: int) -> list[asyncpg.Record]:
+    """The run's order items whose sale is not on the ledger yet (by any run of that day)."""
+    return await db.fetch(f"""{ITEM_SELECT}
+        WHERE i.run_id = $1 AND i.kind = 'order' AND i.item_no > $3
+          AND NOT EXISTS (SELECT 1 FROM finance.ledger_commits c
+                           WHERE c.entry_key = 'sale:' || i.order_id || ':' || $2::date)
+        ORDER BY i.item_no LIMIT $4""", run_id, business_day, after, limit)
+
+
+async def committed(db: Pool, entry_key: str) -> bool:
+    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM finance.ledger_commits WHERE entry_key = $1)",
+                                  entry_key))
+
+
+async def record_commits(conn: Connection, run_id: int, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+    await conn.executemany(
+        "INSERT INTO finance.ledger_commits (entry_key, run_id, kind, receipt) VALUES ($1, $2, $3, $4)",
+        [(key, run_id, kind, receipt) for key, kind, receipt in rows])
+
+
+async def commit_count(db: Pool, run_id: int) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM finance.ledger_commits WHERE run_id = $1", run_id))
+
+
 # --- reports ---------------------------------------------------------------------------------------------
 
 GROUP_KEYS = {"day": "s.business_day::text", "channel": "s.channel", "location": "s.location_id"}

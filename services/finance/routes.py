@@ -42,6 +42,8 @@ from services.finance.settlement_file import RowErrors, csv_rows, decode_csv, js
 from shared.errors import MalformedJson, UnsupportedMediaType
 from shared.http.api import Api, Call, Reply, validation_errors
 
+# The ledger commit appends to (a ledger.port.Ledger); None until a backend is wired in.
+LEDGER = web.AppKey("finance_ledger", object)
 api = Api("finance", path_types={"run_id": Annotated[int, Field(ge=1, le=2**62)],
                                  "item_no": Annotated[int, Field(ge=1, le=2**31 - 1)]})
 
@@ -146,8 +148,9 @@ async def resolve_item(call: Call[ResolutionIn, None]) -> ItemOut:
                            503: "the ledger is not available"})
 async def commit_run(call: Call[None, None]) -> CommitOut:
     """Write the run's reconciled sales and summary to the ledger (optional body {override_reason})."""
-    return await ledger_commit.commit_run(call.pool, call.settings, run_id(call), commit_body(call),
-                                          call.principal.subject)
+    return await ledger_commit.commit_run(
+        call.pool, call.request.app[LEDGER], ledger_commit.finance_identity(call.settings.data_dir),  # type: ignore[arg-type]
+        run_id(call), commit_body(call), call.principal.subject)
 
 
 @api.get("/v1/reports/revenue", query=RevenueQuery, response=RevenueReport, roles=READERS)

@@ -1,0 +1,130 @@
+"""Commit writes each reconciled sale and a run summary through the ledger port, signed as finance, once.
+
+The ledger here is a stand-in that keeps entries in memory and applies the real append policy; the
+ledger's own backends have their own contract tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from ledger.encoding import canonical_bytes
+from ledger.identity import Identity, init_identities
+from ledger.policy import require_append
+from services.finance.app import create_app
+from shared.settings import Settings
+from tests.conftest import Api, assert_problem
+from tests.services.finance.conftest import Books, only_item, payment
+
+
+@dataclass
+class StubReceipt:
+    seq: int
+    leaf_hash: str
+    batch_id: int
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+        self.batches = 0
+
+    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> list[StubReceipt]:
+        receipts = []
+        self.batches += 1
+        for entry in entries:
+            require_append(identity.org, entry["kind"])
+            canonical_bytes(entry)  # what a real backend hashes: no floats, JSON only
+            self.entries.append((identity.org, entry))
+            receipts.append(StubReceipt(len(self.entries) - 1, "00" * 32, self.batches))
+        return receipts
+
+
+@pytest.fixture
+async def committing(books: Books, settings: Settings, make_key: Any) -> AsyncIterator[tuple[Api, MemoryLedger]]:
+    init_identities(settings.data_dir, ["finance"])
+    ledger = MemoryLedger()
+    client = TestClient(TestServer(create_app(settings, ledger=ledger)))
+    await client.start_server()
+    yield Api(client, await make_key("finance")), ledger
+    await client.close()
+
+
+async def test_a_reconciled_run_commits_each_sale_and_a_summary_once(books: Books,
+                                                                     committing: tuple[Api, MemoryLedger]) -> None:
+    api, ledger = committing
+    orders = [await books.sell_online({"TEE": 1}), await books.sell_online({"CAP": 2})]
+    await books.settle(payment(orders[0]["id"], "19.90"), payment(orders[1]["id"], "10.00"),
+                       payment(orders[1]["id"], "9.00"))
+    run = await books.run(await books.day_of("wh-1"))
+    assert run["status"] == "reconciled"
+    status, out, _ = await api.post(f"/v1/reconciliations/{run['id']}/commit")
+    assert status == 200, out
+    assert (out["written"], out["already"], out["status"]) == (3, 0, "committed")
+    assert {org for org, _ in ledger.entries} == {"finance"}
+    kinds = [e["kind"] for _, e in ledger.entries]
+    assert kinds == ["reconciled_sale", "reconciled_sale", "reconciliation_summary"]
+    summary = ledger.entries[-1][1]
+    assert (summary["items_root"], summary["counts"], summary["override"]) == (run["items_root"], run["counts"], None)
+    sale = ledger.entries[0][1]
+    assert (sale["order_id"], sale["paid"], sale["class"]) == (orders[0]["id"], "19.90", "matched")
+
+    status, again, _ = await api.post(f"/v1/reconciliations/{run['id']}/commit")
+    assert status == 200 and (again["written"], again["already"]) == (0, 3)
+    assert len(ledger.entries) == 3
+    assert await books.pool.fetchval("SELECT count(*) FROM finance.ledger_commits") == 3
+    status, body, _ = await api.get(f"/v1/reconciliations/{run['id']}")
+    assert body["status"] == "committed" and body["committed_by"].startswith("finance:")
+
+
+async def test_unresolved_items_need_a_resolution_or_a_recorded_override(books: Books,
+                                                                         committing: tuple[Api, MemoryLedger]) -> None:
+    api, ledger = committing
+    unpaid = await books.sell_online({"TEE": 1})
+    run = await books.run(await books.day_of("wh-1"))
+    status, body, _ = await api.post(f"/v1/reconciliations/{run['id']}/commit", json={})
+    assert_problem(status, body, 409, "unresolved-items")
+    assert ledger.entries == []
+    status, out, _ = await api.post(f"/v1/reconciliations/{run['id']}/commit",
+                                    json={"override_reason": "customer paid cash on delivery; chasing receipt"})
+    assert status == 200 and out["written"] == 2, out
+    sale, summary = (e for _, e in ledger.entries)
+    assert (sale["order_id"], sale["class"]) == (unpaid["id"], "missing_payment")
+    assert summary["override"]["reason"].startswith("customer paid") and summary["override"]["by"].startswith("fin")
+    row = await books.pool.fetchrow("SELECT override_reason, override_by FROM finance.runs WHERE id = $1", run["id"])
+    assert row["override_reason"].startswith("customer") and row["override_by"].startswith("finance:")
+
+
+async def test_a_resolution_travels_with_its_sale_and_a_rerun_does_not_repeat_sales(
+        books: Books, committing: tuple[Api, MemoryLedger]) -> None:
+    api, ledger = committing
+    order = await books.sell_online({"JEANS": 1})
+    await books.settle(payment(order["id"], "78.00"))
+    run = await books.run(await books.day_of("wh-1"))
+    item_no = only_item(run, order["id"])["item_no"]
+    await books.finance.post(f"/v1/reconciliations/{run['id']}/items/{item_no}/resolution",
+                             json={"action": "write_off", "reason": "goodwill"})
+    status, _, _ = await api.post(f"/v1/reconciliations/{run['id']}/commit")
+    assert status == 200
+    assert ledger.entries[0][1]["resolution"]["action"] == "write_off"
+    rerun = await books.run(await books.day_of("wh-1"))
+    status, body, _ = await api.post(f"/v1/reconciliations/{run['id']}/commit")
+    assert_problem(status, body, 409, "run-superseded")
+    await books.finance.post(f"/v1/reconciliations/{rerun['id']}/items/{item_no}/resolution",
+                             json={"action": "write_off", "reason": "goodwill"})
+    status, out, _ = await api.post(f"/v1/reconciliations/{rerun['id']}/commit")
+    assert status == 200 and out["written"] == 1  # only the new summary: the sale is on the ledger already
+    assert [e["kind"] for _, e in ledger.entries][-1] == "reconciliation_summary"
+
+
+async def test_without_a_ledger_commit_is_503_and_changes_nothing(books: Books) -> None:
+    order = await books.sell_online({"TEE": 1})
+    await books.settle(payment(order["id"], "19.90"))
+    run = await books.run(await books.day_of("wh-1"))
+    status, body, _ = await books.finance.post(f"/v1/reconciliations/{run['id']}/commit")
+    assert_problem(status, body, 503, "service-unavailable")
+    assert await books.pool.fetchval("SELECT committed_at FROM finance.runs") is None
