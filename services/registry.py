@@ -13,6 +13,7 @@ SERVICE_MODULES: dict[str, str] = {
     "orders": "services.orders.app",
     "ecommerce": "services.ecommerce.app",
     "finance": "services.finance.app",
+    "ledger": "ledger.service.app",
 }
 
 

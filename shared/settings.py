@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
-    event_poll_interval_s: float = Field(default=0.25, gt=0)
+    event_poll_interval_s: float = Field(default=0.02, gt=0)  # outbox poll; see shared/event_stream.py
 
     # E-commerce: the availability projection, outbound webhooks, inbound shop orders.
     projection_poll_interval_s: float = Field(default=1.0, gt=0)
@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     # from what its tills took, and still count as matched (0 = to the cent).
     finance_amount_tolerance: Decimal = Field(default=Decimal("0.00"), ge=0, le=1000, decimal_places=2)
     finance_cash_tolerance: Decimal = Field(default=Decimal("0.00"), ge=0, le=1000, decimal_places=2)
+
+    # Ledger: a signed checkpoint at least every N entries (cut inside the append that reaches N) or
+    # every T seconds (a timer, only if the tree grew); exports are capped so one request stays bounded.
+    ledger_checkpoint_every: int = Field(default=10_000, ge=1)
+    ledger_checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    ledger_max_export_entries: int = Field(default=100_000, ge=1)
 
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

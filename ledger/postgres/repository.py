@@ -1,0 +1,170 @@
+"""All SQL of the embedded ledger backend (schema `ledger`, see migrations/0001_ledger.sql)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from shared.db import Connection
+
+# Every appender and checkpoint cutter of every process takes this transaction-level advisory lock
+# first, so seqs are handed out one batch at a time with no gaps and checkpoints are cut in order.
+APPEND_LOCK_KEY = 7_277_006
+
+Record = asyncpg.Record
+
+
+async def lock_appenders(conn: Connection) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_KEY)
+
+
+HEAD_SQL = """
+SELECT (SELECT coalesce(max(seq) + 1, 0) FROM ledger.entries)             AS tree_size,
+       (SELECT coalesce(max(id) + 1, 0) FROM ledger.batches)              AS next_batch_id,
+       (SELECT signed_at FROM ledger.batches ORDER BY id DESC LIMIT 1)    AS batch_signed_at,
+       cp.tree_size AS checkpoint_size, cp.signed_at AS checkpoint_signed_at
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (SELECT tree_size, signed_at FROM ledger.checkpoints ORDER BY tree_size DESC LIMIT 1) cp ON true
+"""
+
+
+async def head(conn: Connection) -> Record:
+    """The log's current size, next batch id, and its latest batch and checkpoint (index lookups only)."""
+    row = await conn.fetchrow(HEAD_SQL)
+    assert row is not None
+    return row
+
+
+async def fetch_nodes(conn: Connection | asyncpg.Pool, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    levels, indexes = [], []
+    for level, index in keys:
+        levels.append(level)
+        indexes.append(index)
+    if not levels:
+        return {}
+    rows = await conn.fetch(
+        "SELECT n.level, n.idx, n.hash FROM unnest($1::smallint[], $2::bigint[]) AS k(level, idx)"
+        " JOIN ledger.nodes n ON n.level = k.level AND n.idx = k.idx",
+        levels, indexes,
+    )
+    return {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
+
+
+async def leaf_hashes(conn: Connection, first: int, last: int) -> list[bytes]:
+    rows = await conn.fetch(
+        "SELECT hash FROM ledger.nodes WHERE level = 0 AND idx BETWEEN $1 AND $2 ORDER BY idx", first, last
+    )
+    return [bytes(r["hash"]) for r in rows]
+
+
+async def insert_batch(conn: Connection, batch_id: int, batch: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO ledger.batches (id, org, first_seq, last_seq, signed_at, batch_root, cert_pem, signature)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        batch_id, batch["org"], batch["first_seq"], batch["last_seq"], batch["timestamp"],
+        bytes.fromhex(batch["batch_root"]), batch["cert_pem"], batch["signature"],
+    )
+
+
+async def insert_entries(conn: Connection, rows: Sequence[tuple[int, int, str, bytes, bytes]]) -> None:
+    """rows: (seq, batch_id, kind, canonical, leaf_hash); COPY, so a large batch is one round trip."""
+    await conn.copy_records_to_table(
+        "entries", schema_name="ledger", columns=("seq", "batch_id", "kind", "canonical", "leaf_hash"), records=rows
+    )
+
+
+async def insert_nodes(conn: Connection, rows: Sequence[tuple[int, int, bytes]]) -> None:
+    await conn.copy_records_to_table("nodes", schema_name="ledger", columns=("level", "idx", "hash"), records=rows)
+
+
+async def insert_checkpoint(conn: Connection, checkpoint: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO ledger.checkpoints (tree_size, root_hash, signed_at, signatures) VALUES ($1, $2, $3, $4)",
+        checkpoint["tree_size"], bytes.fromhex(checkpoint["root_hash"]), checkpoint["timestamp"],
+        checkpoint["signatures"],
+    )
+
+
+CHECKPOINT_COLUMNS = "tree_size, root_hash, signed_at, signatures"
+
+
+async def latest_checkpoint(conn: Connection | asyncpg.Pool) -> Record | None:
+    return await conn.fetchrow(
+        f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints ORDER BY tree_size DESC LIMIT 1"
+    )
+
+
+async def checkpoint_of_size(conn: Connection, tree_size: int) -> Record | None:
+    return await conn.fetchrow(f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints WHERE tree_size = $1", tree_size)
+
+
+async def all_checkpoints(conn: Connection) -> list[Record]:
+    return await conn.fetch(f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints ORDER BY tree_size")
+
+
+async def entry_with_checkpoint(conn: Connection | asyncpg.Pool, seq: int) -> Record | None:
+    """One entry and the latest checkpoint, in one round trip (the hot read of GET /entries/{seq})."""
+    return await conn.fetchrow(
+        "SELECT e.seq, e.canonical, e.leaf_hash, cp.tree_size, cp.root_hash, cp.signed_at, cp.signatures"
+        " FROM ledger.entries e"
+        " LEFT JOIN LATERAL (SELECT * FROM ledger.checkpoints ORDER BY tree_size DESC LIMIT 1) cp ON true"
+        " WHERE e.seq = $1",
+        seq,
+    )
+
+
+async def entries_between(conn: Connection, first: int, last: int) -> list[Record]:
+    return await conn.fetch(
+        "SELECT seq, batch_id, kind, canonical, leaf_hash FROM ledger.entries"
+        " WHERE seq BETWEEN $1 AND $2 ORDER BY seq",
+        first, last,
+    )
+
+
+async def batches_overlapping(conn: Connection, first: int, last: int) -> list[Record]:
+    return await conn.fetch(
+        "SELECT id, org, first_seq, last_seq, signed_at, batch_root, cert_pem, signature FROM ledger.batches"
+        " WHERE first_seq <= $2 AND last_seq >= $1 ORDER BY first_seq",
+        first, last,
+    )
+
+
+async def all_batches(conn: Connection) -> list[Record]:
+    return await conn.fetch(
+        "SELECT id, org, first_seq, last_seq, signed_at, batch_root, cert_pem, signature FROM ledger.batches"
+        " ORDER BY first_seq, id"
+    )
+
+
+async def node_runs(conn: Connection, start: int, end: int, top_level: int) -> dict[int, bytes]:
+    """Per level 0..top_level, the stored hashes of the nodes inside leaves [start, end), concatenated
+    in index order: the audit compares a whole level of a chunk in one bytes comparison."""
+    rows = await conn.fetch(
+        "SELECT l AS level, (SELECT coalesce(string_agg(n.hash, ''::bytea ORDER BY n.idx), ''::bytea)"
+        "                    FROM ledger.nodes n"
+        "                    WHERE n.level = l AND n.idx >= ($1::bigint >> l) AND n.idx < ($2::bigint >> l)) AS hashes"
+        " FROM generate_series(0, $3::int) AS l",
+        start, end, top_level,
+    )
+    return {r["level"]: bytes(r["hashes"]) for r in rows}
+
+
+async def nodes_above(conn: Connection, level: int) -> dict[tuple[int, int], bytes]:
+    rows = await conn.fetch("SELECT level, idx, hash FROM ledger.nodes WHERE level > $1", level)
+    return {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
+
+
+async def entry_chunk(conn: Connection, start: int, end: int) -> list[Record]:
+    return await conn.fetch(
+        "SELECT seq, batch_id, kind, canonical, leaf_hash FROM ledger.entries"
+        " WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+        start, end,
+    )
+
+
+async def entry_count_and_end(conn: Connection) -> tuple[int, int]:
+    row = await conn.fetchrow("SELECT count(*) AS n, coalesce(max(seq) + 1, 0) AS end_seq FROM ledger.entries")
+    assert row is not None
+    return row["n"], row["end_seq"]

@@ -1,0 +1,108 @@
+"""Ledger HTTP: parse, call a use case (which applies ledger.policy), render.
+
+Every route takes any API key and lets ledger.policy decide, so each denial is the same logged 403:
+stores and the shop read nothing; ops (and admin) read summaries, checkpoints and proofs; finance and
+auditors read everything and export; only finance appends reconciled sales and summaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ledger import policy
+from ledger.postgres.backend import PostgresLedger
+from ledger.service import use_cases
+from ledger.service.schemas import (
+    AppendIn,
+    AppendOut,
+    AuditOut,
+    CheckpointOut,
+    ConsistencyOut,
+    ConsistencyQuery,
+    EntryOut,
+    ExportQuery,
+    IdentitiesOut,
+    ReceiptOut,
+    RevenueOut,
+    RevenueQuery,
+    Seq,
+)
+from shared.http.api import Api, Call, Reply
+
+LEDGER = web.AppKey("ledger", PostgresLedger)
+FORBIDDEN = {403: "not allowed by the ledger policy for this role"}
+
+api = Api("ledger", path_types={"seq": Seq})
+
+
+def _ledger(call: Call[Any, Any]) -> PostgresLedger:
+    return call.request.app[LEDGER]
+
+
+@api.post("/v1/ledger/entries", body=AppendIn, response=AppendOut, status=201, idempotent=True,
+          extra_responses={**FORBIDDEN, 409: "Idempotency-Key reused with another body"})
+async def post_entries(call: Call[AppendIn, None]) -> Reply:
+    """Append entries as one batch signed by the caller's organisation (finance only)."""
+    entries = call.body.raw_entries()
+    for entry in entries:  # refuse before the idempotency claim, so a denial stores nothing
+        use_cases.authorize(call.principal.subject, policy.require_role_append, call.principal.role, entry["kind"])
+
+    async def work(conn: Any) -> tuple[int, AppendOut]:
+        # The append commits in the ledger's own transaction (its restricted pool) while the
+        # Idempotency-Key claim holds its row lock here, so concurrent retries wait and replay. Only a
+        # crash between the two commits could let a retry append the batch again.
+        receipts = await use_cases.append_entries(_ledger(call), call.settings, call.principal.role, entries,
+                                                  call.principal.subject)
+        return 201, AppendOut(receipts=[ReceiptOut(seq=r.seq, leaf_hash=r.leaf_hash, batch_id=r.batch_id)
+                                        for r in receipts])
+
+    return await call.once(work)
+
+
+@api.get("/v1/ledger/checkpoint", response=CheckpointOut, extra_responses={**FORBIDDEN, 404: "no checkpoint yet"})
+async def get_checkpoint(call: Call[None, None]) -> dict[str, Any]:
+    """The latest checkpoint: tree size, root hash, time, the ledger's signature and finance's co-signature."""
+    return await use_cases.checkpoint(_ledger(call), call.principal.role, call.principal.subject)
+
+
+@api.get("/v1/ledger/entries/{seq}", response=EntryOut, extra_responses={**FORBIDDEN, 404: "no such entry"})
+async def get_entry(call: Call[None, None]) -> dict[str, Any]:
+    """One entry with its RFC 9162 inclusion proof against the latest checkpoint."""
+    return await use_cases.entry(_ledger(call), call.principal.role, call.principal.subject, int(call.path("seq")))
+
+
+@api.get("/v1/ledger/consistency", query=ConsistencyQuery, response=ConsistencyOut, extra_responses=FORBIDDEN)
+async def get_consistency(call: Call[None, ConsistencyQuery]) -> dict[str, Any]:
+    """RFC 9162 consistency proof between tree sizes `first` and `second` (default: the latest checkpoint)."""
+    return await use_cases.consistency(_ledger(call), call.principal.role, call.principal.subject,
+                                       call.query.first, call.query.second)
+
+
+@api.get("/v1/ledger/identities", response=IdentitiesOut, extra_responses=FORBIDDEN)
+async def get_identities(call: Call[None, None]) -> IdentitiesOut:
+    """The organisations, their roles, CA and member certificates (PEM) that sign entries and checkpoints."""
+    items = use_cases.identities(call.settings, call.principal.role, call.principal.subject)
+    return IdentitiesOut.model_validate({"items": items})
+
+
+@api.get("/v1/ledger/export", query=ExportQuery, extra_responses=FORBIDDEN)
+async def get_export(call: Call[None, ExportQuery]) -> dict[str, Any]:
+    """A bundle for seqs from..to that `omnistock ledger verify BUNDLE --trust DIR` checks offline."""
+    q = call.query
+    return await use_cases.export(_ledger(call), call.principal.role, call.principal.subject, q.from_, q.to, q.since)
+
+
+@api.get("/v1/ledger/audit", response=AuditOut, extra_responses=FORBIDDEN)
+async def get_audit(call: Call[None, None]) -> dict[str, Any]:
+    """Re-check the whole stored log against its checkpoints and batch signatures (finance, auditor)."""
+    use_cases.authorize(call.principal.subject, policy.require_export, call.principal.role)
+    return use_cases.audit_json(await _ledger(call).audit())
+
+
+@api.get("/v1/ledger/revenue", query=RevenueQuery, response=RevenueOut, extra_responses=FORBIDDEN)
+async def get_revenue(call: Call[None, RevenueQuery]) -> dict[str, Any]:
+    """Reconciled sales per business day, channel and location, summed from verified ledger entries."""
+    use_cases.authorize(call.principal.subject, policy.require_export, call.principal.role)
+    return await use_cases.revenue(_ledger(call), call.query.from_, call.query.to)

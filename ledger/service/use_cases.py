@@ -1,0 +1,165 @@
+"""What the ledger API and CLI do, one function per use case, each through the port (ledger.port).
+
+Who may do what is ledger.policy; a denial becomes a 403 Forbidden and one warning log line naming
+the principal and the action. The finance service appends in-process with `append_entries` (role
+"finance"), over a port it opens with `open_ledger(settings)`:
+
+    async with open_ledger(settings) as ledger:
+        receipts = await append_entries(ledger, settings, "finance", entries)
+
+The embedded backend works through its own pool whose connections all `SET ROLE omnistock_ledger`
+(INSERT and SELECT on schema ledger, nothing else). Why SET ROLE rather than a second login: the
+embedded cluster has one superuser URL with trust authentication, and docker-compose hands every
+service one DATABASE_URL; a session that starts as the owner and drops to the restricted role at
+connect time needs no extra password, URL or pg_hba entry, yet every statement the ledger runs is
+checked against INSERT/SELECT-only grants. It guards against bugs and stray SQL, not against code
+that deliberately runs RESET ROLE; in production give the ledger its own LOGIN role that is a member
+of omnistock_ledger (SET ROLE then changes nothing), and the append-only triggers still hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from ledger import policy
+from ledger.identity import describe_identities, load_identity
+from ledger.port import BadRange, EntryNotFound, Json, Ledger, Receipt
+from ledger.postgres import LEDGER_ROLE
+from ledger.postgres.backend import PostgresLedger
+from ledger.revenue import FinanceRevenueSource, RevenueTally, compare
+from ledger.verify import VerificationReport
+from shared.db import init_connection
+from shared.errors import Forbidden, NotFound, ValidationFailed, field_error
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger("omnistock.ledger")
+
+
+async def _restricted_connection(conn: asyncpg.Connection) -> None:
+    await init_connection(conn)
+    # Every statement on this connection runs with omnistock_ledger's grants (see module docstring).
+    # asyncpg's RESET ALL on release leaves the role alone: `role` is not reset by RESET ALL.
+    await conn.execute(f"SET ROLE {LEDGER_ROLE}")
+
+
+async def create_ledger_pool(settings: Settings, max_size: int | None = None) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=max_size or settings.db_pool_max,
+        command_timeout=max(settings.db_command_timeout_s, 60.0),  # audits and exports read a lot
+        init=_restricted_connection,
+        server_settings={"application_name": "omnistock-ledger", "timezone": "UTC"},
+    )
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def open_ledger(settings: Settings, max_size: int | None = None) -> AsyncIterator[PostgresLedger]:
+    """The embedded backend over a restricted pool; identities are created under data_dir if missing."""
+    pool = await create_ledger_pool(settings, max_size)
+    try:
+        yield PostgresLedger(pool, settings.data_dir, checkpoint_every=settings.ledger_checkpoint_every,
+                             max_export_entries=settings.ledger_max_export_entries)
+    finally:
+        await pool.close()
+
+
+def _denied(principal: str, exc: policy.PermissionDenied) -> Forbidden:
+    log.warning("ledger access denied", principal=principal, action=exc.action, reason=exc.detail)
+    return Forbidden(f"{exc.action}: {exc.detail}")
+
+
+def authorize(principal: str, check: Any, *args: Any) -> Any:
+    """Run a ledger.policy check; a denial is a logged 403."""
+    try:
+        return check(*args)
+    except policy.PermissionDenied as exc:
+        raise _denied(principal, exc) from None
+
+
+async def append_entries(ledger: Ledger, settings: Settings, role: str, entries: Sequence[Mapping[str, Any]],
+                         principal: str | None = None) -> list[Receipt]:
+    """Append as the organisation of `role` (finance -> the finance identity), if policy allows every kind."""
+    who = principal or role
+    orgs = {authorize(who, policy.require_role_append, role, str(entry.get("kind"))) for entry in entries}
+    (org,) = orgs  # every kind maps a role to its one organisation
+    try:
+        return await ledger.append(entries, load_identity(settings.data_dir, org))
+    except ValueError as exc:  # e.g. a float inside an extra field: no canonical encoding
+        raise field_error("entries", str(exc)) from None
+
+
+async def checkpoint(ledger: Ledger, role: str, principal: str) -> Json:
+    authorize(principal, policy.require_read_log, role)
+    latest = await ledger.checkpoint()
+    if latest is None:
+        raise NotFound("the ledger has no checkpoint yet (nothing appended)")
+    return latest
+
+
+async def entry(ledger: Ledger, role: str, principal: str, seq: int) -> Json:
+    authorize(principal, policy.require_read_log, role)
+    try:
+        found = await ledger.entry(seq)
+    except EntryNotFound as exc:
+        raise NotFound(str(exc)) from None
+    authorize(principal, policy.require_read_kind, role, found["entry"].get("kind"))
+    return found
+
+
+async def consistency(ledger: Ledger, role: str, principal: str, first: int, second: int | None) -> Json:
+    authorize(principal, policy.require_read_log, role)
+    try:
+        return await ledger.consistency(first, second)
+    except BadRange as exc:
+        raise ValidationFailed([{"field": "second" if second is not None else "first", "problem": str(exc)}]) \
+            from None
+
+
+def identities(settings: Settings, role: str, principal: str) -> list[dict[str, Any]]:
+    authorize(principal, policy.require_read_log, role)
+    return describe_identities(settings.data_dir)
+
+
+async def export(ledger: Ledger, role: str, principal: str, first: int, last: int, since: int | None) -> Json:
+    authorize(principal, policy.require_export, role)
+    try:
+        return await ledger.export(first, last, since)
+    except BadRange as exc:
+        raise ValidationFailed([{"field": "to", "problem": str(exc)}]) from None
+
+
+def audit_json(report: VerificationReport) -> Json:
+    return {
+        "ok": report.ok, "tree_size": report.tree_size, "entries_checked": report.entries_checked,
+        "batches_checked": report.batches_checked, "first_bad_seq": report.first_bad_seq,
+        "failures": [{"seq": f.seq, "message": f.message} for f in report.failures],
+    }
+
+
+async def revenue(ledger: Ledger, date_from: str, date_to: str,
+                  finance: FinanceRevenueSource | None = None) -> Json:
+    """Reconciled sales per day, channel and location from the ledger, read during a full audit."""
+    if date_from > date_to:
+        raise field_error("to", "must not be before from")
+    tally = RevenueTally(date_from, date_to)
+    report = await ledger.audit(tally)
+    bad = {f.seq for f in report.failures if f.seq is not None}
+    excluded = sorted((bad & tally.sales.keys()) | set(tally.unreadable))
+    groups = tally.groups(excluded)
+    comparison = None
+    if finance is not None:  # the hook: finance's own report, same grouping
+        comparison = compare(groups, await finance.revenue_groups(date_from, date_to))
+    return {
+        "from": date_from, "to": date_to, "verified": report.ok, "first_bad_seq": report.first_bad_seq,
+        "excluded_seqs": excluded, "groups": groups,
+        "failures": [{"seq": f.seq, "message": f.message} for f in report.failures],
+        "comparison": comparison,
+    }
