@@ -1,5 +1,6 @@
-"""The auditor's revenue report, read from the ledger alone: reconciled sales summed per business
-day, channel and location (and currency), counting only entries the audit could verify.
+"""The auditor's revenue report, read from the ledger alone: reconciled sales (their `sales_total`,
+as finance writes them) summed per business day, channel and location (and currency), counting only
+entries the audit could verify.
 
 `RevenueTally` is an audit visitor (ledger.port.EntryVisitor): the sums are taken in the same pass
 that re-checks every entry, so a sale that fails verification is named and left out, never summed.
@@ -43,7 +44,7 @@ class RevenueTally:
             return
         try:
             key = (day, str(entry["channel"]), entry.get("location_id"), str(entry["currency"]))
-            self.sales[seq] = (key, Decimal(entry["amount"]))
+            self.sales[seq] = (key, Decimal(entry["sales_total"]))
         except (KeyError, TypeError, InvalidOperation):
             self.unreadable.append(seq)
 

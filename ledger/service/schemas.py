@@ -4,7 +4,8 @@ Entries are stored exactly as sent (after these checks), because the bytes are w
 the models check the fields the ledger itself relies on and let every other field through.
 
     reconciled_sale         {kind, business_day: "YYYY-MM-DD", channel, location_id: str|null,
-                             amount: "12.30" (negative for returns), currency: "EUR", ...}
+                             sales_total: "12.30" (negative for returns), currency: "EUR", ...}
+                            (the shape services/finance/ledger_commit.py writes)
     reconciliation_summary  {kind, business_day: "YYYY-MM-DD", ...}
 """
 
@@ -33,7 +34,7 @@ class ReconciledSale(BaseModel):
     business_day: Day
     channel: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     location_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
-    amount: Amount
+    sales_total: Amount
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
     _day = field_validator("business_day")(_real_day)

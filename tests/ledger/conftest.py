@@ -48,7 +48,7 @@ async def ledger(request: pytest.FixtureRequest, ledger_settings: Settings) -> A
 def sale(n: int, day: str = "2024-05-01", channel: str = "online", location_id: str | None = None,
          amount: str = "10.00") -> dict[str, Any]:
     return {"kind": "reconciled_sale", "business_day": day, "channel": channel, "location_id": location_id,
-            "amount": amount, "currency": "EUR", "order_id": f"o-{n}"}
+            "sales_total": amount, "currency": "EUR", "order_id": f"o-{n}"}
 
 
 def summary(day: str = "2024-05-01", total: str = "100.00") -> dict[str, Any]:
