@@ -1,11 +1,15 @@
 """Fan the outbox out to many live readers (SSE clients) with one database reader per process.
 
-The hub LISTENs for the outbox trigger's NOTIFY and also polls, because a NOTIFY can be lost (the
-listening connection drops) and an event can become readable later than its NOTIFY (it waits until
-older transactions finish, see 0001_core.sql). It keeps a bounded window of recent events in memory;
-each reader walks that window at its own pace. A reader that falls out of the window (slow, or resuming
-from long ago) catches up from the database, so a slow reader never blocks the hub or other readers
-and memory never grows with the number of readers or their lag.
+The hub polls the outbox by position every `poll_interval_s` (tens of milliseconds). It does not rely
+on NOTIFY: a NOTIFY in the writers' transactions would serialise their commits (see
+shared/migrations/0002_events_without_notify.sql), and an event can become readable later than its
+commit anyway (it waits until older transactions finish, see 0001_core.sql). Anyone may still
+`NOTIFY omnistock_events` to wake hubs at once; they listen for it.
+
+The hub keeps a bounded window of recent events in memory; each reader walks that window at its own
+pace. A reader that falls out of the window (slow, or resuming from long ago) catches up from the
+database, so a slow reader never blocks the hub or other readers and memory never grows with the
+number of readers or their lag.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ CHANNEL = "omnistock_events"
 
 
 class EventHub:
-    def __init__(self, pool: Pool, dsn: str, *, window: int = 20_000, poll_interval_s: float = 0.25) -> None:
+    def __init__(self, pool: Pool, dsn: str, *, window: int = 20_000, poll_interval_s: float = 0.02) -> None:
         self._pool = pool
         self._dsn = dsn
         self._window = window
@@ -68,8 +72,7 @@ class EventHub:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("event hub read failed; retrying", error=str(exc))
                 await self._close_listener()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
+            await wait_or_timeout(self._wakeup, self._poll_interval_s)
             self._wakeup.clear()
 
     async def _ensure_listener(self) -> None:
@@ -122,15 +125,24 @@ class EventHub:
             if batch is None:
                 batch = await read_after(self._pool, position, limit=500)
             if not batch:
-                try:
-                    await asyncio.wait_for(changed.wait(), heartbeat_s)
-                except TimeoutError:
+                if not await wait_or_timeout(changed, heartbeat_s):
                     yield None
                 continue
             for event in batch:
                 position = event.position
                 if families is None or event.topic.split(".", 1)[0] in families:
                     yield event
+
+
+async def wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:
+    """Whether `event` was set within `timeout_s`. Unlike asyncio.wait_for on 3.11, a cancellation
+    arriving at the same moment is never swallowed, so loops built on this always stop when told."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
+    finally:
+        waiter.cancel()
+    return bool(done)
 
 
 def sse_frame(event: Event, render: Callable[[Event], bytes]) -> bytes:
