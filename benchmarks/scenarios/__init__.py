@@ -1,0 +1,15 @@
+"""Every scenario, in the order they run. A later issue adds its scenario by adding a module and a line."""
+
+from __future__ import annotations
+
+from benchmarks.scenarios.base import Context, Record, Scenario
+from benchmarks.scenarios.inventory_movements import MovementsScenario
+from benchmarks.scenarios.inventory_nearby import NearbyScenario
+
+# Reads before writes: the nearby search then sees the freshly vacuumed tables the seed left.
+SCENARIOS: list[Scenario] = [
+    NearbyScenario(),
+    MovementsScenario(),
+]
+
+__all__ = ["SCENARIOS", "Context", "Record", "Scenario"]

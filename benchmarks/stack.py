@@ -1,0 +1,135 @@
+"""A fresh stack for one benchmark run: durable embedded PostgreSQL, then each service as its own process.
+
+Services run as `omnistock serve NAME` subprocesses (what a container runs), never inside the
+benchmark's own interpreter, so the client's CPU and the GIL never flatter or hurt the service.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.embedded_db import EmbeddedPostgres, free_port
+
+OMNISTOCK = Path(sys.executable).with_name("omnistock")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Stack:
+    """Owns a temp dir, a PostgreSQL cluster in it and the service processes; `close()` removes all."""
+
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="omnistock-bench-")))
+    admin_key: str = field(default_factory=lambda: "osk_bench_" + secrets.token_urlsafe(24))
+    keep: bool = False
+    pg: EmbeddedPostgres | None = None
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def dsn(self) -> str:
+        assert self.pg is not None, "start_database() first"
+        return self.pg.dsn
+
+    def start_database(self) -> str:
+        # Durable on purpose: fsync and synchronous_commit on, the configuration users would run.
+        self.pg = EmbeddedPostgres(self.root / "pg", free_port(), durable=True)
+        return self.pg.start()
+
+    def postmaster_pid(self) -> int:
+        assert self.pg is not None
+        return int((self.pg.pgdata / "postmaster.pid").read_text().splitlines()[0])
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of every omnistock process of this stack."""
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": self.dsn,
+            "OMNISTOCK_DATA_DIR": str(self.root / "data"),
+            "OMNISTOCK_BOOTSTRAP_ADMIN_KEY": self.admin_key,
+            "OMNISTOCK_LOG_LEVEL": "warning",
+        })
+        env.update(extra)
+        return env
+
+    def omnistock(self, *args: str, timeout_s: float = 3600) -> str:
+        """Run one `omnistock` command against this stack and return its stdout (stderr goes to a log)."""
+        with (self.root / "cli.log").open("ab") as log:
+            done = subprocess.run([str(OMNISTOCK), *args], env=self.env(), stdout=subprocess.PIPE, stderr=log,
+                                  timeout=timeout_s, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"omnistock {' '.join(args)} failed ({done.returncode}); see {self.root / 'cli.log'}")
+        return done.stdout.decode()
+
+    def create_key(self, role: str) -> str:
+        return self.omnistock("keys", "create", "--role", role).split()[-1]
+
+    def start_services(self, names: list[str], timeout_s: float = 60) -> None:
+        """Start every named service not already running, then wait until each answers /readyz."""
+        for name in names:
+            if name in self.services:
+                continue
+            port = free_port()
+            log = self.root / f"{name}.log"
+            env = self.env(**{f"OMNISTOCK_{name.upper()}_PORT": str(port)})
+            with log.open("ab") as out:
+                process = subprocess.Popen([str(OMNISTOCK), "serve", name], env=env, stdout=out, stderr=out)
+            self.services[name] = ServiceProcess(name, port, process, log)
+        for service in self.services.values():
+            self._wait_ready(service, timeout_s)
+
+    def _wait_ready(self, service: ServiceProcess, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{_tail(service.log)}")
+            try:
+                with urllib.request.urlopen(f"{service.url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{service.name} not ready after {timeout_s}s:\n{_tail(service.log)}")
+
+    def close(self) -> None:
+        for service in self.services.values():
+            if service.process.poll() is None:
+                service.process.terminate()
+        for service in self.services.values():
+            try:
+                service.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+        self.services.clear()
+        if self.pg is not None:
+            # Immediate: a clean shutdown would first checkpoint gigabytes of seed data we throw away.
+            self.pg.stop(mode="immediate")
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
