@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 import services.orders.app
+from services.ecommerce.background import background
 from services.ecommerce.projection import run_projector
 from services.ecommerce.routes import SHOP_PLACEMENT, api
 from services.ecommerce.webhooks import Dispatcher
@@ -26,28 +23,13 @@ from shared.settings import Settings
 MIGRATIONS = [*services.orders.app.MIGRATIONS, MigrationSet("ecommerce", Path(__file__).parent / "migrations")]
 
 
-def _background(name: str, start: Any) -> Any:
-    """A cleanup context that runs `start(app)` as a task for the app's lifetime."""
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        coro: Coroutine[Any, Any, None] = start(app)
-        task = asyncio.create_task(coro, name=name)
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return context
-
-
 def create_app(settings: Settings) -> web.Application:
     # Every replica runs both tasks; the cursor locks make exactly one of them work a batch at a time,
     # and SKIP LOCKED claims let every replica's dispatcher send disjoint deliveries.
-    projector = _background(
-        "ecommerce-projector",
-        lambda app: run_projector(app[POOL], app[HUB], settings.projection_poll_interval_s),
+    projector = background(
+        "ecommerce-projector", lambda app: run_projector(app[POOL], app[HUB], settings.projection_poll_interval_s)
     )
-    dispatcher = _background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
+    dispatcher = background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
     app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=True,
                              contexts=[projector, dispatcher])
     app[SHOP_PLACEMENT] = Placement(POLICIES[settings.orders_sourcing_policy], LocationDirectory(),

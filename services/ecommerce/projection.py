@@ -8,13 +8,13 @@ events it publishes, so a crash never applies a batch twice or skips one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from services.ecommerce import domain
 from services.ecommerce import repository as repo
+from services.ecommerce.background import stop, wait_for_wake
 from shared.db import Connection, Pool, transaction
 from shared.event_stream import EventHub
 from shared.logging import get_logger
@@ -181,10 +181,7 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
                     pass
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("projection batch failed; retrying", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), poll_s)
+            await wait_for_wake(wake, poll_s)
             wake.clear()
     finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        await stop(listener)

@@ -10,7 +10,6 @@ leaves a lease that expires, and the message is sent again (receivers dedupe on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ import orjson
 from services.ecommerce import domain
 from services.ecommerce import repository as repo
 from services.ecommerce import webhook_repository as hooks
+from services.ecommerce.background import stop, wait_for_wake
 from services.ecommerce.delivery import Outcome, Sender, refusal
 from services.ecommerce.schemas import (
     DeliveryDetail,
@@ -192,15 +192,12 @@ class Dispatcher:
                         timeout = min(timeout, max(due, 0.005))
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("webhook dispatch failed; retrying", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+                await wait_for_wake(self.wake, timeout)
                 self.wake.clear()
         finally:
-            listener.cancel()
+            # An interrupted send stays 'sending' until its lease runs out, then goes again (at-least-once).
             for task in (listener, *self.in_flight):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop(task)
             await self.sender.close()
 
     async def _listen(self) -> None:

@@ -27,23 +27,21 @@ async def test_no_key_or_an_unknown_key_is_401(channel: Channel) -> None:
         assert_problem(status, body, 401, "unauthorized")
 
 
-@pytest.mark.parametrize("role", ROLES)
-async def test_every_role_reads_availability(channel: Channel, make_key: Callable[..., Awaitable[str]],
-                                             role: str) -> None:
-    api = channel.ecommerce.as_key(await key_for(make_key, role))
-    for path in READS:
-        status, body, _ = await api.get(path)
-        assert status == 200, (path, body)
+async def test_every_role_reads_availability(channel: Channel, make_key: Callable[..., Awaitable[str]]) -> None:
+    for role in ROLES:
+        api = channel.ecommerce.as_key(await key_for(make_key, role))
+        for path in READS:
+            status, body, _ = await api.get(path)
+            assert status == 200, (role, path, body)
 
 
-@pytest.mark.parametrize("role,allowed", [("admin", True), ("ops", True), ("store", True), ("shop", True),
-                                          ("finance", False), ("auditor", False)])
 async def test_endless_aisle_is_for_tills_the_shop_and_operators(
-    channel: Channel, make_key: Callable[..., Awaitable[str]], role: str, allowed: bool
+    channel: Channel, make_key: Callable[..., Awaitable[str]]
 ) -> None:
-    api = channel.ecommerce.as_key(await key_for(make_key, role))
-    status, body, _ = await api.get("/v1/endless-aisle/TEE-M", params={"location_id": "store-a"})
-    assert status == (200 if allowed else 403), body
+    for role in ROLES:
+        api = channel.ecommerce.as_key(await key_for(make_key, role))
+        status, body, _ = await api.get("/v1/endless-aisle/TEE-M", params={"location_id": "store-a"})
+        assert status == (403 if role in ("finance", "auditor") else 200), (role, body)
 
 
 @pytest.mark.parametrize("role,allowed", [("admin", True), ("ops", True), ("store", False), ("shop", False),

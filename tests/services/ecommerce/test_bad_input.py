@@ -4,26 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.conftest import assert_problem
 from tests.services.ecommerce.conftest import Channel
 
 HOOK = {"url": "http://127.0.0.1:9/hooks", "events": ["availability.changed"], "secret": "s" * 20}
 
 
-@pytest.mark.parametrize("params,field", [
+BAD_BATCHES: list[tuple[list[tuple[str, str]], str]] = [
     ([], "sku"),
     ([("sku", "")], "sku.0"),
     ([("sku", "x" * 300)], "sku.0"),
     ([("sku", "bad sku")], "sku.0"),
     ([("sku", f"S{i}") for i in range(501)], "sku"),
     ([("sku", "TEE-M"), ("color", "red")], "color"),
-])
-async def test_availability_batch_names_the_bad_parameter(channel: Channel, params: list[tuple[str, str]],
-                                                          field: str) -> None:
-    status, body, _ = await channel.ecommerce.get("/v1/availability", params=params)
-    assert_problem(status, body, 422, "validation-failed", field=field)
+]
+
+
+async def test_availability_batch_names_the_bad_parameter(channel: Channel) -> None:
+    for params, field in BAD_BATCHES:
+        status, body, _ = await channel.ecommerce.get("/v1/availability", params=params)
+        assert_problem(status, body, 422, "validation-failed", field=field)
 
 
 async def test_a_batch_of_500_is_fine(channel: Channel) -> None:
@@ -31,7 +31,7 @@ async def test_a_batch_of_500_is_fine(channel: Channel) -> None:
     assert status == 200 and len(body["unknown"]) == 500
 
 
-@pytest.mark.parametrize("path,params,field", [
+BAD_READS: list[tuple[str, dict[str, str], str]] = [
     ("/v1/availability/stream", {"last_event_id": "abc"}, "last_event_id"),
     ("/v1/availability/stream", {"sku": "bad sku"}, "sku.0"),
     ("/v1/endless-aisle/TEE-M", {}, "body"),
@@ -41,11 +41,13 @@ async def test_a_batch_of_500_is_fine(channel: Channel) -> None:
     ("/v1/endless-aisle/TEE-M", {"lat": "91", "lon": "0"}, "lat"),
     ("/v1/webhooks/abc", {}, "subscription_id"),
     ("/v1/webhooks/0", {}, "subscription_id"),
-])
-async def test_reads_name_the_bad_parameter(channel: Channel, path: str, params: dict[str, str],
-                                            field: str) -> None:
-    status, body, _ = await channel.ecommerce.get(path, params=params)
-    assert_problem(status, body, 422, field=field)
+]
+
+
+async def test_reads_name_the_bad_parameter(channel: Channel) -> None:
+    for path, params, field in BAD_READS:
+        status, body, _ = await channel.ecommerce.get(path, params=params)
+        assert_problem(status, body, 422, field=field)
 
 
 async def test_bad_last_event_id_header_is_422(channel: Channel) -> None:
@@ -53,7 +55,7 @@ async def test_bad_last_event_id_header_is_422(channel: Channel) -> None:
     assert_problem(status, body, 422, field="Last-Event-ID")
 
 
-@pytest.mark.parametrize("change,field", [
+BAD_SUBSCRIPTIONS: list[tuple[dict[str, Any], str]] = [
     ({"url": "not a url at all"}, "url"),
     ({"url": None}, "url"),
     ({"events": []}, "events"),
@@ -61,14 +63,17 @@ async def test_bad_last_event_id_header_is_422(channel: Channel) -> None:
     ({"secret": "short"}, "secret"),
     ({"secret": None}, "secret"),
     ({"extra": 1}, "extra"),
-])
-async def test_bad_subscriptions_name_the_field(channel: Channel, change: dict[str, Any], field: str) -> None:
-    status, body, _ = await channel.ecommerce.post("/v1/webhooks", json={**HOOK, **change})
-    assert_problem(status, body, 422, "validation-failed", field=field)
+]
+
+
+async def test_bad_subscriptions_name_the_field(channel: Channel) -> None:
+    for change, field in BAD_SUBSCRIPTIONS:
+        status, body, _ = await channel.ecommerce.post("/v1/webhooks", json={**HOOK, **change})
+        assert_problem(status, body, 422, "validation-failed", field=field)
     assert await channel.pool.fetchval("SELECT count(*) FROM ecommerce.webhook_subscriptions") == 0
 
 
-@pytest.mark.parametrize("rule,field", [
+BAD_RULES: list[tuple[dict[str, Any], str]] = [
     ({"buffer": {"kind": "percent", "value": 101}}, "buffer"),
     ({"buffer": {"kind": "absolute", "value": "1.5"}}, "buffer"),
     ({"buffer": {"kind": "absolute", "value": -1}}, "buffer.value"),
@@ -76,10 +81,13 @@ async def test_bad_subscriptions_name_the_field(channel: Channel, change: dict[s
     ({"buffer": {"kind": "absolute", "value": "NaN"}}, "buffer.value"),
     ({"low_stock_threshold": -1}, "low_stock_threshold"),
     ({"low_stock_threshold": "3"}, "low_stock_threshold"),
-])
-async def test_bad_channel_rules_name_the_field(channel: Channel, rule: dict[str, Any], field: str) -> None:
-    status, body, _ = await channel.ecommerce.put("/v1/channel-rules/TEE-M", json=rule)
-    assert_problem(status, body, 422, "validation-failed", field=field)
+]
+
+
+async def test_bad_channel_rules_name_the_field(channel: Channel) -> None:
+    for rule, field in BAD_RULES:
+        status, body, _ = await channel.ecommerce.put("/v1/channel-rules/TEE-M", json=rule)
+        assert_problem(status, body, 422, "validation-failed", field=field)
     assert await channel.pool.fetchval("SELECT count(*) FROM ecommerce.channel_rules") == 0
 
 

@@ -105,10 +105,11 @@ async def test_concurrent_first_deliveries_place_one_order(stocked: Channel) -> 
     assert await placed_orders(stocked.pool) == 1 and await reserved(stocked.pool) == 3
 
 
-@pytest.mark.parametrize("signature", [None, "", "bm90IHRoZSBzaWduYXR1cmU=", sign(b"another body")])
-async def test_missing_or_wrong_signature_is_401_and_places_nothing(stocked: Channel, signature: str | None) -> None:
-    status, body, _ = await post(stocked.ecommerce, shop_order(), signature=signature)
-    assert_problem(status, body, 401, "unauthorized")
+async def test_missing_or_wrong_signature_is_401_and_places_nothing(stocked: Channel) -> None:
+    for signature in (None, "", "bm90IHRoZSBzaWduYXR1cmU=", sign(b"another body"),
+                      sign(json.dumps(shop_order()).encode(), secret="another secret")):
+        status, body, _ = await post(stocked.ecommerce, shop_order(), signature=signature)
+        assert_problem(status, body, 401, "unauthorized")
     assert await placed_orders(stocked.pool) == 0
 
 
@@ -138,7 +139,7 @@ async def test_too_little_stock_is_409_and_nothing_is_kept(stocked: Channel) -> 
     assert await stocked.pool.fetchval("SELECT count(*) FROM ecommerce.shop_orders") == 0
 
 
-@pytest.mark.parametrize("change,field", [
+BAD_ORDERS: list[tuple[dict[str, Any], str]] = [
     ({"id": "abc"}, "id"),
     ({"id": None}, "id"),
     ({"currency": "euro"}, "currency"),
@@ -147,10 +148,13 @@ async def test_too_little_stock_is_409_and_nothing_is_kept(stocked: Channel) -> 
     ({"line_items": [{"sku": "TEE-M", "quantity": 1, "price": "-1.00"}]}, "line_items.0.price"),
     ({"line_items": [{"sku": None, "quantity": 1, "price": "1.00"}]}, "line_items.0.sku"),
     ({"shipping_lines": [{"price": "abc"}]}, "shipping_lines.0.price"),
-])
-async def test_bad_shop_orders_name_the_field(stocked: Channel, change: dict[str, Any], field: str) -> None:
-    status, body, _ = await post(stocked.ecommerce, shop_order(**change))
-    assert_problem(status, body, 422, field=field)
+]
+
+
+async def test_bad_shop_orders_name_the_field(stocked: Channel) -> None:
+    for change, field in BAD_ORDERS:
+        status, body, _ = await post(stocked.ecommerce, shop_order(**change))
+        assert_problem(status, body, 422, field=field)
     assert await placed_orders(stocked.pool) == 0
 
 

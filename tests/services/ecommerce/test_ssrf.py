@@ -13,7 +13,7 @@ from tests.services.ecommerce.conftest import Channel
 SECRET = "whsec_test_0123456789abcdef"
 
 
-@pytest.mark.parametrize("url", [
+UNSAFE = [
     "ftp://example.com/hook",
     "file:///etc/passwd",
     "http:///nohost",
@@ -26,11 +26,14 @@ SECRET = "whsec_test_0123456789abcdef"
     "http://0.0.0.0/hook",
     "http://127.0.0.2/hook",  # the allow-list names 127.0.0.1 only
     "http://example.com:99999/hook",
-])
-async def test_unsafe_webhook_urls_are_refused_naming_the_field(channel: Channel, url: str) -> None:
-    status, body, _ = await channel.ecommerce.post("/v1/webhooks", json={
-        "url": url, "events": ["availability.changed"], "secret": SECRET})
-    assert_problem(status, body, 422, "validation-failed", field="url")
+]
+
+
+async def test_unsafe_webhook_urls_are_refused_naming_the_field(channel: Channel) -> None:
+    for url in UNSAFE:
+        status, body, _ = await channel.ecommerce.post("/v1/webhooks", json={
+            "url": url, "events": ["availability.changed"], "secret": SECRET})
+        assert_problem(status, body, 422, "validation-failed", field="url")
     assert await channel.pool.fetchval("SELECT count(*) FROM ecommerce.webhook_subscriptions") == 0
 
 
