@@ -220,7 +220,10 @@ def _batches(
             continue
         report.batches_checked += 1
         covered.update(range(first, last + 1))
-        for message, seq in _batch_problems(b, first, hashes, checkpoint_time, leaves, kinds, trust):
+        # A batch whose leaves no longer match is reported at the first entry already found bad inside
+        # it, if any, so first_bad_seq names the altered entry rather than the start of its batch.
+        located = min((f.seq for f in report.failures if f.seq is not None and first <= f.seq <= last), default=first)
+        for message, seq in _batch_problems(b, first, hashes, checkpoint_time, leaves, kinds, trust, located):
             report.fail(f"batch {first}..{last}: {message}", seq)
     return covered
 
@@ -233,6 +236,7 @@ def _batch_problems(
     leaves: dict[int, bytes],
     kinds: dict[int, Any],
     trust: TrustStore,
+    located: int,
 ) -> list[tuple[str, int]]:
     """What is wrong with one batch, each problem with the first seq it leaves unproven."""
     seqs = range(first, first + len(hashes))
@@ -246,9 +250,9 @@ def _batch_problems(
         for s in seqs
         if s in kinds and not (isinstance(kinds[s], str) and policy.may_append(b["org"], kinds[s]))
     ]
-    batch_root = merkle.root(hashes)
-    if batch_root != _hex(b["batch_root"], "batch_root"):
-        problems.append(("batch_root does not match the batch's leaves", first))
+    batch_root = _hex(b["batch_root"], "batch_root")  # what the signature covers, checked below
+    if merkle.root(hashes) != batch_root:
+        problems.append(("batch_root does not match the batch's leaves", located))
     when = _time(b["timestamp"])
     if when > checkpoint_time:
         problems.append(("batch is dated after the checkpoint that includes it", first))

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ledger.cli import ledger as ledger_commands
 from services import registry, runtime
 from services.ecommerce.cli import ecommerce as ecommerce_commands
 from services.finance.cli import import_group, reconcile
@@ -165,6 +166,7 @@ main.add_command(ecommerce_commands)
 
 main.add_command(import_group)
 main.add_command(reconcile)
+main.add_command(ledger_commands)
 
 if __name__ == "__main__":
     sys.exit(main())

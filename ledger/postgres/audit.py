@@ -82,6 +82,7 @@ class _Auditor:
         self.report, self.trust, self.upper, self.visit = report, trust, upper, visit
         self.batches: Iterator[_Batch] = iter([_Batch(b) for b in batches])
         self.batch: _Batch | None = next(self.batches, None)
+        self.ended: list[_Batch] = []  # batches whose entries are all read, checked after the chunk's tree
         self.coarse = merkle.Frontier()  # roots of complete chunks, as leaves of a coarser tree
         self.suppressed = 0
 
@@ -91,14 +92,17 @@ class _Auditor:
         else:
             self.suppressed += 1
 
+    def _first_located(self, start: int, end: int) -> int | None:
+        return min((f.seq for f in self.report.failures if f.seq is not None and start <= f.seq < end), default=None)
+
     def _explained(self, start: int, end: int) -> bool:
-        return any(f.seq is not None and start <= f.seq < end for f in self.report.failures)
+        return self._first_located(start, end) is not None
 
     # --- entries and batches ---------------------------------------------------------------
 
     def _batch_for(self, seq: int) -> _Batch | None:
         while self.batch is not None and self.batch.last < seq:
-            self.finish_batch(self.batch)
+            self.ended.append(self.batch)
             self.batch = next(self.batches, None)
         return self.batch if self.batch is not None and self.batch.first <= seq else None
 
@@ -145,6 +149,12 @@ class _Auditor:
             self.visit(seq, entry)
         return kind if isinstance(kind, str) else None
 
+    def finish_batches(self) -> None:
+        """Check the batches that ended, once the entry and node checks of their seqs have run."""
+        for batch in self.ended:
+            self.finish_batch(batch)
+        self.ended.clear()
+
     def finish_batch(self, batch: _Batch) -> None:
         row, first = batch.row, batch.first
         if len(batch.leaves) != batch.last - first + 1:
@@ -152,8 +162,11 @@ class _Auditor:
             return
         root = mth(batch.leaves)
         if root != bytes(row["batch_root"]):
+            # Pinned to the first seq already found bad inside the batch, else (a forger who rewrote the
+            # stored hashes too) to the batch's first seq: the signature vouches for the batch as a whole.
+            located = self._first_located(first, batch.last + 1)
             self.fail(f"batch {first}..{batch.last}: entries no longer hash to the root its submitter signed",
-                      first)
+                      first if located is None else located)
             return
         statement = signing.batch_statement(row["org"], first, batch.last, root, row["signed_at"])
         sig = {"org": row["org"], "cert_pem": row["cert_pem"], "signature": row["signature"]}
@@ -166,7 +179,8 @@ class _Auditor:
         self.report.batches_checked += 1
 
     def finish(self, end: int) -> None:
-        self._batch_for(end)  # finishes every batch that ends before `end`
+        self._batch_for(end)  # ends every batch that ends before `end`
+        self.finish_batches()
         for batch in [self.batch, *self.batches] if self.batch is not None else []:
             missing_from = max(batch.first, end)
             self.fail(f"batch {batch.first}..{batch.last} was signed, but seqs {missing_from}..{batch.last} "
@@ -257,6 +271,7 @@ async def audit(pool: Pool, trust: TrustStore, visit: EntryVisitor | None = None
             runs = await repo.node_runs(conn, start, stop, CHUNK_LEVEL)
             leaves = auditor.entries(start, stop, await repo.entry_chunk(conn, start, stop), runs[0])
             levels = auditor.tree(start, leaves, runs)
+            auditor.finish_batches()
             while checkpoint is not None and checkpoint["tree_size"] <= stop:
                 size = checkpoint["tree_size"]
                 if auditor.root_at(start, size, levels) != bytes(checkpoint["root_hash"]):

@@ -98,7 +98,8 @@ async def append_entries(ledger: Ledger, settings: Settings, role: str, entries:
 
 async def checkpoint(ledger: Ledger, role: str, principal: str) -> Json:
     authorize(principal, policy.require_read_log, role)
-    latest = await ledger.checkpoint()
+    # A log with entries but no checkpoint yet (before the first N entries or T seconds) signs one now.
+    latest = await ledger.checkpoint() or await ledger.cut_checkpoint()
     if latest is None:
         raise NotFound("the ledger has no checkpoint yet (nothing appended)")
     return latest
