@@ -93,21 +93,22 @@ class StockSnapshot:
 
     catalog: dict[str, str]
     levels: dict[str, list[tuple[str, int]]]
-    sites: dict[str, Site]
 
     def candidates(self, skus: Sequence[str], eligible: Sequence[Site],
                    ship_to: tuple[float, float] | None) -> dict[str, list[Candidate]]:
         """Where each of `skus` can come from among `eligible`, with the distance to `ship_to`."""
-        allowed = {site.id for site in eligible}
-        sites = self.sites
+        allowed = {site.id: site for site in eligible}
+        km: dict[str, float | None] = {}  # per site, not per (SKU, site)
         stock: dict[str, list[Candidate]] = {}
         for sku in skus:
             found = []
             for location_id, available in self.levels.get(sku, ()):
-                if location_id in allowed:
-                    site = sites[location_id]
-                    km = great_circle_km(ship_to[0], ship_to[1], site.lat, site.lon) if ship_to else None
-                    found.append(Candidate(location_id, available, km, site.priority))
+                site = allowed.get(location_id)
+                if site is None:
+                    continue
+                if location_id not in km:
+                    km[location_id] = great_circle_km(ship_to[0], ship_to[1], site.lat, site.lon) if ship_to else None
+                found.append(Candidate(location_id, available, km[location_id], site.priority))
             if found:
                 stock[sku] = found
         return stock
@@ -115,8 +116,7 @@ class StockSnapshot:
 
 async def read_stock(db: Pool | Connection, skus: Sequence[str], sites: Sequence[Site]) -> StockSnapshot:
     """One round trip: the catalogue entries of `skus` and their sellable units at `sites`."""
-    by_id = {site.id: site for site in sites}
-    rows = await db.fetch(CATALOG_AND_STOCK, list(skus), list(by_id))
+    rows = await db.fetch(CATALOG_AND_STOCK, list(skus), [site.id for site in sites])
     catalog: dict[str, str] = {}
     levels: dict[str, list[tuple[str, int]]] = {}
     for sku, currency, location_id, available in rows:
@@ -125,7 +125,7 @@ async def read_stock(db: Pool | Connection, skus: Sequence[str], sites: Sequence
         catalog[sku] = currency
         if location_id is not None:
             levels.setdefault(sku, []).append((location_id, available))
-    return StockSnapshot(catalog, levels, by_id)
+    return StockSnapshot(catalog, levels)
 
 
 async def locations(db: Pool | Connection, ids: Sequence[str]) -> dict[str, asyncpg.Record]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,7 @@ class LineRequest:
     qty: int
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):  # a tuple: sourcing builds dozens per order
     location_id: str
     available: int
     distance_km: float | None  # from ship_to; None when the order gave none
@@ -36,8 +35,7 @@ class Candidate:
         return (self.distance_km if self.distance_km is not None else 0.0, self.priority, self.location_id)
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(NamedTuple):
     line_no: int
     sku: str
     location_id: str
