@@ -8,7 +8,7 @@ Role matrix (tests/services/ecommerce/test_access.py):
   and target URL are operator configuration, not something a shop key may change;
 - inbound shop orders: no API key (Shopify cannot send one); the shop's HMAC signature over the raw
   body (X-Shopify-Hmac-Sha256, with OMNISTOCK_SHOP_WEBHOOK_SECRET) authenticates it, and it acts as
-  the shop role. Missing or wrong signature: 401.
+  the shop role. Missing or wrong signature, or no secret configured: 401.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from services.ecommerce.schemas import (
 )
 from services.inventory.schemas import Sku
 from services.orders.use_cases import Placement
-from shared.errors import MalformedJson, ServiceUnavailable, Unauthorized
+from shared.errors import MalformedJson, Unauthorized
 from shared.http.api import Api, Call, Reply, validation_errors
 from shared.http.sse import stream_events
 from shared.outbox import Event
@@ -180,8 +180,7 @@ async def post_redeliver(call: Call[None, None]) -> Reply:
 
 @api.post("/v1/shop/orders", response=ShopOrderOut, status=201, public=True,
           extra_responses={401: "missing or wrong signature",
-                           409: "insufficient-stock (nothing reserved)", 422: "unknown SKU or invalid order",
-                           503: "no shop secret configured"})
+                           409: "insufficient-stock (nothing reserved)", 422: "unknown SKU or invalid order"})
 async def post_shop_order(call: Call[None, None]) -> Reply:
     """A shop's order (Shopify orders/create body), placed through orders once per external id.
 
@@ -189,7 +188,8 @@ async def post_shop_order(call: Call[None, None]) -> Reply:
     """
     secret = call.settings.shop_webhook_secret
     if secret is None:
-        raise ServiceUnavailable("no shop secret is configured (OMNISTOCK_SHOP_WEBHOOK_SECRET)")
+        # Nothing can be verified, so nothing is accepted: the operator sets OMNISTOCK_SHOP_WEBHOOK_SECRET.
+        raise Unauthorized("shop orders cannot be verified: this service has no shop secret configured")
     if not shopify.signature_valid(secret.get_secret_value(), call.raw_body,
                                    call.request.headers.get("X-Shopify-Hmac-Sha256")):
         raise Unauthorized("X-Shopify-Hmac-Sha256 is missing or does not match the body")

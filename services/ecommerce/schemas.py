@@ -78,9 +78,16 @@ class RuleIn(RequestModel):
     low_stock_threshold: Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)] | None = None
 
 
+class BufferOut(ResponseModel):
+    # Not Buffer itself: /openapi.json names schemas by class, and a Decimal reads as a number or a
+    # string but is written as a string; one class would document one of the two wrongly.
+    kind: str
+    value: Decimal
+
+
 class RuleOut(ResponseModel):
     sku: str | None = Field(description="null for the default rule")
-    buffer: Buffer | None
+    buffer: BufferOut | None
     low_stock_threshold: int | None
     updated_at: datetime
 

@@ -13,7 +13,7 @@ from services.ecommerce.schemas import (
     AisleQuery,
     AvailabilityItem,
     AvailabilityList,
-    Buffer,
+    BufferOut,
     PickupStore,
     RuleIn,
     RuleList,
@@ -61,7 +61,7 @@ def _rule_out(row: asyncpg.Record) -> RuleOut:
     value = row["buffer_value"]
     if value is not None and value == value.to_integral_value():
         value = value.to_integral_value()  # "2", not "2.00": what the client most likely sent
-    buffer = None if row["buffer_kind"] is None else Buffer(kind=row["buffer_kind"], value=value)
+    buffer = None if row["buffer_kind"] is None else BufferOut(kind=row["buffer_kind"], value=value)
     return RuleOut(sku=None if scope == domain.DEFAULT_SCOPE else scope, buffer=buffer,
                    low_stock_threshold=row["low_stock_threshold"], updated_at=row["updated_at"])
 

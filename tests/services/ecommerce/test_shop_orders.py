@@ -13,8 +13,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from services.ecommerce.app import create_app
 from services.orders import use_cases as orders
+from shared.settings import Settings
 from tests.conftest import Api, assert_problem
 from tests.services.ecommerce.conftest import SHOP_SECRET, Channel
 
@@ -161,3 +164,10 @@ async def test_bad_shop_orders_name_the_field(stocked: Channel) -> None:
 async def test_malformed_json_is_400(stocked: Channel) -> None:
     status, body, _ = await post(stocked.ecommerce, b"{not json")
     assert_problem(status, body, 400, "malformed-json")
+
+
+async def test_without_a_configured_shop_secret_nothing_is_accepted(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"shop_webhook_secret": None}))
+    async with TestClient(TestServer(app)) as client:
+        status, body, _ = await post(Api(client), shop_order())
+    assert_problem(status, body, 401, "unauthorized")
