@@ -5,11 +5,15 @@ from __future__ import annotations
 from benchmarks.scenarios.base import Context, Record, Scenario
 from benchmarks.scenarios.inventory_movements import MovementsScenario
 from benchmarks.scenarios.inventory_nearby import NearbyScenario
+from benchmarks.scenarios.orders_flash_sale import OrdersFlashSaleScenario
+from benchmarks.scenarios.orders_mixed import OrdersMixedScenario
 
 # Reads before writes: the nearby search then sees the freshly vacuumed tables the seed left.
 SCENARIOS: list[Scenario] = [
     NearbyScenario(),
     MovementsScenario(),
+    OrdersMixedScenario(),
+    OrdersFlashSaleScenario(),
 ]
 
 __all__ = ["SCENARIOS", "Context", "Record", "Scenario"]
