@@ -175,8 +175,14 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
 
     listener = asyncio.create_task(listen(), name="ecommerce-projector-wake")
     try:
+        first = True
         while True:
             try:
+                if first and await repo.cursor_of(pool, CURSOR) == (0, 0):
+                    # A fresh projection: stock loaded without outbox events (bulk seeding) is only
+                    # visible to a rebuild.
+                    await rebuild(pool)
+                first = False
                 while await apply_batch(pool):
                     pass
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
