@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,16 +39,20 @@ def with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     if url := os.environ.get("TEST_DATABASE_URL"):
         yield url
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
+    # Not under pytest's basetemp: pytest prunes old basetemp folders of other sessions, which would pull
+    # the data directory out from under a concurrently running suite.
+    root = Path(tempfile.mkdtemp(prefix="omnistock-test-pg-"))
+    server = EmbeddedPostgres(root / "data", free_port(), durable=False)
     server.start()
     try:
         yield server.dsn
     finally:
         server.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

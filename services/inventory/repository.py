@@ -235,6 +235,15 @@ async def copy_skus(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
 
 
 async def seed_location_stock(conn: Connection, location_id: str, per_mille: int, max_qty: int) -> int:
-    """Receive stock of about per_mille/1000 of all SKUs at one location, with their movements."""
+    """Receive stock of about per_mille/1000 of all SKUs at one location, with their movements.
+
+    One `location.changed` event stands for the location's thousands of new levels (an event per level
+    would flood the outbox); consumers such as the availability projection re-read the location.
+    """
     status = await conn.execute(SEED_LOCATION_STOCK, location_id, per_mille, max_qty)
+    row = await get_location(conn, location_id)
+    await publish(conn, "location.changed", location_id, {
+        "location_id": location_id, "kind": row["kind"], "ship": row["ship"], "pickup": row["pickup"],
+        "lat": row["lat"], "lon": row["lon"], "name": row["name"], "reason": "seeded",
+    })
     return int(status.split()[-1])
