@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks.scenarios.base import Context, Record, Scenario
 from benchmarks.scenarios.inventory_movements import MovementsScenario
 from benchmarks.scenarios.inventory_nearby import NearbyScenario
+from benchmarks.scenarios.ledger_log import LedgerScenario
 from benchmarks.scenarios.orders_flash_sale import OrdersFlashSaleScenario
 from benchmarks.scenarios.orders_mixed import OrdersMixedScenario
 
@@ -14,6 +15,7 @@ SCENARIOS: list[Scenario] = [
     MovementsScenario(),
     OrdersMixedScenario(),
     OrdersFlashSaleScenario(),
+    LedgerScenario(),
 ]
 
 __all__ = ["SCENARIOS", "Context", "Record", "Scenario"]
