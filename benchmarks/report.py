@@ -49,9 +49,11 @@ def print_table(console: Console, records: list[Record], limits: list[Limit], ru
     roles = sorted({role for r in records for role in r.extra.get("cpu_cores", {})})
     for header in ("scenario", *roles):
         cpu.add_column(header, justify="left" if header == "scenario" else "right")
+    cpu.add_column("CPU ms per op (stack + client)", justify="left")
     for r in records:
         if "cpu_cores" in r.extra:
-            cpu.add_row(r.scenario, *(f"{r.extra['cpu_cores'].get(role, 0):.2f}" for role in roles))
+            cpu.add_row(r.scenario, *(f"{r.extra['cpu_cores'].get(role, 0):.2f}" for role in roles),
+                        _per_op(r.extra.get("cpu_ms_per_op", {})))
     console.print(cpu)
     if noisy := contended(records):
         console.print(f"[yellow]warning:[/yellow] other processes used the cores during {', '.join(noisy)}; "
@@ -64,6 +66,10 @@ CONTENDED_CORES = 0.25  # other processes' share of the cores above which a figu
 
 def contended(records: list[Record]) -> list[str]:
     return [r.scenario for r in records if r.extra.get("cpu_cores", {}).get("other", 0.0) > CONTENDED_CORES]
+
+
+def _per_op(per_op: dict[str, float]) -> str:
+    return ", ".join(f"{role} {ms:.2f}" for role, ms in per_op.items())
 
 
 def _detail(detail: dict[str, Any]) -> str:
@@ -166,8 +172,9 @@ def _cpu_lines(records: list[Record]) -> list[str]:
     roles = sorted({role for r in records for role in r.extra.get("cpu_cores", {})})
     if not roles:
         return []
-    out = ["| scenario | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+    out = ["| scenario | " + " | ".join(roles) + " | CPU ms per op |", "|---|" + "---|" * (len(roles) + 1)]
     for r in records:
         if "cpu_cores" in r.extra:
-            out.append(f"| {r.scenario} | " + " | ".join(f"{r.extra['cpu_cores'].get(x, 0):.2f}" for x in roles) + " |")
+            cores = " | ".join(f"{r.extra['cpu_cores'].get(x, 0):.2f}" for x in roles)
+            out.append(f"| {r.scenario} | {cores} | {_per_op(r.extra.get('cpu_ms_per_op', {}))} |")
     return [*out, ""]

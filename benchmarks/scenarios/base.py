@@ -40,6 +40,10 @@ class Record:
 
     @classmethod
     def from_load(cls, scenario: str, result: LoadResult, limit: Limit | None = None, **extra: Any) -> Record:
+        # CPU per operation barely moves when other processes share the cores, unlike latency and
+        # throughput, so it is the figure to compare between runs on a busy machine.
+        per_op = {role: round(1000 * cores / result.throughput, 3) for role, cores in result.cpu.items()
+                  if role not in ("machine busy", "other")} if result.throughput else {}
         return cls(
             scenario=scenario, throughput=result.throughput,
             p50_ms=result.percentile_ms(0.50), p99_ms=result.percentile_ms(0.99),
@@ -47,7 +51,7 @@ class Record:
             extra={"requests": result.requests, "ok": result.ok, "seconds": round(result.seconds, 2),
                    "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
                    **({"errors": dict(result.errors)} if result.errors else {}),
-                   "cpu_cores": result.cpu, **extra},
+                   "cpu_cores": result.cpu, "cpu_ms_per_op": per_op, **extra},
         )
 
 

@@ -27,7 +27,7 @@ class InventoryData:
 
 
 def inventory_data(ctx: Context) -> InventoryData:
-    return ctx.dataset("inventory seed", lambda: _seed(ctx))
+    return ctx.dataset("inventory dataset (seed, vacuum, sample)", lambda: _seed(ctx))
 
 
 def _seed(ctx: Context) -> InventoryData:
@@ -35,6 +35,7 @@ def _seed(ctx: Context) -> InventoryData:
     started = time.perf_counter()
     ctx.stack.omnistock("seed", "--stores", str(stores), "--skus", str(skus), "--density", str(density))
     seed_s = time.perf_counter() - started
+    ctx.setup[f"seed {stores} stores x {skus} SKUs x {density}"] = round(seed_s, 1)
     levels, locations, pairs = asyncio.run(_describe(ctx.stack.dsn))
     return InventoryData(stores, skus, density, levels, round(seed_s, 1), locations, pairs)
 

@@ -46,7 +46,7 @@ class NearbyScenario:
     def run(self, ctx: Context) -> list[Record]:
         data = inventory_data(ctx)
         key = ctx.key("ops")
-        seconds, warmup = (5.0, 1.0) if ctx.quick else (15.0, 3.0)
+        seconds, warmup = (4.0, 1.0) if ctx.quick else (15.0, 3.0)
         levels = [16] if ctx.quick else [8, 32]
         records = []
         for by_location in (False, True):
