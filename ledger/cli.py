@@ -95,15 +95,23 @@ def revenue(date_from: str, date_to: str) -> None:
     """Reconciled sales per day, channel and location, summed from verified ledger entries (JSON)."""
     from ledger.service import use_cases
     from services.cli import _run
+    from services.finance.use_cases import FinanceRevenue
+    from shared.db import create_pool
 
     async def go(settings: Settings) -> Any:
-        async with use_cases.open_ledger(settings, max_size=2) as port:
-            return await use_cases.revenue(port, date_from, date_to)
+        finance_pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+        try:
+            async with use_cases.open_ledger(settings, max_size=2) as port:
+                return await use_cases.revenue(port, date_from, date_to, FinanceRevenue(finance_pool))
+        finally:
+            await finance_pool.close()
 
     result = _run(go)
     click.echo(json.dumps(result, indent=2))
     if not result["verified"]:
         _exit_with(False, f"FAILED: the log does not verify, first bad seq: {result['first_bad_seq']}")
+    if result["comparison"]:
+        _exit_with(False, f"FAILED: {len(result['comparison'])} groups differ from finance's revenue")
 
 
 def _exit_with(ok: bool, message: str) -> None:

@@ -61,3 +61,10 @@ def test_every_environment_variable_is_a_setting_the_code_reads() -> None:
             if key.startswith("OMNISTOCK_") and key != "OMNISTOCK_BOOTSTRAP_ADMIN_KEY"
         })
         assert settings.host == "0.0.0.0"
+
+
+def test_finance_and_ledger_share_the_ledger_identities() -> None:
+    """Finance signs its appends with the finance identity the ledger service created under /data."""
+    volumes = {name: APP_SERVICES[name].get("volumes", []) for name in ("finance", "ledger")}
+    assert "ledgerdata:/data" in volumes["finance"] and "ledgerdata:/data" in volumes["ledger"]
+    assert APP_SERVICES["finance"]["environment"]["OMNISTOCK_DATA_DIR"] == "/data"

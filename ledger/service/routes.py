@@ -103,6 +103,9 @@ async def get_audit(call: Call[None, None]) -> dict[str, Any]:
 
 @api.get("/v1/ledger/revenue", query=RevenueQuery, response=RevenueOut, extra_responses=FORBIDDEN)
 async def get_revenue(call: Call[None, RevenueQuery]) -> dict[str, Any]:
-    """Reconciled sales per business day, channel and location, summed from verified ledger entries."""
+    """Reconciled sales per business day, channel and location, summed from verified ledger entries, and
+    every group where they differ from finance's revenue."""
+    from services.finance.use_cases import FinanceRevenue  # the auditor's other side; finance owns its SQL
+
     use_cases.authorize(call.principal.subject, policy.require_export, call.principal.role)
-    return await use_cases.revenue(_ledger(call), call.query.from_, call.query.to)
+    return await use_cases.revenue(_ledger(call), call.query.from_, call.query.to, FinanceRevenue(call.pool))

@@ -8,8 +8,8 @@ one run from interleaving. Entries go in batches; each batch is one signed, all-
 whose receipts are recorded right after it (an append whose receipts were lost to a crash at exactly
 that point would be appended again; every entry carries its `entry_key`, so a reader can tell).
 
-Which ledger: `app[LEDGER]`, set by finance's create_app. The embedded backend is being built
-alongside; until one is wired in, commit answers 503 and the run stays uncommitted.
+Which ledger: `app[LEDGER]`, set by finance's create_app: the embedded backend by default (tests pass
+another ledger.port.Ledger). A missing finance identity answers 503 and the run stays uncommitted.
 """
 
 from __future__ import annotations

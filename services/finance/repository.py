@@ -377,3 +377,23 @@ async def revenue(db: Pool, start: date, end: date, group_by: str) -> list[async
           FROM orders.sales s
          WHERE s.business_day BETWEEN $1 AND $2
          GROUP BY 1, 2 ORDER BY 1, 2""", start, end)
+
+
+# Revenue as the ledger records it: one figure per order and business day (its sales that day, returns
+# netted), credited to the location of its first sale that day, the rule reconciliation items follow.
+REVENUE_GROUPS = """
+SELECT business_day, channel, location_id, currency, count(*) AS sales, sum(total) AS amount
+FROM (
+    SELECT s.business_day, s.order_id, min(s.channel) AS channel, min(s.currency) AS currency,
+           (array_agg(s.location_id ORDER BY s.id))[1] AS location_id, sum(s.total) AS total
+    FROM orders.sales s
+    WHERE s.business_day BETWEEN $1 AND $2
+    GROUP BY s.business_day, s.order_id
+) per_order
+GROUP BY 1, 2, 3, 4
+ORDER BY 1, 2, 3, 4
+"""
+
+
+async def revenue_groups(db: Pool | Connection, date_from: date, date_to: date) -> list[asyncpg.Record]:
+    return await db.fetch(REVENUE_GROUPS, date_from, date_to)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -289,3 +290,17 @@ def revenue_csv(report: RevenueReport) -> str:
         writer.writerow([r.key, r.currency, r.orders, f"{r.gross:.2f}", f"{r.returns:.2f}", f"{r.revenue:.2f}",
                          f"{r.average_order_value:.2f}"])
     return out.getvalue()
+
+
+class FinanceRevenue:
+    """Finance's revenue per day, channel, location and currency: what the ledger's revenue audit
+    compares its verified reconciled sales with (ledger.revenue.FinanceRevenueSource)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def revenue_groups(self, date_from: str, date_to: str) -> list[dict[str, Any]]:
+        rows = await repo.revenue_groups(self._pool, date.fromisoformat(date_from), date.fromisoformat(date_to))
+        return [{"business_day": r["business_day"].isoformat(), "channel": r["channel"],
+                 "location_id": r["location_id"], "currency": r["currency"], "sales": r["sales"],
+                 "amount": f"{r['amount']:.2f}"} for r in rows]

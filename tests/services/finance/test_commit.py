@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from ledger.identity import Identity, init_identities
 from ledger.policy import require_append
 from services.finance.app import create_app
 from shared.settings import Settings
-from tests.conftest import Api, assert_problem
+from tests.conftest import Api, ServiceFactory, assert_problem
 from tests.services.finance.conftest import Books, only_item, payment
 
 
@@ -121,10 +122,26 @@ async def test_a_resolution_travels_with_its_sale_and_a_rerun_does_not_repeat_sa
     assert [e["kind"] for _, e in ledger.entries][-1] == "reconciliation_summary"
 
 
-async def test_without_a_ledger_commit_is_503_and_changes_nothing(books: Books) -> None:
-    order = await books.sell_online({"TEE": 1})
-    await books.settle(payment(order["id"], "19.90"))
+async def test_commit_to_the_embedded_ledger_audits_clean_and_matches_finance_revenue(
+    books: Books, service: ServiceFactory, make_key: Any
+) -> None:
+    """End to end: finance's default wiring appends to the real ledger; the auditor's revenue audit
+    finds the ledger and finance's revenue in agreement, and spots a sale finance adds afterwards."""
+    for lines in ({"TEE": 1}, {"JEANS": 2, "CAP": 1}):
+        order = await books.sell_online(lines)
+        await books.settle(payment(order["id"], order["total"]))
+    day = (await books.day_of("wh-1")).isoformat()
     run = await books.run(await books.day_of("wh-1"))
-    status, body, _ = await books.finance.post(f"/v1/reconciliations/{run['id']}/commit")
-    assert_problem(status, body, 503, "service-unavailable")
-    assert await books.pool.fetchval("SELECT committed_at FROM finance.runs") is None
+    status, out, _ = await books.finance.post(f"/v1/reconciliations/{run['id']}/commit")
+    assert status == 200, out
+    ledger = (await service("ledger")).as_key(await make_key("auditor"))
+    status, audit, _ = await ledger.get("/v1/ledger/audit")
+    assert status == 200 and audit["ok"], audit
+    status, revenue, _ = await ledger.get(f"/v1/ledger/revenue?from={day}&to={day}")
+    assert status == 200, revenue
+    assert revenue["verified"] and revenue["comparison"] == []
+    assert sum(Decimal(g["amount"]) for g in revenue["groups"]) == Decimal("187.40")
+    # A sale recorded after the commit is revenue the ledger has not seen: the audit names its group.
+    await books.sell_online({"SOCKS": 1})
+    status, revenue, _ = await ledger.get(f"/v1/ledger/revenue?from={day}&to={day}")
+    assert [(d["channel"], d["location_id"]) for d in revenue["comparison"]] == [("online", "wh-1")], revenue
