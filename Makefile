@@ -36,3 +36,11 @@ clean:
 
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=200 $(BIN)/pytest -q tests/test_fuzz.py
+
+# Reliability: kill -9 and PostgreSQL restarts under traffic (benchmarks/drills/), then the memory soak.
+.PHONY: drill soak
+drill: $(STAMP)
+	$(BIN)/python -m benchmarks.drills
+
+soak: $(STAMP)
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m benchmarks.drills.soak

@@ -1,0 +1,94 @@
+"""`python -m benchmarks.drills` (`make drill`): the large drill on a fresh durable PostgreSQL.
+
+kill -9 rounds, then PostgreSQL restarts alternating fast and immediate stops, optionally freezes;
+prints the report, writes benchmarks/results/drill-<UTC timestamp>.json, exits 1 on any problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from benchmarks.cpu import machine
+from benchmarks.drills.report import DrillReport
+from benchmarks.drills.run import DrillConfig, run_drill
+from benchmarks.drills.traffic import Catalog
+from benchmarks.report import RESULTS_DIR, git_commit
+from services import registry
+from shared.db import init_connection
+from shared.embedded_db import EmbeddedPostgres, free_port
+from shared.migrations import CORE_MIGRATIONS, apply_migrations
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.drills", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kill-rounds", type=int, default=3)
+    parser.add_argument("--pg-rounds", type=int, default=2, help="PostgreSQL restarts (fast, immediate, ...)")
+    parser.add_argument("--freeze-rounds", type=int, default=0, help="SIGSTOP PostgreSQL for --freeze-s")
+    parser.add_argument("--freeze-s", type=float, default=30.0)
+    parser.add_argument("--steady-s", type=float, default=10.0, help="traffic before, between and after rounds")
+    parser.add_argument("--pg-down-s", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--client-timeout-s", type=float, default=15.0)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (service logs, database)")
+    return parser.parse_args(argv)
+
+
+async def drill(args: argparse.Namespace, root: Path) -> DrillReport:
+    # Durable, as users run it: an immediate stop is a crash, and only durable commits survive one.
+    pg = EmbeddedPostgres(root / "pg", free_port(), durable=True)
+    pg.start()
+    try:
+        conn = await asyncpg.connect(pg.dsn)
+        try:
+            await init_connection(conn)
+            await apply_migrations(conn, [CORE_MIGRATIONS, *registry.all_migrations()])
+        finally:
+            await conn.close()
+        config = DrillConfig(
+            concurrency=args.concurrency, client_timeout_s=args.client_timeout_s, steady_s=args.steady_s,
+            kill_rounds=args.kill_rounds, kill_down_s=1.0, pg_rounds=args.pg_rounds, pg_modes=("fast", "immediate"),
+            pg_down_s=args.pg_down_s, freeze_rounds=args.freeze_rounds, freeze_s=args.freeze_s,
+            catalog=Catalog(locations=10, skus=50, stock=100_000, hot_stock=50))
+        return await run_drill(pg.dsn, root, "osk_drill_" + secrets.token_urlsafe(24), config, pg)
+    finally:
+        pg.stop(mode="immediate")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    root = Path(tempfile.mkdtemp(prefix="omnistock-drill-"))
+    began = time.perf_counter()
+    try:
+        report = asyncio.run(drill(args, root))
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print("\n".join(report.lines()))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"drill-{started_at}.json"
+    path.write_text(json.dumps({
+        "started_at": started_at, "duration_s": round(time.perf_counter() - began, 1), "args": vars(args),
+        "machine": machine(), "git_commit": git_commit(), **asdict(report), "ok": report.ok,
+    }, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

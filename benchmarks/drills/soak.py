@@ -1,0 +1,142 @@
+"""`python -m benchmarks.drills.soak` (`make soak`): the benchmark's mixed order load (orders.mixed) for
+SOAK_SECONDS (default 600) against a fresh stack, sampling each service's RSS every SOAK_SAMPLE_S (default 5) seconds.
+
+Memory has levelled off when the last third of the run grows no faster than a quarter of the first
+third, or less than LEVEL_MIB_PER_MIN absolutely (allocator noise). Writes
+benchmarks/results/soak-<UTC timestamp>.csv (every sample) and .json (summary); exits 1 if a service's
+memory kept growing or the stock invariants do not hold afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.cpu import machine
+from benchmarks.drills.checks import check_stock
+from benchmarks.loadgen import LoadResult, LoadSpec, run_load
+from benchmarks.report import RESULTS_DIR, git_commit
+from benchmarks.scenarios.orders_data import _seed as seed_orders_data
+from benchmarks.scenarios.orders_mixed import MixedOrders
+from benchmarks.stack import Stack
+
+SERVICES = ["inventory", "orders", "ecommerce"]  # e-commerce follows every stock change the orders make
+LEVEL_MIB_PER_MIN = 1.0
+
+
+def sample_rss(pids: dict[str, int], every_s: float, stop: threading.Event, began: float) -> list[dict[str, Any]]:
+    processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+    samples = []
+    while not stop.is_set():
+        at = round(time.monotonic() - began, 1)
+        for name, process in processes.items():
+            samples.append({"t_s": at, "service": name, "rss_mib": round(process.memory_info().rss / 2**20, 2)})
+        stop.wait(every_s)
+    return samples
+
+
+def slope_mib_per_min(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MiB) points, in MiB per minute."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_m = sum(m for _, m in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return 60 * sum((t - mean_t) * (m - mean_m) for t, m in points) / var if var else 0.0
+
+
+def levelling(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, dict[str, Any]]:
+    verdicts = {}
+    for name in sorted({s["service"] for s in samples}):
+        points = [(s["t_s"], s["rss_mib"]) for s in samples if s["service"] == name and s["t_s"] >= warmup_s]
+        third = max(2, len(points) // 3)
+        first, last = slope_mib_per_min(points[:third]), slope_mib_per_min(points[-third:])
+        verdicts[name] = {
+            "start_mib": points[0][1] if points else None, "end_mib": points[-1][1] if points else None,
+            "max_mib": max((m for _, m in points), default=None),
+            "first_third_mib_per_min": round(first, 2), "last_third_mib_per_min": round(last, 2),
+            "levelled_off": last <= LEVEL_MIB_PER_MIN or last <= 0.25 * first,
+        }
+    return verdicts
+
+
+def soak(seconds: float, sample_s: float, concurrency: int) -> dict[str, Any]:
+    stack = Stack()
+    try:
+        stack.start_database()
+        stack.omnistock("migrate")
+        stack.start_services(SERVICES)
+        # The benchmark's own mixed load and dataset (10,000 SKUs x 50 locations, 1-5 line orders).
+        data = asyncio.run(seed_orders_data(stack.dsn))
+        spec = LoadSpec(stack.services["orders"].url, MixedOrders(data.skus), concurrency=concurrency,
+                        duration_s=seconds, warmup_s=2.0, api_key=stack.create_key("shop"), timeout_s=15.0,
+                        ok_statuses=(201,))
+        stop = threading.Event()
+        began = time.monotonic()
+        samples: list[dict[str, Any]] = []
+        pids = {name: service.process.pid for name, service in stack.services.items()}
+        sampler = threading.Thread(target=lambda: samples.extend(sample_rss(pids, sample_s, stop, began)))
+        sampler.start()
+        try:
+            result = run_load(spec)
+        finally:
+            stop.set()
+            sampler.join()
+        problems, figures = asyncio.run(check_stock(stack.dsn))
+        return {"samples": samples, "load": _load_summary(result), "stock_problems": problems,
+                "stock": {k: int(v) for k, v in figures.items()}, "memory": levelling(samples, 2.0 + sample_s)}
+    finally:
+        stack.close()
+
+
+def _load_summary(result: LoadResult) -> dict[str, Any]:
+    return {"requests": result.requests, "ok": result.ok, "seconds": round(result.seconds, 1),
+            "throughput": round(result.throughput, 1), "p50_ms": result.percentile_ms(0.5),
+            "p99_ms": result.percentile_ms(0.99), "statuses": {str(k): v for k, v in result.statuses.items()},
+            "errors": dict(result.errors)}
+
+
+def main() -> int:
+    seconds = float(os.environ.get("SOAK_SECONDS", "600"))
+    sample_s = float(os.environ.get("SOAK_SAMPLE_S", "5"))
+    concurrency = int(os.environ.get("SOAK_CONCURRENCY", "16"))
+    started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    print(f"soak: {seconds:.0f} s of mixed order load, {concurrency} clients, RSS every {sample_s:.0f} s")
+    found = soak(seconds, sample_s, concurrency)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    csv_path = RESULTS_DIR / f"soak-{started_at}.csv"
+    with csv_path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=["t_s", "service", "rss_mib"])
+        writer.writeheader()
+        writer.writerows(found.pop("samples"))
+    summary = {"started_at": started_at, "seconds": seconds, "sample_s": sample_s, "concurrency": concurrency,
+               "machine": machine(), "git_commit": git_commit(), "level_mib_per_min": LEVEL_MIB_PER_MIN, **found}
+    json_path = Path(RESULTS_DIR / f"soak-{started_at}.json")
+    json_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    load = found["load"]
+    print(f"load: {load['throughput']:.0f} req/s, p50 {load['p50_ms'] or 0:.1f} ms, p99 {load['p99_ms'] or 0:.1f} ms,"
+          f" statuses {load['statuses']}, errors {load['errors']}")
+    for name, verdict in found["memory"].items():
+        print(f"{name:<10} RSS {verdict['start_mib']} -> {verdict['end_mib']} MiB (max {verdict['max_mib']}),"
+              f" slope first third {verdict['first_third_mib_per_min']} MiB/min,"
+              f" last third {verdict['last_third_mib_per_min']} MiB/min:"
+              f" {'levelled off' if verdict['levelled_off'] else 'STILL GROWING'}")
+    print(f"stock after the soak: {found['stock']}; problems: {found['stock_problems'] or 'none'}")
+    print(f"wrote {csv_path} and {json_path}")
+    levelled = all(v["levelled_off"] for v in found["memory"].values())
+    return 0 if levelled and not found["stock_problems"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
