@@ -7,6 +7,8 @@ then an immediate (crash-like) PostgreSQL stop and start under the same traffic,
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,10 +25,13 @@ from tests.conftest import ADMIN_KEY
 
 
 @pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
-    # Durable: an immediate stop is a crash, and with synchronous_commit off (the test clusters'
-    # setting) a crash loses commits that were already acknowledged. The drill would rightly say so.
-    server = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=True)
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    # Not under pytest's basetemp: another pytest session may prune it, and with the pid file gone
+    # stop() would silently leave the server running. Durable: an immediate stop is a crash, and with
+    # synchronous_commit off (the test clusters' setting) a crash loses commits that were already
+    # acknowledged. The drill would rightly say so.
+    root = Path(tempfile.mkdtemp(prefix="omnistock-drill-pg-"))
+    server = EmbeddedPostgres(root / "pg", free_port(), durable=True)
     server.start()
     try:
         conn = await asyncpg.connect(server.dsn)
@@ -38,14 +43,15 @@ async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
         yield server
     finally:
         server.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
 
-async def test_acknowledged_writes_survive_kill_9_and_a_postgres_restart(own_postgres: EmbeddedPostgres,
-                                                                        tmp_path: Path) -> None:
+async def test_acknowledged_writes_survive_kill_9_and_a_postgres_restart(own_postgres: EmbeddedPostgres) -> None:
     config = DrillConfig(concurrency=8, steady_s=0.8, kill_rounds=1, kill_down_s=0.3, pg_rounds=1,
                          pg_modes=("immediate",), pg_down_s=0.5, client_timeout_s=15.0,
                          catalog=Catalog(locations=3, skus=6, stock=10_000, hot_stock=15))
-    report = await run_drill(own_postgres.dsn, tmp_path, ADMIN_KEY, config, own_postgres)
+    # Service logs and the ledger's identities beside the cluster, out of reach of basetemp pruning too.
+    report = await run_drill(own_postgres.dsn, own_postgres.pgdata.parent, ADMIN_KEY, config, own_postgres)
     # Every broken promise is listed: lost or changed orders, replays answering another order, levels
     # off their movements, reserved off the open allocations, oversell, a request past the client
     # timeout, a 500, /readyz not 503 during the outage or not 200 after, a service that needed a
