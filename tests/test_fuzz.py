@@ -21,6 +21,7 @@ from tests.conftest import ADMIN_KEY
 
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "4")
 SCHEMATHESIS = Path(sys.executable).with_name("st")
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 # positive_data_acceptance: schema-valid input may still be refused (an unknown SKU is a 422);
 # use_after_free / ensure_resource_availability need links between operations that we do not declare.
 EXCLUDED_CHECKS = "positive_data_acceptance,use_after_free,ensure_resource_availability"
@@ -55,7 +56,7 @@ def test_service_survives_schemathesis(name: str, database_url: str, tmp_path: P
     try:
         wait_ready(port, service, log)
         result = subprocess.run(
-            [str(SCHEMATHESIS), "run", f"http://127.0.0.1:{port}/openapi.json",
+            [str(SCHEMATHESIS), "--config-file", str(CONFIG), "run", f"http://127.0.0.1:{port}/openapi.json",
              "-H", f"Authorization: Bearer {ADMIN_KEY}", "--checks", "all", "--exclude-checks", EXCLUDED_CHECKS,
              "--phases", "coverage,fuzzing", "-n", EXAMPLES, "--seed", "1", "--generation-database", "none",
              "--request-timeout", "5", "--no-color", "--exclude-path", "/v1/events",
@@ -65,4 +66,5 @@ def test_service_survives_schemathesis(name: str, database_url: str, tmp_path: P
     finally:
         service.terminate()
         service.wait(timeout=30)
-    assert result.returncode == 0, result.stdout[-6000:]
+    failures = result.stdout[result.stdout.find("FAILURES"):result.stdout.find("SUMMARY")]
+    assert result.returncode == 0, failures[:8000] or result.stdout[-6000:]
