@@ -56,8 +56,8 @@ def run_scenarios(ctx: Context, scenarios: list[Scenario]) -> tuple[list[Record]
             console.print(f"[red]{scenario.name} failed[/red]\n{traceback.format_exc()}")
             continue
         for record in found:
-            console.print(f"  {record.scenario}: {record.throughput:,.0f} {record.unit}, "
-                          f"p50 {record.p50_ms or 0:.2f} ms, p99 {record.p99_ms or 0:.2f} ms")
+            latency = "" if record.p50_ms is None else f", p50 {record.p50_ms:.2f} ms, p99 {record.p99_ms or 0:.2f} ms"
+            console.print(f"  {record.scenario}: {record.throughput:,.0f} {record.unit}{latency}")
         records.extend(found)
         ctx.setup[f"{scenario.name} (total)"] = round(time.perf_counter() - started, 1)
     return records, failures
