@@ -71,8 +71,10 @@ async def test_a_reconciled_run_commits_each_sale_and_a_summary_once(books: Book
     assert kinds == ["reconciled_sale", "reconciled_sale", "reconciliation_summary"]
     summary = ledger.entries[-1][1]
     assert (summary["items_root"], summary["counts"], summary["override"]) == (run["items_root"], run["counts"], None)
-    sale = ledger.entries[0][1]
-    assert (sale["order_id"], sale["paid"], sale["class"]) == (orders[0]["id"], "19.90", "matched")
+    # Items are ordered by order id (a UUID), not by when the order was placed.
+    sales = {e["order_id"]: e for _, e in ledger.entries[:2]}
+    assert (sales[orders[0]["id"]]["paid"], sales[orders[0]["id"]]["class"]) == ("19.90", "matched")
+    assert (sales[orders[1]["id"]]["paid"], sales[orders[1]["id"]]["class"]) == ("19.00", "matched")
 
     status, again, _ = await api.post(f"/v1/reconciliations/{run['id']}/commit")
     assert status == 200 and (again["written"], again["already"]) == (0, 3)
