@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -59,11 +60,22 @@ LIMIT $5
 """
 
 
-def unknown_reference(exc: asyncpg.ForeignKeyViolationError, fields: dict[str, str]) -> ValidationFailed:
-    """Turn a foreign-key failure into a 422 naming the field that pointed nowhere."""
-    detail = exc.detail or ""
-    field = "sku" if "skus" in detail or "(sku)" in detail else "location_id"
-    return ValidationFailed([{"field": field, "problem": f"unknown {field.replace('_id', '')} '{fields.get(field)}'"}])
+UNKNOWN_REFERENCE_SQLSTATE = "OS404"
+
+
+def unknown_reference(exc: asyncpg.PostgresError, fields: dict[str, str | None]) -> ValidationFailed | None:
+    """The 422 for a change that pointed at a SKU or location that does not exist, naming the body field
+    (`fields` maps field names to the values sent); None if `exc` is not about an unknown reference."""
+    if getattr(exc, "sqlstate", None) == UNKNOWN_REFERENCE_SQLSTATE:  # raised by inventory.apply_movement
+        value = getattr(exc, "hint", None)
+    elif isinstance(exc, asyncpg.ForeignKeyViolationError):  # a level created by inventory.lock_levels
+        match = re.search(r"\)=\((.*)\) is not present", exc.detail or "")
+        value = match.group(1) if match else None
+    else:
+        return None
+    field = next((name for name, sent in fields.items() if sent == value), "body")
+    noun = "sku" if field == "sku" else "location"
+    return ValidationFailed([{"field": field, "problem": f"unknown {noun} '{value}'"}])
 
 
 def insufficient(exc: asyncpg.PostgresError) -> InsufficientStock:
@@ -112,17 +124,6 @@ async def list_skus(db: Pool | Connection, after: str | None, limit: int) -> lis
 
 async def sku_exists(db: Pool | Connection, sku: str) -> bool:
     return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM inventory.skus WHERE sku = $1)", sku))
-
-
-async def known_references(db: Pool | Connection, sku: str, location_ids: list[str]) -> tuple[bool, list[bool]]:
-    """Whether the SKU and each location exist, in one round trip."""
-    row = await db.fetchrow(
-        "SELECT EXISTS (SELECT 1 FROM inventory.skus WHERE sku = $1) AS sku,"
-        " array(SELECT EXISTS (SELECT 1 FROM inventory.locations WHERE id = l)"
-        "       FROM unnest($2::text[]) WITH ORDINALITY AS t(l, n) ORDER BY n) AS locations",
-        sku, location_ids,
-    )
-    return row["sku"], list(row["locations"])
 
 
 async def lock_levels(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], asyncpg.Record]:

@@ -23,7 +23,7 @@ from services.inventory.schemas import (
     StockOut,
 )
 from shared.db import Connection, Pool, transaction
-from shared.errors import NotFound, ValidationFailed, field_error
+from shared.errors import NotFound, field_error
 
 
 def level_out(row: asyncpg.Record, location_id: str | None = None) -> LevelOut:
@@ -45,27 +45,17 @@ async def put_sku(pool: Pool, sku: str, body: SkuIn) -> tuple[bool, asyncpg.Reco
     return bool(row["created"]), row
 
 
-async def _unknown_references(conn: Connection, sku: str, location_ids: list[str]) -> ValidationFailed | None:
-    sku_known, locations_known = await repo.known_references(conn, sku, location_ids)
-    errors = [] if sku_known else [{"field": "sku", "problem": f"unknown sku '{sku}'"}]
-    for field, location_id, known in zip(("location_id", "to_location_id"), location_ids, locations_known,
-                                         strict=False):
-        if not known:
-            errors.append({"field": field, "problem": f"unknown location '{location_id}'"})
-    return ValidationFailed(errors) if errors else None
-
-
 async def record_movement(conn: Connection, body: MovementIn, actor: str) -> MovementOut:
     """Apply a client's movement inside the caller's transaction (the idempotency claim's)."""
     domain.check_movement(body.kind, body.qty, body.location_id, body.to_location_id)
-    locations = [body.location_id] + ([body.to_location_id] if body.to_location_id else [])
-    if unknown := await _unknown_references(conn, body.sku, locations):
-        raise unknown
     try:
         rows = await _apply(conn, body, actor)
     except asyncpg.PostgresError as exc:
         if repo.is_insufficient(exc):
             raise repo.insufficient(exc) from None
+        fields = {"sku": body.sku, "location_id": body.location_id, "to_location_id": body.to_location_id}
+        if unknown := repo.unknown_reference(exc, fields):
+            raise unknown from None
         raise
     return MovementOut(
         sku=body.sku, kind=body.kind, qty=body.qty,
@@ -96,10 +86,12 @@ async def _apply(conn: Connection, body: MovementIn, actor: str) -> list[tuple[s
 
 
 async def set_safety_stock(pool: Pool, sku: str, location_id: str, safety_stock: int) -> LevelOut:
-    async with transaction(pool) as conn:
-        if unknown := await _unknown_references(conn, sku, [location_id]):
-            raise NotFound(unknown.detail, errors=unknown.extra["errors"])
-        return level_out(await repo.set_safety_stock(conn, sku, location_id, safety_stock))
+    try:
+        async with transaction(pool) as conn:
+            return level_out(await repo.set_safety_stock(conn, sku, location_id, safety_stock))
+    except asyncpg.ForeignKeyViolationError as exc:
+        unknown = repo.unknown_reference(exc, {"sku": sku, "location_id": location_id})
+        raise NotFound(unknown.detail if unknown else "unknown sku or location") from None
 
 
 async def stock(pool: Pool, sku: str) -> StockOut:
@@ -111,8 +103,6 @@ async def stock(pool: Pool, sku: str) -> StockOut:
 
 
 async def nearby(pool: Pool, sku: str, query: NearbyQuery) -> NearbyOut:
-    if not await repo.sku_exists(pool, sku):
-        raise NotFound(f"unknown sku '{sku}'")
     if query.location_id is not None:
         origin = await repo.get_location(pool, query.location_id)
         if origin is None:
@@ -126,6 +116,8 @@ async def nearby(pool: Pool, sku: str, query: NearbyQuery) -> NearbyOut:
     else:
         box = domain.bounding_box(lat, lon, query.radius_km)
         rows = await repo.nearby_in_box(pool, sku, lat, lon, query.radius_km, box, query.min_available, query.limit)
+    if not rows and not await repo.sku_exists(pool, sku):  # checked only when it matters: one query less
+        raise NotFound(f"unknown sku '{sku}'")
     results = [
         NearbyResult(location_id=r["location_id"], name=r["name"], distance_km=round(r["distance_km"], 3),
                      available=r["available"])

@@ -11,6 +11,7 @@ problem before the handler runs) and renders the handler's result as JSON.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Awaitable, Callable
@@ -144,14 +145,19 @@ def _is_list_field(annotation: Any) -> bool:
     return False
 
 
+@functools.cache
+def _query_fields(model: type[BaseModel]) -> dict[str, bool]:
+    """Each query parameter of `model` and whether it repeats (?sku=A&sku=B); worked out once per model."""
+    return {info.alias or name: _is_list_field(info.annotation) for name, info in model.model_fields.items()}
+
+
 def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    raw: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        key = info.alias or name
-        if key not in request.query:
-            continue
-        raw[key] = request.query.getall(key) if _is_list_field(info.annotation) else request.query[key]
-    unknown = set(request.query) - {info.alias or n for n, info in model.model_fields.items()}
+    fields = _query_fields(model)
+    raw: dict[str, Any] = {
+        key: request.query.getall(key) if repeats else request.query[key]
+        for key, repeats in fields.items() if key in request.query
+    }
+    unknown = set(request.query) - fields.keys()
     if unknown and model.model_config.get("extra") == "forbid":
         raise ValidationFailed([{"field": k, "problem": "unknown query parameter"} for k in sorted(unknown)])
     try:
