@@ -173,5 +173,5 @@ async def list_sales(call: Call[None, SalesQuery]) -> SaleList:
 
 @api.post("/v1/orders/reservations/sweep", response=SweepOut, roles=("admin",))
 async def sweep(call: Call[None, None]) -> SweepOut:
-    """Release expired reservations now (the background sweeper does this every few seconds)."""
+    """Release expired reservations now (the background sweeper does this every 30 s by default)."""
     return SweepOut(expired_orders=await use_cases.expire_reservations(call.pool))
