@@ -53,7 +53,7 @@ async def serve(settings: Settings, names: list[str], ready: asyncio.Event | Non
             # Request lines and headers up to 16 KiB (aiohttp's default is 8 KiB): long batch queries such as
             # ?sku=…&sku=… for 500 SKUs must reach the app, where limits are checked and answered as problems.
             runner = web.AppRunner(registry.load(name).create_app(settings), access_log=None,
-                                   handler_args={"max_line_size": 16384, "max_field_size": 16384})
+                                   max_line_size=16384, max_field_size=16384)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port_for(name), backlog=4096).start()
             runners.append(runner)

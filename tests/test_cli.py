@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -79,6 +80,15 @@ def test_up_serves_and_stops_cleanly_on_sigterm(database_url: str, tmp_path: Pat
                 time.sleep(0.2)
         else:
             raise AssertionError("inventory never became ready")
+        # A long query (a batch of SKUs, say) reaches the app, which answers with a problem, not aiohttp's
+        # bare 400 for an over-long request line.
+        long_url = f"http://127.0.0.1:{port}/v1/locations?" + "&".join(f"x{i}=1" for i in range(1500))
+        try:
+            urllib.request.urlopen(long_url, timeout=5)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401 and exc.headers["Content-Type"] == "application/problem+json"
+        else:
+            raise AssertionError("an unauthenticated request was answered")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
