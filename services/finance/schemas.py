@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, RootModel, StringConstraints, WithJsonSchema, model_validator
 
 from services.inventory.schemas import LocationId
+from services.orders.schemas import TenderKind
 from shared.http.models import RequestModel, ResponseModel
 from shared.money import Currency, Money, SignedMoney
 
@@ -105,7 +106,7 @@ class SettlementList(ResponseModel):
 
 
 class TenderIn(RequestModel):
-    kind: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
+    kind: TenderKind
     amount: Money
 
 

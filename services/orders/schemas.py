@@ -228,8 +228,13 @@ class ReturnOut(ResponseModel):
     sale: SaleOut
 
 
+# A tender's name (cash, card, gift_card...); finance's close-outs use the same type so that what a
+# store declares can always be matched with what its tills took.
+TenderKind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
 class TenderIn(RequestModel):
-    kind: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    kind: TenderKind
     amount: PositiveMoney
     reference: Annotated[str, StringConstraints(max_length=200)] | None = None
 
