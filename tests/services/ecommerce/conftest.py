@@ -65,8 +65,20 @@ class Channel:
                                location_id=location_id, kind="receipt", qty=qty)
 
     async def settled(self) -> None:
-        """Wait until the projection has applied every event written so far."""
-        await projection.catch_up(self.pool)
+        """Wait until the projection has applied every event committed so far. One catch-up pass can stop
+        short: an event becomes readable only once every older transaction has ended (shared/outbox.py)."""
+        head = await self.pool.fetchval("SELECT coalesce(max(id), 0) FROM core.events")
+        for _ in range(250):
+            await projection.catch_up(self.pool)
+            pending = await self.pool.fetchval(
+                "SELECT count(*) FROM core.events e, ecommerce.cursors c"
+                " WHERE c.name = 'availability' AND e.id <= $1 AND (e.txid, e.id) > (c.txid, c.event_id)"
+                " AND split_part(e.topic, '.', 1) = ANY($2::text[])",
+                head, list(projection.FAMILIES))
+            if not pending:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the projection did not catch up")
 
     async def available(self, sku: str) -> int:
         await self.settled()

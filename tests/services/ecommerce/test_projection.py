@@ -88,7 +88,7 @@ async def test_projection_equals_a_from_scratch_computation_after_random_operati
     # The service's own projector runs concurrently with the explicit catch-ups: both must be safe.
     for op in ops:
         await apply(channel.pool, op)
-    await projection.catch_up(channel.pool)
+    await channel.settled()
     drift = await projection.check(channel.pool)
     assert drift.none, drift
     assert (await projection.rebuild(channel.pool)).none
