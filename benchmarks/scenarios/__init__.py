@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from benchmarks.scenarios.base import Context, Record, Scenario
+from benchmarks.scenarios.ecommerce_latency import EcommerceLatencyScenario
+from benchmarks.scenarios.ecommerce_sse_idle import EcommerceIdleStreamsScenario
 from benchmarks.scenarios.inventory_movements import MovementsScenario
 from benchmarks.scenarios.inventory_nearby import NearbyScenario
 from benchmarks.scenarios.ledger_log import LedgerScenario
@@ -15,6 +17,8 @@ SCENARIOS: list[Scenario] = [
     MovementsScenario(),
     OrdersMixedScenario(),
     OrdersFlashSaleScenario(),
+    EcommerceLatencyScenario(),
+    EcommerceIdleStreamsScenario(),
     LedgerScenario(),
 ]
 
