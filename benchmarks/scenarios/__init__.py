@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks.scenarios.base import Context, Record, Scenario
 from benchmarks.scenarios.ecommerce_latency import EcommerceLatencyScenario
 from benchmarks.scenarios.ecommerce_sse_idle import EcommerceIdleStreamsScenario
+from benchmarks.scenarios.finance_reconcile import FinanceReconcileScenario
 from benchmarks.scenarios.inventory_movements import MovementsScenario
 from benchmarks.scenarios.inventory_nearby import NearbyScenario
 from benchmarks.scenarios.ledger_log import LedgerScenario
@@ -20,6 +21,7 @@ SCENARIOS: list[Scenario] = [
     EcommerceLatencyScenario(),
     EcommerceIdleStreamsScenario(),
     LedgerScenario(),
+    FinanceReconcileScenario(),
 ]
 
 __all__ = ["SCENARIOS", "Context", "Record", "Scenario"]
