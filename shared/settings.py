@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # from what its tills took, and still count as matched (0 = to the cent).
     finance_amount_tolerance: Decimal = Field(default=Decimal("0.00"), ge=0, le=1000, decimal_places=2)
     finance_cash_tolerance: Decimal = Field(default=Decimal("0.00"), ge=0, le=1000, decimal_places=2)
+    # A reconciliation run or settlement import of a million rows is one long statement stream (~30 s on
+    # 2 cores); finance's database calls get this budget instead of db_command_timeout_s.
+    finance_command_timeout_s: float = Field(default=600.0, gt=0)
 
     # Ledger: a signed checkpoint at least every N entries (cut inside the append that reaches N) or
     # every T seconds (a timer, only if the tree grew); exports are capped so one request stays bounded.

@@ -75,7 +75,11 @@ async def get_subscription(db: Pool | Connection, subscription_id: int) -> async
 
 
 async def delete_subscription(conn: Connection, subscription_id: int) -> asyncpg.Record | None:
-    """Soft-delete (the delivery log stays readable) and cancel what was still waiting to be sent."""
+    """Soft-delete (the delivery log stays readable) and cancel what was still waiting to be sent.
+
+    Takes the fan-out cursor's lock first: fan-out updates the same deliveries in another order, and
+    without one order between the two they deadlock."""
+    await conn.execute("SELECT 1 FROM ecommerce.cursors WHERE name = 'webhooks' FOR UPDATE")
     row = await conn.fetchrow(
         "UPDATE ecommerce.webhook_subscriptions SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL"
         f" RETURNING {SUBSCRIPTION_COLUMNS}",

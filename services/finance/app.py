@@ -24,6 +24,8 @@ MIGRATIONS = [*orders_app.MIGRATIONS, *ledger_backend.MIGRATIONS,
 def create_app(settings: Settings, ledger: object | None = None) -> web.Application:
     """`ledger` is what commit appends to (a ledger.port.Ledger); by default the embedded backend over its
     restricted pool, with the finance identity from OMNISTOCK_DATA_DIR/ledger (shared with the ledger service)."""
+    settings = settings.model_copy(
+        update={"db_command_timeout_s": max(settings.db_command_timeout_s, settings.finance_command_timeout_s)})
     if ledger is not None:
         app = create_service_app("finance", settings, api, migrations=MIGRATIONS)
         app[LEDGER] = ledger

@@ -105,6 +105,11 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         if isinstance(exc, web.HTTPMethodNotAllowed):
             response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
         return response
+    except asyncpg.TransactionRollbackError as exc:
+        # Deadlock or serialization failure against a concurrent change: nothing was written, and the same
+        # request will very likely succeed again, so 503 (retry), never a 500.
+        log.warning("transaction rolled back by the database", error=str(exc))
+        return problem_response(ServiceUnavailable("conflict with a concurrent change; retry"), request.path)
     except asyncpg.IntegrityConstraintViolationError as exc:
         # A rule the database enforces that the service did not check first: still the client's input,
         # so a 409 naming the rule, never a 500. Logged, because it means a missing check upstream.
