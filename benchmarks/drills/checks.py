@@ -17,17 +17,7 @@ import orjson
 
 from benchmarks.drills.traffic import Ack
 from services.inventory.repository import level_sums_mismatch
-
-# What the orders hold open, per level, must be exactly what inventory shows reserved.
-RESERVED_VS_OPEN = """
-SELECT l.sku, l.location_id, l.reserved, coalesce(o.open, 0) AS open
-FROM inventory.stock_levels l
-LEFT JOIN (SELECT ol.sku, a.location_id, sum(a.qty - a.fulfilled_qty - a.cancelled_qty) AS open
-           FROM orders.allocations a
-           JOIN orders.order_lines ol USING (order_id, line_no)
-           GROUP BY 1, 2) o USING (sku, location_id)
-WHERE l.reserved <> coalesce(o.open, 0)
-"""
+from services.orders.repository import reservation_drift
 
 # Oversell: more units allocated to orders at a level than were ever received there, or a level
 # outside 0 <= reserved <= on_hand (the schema forbids it; checked anyway, it is the whole point).
@@ -52,7 +42,7 @@ async def check_stock(dsn: str) -> tuple[list[str], dict[str, Any]]:
     conn = await asyncpg.connect(dsn)
     try:
         problems = [f"level differs from its movements: {dict(r)}" for r in await level_sums_mismatch(conn)]
-        problems += [f"reserved differs from open allocations: {dict(r)}" for r in await conn.fetch(RESERVED_VS_OPEN)]
+        problems += [f"reserved differs from open allocations: {dict(r)}" for r in await reservation_drift(conn)]
         problems += [f"oversold: {dict(r)}" for r in await conn.fetch(OVERSOLD)]
         figures = dict(await conn.fetchrow(
             "SELECT (SELECT count(*) FROM orders.orders) AS orders_in_db,"

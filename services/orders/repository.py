@@ -388,3 +388,18 @@ async def list_sales(db: Pool | Connection, business_day: date, channel: str | N
         " AND id > $4 ORDER BY id LIMIT $5",
         business_day, channel, location_id, after, limit,
     )
+
+
+async def reservation_drift(db: Pool | Connection) -> list[asyncpg.Record]:
+    """Levels whose reserved units differ from what orders still hold open there (must always be empty)."""
+    return await db.fetch(
+        """
+        SELECT l.sku, l.location_id, l.reserved, coalesce(o.open, 0) AS open
+        FROM inventory.stock_levels l
+        LEFT JOIN (SELECT ol.sku, a.location_id, sum(a.qty - a.fulfilled_qty - a.cancelled_qty) AS open
+                   FROM orders.allocations a
+                   JOIN orders.order_lines ol USING (order_id, line_no)
+                   GROUP BY 1, 2) o USING (sku, location_id)
+        WHERE l.reserved <> coalesce(o.open, 0)
+        """
+    )

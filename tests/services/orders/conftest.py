@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from services.inventory import repository as inventory
+from services.orders import repository as orders_repo
 from tests.conftest import Api, ServiceFactory
 
 LOCATIONS: dict[str, dict[str, Any]] = {
@@ -54,18 +55,7 @@ class Shop:
 
     async def consistent(self) -> None:
         assert await inventory.level_sums_mismatch(self.pool) == []
-        # what the orders hold open is exactly what inventory shows reserved
-        mismatch = await self.pool.fetch(
-            """
-            SELECT l.sku, l.location_id, l.reserved, coalesce(o.open, 0) AS open
-            FROM inventory.stock_levels l
-            LEFT JOIN (SELECT ol.sku, a.location_id, sum(a.qty - a.fulfilled_qty - a.cancelled_qty) AS open
-                       FROM orders.allocations a
-                       JOIN orders.order_lines ol USING (order_id, line_no)
-                       GROUP BY 1, 2) o USING (sku, location_id)
-            WHERE l.reserved <> coalesce(o.open, 0)
-            """)
-        assert mismatch == []
+        assert await orders_repo.reservation_drift(self.pool) == []
 
 
 def order_body(**changes: Any) -> dict[str, Any]:
