@@ -126,11 +126,48 @@ def write_json(data: dict[str, Any]) -> Path:
 
 
 def render_plots(load_points: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Latency-vs-load plots (PNG) from `load_points`; the order-placement plot arrives with its scenario.
+    """One PNG per series of `load_points`: p50 and p99 latency against the throughput each client count
+    reached (a closed loop: more clients, more load, until the stack saturates and only latency grows)."""
+    import matplotlib
 
-    Hook only for now: it returns the files it wrote, and RESULTS.md links whatever it returns.
-    """
-    return []
+    matplotlib.use("Agg")  # files only; no display on a server or in CI
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict[str, Any]]] = {}
+    for point in load_points:
+        series.setdefault(point["series"], []).append(point)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, points in series.items():
+        points = sorted(points, key=lambda p: p["concurrency"])
+        if len(points) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        x = [p["throughput"] for p in points]
+        for key, style in (("p50_ms", "o-"), ("p99_ms", "s--")):
+            ax.plot(x, [p[key] for p in points], style, label=key.removesuffix("_ms"))
+        for p in points:
+            ax.annotate(f"c={p['concurrency']}", (p["throughput"], p["p99_ms"]), textcoords="offset points",
+                        xytext=(4, 6), fontsize=8)
+        aim = next((p.get("aim") for p in points if p.get("aim")), None)
+        if aim:
+            ax.axhline(aim["p99_ms"], color="grey", linewidth=0.8, linestyle=":")
+            ax.axvline(aim["throughput"], color="grey", linewidth=0.8, linestyle=":")
+            ax.annotate("aim", (aim["throughput"], aim["p99_ms"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8, color="grey")
+        ax.set_xlabel(f"throughput ({points[0].get('unit', 'ops/s')})")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"{name}: latency against load")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(0, max(*x, aim["throughput"] if aim else 0) * 1.15)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"{name.replace(' ', '-').replace('/', '-')}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def write_markdown(data: dict[str, Any], records: list[Record], limits: list[Limit], json_path: Path,

@@ -32,12 +32,14 @@ async def init_connection(conn: Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20,
-                      command_timeout: float = 10.0, application_name: str = "omnistock") -> Pool:
+                      command_timeout: float = 10.0, connect_timeout: float = 60.0,
+                      application_name: str = "omnistock") -> Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
+        timeout=connect_timeout,  # asyncpg's name for the connection-establishment timeout
         init=init_connection,
         server_settings={"application_name": application_name, "timezone": "UTC"},
     )

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=20, ge=1)
     db_command_timeout_s: float = Field(default=10.0, gt=0)
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # No request (other than an event stream) holds its client longer than this: 503 once it passes,
+    # even when the database neither answers nor refuses (shared/http/deadline.py).
+    request_timeout_s: float = Field(default=12.0, gt=0)
+    # Routes declared long-running (reconciliation runs, imports, ledger audits and exports) get this one.
+    long_request_timeout_s: float = Field(default=660.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
     sse_heartbeat_s: float = Field(default=15.0, gt=0)

@@ -1,6 +1,6 @@
 """`python -m benchmarks.drills` (`make drill`): the large drill on a fresh durable PostgreSQL.
 
-kill -9 rounds, then PostgreSQL restarts alternating fast and immediate stops, optionally freezes;
+kill -9 rounds, then PostgreSQL restarts alternating fast and immediate stops, then freezes (SIGSTOP);
 prints the report, writes benchmarks/results/drill-<UTC timestamp>.json, exits 1 on any problem.
 """
 
@@ -36,8 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kill-rounds", type=int, default=3)
     parser.add_argument("--pg-rounds", type=int, default=2, help="PostgreSQL restarts (fast, immediate, ...)")
-    parser.add_argument("--freeze-rounds", type=int, default=0, help="SIGSTOP PostgreSQL for --freeze-s")
-    parser.add_argument("--freeze-s", type=float, default=30.0)
+    parser.add_argument("--freeze-rounds", type=int, default=1, help="SIGSTOP PostgreSQL for --freeze-s")
+    parser.add_argument("--freeze-s", type=float, default=20.0)
     parser.add_argument("--steady-s", type=float, default=10.0, help="traffic before, between and after rounds")
     parser.add_argument("--pg-down-s", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)

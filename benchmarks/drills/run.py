@@ -37,6 +37,7 @@ from benchmarks.drills.traffic import (
 )
 from services import registry
 from shared.embedded_db import EmbeddedPostgres
+from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class DrillConfig:
     # server neither answers nor refuses. Off by default: see benchmarks/drills/README.md for what it shows.
     freeze_rounds: int = 0
     freeze_s: float = 30.0
+    # The services' OMNISTOCK_REQUEST_TIMEOUT_S: while PostgreSQL is frozen every request must still be
+    # answered (503) within it, plus a second of slack for the client's own scheduling.
+    request_timeout_s: float = Settings.model_fields["request_timeout_s"].default
     recover_within_s: float = 30.0
 
 
@@ -107,7 +111,8 @@ async def run_drill(database_url: str, root: Path, admin_key: str, config: Drill
     """Run the drill against `database_url`; PostgreSQL rounds only when given the cluster `pg`."""
     report = DrillReport("drill")
     names = drill_services(config.with_ledger)
-    env = service_env(database_url, root / "data", admin_key)
+    env = service_env(database_url, root / "data", admin_key,
+                      OMNISTOCK_REQUEST_TIMEOUT_S=str(config.request_timeout_s))
     services = Services(env, root)
     try:
         await services.start(names)
@@ -268,6 +273,11 @@ def _pg_problems(index: int, pg_round: PgRound, logs: list[TrafficLog], readines
                 for name, seconds in pg_round.recovered_s.items() if seconds is None]
     if not any(o.status == 201 and o.started > pg_round.started for o in logs[0].outcomes):
         problems.append(f"{prefix}: no order was acknowledged after the restart")
+    bound = config.request_timeout_s + 1.0
+    if pg_round.mode == "freeze" and (slowest := max(log.max_latency_s(pg_round.stopping, pg_round.started)
+                                                     for log in logs)) > bound:
+        problems.append(f"{prefix}: a request took {slowest:.1f}s while PostgreSQL was frozen, "
+                        f"past the services' deadline of {config.request_timeout_s}s")
     for name, found in readiness.items():
         # Probes that began after the server was gone and finished before it was started again.
         down = [s for s in found.samples

@@ -85,8 +85,10 @@ class Context:
             self.setup[name] = round(time.perf_counter() - started, 1)
         return self.datasets[name]
 
-    def load(self, spec: LoadSpec, label: str, series: str | None = None) -> LoadResult:
-        """Run the load `label`; with `series`, also keep the point for a latency-vs-load plot."""
+    def load(self, spec: LoadSpec, label: str, series: str | None = None, unit: str = "ops/s",
+             aim: tuple[float, float] | None = None) -> LoadResult:
+        """Run the load `label`; with `series`, also keep the point for a latency-vs-load plot (`aim`:
+        the issue's (throughput, p99 ms), drawn as guide lines)."""
         if self.profiler is not None:
             pids = {name: service.process.pid for name, service in self.stack.services.items()}
             self.profiler.start(label, pids, spec.warmup_s + spec.duration_s)
@@ -97,7 +99,8 @@ class Context:
             self.load_points.append({
                 "series": series, "label": label, "concurrency": spec.concurrency * spec.processes,
                 "throughput": result.throughput, "p50_ms": result.percentile_ms(0.5),
-                "p99_ms": result.percentile_ms(0.99),
+                "p99_ms": result.percentile_ms(0.99), "unit": unit,
+                **({"aim": {"throughput": aim[0], "p99_ms": aim[1]}} if aim else {}),
             })
         return result
 

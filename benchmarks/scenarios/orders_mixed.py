@@ -16,6 +16,8 @@ from benchmarks.scenarios.base import Context, Record
 from benchmarks.scenarios.orders_data import orders_data
 
 AIM_ORDERS_S, AIM_P99_MS = 1500, 50.0
+SWEEP = (2, 4, 8, 16, 32, 64)  # client counts of the latency-against-load plot
+QUOTED = (16, 32)  # of which the table quotes these, with longer runs
 JSON = {"Content-Type": "application/json"}
 
 
@@ -46,13 +48,19 @@ class OrdersMixedScenario:
 
     def run(self, ctx: Context) -> list[Record]:
         data = orders_data(ctx)
-        seconds, warmup = (5.0, 1.0) if ctx.quick else (20.0, 3.0)
         records = []
-        for concurrency in (16,) if ctx.quick else (16, 32):
+        # The table quotes the client counts the aim is judged at; the full run also sweeps the others
+        # (shorter) for the latency-against-load plot in RESULTS.md.
+        for concurrency in (16,) if ctx.quick else SWEEP:
+            quoted = ctx.quick or concurrency in QUOTED
+            seconds, warmup = (5.0, 1.0) if ctx.quick else (20.0, 3.0) if quoted else (8.0, 2.0)
             spec = LoadSpec(ctx.url("orders"), MixedOrders(data.skus), concurrency, seconds, warmup,
                             api_key=ctx.key("shop"), ok_statuses=(201,))
             label = f"order placement, mixed 1-5 lines c={concurrency}"
-            result = ctx.load(spec, label, series="order placement")
+            result = ctx.load(spec, label, series="order placement", unit="orders/s",
+                              aim=(AIM_ORDERS_S, AIM_P99_MS))
+            if not quoted:
+                continue
             record = Record.from_load(label, result, skus=len(data.skus), locations=data.locations,
                                       aim=f">= {AIM_ORDERS_S} orders/s at p99 <= {AIM_P99_MS:.0f} ms")
             record.unit = "orders/s"

@@ -87,21 +87,21 @@ async def get_identities(call: Call[None, None]) -> IdentitiesOut:
     return IdentitiesOut.model_validate({"items": items})
 
 
-@api.get("/v1/ledger/export", query=ExportQuery, extra_responses=FORBIDDEN)
+@api.get("/v1/ledger/export", long_running=True, query=ExportQuery, extra_responses=FORBIDDEN)
 async def get_export(call: Call[None, ExportQuery]) -> dict[str, Any]:
     """A bundle for seqs from..to that `omnistock ledger verify BUNDLE --trust DIR` checks offline."""
     q = call.query
     return await use_cases.export(_ledger(call), call.principal.role, call.principal.subject, q.from_, q.to, q.since)
 
 
-@api.get("/v1/ledger/audit", response=AuditOut, extra_responses=FORBIDDEN)
+@api.get("/v1/ledger/audit", long_running=True, response=AuditOut, extra_responses=FORBIDDEN)
 async def get_audit(call: Call[None, None]) -> dict[str, Any]:
     """Re-check the whole stored log against its checkpoints and batch signatures (finance, auditor)."""
     use_cases.authorize(call.principal.subject, policy.require_export, call.principal.role)
     return use_cases.audit_json(await _ledger(call).audit())
 
 
-@api.get("/v1/ledger/revenue", query=RevenueQuery, response=RevenueOut, extra_responses=FORBIDDEN)
+@api.get("/v1/ledger/revenue", long_running=True, query=RevenueQuery, response=RevenueOut, extra_responses=FORBIDDEN)
 async def get_revenue(call: Call[None, RevenueQuery]) -> dict[str, Any]:
     """Reconciled sales per business day, channel and location, summed from verified ledger entries, and
     every group where they differ from finance's revenue."""

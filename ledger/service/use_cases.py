@@ -53,6 +53,7 @@ async def create_ledger_pool(settings: Settings, max_size: int | None = None) ->
         min_size=1,
         max_size=max_size or settings.db_pool_max,
         command_timeout=max(settings.db_command_timeout_s, 60.0),  # audits and exports read a lot
+        timeout=settings.db_connect_timeout_s,
         init=_restricted_connection,
         server_settings={"application_name": "omnistock-ledger", "timezone": "UTC"},
     )

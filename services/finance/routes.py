@@ -72,7 +72,7 @@ def commit_body(call: Call[Any, Any]) -> CommitIn:
 
 
 @api.post("/v1/settlements", body=SettlementBatch, response=ImportOut, status=201, also=(200,), roles=WRITERS,
-          raw_body_types=("text/csv",),
+          raw_body_types=("text/csv",), long_running=True,
           extra_responses={422: "bad rows, each as {line, field, problem}; nothing was imported"})
 async def import_settlements(call: Call[SettlementBatch, None]) -> Reply:
     """Import payment settlements (a JSON list or text/csv); all or nothing; rows seen before are skipped."""
@@ -107,7 +107,7 @@ async def list_closeouts(call: Call[None, CloseoutQuery]) -> CloseoutList:
     return CloseoutList(items=[CloseoutOut.model_validate(dict(r)) for r in rows])
 
 
-@api.post("/v1/reconciliations", body=RunIn, response=RunOut, status=201, roles=WRITERS)
+@api.post("/v1/reconciliations", long_running=True, body=RunIn, response=RunOut, status=201, roles=WRITERS)
 async def reconcile(call: Call[RunIn, None]) -> RunOut:
     """Reconcile a business day (optionally one channel or location) into a new run superseding the last."""
     return await use_cases.run_reconciliation(call.pool, call.body, call.principal.subject,
@@ -143,7 +143,7 @@ async def resolve_item(call: Call[ResolutionIn, None]) -> ItemOut:
                                         call.principal.subject)
 
 
-@api.post("/v1/reconciliations/{run_id}/commit", response=CommitOut, roles=WRITERS,
+@api.post("/v1/reconciliations/{run_id}/commit", long_running=True, response=CommitOut, roles=WRITERS,
           extra_responses={404: "unknown run", 409: "unresolved items (no override), or superseded",
                            503: "the ledger is not available"})
 async def commit_run(call: Call[None, None]) -> CommitOut:
@@ -153,13 +153,13 @@ async def commit_run(call: Call[None, None]) -> CommitOut:
         run_id(call), commit_body(call), call.principal.subject)
 
 
-@api.get("/v1/reports/revenue", query=RevenueQuery, response=RevenueReport, roles=READERS)
+@api.get("/v1/reports/revenue", long_running=True, query=RevenueQuery, response=RevenueReport, roles=READERS)
 async def revenue(call: Call[None, RevenueQuery]) -> RevenueReport:
     """Revenue by day, channel or location: orders, gross, returns, net revenue, average order value."""
     return await use_cases.revenue_report(call.pool, call.query)
 
 
-@api.get("/v1/reports/revenue.csv", query=RevenueQuery, roles=READERS, produces="text/csv")
+@api.get("/v1/reports/revenue.csv", long_running=True, query=RevenueQuery, roles=READERS, produces="text/csv")
 async def revenue_csv(call: Call[None, RevenueQuery]) -> web.Response:
     """The revenue report as CSV."""
     report = await use_cases.revenue_report(call.pool, call.query)

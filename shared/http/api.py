@@ -30,6 +30,7 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from shared.http.deadline import within_deadline
 from shared.http.keys import KEY_CACHE, POOL, PRINCIPAL, SETTINGS
 from shared.idempotency import check_key, request_hash, run_once
 from shared.settings import Settings
@@ -66,6 +67,11 @@ class Route:
     produces: str = "application/json"
     also: tuple[int, ...] = ()  # other success statuses with the same body (e.g. 201 for a PUT that creates)
     extra_responses: dict[int, str] = field(default_factory=dict)  # problem statuses beyond the usual ones
+    long_running: bool = False  # deadline long_request_timeout_s instead of request_timeout_s
+
+    @property
+    def streaming(self) -> bool:
+        return self.produces == "text/event-stream"
 
 
 @dataclass
@@ -255,6 +261,13 @@ def _endpoint(
     route: Route, path_types: dict[str, TypeAdapter[Any]]
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def endpoint(request: web.Request) -> web.StreamResponse:
+        if route.streaming:  # an event stream lives as long as its client; it has no deadline
+            return await serve(request)
+        settings = request.app[SETTINGS]
+        seconds = settings.long_request_timeout_s if route.long_running else settings.request_timeout_s
+        return await within_deadline(serve(request), seconds)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
         check_path(dict(request.match_info), path_types)
         principal = (
             Principal(0, "anonymous")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,11 +13,14 @@ from shared.db import create_pool
 from shared.errors import ServiceUnavailable
 from shared.event_stream import EventHub
 from shared.http.api import Api, Call
+from shared.http.deadline import within_deadline
 from shared.http.keys import HUB, KEY_CACHE, POOL, SERVICE, SETTINGS
 from shared.http.middleware import observe
 from shared.http.openapi import build_openapi
 from shared.migrations import CORE_MIGRATIONS, MigrationSet, apply_migrations
 from shared.settings import Settings
+
+READINESS_TIMEOUT_S = 2.0
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
@@ -37,8 +39,7 @@ def add_system_routes(api: Api) -> None:
     async def readyz(call: Call[None, None]) -> dict[str, str]:
         """The database answers."""
         try:
-            async with asyncio.timeout(2):
-                await call.pool.fetchval("SELECT 1")
+            await within_deadline(call.pool.fetchval("SELECT 1"), READINESS_TIMEOUT_S, "the readiness probe")
         except Exception as exc:  # any failure to answer means "not ready", whatever its kind
             raise ServiceUnavailable(f"database not reachable: {type(exc).__name__}") from None
         return {"status": "ready", "service": call.request.app[SERVICE]}
@@ -78,6 +79,7 @@ def create_service_app(
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             command_timeout=settings.db_command_timeout_s,
+            connect_timeout=settings.db_connect_timeout_s,
             application_name=f"omnistock-{service}",
         )
         async with pool.acquire() as conn:

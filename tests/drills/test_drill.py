@@ -2,7 +2,8 @@
 
 Real service processes (inventory, orders, ledger) on a PostgreSQL of the test's own, because the
 drill stops it: concurrent order placements and ledger appends; kill -9 of every service, restart;
-then an immediate (crash-like) PostgreSQL stop and start under the same traffic, services untouched.
+then an immediate (crash-like) PostgreSQL stop and start under the same traffic, services untouched;
+then PostgreSQL frozen (SIGSTOP) for a few seconds: every request still ends by its deadline.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
 async def test_acknowledged_writes_survive_kill_9_and_a_postgres_restart(own_postgres: EmbeddedPostgres) -> None:
     config = DrillConfig(concurrency=8, steady_s=0.8, kill_rounds=1, kill_down_s=0.3, pg_rounds=1,
                          pg_modes=("immediate",), pg_down_s=0.5, client_timeout_s=15.0,
+                         freeze_rounds=1, freeze_s=3.0, request_timeout_s=1.5,
                          catalog=Catalog(locations=3, skus=6, stock=10_000, hot_stock=15))
     # Service logs and the ledger's identities beside the cluster, out of reach of basetemp pruning too.
     report = await run_drill(own_postgres.dsn, own_postgres.pgdata.parent, ADMIN_KEY, config, own_postgres)
@@ -59,5 +61,7 @@ async def test_acknowledged_writes_survive_kill_9_and_a_postgres_restart(own_pos
     assert report.problems == [], "\n".join(report.lines())
     assert report.figures["orders acknowledged"] > 0
     assert report.figures["postgres restart 1 (immediate) orders outcomes while down"].get("503", 0) > 0
+    # Frozen (SIGSTOP: neither answering nor refusing), requests still end with a 503 at their deadline.
+    assert report.figures["postgres restart 2 (freeze) orders outcomes while down"].get("503", 0) > 0
     if "ledger" in registry.service_names():
         assert report.figures["ledger audit"].startswith("OK"), report.figures["ledger audit"]
