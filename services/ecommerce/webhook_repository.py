@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -35,21 +36,53 @@ RETURNING d.id, d.subscription_id, d.event_id, d.topic, d.key, d.body, d.attempt
           s.url, s.secret
 """
 
-# Fold a newer snapshot into the tail of its queue when that tail has not been tried yet.
-COALESCE_INTO_TAIL = f"""
+# Fold newer snapshots, one per (subscription, key), each into the tail of its queue when that tail is
+# a snapshot not tried yet. Returns the queues it folded into; the other snapshots are enqueued.
+COALESCE_INTO_TAILS = f"""
 UPDATE ecommerce.webhook_deliveries d
-SET event_id = $4, body = $5, coalesced = d.coalesced + 1 + $6
+SET event_id = q.event_id, body = q.body, coalesced = d.coalesced + 1 + q.folded
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::int[])
+     AS q(subscription_id, key, topic, event_id, body, folded)
 WHERE d.id = (SELECT max(id) FROM ecommerce.webhook_deliveries
-              WHERE subscription_id = $1 AND key = $2 AND status IN {UNFINISHED})
-  AND d.status = 'pending' AND d.attempts = 0 AND d.topic = $3
-RETURNING d.id
+              WHERE subscription_id = q.subscription_id AND key = q.key AND status IN {UNFINISHED})
+  AND d.status = 'pending' AND d.attempts = 0 AND d.topic = q.topic
+RETURNING d.subscription_id, d.key
 """
 
-ENQUEUE = """
-INSERT INTO ecommerce.webhook_deliveries (subscription_id, event_id, topic, key, body, coalesced, next_attempt_at)
-VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(secs => $6))
-RETURNING id
+# Ids follow the array order (ORDER BY ord), which keeps each (subscription, key) queue in event order.
+RECORD_OUTCOME = """
+WITH logged AS (
+    INSERT INTO ecommerce.webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+    VALUES ($1, $2, $3, $4, $5, $6)
+)
+UPDATE ecommerce.webhook_deliveries
+SET status = CASE WHEN $7 THEN 'delivered' WHEN $8::float8 IS NULL THEN 'dead' ELSE 'pending' END,
+    delivered_at = CASE WHEN $7 THEN now() ELSE delivered_at END,
+    next_attempt_at = CASE WHEN $7 THEN next_attempt_at
+                           ELSE now() + make_interval(secs => coalesce($8::float8, 0)) END,
+    lease_until = NULL, last_status_code = $5, last_error = CASE WHEN $7 THEN NULL ELSE $9 END
+WHERE id = $1 AND status = 'sending' AND attempts = $2
 """
+
+ENQUEUE_MANY = """
+INSERT INTO ecommerce.webhook_deliveries (subscription_id, event_id, topic, key, body, coalesced, next_attempt_at)
+SELECT q.subscription_id, q.event_id, q.topic, q.key, q.body, q.folded, now() + make_interval(secs => $7)
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bytea[], $6::int[]) WITH ORDINALITY
+     AS q(subscription_id, event_id, topic, key, body, folded, ord)
+ORDER BY q.ord
+"""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivery to enqueue (or to fold into the tail of its queue)."""
+
+    subscription_id: int
+    event_id: int
+    topic: str
+    key: str
+    body: bytes
+    folded: int  # earlier snapshots of this batch it replaces
 
 
 async def create_subscription(conn: Connection, url: str, events: list[str], secret: str,
@@ -100,48 +133,36 @@ async def live_subscriptions(conn: Connection) -> list[asyncpg.Record]:
     )
 
 
-async def coalesce_into_tail(conn: Connection, subscription_id: int, key: str, topic: str, event_id: int,
-                             body: bytes, folded: int) -> bool:
-    return await conn.fetchval(COALESCE_INTO_TAIL, subscription_id, key, topic, event_id, body, folded) is not None
+async def coalesce_into_tails(conn: Connection, heads: list[Message]) -> set[tuple[int, str]]:
+    """Fold each message into its queue's tail where allowed; the (subscription, key) queues folded into."""
+    if not heads:
+        return set()
+    rows = await conn.fetch(COALESCE_INTO_TAILS, [m.subscription_id for m in heads], [m.key for m in heads],
+                            [m.topic for m in heads], [m.event_id for m in heads], [m.body for m in heads],
+                            [m.folded for m in heads])
+    return {(r["subscription_id"], r["key"]) for r in rows}
 
 
-async def enqueue(conn: Connection, subscription_id: int, event_id: int, topic: str, key: str, body: bytes,
-                  delay_s: float, folded: int) -> int:
-    return await conn.fetchval(ENQUEUE, subscription_id, event_id, topic, key, body, delay_s, folded)
+async def enqueue_many(conn: Connection, messages: list[Message], delay_s: float) -> None:
+    """Queue `messages` in their order, each due after `delay_s` (the coalescing window)."""
+    if messages:
+        await conn.execute(ENQUEUE_MANY, [m.subscription_id for m in messages], [m.event_id for m in messages],
+                           [m.topic for m in messages], [m.key for m in messages], [m.body for m in messages],
+                           [m.folded for m in messages], delay_s)
 
 
 async def claim_due(conn: Connection, limit: int, lease_s: float) -> list[asyncpg.Record]:
     return await conn.fetch(CLAIM_DUE, limit, lease_s)
 
 
-async def record_attempt(conn: Connection, delivery_id: int, attempt: int, started_at: datetime,
-                         duration_ms: float, status_code: int | None, error: str | None) -> None:
-    await conn.execute(
-        "INSERT INTO ecommerce.webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        delivery_id, attempt, started_at, duration_ms, status_code, error,
-    )
-
-
-async def mark_delivered(conn: Connection, delivery_id: int, attempt: int, status_code: int) -> None:
-    await conn.execute(
-        "UPDATE ecommerce.webhook_deliveries SET status = 'delivered', delivered_at = now(), lease_until = NULL,"
-        " last_status_code = $3, last_error = NULL WHERE id = $1 AND status = 'sending' AND attempts = $2",
-        delivery_id, attempt, status_code,
-    )
-
-
-async def mark_failed(conn: Connection, delivery_id: int, attempt: int, status_code: int | None, error: str,
-                      retry_in_s: float | None) -> None:
-    """Back to the queue after `retry_in_s`, or dead-lettered when it is None."""
-    await conn.execute(
-        "UPDATE ecommerce.webhook_deliveries"
-        " SET status = CASE WHEN $5::float8 IS NULL THEN 'dead' ELSE 'pending' END,"
-        "     next_attempt_at = now() + make_interval(secs => coalesce($5::float8, 0)), lease_until = NULL,"
-        "     last_status_code = $3, last_error = $4"
-        " WHERE id = $1 AND status = 'sending' AND attempts = $2",
-        delivery_id, attempt, status_code, error, retry_in_s,
-    )
+async def record_outcome(db: Pool | Connection, delivery_id: int, attempt: int, started_at: datetime,
+                         duration_ms: float, status_code: int | None, error: str | None, delivered: bool,
+                         retry_in_s: float | None) -> None:
+    """Log the attempt and settle the delivery in one statement: delivered; or back to the queue after
+    `retry_in_s`; or dead-lettered when that is None. A lease that ran out and was re-claimed (attempts
+    moved on) is left alone; its attempt is still logged."""
+    await db.execute(RECORD_OUTCOME, delivery_id, attempt, started_at, duration_ms, status_code, error,
+                     delivered, retry_in_s, error or "failed")
 
 
 async def list_deliveries(db: Pool | Connection, subscription_id: int, status: str | None, before: int | None,

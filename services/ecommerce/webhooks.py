@@ -112,7 +112,10 @@ def render_body(event: Event) -> bytes:
 
 
 async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000) -> int | None:
-    """Turn the next availability events into deliveries; the number of events read (None: locked)."""
+    """Turn the next availability events into deliveries; the number of events read (None: locked).
+
+    Set-based: whatever the batch size, one statement folds snapshots into the tails of their queues and
+    one enqueues the rest (per event and subscription it was two round trips, and fan-out fell behind)."""
     async with transaction(pool) as conn:
         position = await repo.lock_cursor(conn, CURSOR, wait=False)
         if position is None:
@@ -120,18 +123,29 @@ async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000) -> int | Non
         events = await read_after(conn, position, limit, FAMILIES)
         if not events:
             return 0
-        subscriptions = await hooks.live_subscriptions(conn)
-        for sub in subscriptions:
-            wanted = [e for e in events if e.topic in sub["events"] and e.created_at >= sub["created_at"]]
-            for index, folded in domain.collapse_snapshots([(e.topic, e.key) for e in wanted]):
-                event = wanted[index]
-                body = render_body(event)
-                if event.topic == domain.COALESCABLE_TOPIC and await hooks.coalesce_into_tail(
-                        conn, sub["id"], event.key, event.topic, event.id, body, folded):
-                    continue
-                await hooks.enqueue(conn, sub["id"], event.id, event.topic, event.key, body, coalesce_s, folded)
+        messages = messages_for(events, await hooks.live_subscriptions(conn))
+        # Only the first message of a queue in this batch can meet the queue's tail from earlier batches
+        # (collapse_snapshots already folded consecutive snapshots within the batch).
+        heads: dict[tuple[int, str], hooks.Message] = {}
+        for message in messages:
+            heads.setdefault((message.subscription_id, message.key), message)
+        folded = await hooks.coalesce_into_tails(conn, [m for m in heads.values()
+                                                         if m.topic == domain.COALESCABLE_TOPIC])
+        await hooks.enqueue_many(conn, [m for m in messages if not (
+            heads[(m.subscription_id, m.key)] is m and (m.subscription_id, m.key) in folded)], coalesce_s)
         await repo.save_cursor(conn, CURSOR, events[-1].position)
     return len(events)
+
+
+def messages_for(events: list[Event], subscriptions: list[asyncpg.Record]) -> list[hooks.Message]:
+    """Each subscription's messages for `events`, in event order, rapid snapshots of a SKU collapsed."""
+    messages = []
+    for sub in subscriptions:
+        wanted = [e for e in events if e.topic in sub["events"] and e.created_at >= sub["created_at"]]
+        for index, folded in domain.collapse_snapshots([(e.topic, e.key) for e in wanted]):
+            event = wanted[index]
+            messages.append(hooks.Message(sub["id"], event.id, event.topic, event.key, render_body(event), folded))
+    return messages
 
 
 # --- dispatch ---------------------------------------------------------------------------------------
@@ -153,16 +167,10 @@ async def deliver_one(pool: Pool, sender: Sender, settings: Settings, row: async
     started = datetime.now(UTC)
     outcome = await sender.send(row["url"], bytes(row["body"]), headers_for(row, time.time()))
     attempt = row["attempts"]
-    async with transaction(pool) as conn:
-        await hooks.record_attempt(conn, row["id"], attempt, started, outcome.duration_ms, outcome.status_code,
-                                   outcome.error)
-        if outcome.ok:
-            await hooks.mark_delivered(conn, row["id"], attempt, outcome.status_code or 200)
-        else:
-            retry_in = None if attempt >= settings.webhook_max_attempts else domain.backoff_s(
-                attempt, settings.webhook_backoff_base_s, settings.webhook_backoff_max_s, _jitter.random())
-            await hooks.mark_failed(conn, row["id"], attempt, outcome.status_code, outcome.error or "failed",
-                                    retry_in)
+    retry_in = None if outcome.ok or attempt >= settings.webhook_max_attempts else domain.backoff_s(
+        attempt, settings.webhook_backoff_base_s, settings.webhook_backoff_max_s, _jitter.random())
+    await hooks.record_outcome(pool, row["id"], attempt, started, outcome.duration_ms, outcome.status_code,
+                               outcome.error, outcome.ok, retry_in)
     if not outcome.ok:
         log.info("webhook attempt failed", delivery_id=row["id"], attempt=attempt, error=outcome.error)
     return outcome
