@@ -115,9 +115,10 @@ class EventHub:
         start = bisect.bisect_right(self._positions, position)
         return self._events[start:start + limit]
 
-    async def follow(self, start: Position, families: list[str] | None = None,
-                     heartbeat_s: float = 15.0) -> AsyncIterator[Event | None]:
-        """Every event after `start`, in order, forever; yields None as a heartbeat when idle."""
+    async def follow_batches(self, start: Position, families: list[str] | None = None,
+                             heartbeat_s: float = 15.0) -> AsyncIterator[list[Event]]:
+        """Every event after `start`, in order, forever, as they arrive: a batch at a time (one write per
+        batch for a stream, one wake-up for a consumer), an empty batch as a heartbeat when idle."""
         position = start
         while True:
             changed = self._changed
@@ -126,12 +127,13 @@ class EventHub:
                 batch = await read_after(self._pool, position, limit=500)
             if not batch:
                 if not await wait_or_timeout(changed, heartbeat_s):
-                    yield None
+                    yield []
                 continue
-            for event in batch:
-                position = event.position
-                if families is None or event.topic.split(".", 1)[0] in families:
-                    yield event
+            position = batch[-1].position
+            if families is not None:
+                batch = [event for event in batch if event.topic.split(".", 1)[0] in families]
+            if batch:
+                yield batch
 
 
 async def wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:

@@ -170,7 +170,7 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
     wake = asyncio.Event()
 
     async def listen() -> None:
-        async for _ in hub.follow(hub.head, FAMILIES, heartbeat_s=poll_s):
+        async for _ in hub.follow_batches(hub.head, FAMILIES, heartbeat_s=poll_s):
             wake.set()
 
     listener = asyncio.create_task(listen(), name="ecommerce-projector-wake")

@@ -228,7 +228,8 @@ class Dispatcher:
             self.send_wake.clear()
 
     async def _listen(self) -> None:
-        async for _ in self.hub.follow(self.hub.head, FAMILIES, heartbeat_s=self.settings.webhook_poll_interval_s):
+        async for _ in self.hub.follow_batches(self.hub.head, FAMILIES,
+                                               heartbeat_s=self.settings.webhook_poll_interval_s):
             self.events_arrived.set()
 
     async def _claim(self) -> None:
