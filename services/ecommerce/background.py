@@ -1,7 +1,7 @@
 """Background-task plumbing of this service: a wake-up wait and a stop that cannot hang.
 
 In Python 3.11, `asyncio.wait_for` can swallow a cancellation that arrives just as the awaited thing
-completes; a loop built on it (ours, or EventHub.follow) may then ignore one cancel. Shutdown therefore
+completes; a loop built on it (ours, or EventHub.follow_batches) may then ignore one cancel. Shutdown therefore
 cancels until the task is really done, and our own waits use `asyncio.wait`, which never swallows it.
 """
 
