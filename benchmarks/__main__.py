@@ -16,7 +16,7 @@ from benchmarks import profile, report
 from benchmarks.cpu import CpuMeter, machine
 from benchmarks.limits import Limit
 from benchmarks.profile import Profiler
-from benchmarks.scenarios import SCENARIOS, Context, Record, Scenario
+from benchmarks.scenarios import SCENARIOS, Context, Record, Scenario, correctness
 from benchmarks.stack import Stack
 
 # Wide enough that the table's rows stay on one line when the output goes to a file or CI log.
@@ -56,6 +56,9 @@ def run_scenarios(ctx: Context, scenarios: list[Scenario]) -> tuple[list[Record]
             console.print(f"[red]{scenario.name} failed[/red]\n{traceback.format_exc()}")
             continue
         for record in found:
+            if wrong := correctness.broken(record.extra.get("correctness", {})):
+                failures.append(f"{scenario.name}: {', '.join(wrong)}")
+                console.print(f"[red]{record.scenario}: {', '.join(wrong)}[/red]")
             latency = "" if record.p50_ms is None else f", p50 {record.p50_ms:.2f} ms, p99 {record.p99_ms or 0:.2f} ms"
             console.print(f"  {record.scenario}: {record.throughput:,.0f} {record.unit}{latency}")
         records.extend(found)

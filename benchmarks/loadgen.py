@@ -45,6 +45,7 @@ class LoadResult:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     cpu: dict[str, float] = field(default_factory=dict)  # cores used per role during the window
+    acknowledged: list[str] = field(default_factory=list)  # with LoadSpec.collect_ids: "id" of every 201
 
     @property
     def ok(self) -> int:
@@ -72,6 +73,9 @@ class LoadSpec:
     api_key: str | None = None
     timeout_s: float = 30.0
     ok_statuses: tuple[int, ...] = (200, 201)
+    # Keep the "id" of every 201 answer, warm-up included, so the scenario can check afterwards that
+    # every acknowledged write is in the database.
+    collect_ids: bool = False
 
 
 def run_load(spec: LoadSpec, meter: CpuMeter | None = None) -> LoadResult:
@@ -114,8 +118,10 @@ def _merge(results: list[dict[str, Any]], cpu: dict[str, float]) -> LoadResult:
     latencies: array[float] = array("d")
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
+    acknowledged: list[str] = []
     client_cores = 0.0
     for result in results:
+        acknowledged.extend(result["acknowledged"])
         latencies.frombytes(result["latencies"])
         statuses.update(result["statuses"])
         errors.update(result["errors"])
@@ -125,7 +131,7 @@ def _merge(results: list[dict[str, Any]], cpu: dict[str, float]) -> LoadResult:
     if "machine busy" in cpu:
         roles = sum(v for k, v in cpu.items() if k != "machine busy") + client_cores
         cpu = {**cpu, "clients": round(client_cores, 2), "other": round(max(0.0, cpu["machine busy"] - roles), 2)}
-    return LoadResult(requests, seconds, latencies, statuses, errors, cpu)
+    return LoadResult(requests, seconds, latencies, statuses, errors, cpu, acknowledged)
 
 
 def _child_main(spec: LoadSpec, index: int, pipe: Connection) -> None:
@@ -145,6 +151,7 @@ def _child_main(spec: LoadSpec, index: int, pipe: Connection) -> None:
 
 async def _drive(spec: LoadSpec, index: int, pipe: Connection) -> dict[str, Any]:
     import aiohttp
+    import orjson
 
     workload = spec.workload
     workload.start(random.Random(f"{index}-{os.getpid()}"), f"{os.getpid()}-{index}")
@@ -152,6 +159,7 @@ async def _drive(spec: LoadSpec, index: int, pipe: Connection) -> dict[str, Any]
     latencies: array[float] = array("d")
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
+    acknowledged: list[str] = []
     connector = aiohttp.TCPConnector(limit=spec.concurrency, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
     async with aiohttp.ClientSession(spec.base_url, connector=connector, timeout=timeout, headers=headers) as session:
@@ -164,8 +172,10 @@ async def _drive(spec: LoadSpec, index: int, pipe: Connection) -> dict[str, Any]
                 try:
                     async with session.request(request.method, request.path, data=request.body,
                                                headers=request.headers) as response:
-                        await response.read()
+                        body = await response.read()
                         status = response.status
+                    if spec.collect_ids and status == 201:
+                        acknowledged.append(orjson.loads(body)["id"])
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     if started >= measure_from:
                         errors[type(exc).__name__] += 1
@@ -186,7 +196,7 @@ async def _drive(spec: LoadSpec, index: int, pipe: Connection) -> dict[str, Any]
         seconds = time.perf_counter() - window_start
         cpu_s = _own_cpu_s() - cpu_start
     return {"latencies": latencies.tobytes(), "statuses": dict(statuses), "errors": dict(errors),
-            "seconds": seconds, "cpu_s": cpu_s}
+            "seconds": seconds, "cpu_s": cpu_s, "acknowledged": acknowledged}
 
 
 def _own_cpu_s() -> float:

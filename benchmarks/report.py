@@ -26,16 +26,28 @@ def _num(value: float | None, digits: int = 1) -> str:
 def rows(records: list[Record]) -> list[list[str]]:
     return [[r.scenario, f"{_num(r.throughput)} {r.unit}", _num(r.p50_ms, 2), _num(r.p99_ms, 2),
              f"{r.limit_name}: {_num(r.limit_value)}" if r.limit_name else "—",
-             "—" if r.ratio is None else f"{r.ratio:.1%}"] for r in records]
+             "—" if r.ratio is None else f"{r.ratio:.1%}", _checked(r)] for r in records]
 
 
-HEADERS = ["scenario", "throughput", "p50 ms", "p99 ms", "limit (same run)", "ratio"]
+HEADERS = ["scenario", "throughput", "p50 ms", "p99 ms", "limit (same run)", "ratio", "database check"]
+
+
+def _checked(record: Record) -> str:
+    """Acknowledged orders lost (of all acknowledged), oversold levels or units, levels off their movements
+    or reservations (correctness.py), for the scenarios that check them."""
+    found = record.extra.get("correctness")
+    if not found:
+        return "—"
+    oversold = found["oversold_levels"] + found.get("units_sold_beyond_stock", 0)
+    drift = found["levels_off_movements"] + found["reserved_off_open_orders"]
+    return f"lost {found['lost_orders']}/{found['acknowledged_orders']:,}, oversold {oversold}, drift {drift}"
 
 
 def print_table(console: Console, records: list[Record], limits: list[Limit], run: dict[str, Any]) -> None:
     table = Table(title=f"omnistock benchmarks ({'quick' if run['quick'] else 'full'})")
     for header in HEADERS:
-        table.add_column(header, justify="left" if header in ("scenario", "limit (same run)") else "right")
+        table.add_column(header, justify="left" if header in ("scenario", "limit (same run)",
+                                                               "database check") else "right")
     for row in rows(records):
         table.add_row(*row)
     console.print(table)

@@ -38,12 +38,24 @@ WHERE coalesce(a.units, 0) > coalesce(r.units, 0) OR l.reserved < 0 OR l.reserve
 Exists = Callable[[aiohttp.ClientSession, Ack], Awaitable[str | None]]  # a problem, or None when it exists
 
 
+async def stock_findings(conn: asyncpg.Connection) -> dict[str, list[asyncpg.Record]]:
+    """Levels breaking a stock promise, by promise (every list must be empty)."""
+    return {
+        "levels_off_movements": await level_sums_mismatch(conn),
+        "reserved_off_open_orders": await reservation_drift(conn),
+        "oversold_levels": await conn.fetch(OVERSOLD),
+    }
+
+
+PROBLEM = {"levels_off_movements": "level differs from its movements",
+           "reserved_off_open_orders": "reserved differs from open allocations", "oversold_levels": "oversold"}
+
+
 async def check_stock(dsn: str) -> tuple[list[str], dict[str, Any]]:
     conn = await asyncpg.connect(dsn)
     try:
-        problems = [f"level differs from its movements: {dict(r)}" for r in await level_sums_mismatch(conn)]
-        problems += [f"reserved differs from open allocations: {dict(r)}" for r in await reservation_drift(conn)]
-        problems += [f"oversold: {dict(r)}" for r in await conn.fetch(OVERSOLD)]
+        findings = await stock_findings(conn)
+        problems = [f"{PROBLEM[kind]}: {dict(r)}" for kind, rows in findings.items() for r in rows]
         figures = dict(await conn.fetchrow(
             "SELECT (SELECT count(*) FROM orders.orders) AS orders_in_db,"
             " (SELECT coalesce(sum(reserved), 0) FROM inventory.stock_levels) AS units_reserved,"

@@ -18,6 +18,7 @@ import orjson
 
 from benchmarks.loadgen import LoadSpec, Request
 from benchmarks.scenarios.base import Context, Record
+from benchmarks.scenarios.correctness import check_orders
 from benchmarks.scenarios.orders_data import WAREHOUSE, orders_data
 
 UNITS, BUYERS, CONCURRENCY = 1000, 5000, 200
@@ -82,10 +83,12 @@ class OrdersFlashSaleScenario:
         sku = asyncio.run(_stock_flash_sku(ctx.stack.dsn))
         seconds = 4.0 if ctx.quick else 6.0
         spec = LoadSpec(ctx.url("orders"), FlashBuyers(sku, BUYERS), CONCURRENCY, seconds, warmup_s=0.0,
-                        api_key=ctx.key("shop"), ok_statuses=(201, 409))
+                        api_key=ctx.key("shop"), ok_statuses=(201, 409), collect_ids=True)
         label = f"flash sale: {UNITS} units, {BUYERS} buyers, c={CONCURRENCY}"
         result = ctx.load(spec, label)
         out = asyncio.run(_outcome(ctx.stack.dsn, sku))
+        checked = check_orders(ctx.stack.dsn, result.acknowledged)
+        checked["units_sold_beyond_stock"] = max(0, out["ordered"] - UNITS)
         oversold = max(0, out["ordered"] - UNITS) + max(0, out["reserved"] - out["on_hand"])
         # The first reservation's transaction start to the last one's: the rate at which units went.
         rate = (UNITS - 1) / out["sell_out_s"] if out["sell_out_s"] > 0 else 0.0
@@ -97,7 +100,7 @@ class OrdersFlashSaleScenario:
             "oversold": oversold, "sold_out": out["ordered"] == UNITS, "requests": result.requests,
             "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
             "http_p50_ms": result.percentile_ms(0.5), "http_p99_ms": result.percentile_ms(0.99),
-            "cpu_cores": result.cpu, "aim": f"ratio >= {AIM_RATIO}, oversold 0",
+            "cpu_cores": result.cpu, "aim": f"ratio >= {AIM_RATIO}, oversold 0", "correctness": checked,
         })
         record.extra["aim_met"] = bool(oversold == 0 and record.ratio is not None and record.ratio >= AIM_RATIO)
         return [record]
