@@ -114,6 +114,7 @@ def main(argv: list[str]) -> int:
     if not args.quick and not args.scenario:  # RESULTS.md quotes complete full runs only
         plots = report.render_plots(ctx.load_points, report.RESULTS_DIR)
         console.print(f"wrote {report.write_markdown(data, records, limits, json_path, plots)}")
+        console.print(f"wrote the Performance table of {report.update_readme(data, records, plots)}")
     return 1 if failures else 0
 
 

@@ -17,6 +17,9 @@ from benchmarks.scenarios.base import Record
 HERE = Path(__file__).parent
 RESULTS_DIR = HERE / "results"
 RESULTS_MD = HERE / "RESULTS.md"
+README = HERE.parent / "README.md"
+# The README's Performance table lives between these lines and is rewritten by every full run.
+README_START, README_END = "<!-- make bench: start -->", "<!-- make bench: end -->"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -198,9 +201,7 @@ def write_markdown(data: dict[str, Any], records: list[Record], limits: list[Lim
            f"{', '.join(contended(records))} (see `other` below); those figures understate the stack"]
           if contended(records) else []),
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join("---" for _ in HEADERS) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows(records)),
+        *table_lines(records),
         "",
         "## Limits measured in the same run",
         "",
@@ -227,3 +228,29 @@ def _cpu_lines(records: list[Record]) -> list[str]:
             cores = " | ".join(f"{r.extra['cpu_cores'].get(x, 0):.2f}" for x in roles)
             out.append(f"| {r.scenario} | {cores} | {_per_op(r.extra.get('cpu_ms_per_op', {}))} |")
     return [*out, ""]
+
+
+def table_lines(records: list[Record]) -> list[str]:
+    return ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows(records))]
+
+
+def update_readme(data: dict[str, Any], records: list[Record], plots: list[Path], readme: Path = README) -> Path:
+    """Put this run's table (and plots) between the README's markers, with the command that made it."""
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    machine = data["machine"]
+    block = [
+        "",
+        f"`make bench`, run {data['started_at']} (commit `{data['git_commit'][:12]}`) on "
+        f"{machine['cores_logical']} cores and {machine['memory_gib']} GiB, every service a separate process, the "
+        "load from separate client processes, limits measured in the same run; the full report with the CPU "
+        "split per process is [benchmarks/RESULTS.md](benchmarks/RESULTS.md).",
+        "",
+        *table_lines(records),
+        "",
+        *(f"![{plot.stem}]({plot.relative_to(readme.parent)})" for plot in plots),
+        "",
+    ]
+    readme.write_text(text[:start] + "\n".join(block) + text[end:])
+    return readme
