@@ -3,8 +3,9 @@ SOAK_SECONDS (default 600) against a fresh stack, sampling each service's RSS ev
 
 Memory has levelled off when the last third of the run grows no faster than a quarter of the first
 third, or less than LEVEL_MIB_PER_MIN absolutely (allocator noise). Writes
-benchmarks/results/soak-<UTC timestamp>.csv (every sample) and .json (summary); exits 1 if a service's
-memory kept growing or the stock invariants do not hold afterwards.
+benchmarks/results/soak-<UTC timestamp>.csv (every sample), .json (summary) and .png (RSS against
+time); exits 1 if a service's memory kept growing, or an acknowledged order is missing or stock is
+oversold or off its movements afterwards (benchmarks/scenarios/correctness.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 import psutil
 
 from benchmarks.cpu import machine
-from benchmarks.drills.checks import check_stock
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
 from benchmarks.report import RESULTS_DIR, git_commit
+from benchmarks.scenarios.correctness import broken, check_orders
 from benchmarks.scenarios.orders_data import _seed as seed_orders_data
 from benchmarks.scenarios.orders_mixed import MixedOrders
 from benchmarks.stack import Stack
@@ -81,7 +82,7 @@ def soak(seconds: float, sample_s: float, concurrency: int) -> dict[str, Any]:
         data = asyncio.run(seed_orders_data(stack.dsn))
         spec = LoadSpec(stack.services["orders"].url, MixedOrders(data.skus), concurrency=concurrency,
                         duration_s=seconds, warmup_s=2.0, api_key=stack.create_key("shop"), timeout_s=15.0,
-                        ok_statuses=(201,))
+                        ok_statuses=(201,), collect_ids=True)
         stop = threading.Event()
         began = time.monotonic()
         samples: list[dict[str, Any]] = []
@@ -93,9 +94,9 @@ def soak(seconds: float, sample_s: float, concurrency: int) -> dict[str, Any]:
         finally:
             stop.set()
             sampler.join()
-        problems, figures = asyncio.run(check_stock(stack.dsn))
-        return {"samples": samples, "load": _load_summary(result), "stock_problems": problems,
-                "stock": {k: int(v) for k, v in figures.items()}, "memory": levelling(samples, 2.0 + sample_s)}
+        checked = check_orders(stack.dsn, result.acknowledged)
+        return {"samples": samples, "load": _load_summary(result), "correctness": checked,
+                "problems": broken(checked), "memory": levelling(samples, 2.0 + sample_s)}
     finally:
         stack.close()
 
@@ -132,10 +133,34 @@ def main() -> int:
               f" slope first third {verdict['first_third_mib_per_min']} MiB/min,"
               f" last third {verdict['last_third_mib_per_min']} MiB/min:"
               f" {'levelled off' if verdict['levelled_off'] else 'STILL GROWING'}")
-    print(f"stock after the soak: {found['stock']}; problems: {found['stock_problems'] or 'none'}")
-    print(f"wrote {csv_path} and {json_path}")
+    print(f"checked in the database after the soak: {found['correctness']}; problems: {found['problems'] or 'none'}")
+    png_path = plot_rss(list(csv.DictReader(csv_path.open())), RESULTS_DIR / f"soak-{started_at}.png", seconds)
+    print(f"wrote {csv_path}, {json_path} and {png_path}")
     levelled = all(v["levelled_off"] for v in found["memory"].values())
-    return 0 if levelled and not found["stock_problems"] else 1
+    return 0 if levelled and not found["problems"] else 1
+
+
+def plot_rss(samples: list[dict[str, Any]], path: Path, seconds: float) -> Path:
+    """Each service's RSS against time, one line per service (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for name in sorted({s["service"] for s in samples}):
+        mine = [s for s in samples if s["service"] == name]
+        ax.plot([float(s["t_s"]) for s in mine], [float(s["rss_mib"]) for s in mine], label=name)
+    ax.set_xlabel("seconds into the soak")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_title(f"RSS under {seconds / 60:.0f} minutes of mixed order load")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
