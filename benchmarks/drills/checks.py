@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -16,8 +17,10 @@ import asyncpg
 import orjson
 
 from benchmarks.drills.traffic import Ack
+from services.ecommerce import projection
 from services.inventory.repository import level_sums_mismatch
 from services.orders.repository import reservation_drift
+from shared.db import create_pool
 
 # Oversell: more units allocated to orders at a level than were ever received there, or a level
 # outside 0 <= reserved <= on_hand (the schema forbids it; checked anyway, it is the whole point).
@@ -63,6 +66,23 @@ async def check_stock(dsn: str) -> tuple[list[str], dict[str, Any]]:
     finally:
         await conn.close()
     return problems, figures
+
+
+async def check_projection(dsn: str, catch_up_s: float = 60.0) -> tuple[list[str], dict[str, Any]]:
+    """Once the e-commerce projection has caught up, it equals a from-scratch computation (kill -9 in the
+    middle of a batch must neither apply it twice nor skip it)."""
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    started = time.monotonic()
+    try:
+        while (drift := await projection.check(pool)) and not drift.none:
+            if time.monotonic() - started > catch_up_s:
+                return [f"availability projection still off a from-scratch computation after {catch_up_s:.0f}s:"
+                        f" {drift.levels} levels, {drift.locations} locations, {drift.availability[:5]}"], {}
+            await asyncio.sleep(0.5)
+    finally:
+        await pool.close()
+    return [], {"availability projection": f"agrees with a from-scratch computation "
+                                           f"(caught up in {time.monotonic() - started:.1f}s)"}
 
 
 async def check_acks(base_url: str, api_key: str, path: str, acks: list[Ack], exists: Exists,

@@ -1,7 +1,7 @@
 """The small drill (benchmarks/drills/run.py; `make drill` runs the large one), in a few seconds.
 
-Real service processes (inventory, orders, ledger) on a PostgreSQL of the test's own, because the
-drill stops it: concurrent order placements and ledger appends; kill -9 of every service, restart;
+Real processes of every service on a PostgreSQL of the test's own, because the drill stops it:
+concurrent order placements and ledger appends; kill -9 of every service, restart;
 then an immediate (crash-like) PostgreSQL stop and start under the same traffic, services untouched;
 then PostgreSQL frozen (SIGSTOP) for a few seconds: every request still ends by its deadline.
 """
@@ -63,5 +63,7 @@ async def test_acknowledged_writes_survive_kill_9_and_a_postgres_restart(own_pos
     assert report.figures["postgres restart 1 (immediate) orders outcomes while down"].get("503", 0) > 0
     # Frozen (SIGSTOP: neither answering nor refusing), requests still end with a 503 at their deadline.
     assert report.figures["postgres restart 2 (freeze) orders outcomes while down"].get("503", 0) > 0
+    assert report.figures["services"] == ", ".join(registry.service_names())  # kill -9 of every one
+    assert report.figures["availability projection"].startswith("agrees with a from-scratch computation")
     if "ledger" in registry.service_names():
         assert report.figures["ledger audit"].startswith("OK"), report.figures["ledger audit"]
