@@ -1,14 +1,15 @@
 """One drill run: real service processes under order (and ledger) traffic, disasters in between.
 
     steady traffic -> kill -9 every service, start them again -> steady -> restart PostgreSQL -> steady
-    -> stop traffic -> check every promise
+    -> freeze PostgreSQL (SIGSTOP) -> steady -> stop traffic -> check every promise
 
 kill -9 rounds: each acknowledged order exists as sent and replaying its Idempotency-Key returns it;
 levels equal the sum of their movements; reserved equals the open allocations; nothing is oversold.
 PostgreSQL rounds (need the cluster's handle): the services recover by themselves (same processes),
 /readyz answers 503 during the outage and 200 after, every request during the outage ends quickly
-with 503 or a connection error, never a 500 and never past the client timeout. Then the ledger
-audit must be clean.
+with 503 or a connection error, never a 500 and never past the client timeout; while it is frozen,
+never past the services' request deadline. Then the ledger audit must be clean and the e-commerce
+projection equal to a from-scratch computation.
 """
 
 from __future__ import annotations
