@@ -31,15 +31,28 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Failures of the database itself (down, restarting, overloaded) are the server's trouble, not the
 # client's: 503 so that clients retry, never a 500 that looks like a bug.
+# By SQLSTATE class: 08 connection exceptions, 57 operator intervention (shutdown, crash of another
+# backend, starting up, cancelled), 53 insufficient resources (too many connections, disk full).
 UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
     asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
 )
+
+
+def during_outage(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised while handling, says the database is unavailable."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UNAVAILABLE):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def problem_response(problem: Problem, instance: str | None = None) -> web.Response:
@@ -124,6 +137,11 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return problem_response(ServiceUnavailable("the database is unavailable; retry shortly"), request.path)
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception as exc:
+        if during_outage(exc):
+            # E.g. asyncpg's InternalClientError from the rollback on a connection the server just closed:
+            # the database's trouble surfacing through the cleanup, still a 503.
+            log.warning("database unavailable (seen while cleaning up)", error=repr(exc))
+            return problem_response(ServiceUnavailable("the database is unavailable; retry shortly"), request.path)
         log.exception("unhandled error")
         return problem_response(Problem("unexpected server error; it has been logged"), request.path)
