@@ -68,7 +68,7 @@ async def position_of(pool: Pool, event_id: int) -> Position | None:
     return None if txid is None else (txid, event_id)
 
 
-async def head_position(pool: Pool) -> Position:
+async def head_position(pool: Pool | Connection) -> Position:
     """The position a new live subscriber starts from: everything stable so far counts as seen."""
     row = await pool.fetchrow(
         "SELECT txid, id FROM core.events"

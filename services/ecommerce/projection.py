@@ -18,7 +18,7 @@ from services.ecommerce.background import stop, wait_for_wake
 from shared.db import Connection, Pool, transaction
 from shared.event_stream import EventHub
 from shared.logging import get_logger
-from shared.outbox import Event, publish_many, read_after
+from shared.outbox import Event, head_position, publish_many, read_after
 
 log = get_logger("omnistock.ecommerce.projection")
 
@@ -150,18 +150,34 @@ async def check(pool: Pool) -> Drift:
     return drift
 
 
-async def rebuild(pool: Pool) -> Drift:
+async def rebuild(pool: Pool, attempts: int = 5) -> Drift:
     """Recompute everything from inventory and the rules; return the drift it repaired.
 
-    Holds the consumer's cursor lock, so no batch interleaves; the cursor itself stays where it is:
-    replaying events after it only re-reads rows, which changes nothing already right.
+    One repeatable-read snapshot, holding the consumer's cursor lock so that no batch interleaves. The
+    cursor then moves up to the last event that snapshot already reflects (every event of a transaction
+    older than the snapshot's xmin), never back: a fresh projection does not replay the outbox's whole
+    history after recomputing it. Events after that position are applied as usual; those the snapshot
+    did see only re-read rows, which changes nothing already right.
     """
-    async with transaction(pool) as conn:
-        await repo.lock_cursor(conn, CURSOR, wait=True)
+    for _ in range(attempts - 1):
+        try:
+            return await _rebuild_once(pool)
+        except asyncpg.SerializationError:
+            pass  # another process's batch moved the cursor after this snapshot began: look again
+    return await _rebuild_once(pool)
+
+
+async def _rebuild_once(pool: Pool) -> Drift:
+    async with transaction(pool, isolation="repeatable_read") as conn:
+        position = await repo.lock_cursor(conn, CURSOR, wait=True)
+        assert position is not None
+        reflected = await head_position(conn)
         drift, expected, actual = await _drift(conn)
         await repo.replace_mirrors(conn)
         await repo.delete_availability(conn, sorted(actual.keys() - expected.keys()))
         await _save_changes(conn, actual, expected)
+        if reflected > position:
+            await repo.save_cursor(conn, CURSOR, reflected)
     return drift
 
 

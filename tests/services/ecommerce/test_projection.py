@@ -135,6 +135,23 @@ async def test_a_batch_that_fails_midway_moves_neither_cursor_nor_projection(
     assert await ecommerce_repo.cursor_of(pool, projection.CURSOR) > before
 
 
+async def test_a_fresh_projection_is_rebuilt_once_not_replayed_from_the_start(quiet: Api, pool: asyncpg.Pool) -> None:
+    for n in range(5):
+        await _receive(quiet, f"r{n}", "TEE-M", PLACES[n % len(PLACES)], 2)
+    assert await ecommerce_repo.cursor_of(pool, projection.CURSOR) == (0, 0)
+    assert not (await projection.rebuild(pool)).none  # it had everything to do
+    # The cursor moved to the last event the rebuild's snapshot reflected (the last receipt's; the
+    # rebuild's own availability events come after it): nothing left to replay.
+    last_receipt = await pool.fetchrow("SELECT txid, id FROM core.events WHERE topic = 'stock.changed'"
+                                       " ORDER BY txid DESC, id DESC LIMIT 1")
+    assert await ecommerce_repo.cursor_of(pool, projection.CURSOR) == tuple(last_receipt)
+    assert await projection.catch_up(pool) == 0
+    await _receive(quiet, "r-after", "TEE-M", "wh-1", 1)  # later events still apply as usual
+    assert await projection.catch_up(pool) == 1
+    assert (await projection.check(pool)).none
+    assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].ship_available == 2 + 2 + 1  # store-b, wh-1 ship
+
+
 async def test_rebuild_cli_repairs_a_projection_changed_behind_its_back(
     quiet: Api, pool: asyncpg.Pool, database_url: str
 ) -> None:
