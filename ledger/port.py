@@ -32,6 +32,15 @@ class EntryNotFound(LookupError):
     """No entry with that seq (yet)."""
 
 
+class DuplicateEntryKey(ValueError):
+    """An entry's (kind, entry_key) is already in the log with other content; `existing` has, per
+    position in the append, the receipt of the entry the log holds."""
+
+    def __init__(self, message: str, existing: dict[int, Receipt]) -> None:
+        super().__init__(message)
+        self.existing = existing
+
+
 class BadRange(ValueError):
     """A tree size or seq range the log cannot answer for (e.g. beyond its latest checkpoint)."""
 
@@ -48,7 +57,11 @@ class Receipt:
 @runtime_checkable
 class Ledger(Protocol):
     async def append(self, entries: Sequence[Entry], identity: Identity) -> list[Receipt]:
-        """Append entries in order as one signed batch; all or nothing."""
+        """Append entries in order as one signed batch; all or nothing.
+
+        An entry with an `entry_key` is in the log at most once per kind: appending the same entry again
+        returns its existing receipt (and an append of nothing but such entries writes no batch);
+        appending other content under a key already used raises DuplicateEntryKey."""
         ...
 
     async def entry(self, seq: int) -> Json:

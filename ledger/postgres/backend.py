@@ -24,7 +24,7 @@ from ledger import merkle, policy, signing
 from ledger.bundle import batch_record, entry_record, make_bundle
 from ledger.encoding import canonical_bytes, format_timestamp
 from ledger.identity import Identity, TrustStore, init_identities, load_identity, msp_dir
-from ledger.port import BadRange, Entry, EntryNotFound, EntryVisitor, Json, Receipt
+from ledger.port import BadRange, DuplicateEntryKey, Entry, EntryNotFound, EntryVisitor, Json, Receipt
 from ledger.postgres import audit as audit_log
 from ledger.postgres import repository as repo
 from ledger.verify import VerificationReport
@@ -69,6 +69,26 @@ def encode_entries(entries: Sequence[Entry], org: str) -> list[tuple[str, bytes]
     return encoded
 
 
+MAX_ENTRY_KEY = 200
+
+
+def entry_key_of(entry: Entry, position: int) -> str | None:
+    key = entry.get("entry_key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_ENTRY_KEY:
+        raise ValueError(f"entries[{position}].entry_key must be a string of 1 to {MAX_ENTRY_KEY} characters")
+    return key
+
+
+def _complete(receipts: list[Receipt | None], copies: dict[int, int]) -> list[Receipt]:
+    """One receipt per entry appended: a repeated key's copies get its first occurrence's."""
+    for position, earlier in copies.items():
+        receipts[position] = receipts[earlier]
+    assert all(r is not None for r in receipts)
+    return [r for r in receipts if r is not None]
+
+
 class PostgresLedger:
     def __init__(self, pool: Pool, data_dir: Path, *, checkpoint_every: int = 10_000,
                  max_export_entries: int = 100_000) -> None:
@@ -87,23 +107,62 @@ class PostgresLedger:
         if not entries:
             raise ValueError("an append needs at least one entry")
         encoded = encode_entries(entries, identity.org)
-        leaves = [merkle.leaf_hash(data) for _, data in encoded]
+        keys = [entry_key_of(entry, position) for position, entry in enumerate(entries)]
         async with transaction(self.pool) as conn:
-            await repo.lock_appenders(conn)
+            await repo.lock_appenders(conn)  # also makes the entry_key lookup below exact
+            receipts, fresh, copies = await self._known(conn, encoded, keys)
+            if not fresh:
+                return _complete(receipts, copies)
+            leaves = [merkle.leaf_hash(encoded[i][1]) for i in fresh]
             head = await repo.head(conn)
             frontier = await self._frontier_at(conn, head["tree_size"])
             first, batch_id = frontier.size, head["next_batch_id"]
             stamp = self._timestamp(head["batch_signed_at"], head["checkpoint_signed_at"])
             batch = signing.sign_batch(identity, first, first + len(leaves) - 1, leaves, stamp)
             await repo.insert_batch(conn, batch_id, batch)
-            await repo.insert_entries(conn, [(first + i, batch_id, kind, data, leaves[i])
-                                             for i, (kind, data) in enumerate(encoded)])
-            await repo.insert_nodes(conn, [(n.level, n.index, n.hash) for n in frontier.extend(leaves)])
+            await repo.insert_entries(conn, [(first + n, batch_id, encoded[i][0], encoded[i][1], leaves[n], keys[i])
+                                             for n, i in enumerate(fresh)])
+            await repo.insert_nodes(conn, [(node.level, node.index, node.hash) for node in frontier.extend(leaves)])
             last_checkpoint = head["checkpoint_size"] or 0
             if frontier.size - last_checkpoint >= self.checkpoint_every:
                 await self._sign_checkpoint(conn, frontier, stamp, head["checkpoint_signed_at"])
         self._frontier = frontier  # only once committed
-        return [Receipt(first + i, leaf.hex(), batch_id) for i, leaf in enumerate(leaves)]
+        for n, i in enumerate(fresh):
+            receipts[i] = Receipt(first + n, leaves[n].hex(), batch_id)
+        return _complete(receipts, copies)
+
+    async def _known(self, conn: Connection, encoded: list[tuple[str, bytes]], keys: list[str | None]
+                     ) -> tuple[list[Receipt | None], list[int], dict[int, int]]:
+        """Receipts of the entries already in the log (by kind and entry_key), the positions to write,
+        and the later copies of a key repeated inside this append (position -> its first position)."""
+        wanted = [(kind, key) for (kind, _), key in zip(encoded, keys, strict=True) if key is not None]
+        stored = await repo.entries_by_key(conn, wanted) if wanted else {}
+        receipts: list[Receipt | None] = [None] * len(encoded)
+        fresh: list[int] = []
+        copies: dict[int, int] = {}
+        first_in_append: dict[tuple[str, str], int] = {}
+        conflicts: dict[int, Receipt] = {}
+        for position, ((kind, data), key) in enumerate(zip(encoded, keys, strict=True)):
+            if key is None:
+                fresh.append(position)
+            elif (row := stored.get((kind, key))) is not None:
+                receipt = Receipt(row["seq"], bytes(row["leaf_hash"]).hex(), row["batch_id"])
+                if bytes(row["canonical"]) == data:
+                    receipts[position] = receipt
+                else:
+                    conflicts[position] = receipt
+            elif (earlier := first_in_append.get((kind, key))) is not None:
+                if encoded[earlier][1] != data:
+                    raise ValueError(f"entries[{position}] repeats the entry_key of entries[{earlier}] "
+                                     "with other content")
+                copies[position] = earlier
+            else:
+                first_in_append[(kind, key)] = position
+                fresh.append(position)
+        if conflicts:
+            raise DuplicateEntryKey(
+                f"entry_key already in the log with other content at entries {sorted(conflicts)}", conflicts)
+        return receipts, fresh, copies
 
     async def cut_checkpoint(self) -> Json | None:
         async with transaction(self.pool) as conn:

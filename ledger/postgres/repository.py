@@ -68,11 +68,22 @@ async def insert_batch(conn: Connection, batch_id: int, batch: dict[str, Any]) -
     )
 
 
-async def insert_entries(conn: Connection, rows: Sequence[tuple[int, int, str, bytes, bytes]]) -> None:
-    """rows: (seq, batch_id, kind, canonical, leaf_hash); COPY, so a large batch is one round trip."""
+async def insert_entries(conn: Connection, rows: Sequence[tuple[int, int, str, bytes, bytes, str | None]]) -> None:
+    """rows: (seq, batch_id, kind, canonical, leaf_hash, entry_key); COPY, so a large batch is one round trip."""
     await conn.copy_records_to_table(
-        "entries", schema_name="ledger", columns=("seq", "batch_id", "kind", "canonical", "leaf_hash"), records=rows
+        "entries", schema_name="ledger", columns=("seq", "batch_id", "kind", "canonical", "leaf_hash", "entry_key"),
+        records=rows,
     )
+
+
+async def entries_by_key(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """The stored entries with these (kind, entry_key)s."""
+    rows = await conn.fetch(
+        "SELECT e.kind, e.entry_key, e.seq, e.batch_id, e.canonical, e.leaf_hash FROM ledger.entries e"
+        " JOIN unnest($1::text[], $2::text[]) AS k(kind, entry_key) USING (kind, entry_key)",
+        [k for k, _ in keys], [key for _, key in keys],
+    )
+    return {(r["kind"], r["entry_key"]): r for r in rows}
 
 
 async def insert_nodes(conn: Connection, rows: Sequence[tuple[int, int, bytes]]) -> None:

@@ -42,7 +42,8 @@ def _ledger(call: Call[Any, Any]) -> PostgresLedger:
 
 
 @api.post("/v1/ledger/entries", body=AppendIn, response=AppendOut, status=201, idempotent=True,
-          extra_responses={**FORBIDDEN, 409: "Idempotency-Key reused with another body"})
+          extra_responses={**FORBIDDEN, 409: "Idempotency-Key reused with another body, or an entry_key "
+                                                           "already in the log with other content"})
 async def post_entries(call: Call[AppendIn, None]) -> Reply:
     """Append entries as one batch signed by the caller's organisation (finance only)."""
     entries = call.body.raw_entries()
@@ -51,8 +52,9 @@ async def post_entries(call: Call[AppendIn, None]) -> Reply:
 
     async def work(conn: Any) -> tuple[int, AppendOut]:
         # The append commits in the ledger's own transaction (its restricted pool) while the
-        # Idempotency-Key claim holds its row lock here, so concurrent retries wait and replay. Only a
-        # crash between the two commits could let a retry append the batch again.
+        # Idempotency-Key claim holds its row lock here, so concurrent retries wait and replay. A crash
+        # between the two commits lets a retry through; entries with an entry_key are then found in
+        # the log, not written again (entries without one would be).
         receipts = await use_cases.append_entries(_ledger(call), call.settings, call.principal.role, entries,
                                                   call.principal.subject)
         return 201, AppendOut(receipts=[ReceiptOut(seq=r.seq, leaf_hash=r.leaf_hash, batch_id=r.batch_id)

@@ -27,13 +27,13 @@ import asyncpg
 
 from ledger import policy
 from ledger.identity import describe_identities, load_identity
-from ledger.port import BadRange, EntryNotFound, Json, Ledger, Receipt
+from ledger.port import BadRange, DuplicateEntryKey, EntryNotFound, Json, Ledger, Receipt
 from ledger.postgres import LEDGER_ROLE
 from ledger.postgres.backend import PostgresLedger
 from ledger.revenue import FinanceRevenueSource, RevenueTally, compare
 from ledger.verify import VerificationReport
 from shared.db import init_connection
-from shared.errors import Forbidden, NotFound, ValidationFailed, field_error
+from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed, field_error
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -93,6 +93,9 @@ async def append_entries(ledger: Ledger, settings: Settings, role: str, entries:
     (org,) = orgs  # every kind maps a role to its one organisation
     try:
         return await ledger.append(entries, load_identity(settings.data_dir, org))
+    except DuplicateEntryKey as exc:
+        seqs = {f"entries.{i}": r.seq for i, r in sorted(exc.existing.items())}
+        raise Conflict(f"{exc}; the log holds them at seqs {seqs}") from None
     except ValueError as exc:  # e.g. a float inside an extra field: no canonical encoding
         raise field_error("entries", str(exc)) from None
 

@@ -5,8 +5,9 @@ Idempotent: finance.ledger_commits records every entry written, by key (`sale:<o
 `run:<run id>`), and only keys not recorded yet are appended, so committing twice writes nothing new
 and a commit cut short resumes where it stopped. A session advisory lock per run keeps two commits of
 one run from interleaving. Entries go in batches; each batch is one signed, all-or-nothing append
-whose receipts are recorded right after it (an append whose receipts were lost to a crash at exactly
-that point would be appended again; every entry carries its `entry_key`, so a reader can tell).
+whose receipts are recorded right after it. If a crash loses the receipts at exactly that point, the
+retry appends the same entries again and the ledger, which holds each (kind, entry_key) once, hands
+back the receipts of what it already has (ledger.port.Ledger.append): nothing is written twice.
 
 Which ledger: `app[LEDGER]`, set by finance's create_app: the embedded backend by default (tests pass
 another ledger.port.Ledger). A missing finance identity answers 503 and the run stays uncommitted.
@@ -24,6 +25,7 @@ import asyncpg
 from ledger.encoding import format_timestamp
 from ledger.identity import Identity, load_identity
 from ledger.policy import RECONCILED_SALE, RECONCILIATION_SUMMARY
+from ledger.port import DuplicateEntryKey
 from services.finance import domain
 from services.finance import repository as repo
 from services.finance.schemas import CommitIn, CommitOut
@@ -138,8 +140,21 @@ async def commit_run(pool: Pool, ledger: Appender | None, identity: IdentityLoad
 
 
 async def _append(pool: Pool, ledger: Appender, signer: Identity, run_id: int, entries: list[dict[str, Any]]) -> None:
-    receipts = await ledger.append(entries, signer)
+    try:
+        receipts = await ledger.append(entries, signer)
+    except DuplicateEntryKey as exc:
+        # A commit cut short between the ledger's write and ours, retried after the entry changed (another
+        # finance user's name on the summary, say): the log's first statement of the fact stands. Record
+        # its receipt, and append the rest.
+        await _record(pool, run_id, [(entries[i], r) for i, r in sorted(exc.existing.items())])
+        rest = [e for i, e in enumerate(entries) if i not in exc.existing]
+        if rest:
+            await _append(pool, ledger, signer, run_id, rest)
+        return
+    await _record(pool, run_id, list(zip(entries, receipts, strict=True)))
+
+
+async def _record(pool: Pool, run_id: int, written: list[tuple[dict[str, Any], Receipt]]) -> None:
     async with transaction(pool) as conn:
         await repo.record_commits(conn, run_id, [
-            (e["entry_key"], e["kind"], {"seq": r.seq, "leaf_hash": r.leaf_hash})
-            for e, r in zip(entries, receipts, strict=True)])
+            (e["entry_key"], e["kind"], {"seq": r.seq, "leaf_hash": r.leaf_hash}) for e, r in written])

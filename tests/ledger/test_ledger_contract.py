@@ -10,7 +10,7 @@ from ledger import merkle, signing
 from ledger.bundle import dump_bundle
 from ledger.identity import Identity, TrustStore, load_identity
 from ledger.policy import PermissionDenied
-from ledger.port import BadRange, EntryNotFound, Ledger
+from ledger.port import BadRange, DuplicateEntryKey, EntryNotFound, Ledger
 from ledger.verify import verify_bundle, verify_bundle_bytes
 from shared.settings import Settings
 from tests.ledger.conftest import CHECKPOINT_EVERY, sale, summary
@@ -148,3 +148,39 @@ async def test_floats_have_no_canonical_form_and_are_refused(ledger: Ledger, fin
     with pytest.raises(ValueError):
         await ledger.append([{**sale(0), "amount": 10.5}], finance_id)
     assert await ledger.cut_checkpoint() is None
+
+
+def keyed(n: int, **changes: str) -> dict[str, object]:
+    return {**sale(n), "entry_key": f"sale:o-{n}:2024-05-01", **changes}
+
+
+async def test_an_entry_key_is_written_once_and_a_retry_gets_the_same_receipts(
+        ledger: Ledger, finance_id: Identity) -> None:
+    first = await ledger.append([keyed(0), keyed(1), sale(2)], finance_id)
+    # The retry after a crash that lost those receipts: keyed entries are found, unkeyed ones written again.
+    again = await ledger.append([keyed(0), keyed(1), sale(2)], finance_id)
+    assert again[:2] == first[:2]
+    assert again[2].seq == 3
+    # Nothing but known entries: no batch at all, the tree does not grow.
+    assert await ledger.append([keyed(1), keyed(0)], finance_id) == [first[1], first[0]]
+    # A new key next to a known one; a key repeated inside one append is written once.
+    mixed = await ledger.append([keyed(0), keyed(4), keyed(4)], finance_id)
+    assert mixed[0] == first[0] and mixed[1] == mixed[2] and mixed[1].seq == 4
+    checkpoint = await ledger.cut_checkpoint()
+    assert checkpoint is not None and checkpoint["tree_size"] == 5
+    report = await ledger.audit()
+    assert report.ok, report.summary()
+
+
+async def test_other_content_under_a_used_entry_key_is_refused_and_writes_nothing(
+        ledger: Ledger, finance_id: Identity) -> None:
+    [stored] = await ledger.append([keyed(0)], finance_id)
+    with pytest.raises(DuplicateEntryKey) as refused:
+        await ledger.append([keyed(5), keyed(0, sales_total="99.00")], finance_id)
+    assert refused.value.existing == {1: stored}
+    with pytest.raises(ValueError, match="repeats the entry_key"):
+        await ledger.append([keyed(6), keyed(6, sales_total="1.00")], finance_id)
+    with pytest.raises(ValueError, match="entry_key must be a string"):
+        await ledger.append([{**sale(7), "entry_key": 7}], finance_id)
+    checkpoint = await ledger.cut_checkpoint()
+    assert checkpoint is not None and checkpoint["tree_size"] == 1

@@ -1,7 +1,7 @@
 """Commit writes each reconciled sale and a run summary through the ledger port, signed as finance, once.
 
-The ledger here is a stand-in that keeps entries in memory and applies the real append policy; the
-ledger's own backends have their own contract tests."""
+The ledger here is mostly a stand-in that keeps entries in memory and applies the real append policy
+(the ledger's own backends have their own contract tests); the end-to-end tests use the embedded one."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from ledger.encoding import canonical_bytes
 from ledger.identity import Identity, init_identities
 from ledger.policy import require_append
+from ledger.service.use_cases import open_ledger
 from services.finance.app import create_app
 from shared.settings import Settings
 from tests.conftest import Api, ServiceFactory, assert_problem
@@ -147,3 +148,47 @@ async def test_commit_to_the_embedded_ledger_audits_clean_and_matches_finance_re
     await books.sell_online({"SOCKS": 1})
     status, revenue, _ = await ledger.get(f"/v1/ledger/revenue?from={day}&to={day}")
     assert [(d["channel"], d["location_id"]) for d in revenue["comparison"]] == [("online", "wh-1")], revenue
+
+
+class CrashAfterAppend:
+    """The real embedded ledger, but finance 'dies' right after the ledger commits its n-th append:
+    the entries are in the log, their receipts never reach finance.ledger_commits."""
+
+    def __init__(self, real: Any, crash_on: int) -> None:
+        self.real, self.crash_on, self.calls = real, crash_on, 0
+
+    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> Any:
+        receipts = await self.real.append(entries, identity)
+        self.calls += 1
+        if self.calls == self.crash_on:
+            raise ConnectionResetError("finance lost its connection right after the ledger committed")
+        return receipts
+
+
+@pytest.mark.parametrize("crash_on", [1, 2], ids=["after-the-sales", "after-the-summary"])
+async def test_a_commit_cut_off_after_the_ledger_wrote_resumes_without_writing_twice(
+        books: Books, settings: Settings, make_key: Any, crash_on: int) -> None:
+    for lines in ({"TEE": 1}, {"CAP": 2}):
+        order = await books.sell_online(lines)
+        await books.settle(payment(order["id"], order["total"]))
+    run = await books.run(await books.day_of("wh-1"))
+    async with open_ledger(settings) as real:
+        ledger = CrashAfterAppend(real, crash_on)
+        async with TestClient(TestServer(create_app(settings, ledger=ledger))) as client:
+            first = Api(client, await make_key("finance"))
+            status, body, _ = await first.post(f"/v1/reconciliations/{run['id']}/commit")
+            assert_problem(status, body, 503)
+            # Another finance user retries: the summary now names someone else, yet the log's first
+            # statement of each fact stands and nothing is written twice.
+            second = first.as_key(await make_key("finance"))
+            status, out, _ = await second.post(f"/v1/reconciliations/{run['id']}/commit")
+            assert status == 200 and out["status"] == "committed", out
+        checkpoint = await real.cut_checkpoint()
+        assert checkpoint is not None and checkpoint["tree_size"] == 3  # two sales and one summary
+        recorded = await books.pool.fetch("SELECT entry_key, receipt FROM finance.ledger_commits ORDER BY entry_key")
+        assert len(recorded) == 3
+        for row in recorded:
+            entry = await real.entry(row["receipt"]["seq"])
+            assert entry["entry"]["entry_key"] == row["entry_key"]
+            assert entry["leaf_hash"] == row["receipt"]["leaf_hash"]
+        assert (await real.audit()).ok
