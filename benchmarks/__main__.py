@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     data = report.payload(records, limits, run, ctx.load_points, ctx.profiles)
     json_path = report.write_json(data)
     console.print(f"wrote {json_path}")
-    if not args.quick and not args.scenario:  # RESULTS.md quotes complete full runs only
+    if not args.quick and not args.scenario and not failures:  # RESULTS.md and the README quote complete runs
         plots = report.render_plots(ctx.load_points, report.RESULTS_DIR)
         console.print(f"wrote {report.write_markdown(data, records, limits, json_path, plots)}")
         console.print(f"wrote the Performance table of {report.update_readme(data, records, plots)}")
