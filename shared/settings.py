@@ -57,6 +57,8 @@ class Settings(BaseSettings):
 
     # E-commerce: the availability projection, outbound webhooks, inbound shop orders.
     projection_poll_interval_s: float = Field(default=1.0, gt=0)
+    # The projector's statements (a rebuild re-reads every level; so does a batch of location changes).
+    projection_command_timeout_s: float = Field(default=600.0, gt=0)
     # Host names, IPs or CIDR networks webhooks may reach although not public (e.g. ["127.0.0.1"]);
     # everything else private, loopback, link-local or reserved is refused. JSON list in the environment.
     webhook_allow_hosts: list[str] = Field(default_factory=list)

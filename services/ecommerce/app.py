@@ -14,6 +14,7 @@ from services.ecommerce.webhooks import Dispatcher
 from services.orders.repository import LocationDirectory
 from services.orders.sourcing import POLICIES
 from services.orders.use_cases import Placement
+from shared.db import create_pool
 from shared.http.app import create_service_app
 from shared.http.keys import HUB, POOL
 from shared.migrations import MigrationSet
@@ -23,12 +24,23 @@ from shared.settings import Settings
 MIGRATIONS = [*services.orders.app.MIGRATIONS, MigrationSet("ecommerce", Path(__file__).parent / "migrations")]
 
 
+async def _project(app: web.Application, settings: Settings) -> None:
+    """The projector on a pool of its own: a rebuild or a batch of location changes touches every level
+    of those locations (millions in a large chain), far past the per-statement budget of requests."""
+    pool = await create_pool(settings.database_url or "", min_size=1, max_size=2,
+                             command_timeout=settings.projection_command_timeout_s,
+                             connect_timeout=settings.db_connect_timeout_s,
+                             application_name="omnistock-ecommerce-projector")
+    try:
+        await run_projector(pool, app[HUB], settings.projection_poll_interval_s)
+    finally:
+        pool.terminate()  # stopping: whatever batch was open rolls back, the cursor with it
+
+
 def create_app(settings: Settings) -> web.Application:
     # Every replica runs both tasks; the cursor locks make exactly one of them work a batch at a time,
     # and SKIP LOCKED claims let every replica's dispatcher send disjoint deliveries.
-    projector = background(
-        "ecommerce-projector", lambda app: run_projector(app[POOL], app[HUB], settings.projection_poll_interval_s)
-    )
+    projector = background("ecommerce-projector", lambda app: _project(app, settings))
     dispatcher = background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
     app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=True,
                              contexts=[projector, dispatcher])
