@@ -212,9 +212,12 @@ class PlacementGroup:
             except Problem as exc:
                 drafts.append(exc)
         ok = [d for d in drafts if isinstance(d, Draft)]
-        eligible = {site.id: site for d in ok for site in d.eligible}
+        # Most drafts share one eligible mapping (the shipping sites): union each distinct one once.
+        eligible: set[str] = set()
+        for mapping in {id(d.eligible): d.eligible for d in ok}.values():
+            eligible.update(mapping)
         snapshot = await repo.read_stock(conn, list(dict.fromkeys(s for d in ok for s in d.skus)),
-                                         list(eligible.values())) if ok else None
+                                         eligible) if ok else None
         entries = []
         for p, draft in zip(leaders, drafts, strict=True):
             bare = repo.BatchOrder(p.scope, p.key, p.fingerprint)

@@ -8,6 +8,7 @@ snapshot), `placed_out`/`placed_event` (the 201 body and the order.placed event)
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,7 +51,7 @@ class Draft:
     body: OrderIn
     selling: str | None
     totals: domain.Totals
-    eligible: list[repo.Site]
+    eligible: Mapping[str, repo.Site]  # where its stock may come from, by id
     ship_to: tuple[float, float] | None
     requests: list[LineRequest]
     actor: str
@@ -84,24 +85,25 @@ def named_locations(body: OrderIn, principal: Principal) -> list[str]:
     return [x for x in named if x]
 
 
-def _eligible_sites(body: OrderIn, selling: str | None, sites: dict[str, repo.Site]) -> list[repo.Site]:
+def _eligible_sites(body: OrderIn, selling: str | None, sites: repo.Sites) -> Mapping[str, repo.Site]:
     """Check the locations the order names; return where its stock may come from."""
     named = {"selling_location_id": selling, "fulfillment.location_id": body.fulfillment.location_id}
-    errors = [{"field": f, "problem": f"unknown location '{v}'"} for f, v in named.items() if v and v not in sites]
+    errors = [{"field": f, "problem": f"unknown location '{v}'"} for f, v in named.items()
+              if v and v not in sites.by_id]
     if errors:
         raise ValidationFailed(errors)
     ful = body.fulfillment
     if ful.location_id is None:
-        return [site for site in sites.values() if site.ship]
-    target = sites[ful.location_id]
+        return sites.shipping
+    target = sites.by_id[ful.location_id]
     if ful.type == "pickup" and not target.pickup:
         raise field_error("fulfillment.location_id", f"location '{target.id}' does not offer pick-up")
     if ful.type == "ship" and not target.ship:
         raise field_error("fulfillment.location_id", f"location '{target.id}' does not ship")
-    return [target]
+    return {target.id: target}
 
 
-def draft_order(body: OrderIn, principal: Principal, sites: dict[str, repo.Site]) -> Draft:
+def draft_order(body: OrderIn, principal: Principal, sites: repo.Sites) -> Draft:
     """Everything placement checks before reading stock (403/422 problems)."""
     selling = _selling_location(body, principal)
     domain.check_distinct_skus([ln.sku for ln in body.lines])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -74,6 +74,20 @@ class Site:
     priority: int
 
 
+@dataclass(frozen=True)
+class Sites:
+    """Every location by id, and the shipping ones (where a ship order may come from), built once per
+    load: with a thousand stores, rebuilding the shipping set per order cost more than sourcing it."""
+
+    by_id: Mapping[str, Site]
+    shipping: Mapping[str, Site]
+
+    @classmethod
+    def of(cls, sites: Iterable[Site]) -> Sites:
+        by_id = {site.id: site for site in sites}
+        return cls(by_id, {site.id: site for site in by_id.values() if site.ship})
+
+
 class LocationDirectory:
     """Locations, read at most every `ttl_s` seconds (and at once when an unknown id is asked for).
 
@@ -84,15 +98,15 @@ class LocationDirectory:
 
     def __init__(self, ttl_s: float = 5.0) -> None:
         self._ttl = ttl_s
-        self._sites: dict[str, Site] = {}
+        self._sites = Sites({}, {})
         self._loaded_at = -math.inf
 
-    async def sites(self, db: Pool | Connection, need: Sequence[str] = ()) -> dict[str, Site]:
+    async def sites(self, db: Pool | Connection, need: Sequence[str] = ()) -> Sites:
         now = time.monotonic()
-        if now - self._loaded_at > self._ttl or any(i not in self._sites for i in need):
+        if now - self._loaded_at > self._ttl or any(i not in self._sites.by_id for i in need):
             rows = await db.fetch("SELECT id, lat, lon, ship, pickup, priority FROM inventory.locations")
-            self._sites = {r["id"]: Site(r["id"], r["lat"], r["lon"], r["ship"], r["pickup"], r["priority"])
-                           for r in rows}
+            self._sites = Sites.of(Site(r["id"], r["lat"], r["lon"], r["ship"], r["pickup"], r["priority"])
+                                   for r in rows)
             self._loaded_at = now
         return self._sites
 
@@ -105,10 +119,9 @@ class StockSnapshot:
     catalog: dict[str, str]
     levels: dict[str, list[tuple[str, int]]]
 
-    def candidates(self, skus: Sequence[str], eligible: Sequence[Site],
+    def candidates(self, skus: Sequence[str], allowed: Mapping[str, Site],
                    ship_to: tuple[float, float] | None) -> dict[str, list[Candidate]]:
-        """Where each of `skus` can come from among `eligible`, with the distance to `ship_to`."""
-        allowed = {site.id: site for site in eligible}
+        """Where each of `skus` can come from among the `allowed` sites, with the distance to `ship_to`."""
         km: dict[str, float | None] = {}  # per site, not per (SKU, site)
         stock: dict[str, list[Candidate]] = {}
         for sku in skus:
@@ -125,11 +138,11 @@ class StockSnapshot:
         return stock
 
 
-async def read_stock(db: Pool | Connection, skus: Sequence[str], sites: Sequence[Site]) -> StockSnapshot:
-    """One round trip: the catalogue entries of `skus` and their sellable units at `sites` (or, for many
-    sites, everywhere: candidates() keeps the eligible ones)."""
+async def read_stock(db: Pool | Connection, skus: Sequence[str], sites: Collection[str]) -> StockSnapshot:
+    """One round trip: the catalogue entries of `skus` and their sellable units at the `sites` (ids; for
+    many sites, everywhere: candidates() keeps the eligible ones)."""
     if len(sites) <= SITES_WORTH_FILTERING:
-        rows = await db.fetch(CATALOG_AND_STOCK, list(skus), [site.id for site in sites])
+        rows = await db.fetch(CATALOG_AND_STOCK, list(skus), list(sites))
     else:
         rows = await db.fetch(CATALOG_AND_ALL_STOCK, list(skus))
     catalog: dict[str, str] = {}
