@@ -9,6 +9,10 @@ from typing import Any
 import asyncpg
 import orjson
 
+from shared.logging import get_logger
+
+log = get_logger("omnistock.db")
+
 Connection = asyncpg.Connection
 Pool = asyncpg.Pool
 
@@ -50,5 +54,19 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20,
 @asynccontextmanager
 async def transaction(pool: Pool, *, isolation: str = "read_committed") -> AsyncIterator[Connection]:
     """Acquire a connection and run one use case in one transaction (rolled back on any error)."""
-    async with pool.acquire() as conn, conn.transaction(isolation=isolation):
-        yield conn
+    conn = await pool.acquire()
+    try:
+        async with conn.transaction(isolation=isolation):
+            yield conn
+    finally:
+        await release(pool, conn)
+
+
+async def release(pool: Pool, conn: Connection) -> None:
+    """Give `conn` back. If resetting it fails (the server closed it; asyncpg may then report an
+    InternalClientError), the pool has already thrown it away, and what the transaction did stands:
+    committed, or rolled back by the server. That is no failure of the request's."""
+    try:
+        await pool.release(conn)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+        log.warning("a connection broke as it was given back; the pool dropped it", error=repr(exc))

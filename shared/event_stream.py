@@ -69,8 +69,8 @@ class EventHub:
             try:
                 await self._ensure_listener()
                 await self._read_new()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("event hub read failed; retrying", error=str(exc))
+            except Exception:  # a background loop must outlive any failure
+                log.exception("event hub read failed; retrying")
                 await self._close_listener()
             await wait_or_timeout(self._wakeup, self._poll_interval_s)
             self._wakeup.clear()

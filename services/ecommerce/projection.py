@@ -201,8 +201,8 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
                 first = False
                 while await apply_batch(pool):
                     pass
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("projection batch failed; retrying", error=str(exc))
+            except Exception:  # a background loop must outlive any failure (asyncpg's InternalClientError too)
+                log.exception("projection batch failed; retrying")
             await wait_for_wake(wake, poll_s)
             wake.clear()
     finally:

@@ -209,8 +209,8 @@ class Dispatcher:
                 if await fan_out(self.pool, self.settings.webhook_coalesce_s):
                     self.send_wake.set()
                     timeout = 0.0  # more may be waiting: the next batch at once
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("webhook fan-out failed; retrying", error=str(exc))
+            except Exception:  # a background loop must outlive any failure
+                log.exception("webhook fan-out failed; retrying")
             await wait_for_wake(self.events_arrived, timeout)
             self.events_arrived.clear()
 
@@ -222,8 +222,8 @@ class Dispatcher:
                 due = await hooks.next_due_in_s(self.pool)
                 if due is not None:
                     timeout = min(timeout, max(due, 0.005))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("webhook dispatch failed; retrying", error=str(exc))
+            except Exception:  # a background loop must outlive any failure
+                log.exception("webhook dispatch failed; retrying")
             await wait_for_wake(self.send_wake, timeout)
             self.send_wake.clear()
 
