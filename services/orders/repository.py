@@ -27,17 +27,6 @@ LEFT JOIN inventory.stock_levels lv ON lv.sku = s.sku AND lv.location_id = ANY($
       AND lv.on_hand - lv.reserved - lv.safety_stock > 0
 """
 
-# The same for many eligible sites (a ship order may come from any shipping location): every stocked
-# level of the SKUs, filtered by StockSnapshot.candidates. A long `= ANY($2)` list is compared element
-# by element for each level row under a prepared (generic) plan, which cost more than the rows it saved.
-CATALOG_AND_ALL_STOCK = """
-SELECT q.sku, s.currency, lv.location_id, lv.on_hand - lv.reserved - lv.safety_stock AS available
-FROM unnest($1::text[]) AS q(sku)
-LEFT JOIN inventory.skus s ON s.sku = q.sku
-LEFT JOIN inventory.stock_levels lv ON lv.sku = s.sku AND lv.on_hand - lv.reserved - lv.safety_stock > 0
-"""
-SITES_WORTH_FILTERING = 32  # at most this many eligible sites: filter in SQL
-
 PLACE_ORDER = """
 SELECT short, placed_at FROM orders.place_order(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
@@ -139,12 +128,8 @@ class StockSnapshot:
 
 
 async def read_stock(db: Pool | Connection, skus: Sequence[str], sites: Collection[str]) -> StockSnapshot:
-    """One round trip: the catalogue entries of `skus` and their sellable units at the `sites` (ids; for
-    many sites, everywhere: candidates() keeps the eligible ones)."""
-    if len(sites) <= SITES_WORTH_FILTERING:
-        rows = await db.fetch(CATALOG_AND_STOCK, list(skus), list(sites))
-    else:
-        rows = await db.fetch(CATALOG_AND_ALL_STOCK, list(skus))
+    """One round trip: the catalogue entries of `skus` and their sellable units at the `sites` (ids)."""
+    rows = await db.fetch(CATALOG_AND_STOCK, list(skus), list(sites))
     catalog: dict[str, str] = {}
     levels: dict[str, list[tuple[str, int]]] = {}
     for sku, currency, location_id, available in rows:

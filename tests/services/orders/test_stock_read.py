@@ -1,18 +1,11 @@
-"""Sourcing reads stock filtered in SQL for a few eligible sites, or all of a SKU's stock for many
-(repository.read_stock); either way only eligible locations are ever allocated."""
+"""Sourcing reads the stock of eligible locations only (repository.read_stock), nearest first."""
 
 from __future__ import annotations
 
-import pytest
-
-from services.orders import repository as repo
 from tests.services.orders.conftest import LONDON, Shop
 
 
-@pytest.mark.parametrize("filter_up_to", [0, 100], ids=["all-stock-read", "filtered-read"])
-async def test_only_eligible_locations_are_sourced_whichever_read(shop: Shop, monkeypatch: pytest.MonkeyPatch,
-                                                                   filter_up_to: int) -> None:
-    monkeypatch.setattr(repo, "SITES_WORTH_FILTERING", filter_up_to)
+async def test_only_eligible_locations_are_sourced(shop: Shop) -> None:
     await shop.receive("TEE-M", "store-a", 50)  # nearest to London, but it does not ship
     await shop.receive("TEE-M", "wh-2", 3)
     await shop.receive("TEE-M", "wh-1", 3)
