@@ -27,7 +27,7 @@ from benchmarks.cpu import machine
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
 from benchmarks.report import RESULTS_DIR, git_commit
 from benchmarks.scenarios.correctness import broken, check_orders
-from benchmarks.scenarios.orders_data import _seed as seed_orders_data
+from benchmarks.scenarios.orders_data import seed as seed_orders_data
 from benchmarks.scenarios.orders_mixed import MixedOrders
 from benchmarks.stack import Stack
 
