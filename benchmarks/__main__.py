@@ -30,7 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         choices=[s.name for s in SCENARIOS], help="run only these (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the stack's temp dir (logs, database)")
     parser.add_argument("--profile", action="store_true",
-                        help="sample the services with py-spy during every load (results/profiles/)")
+                        help="sample the services with py-spy and PostgreSQL with pg_stat_statements"
+                             " during every load (results/profiles/)")
     return parser.parse_args(argv)
 
 
@@ -66,12 +67,12 @@ def run_scenarios(ctx: Context, scenarios: list[Scenario]) -> tuple[list[Record]
     return records, failures
 
 
-def _profiler(wanted: bool, started_at: str) -> Profiler | None:
+def _profiler(wanted: bool, started_at: str, dsn: str) -> Profiler | None:
     if not wanted:
         return None
     if not profile.available():
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    return Profiler(report.RESULTS_DIR / "profiles" / started_at)
+    return Profiler(report.RESULTS_DIR / "profiles" / started_at, dsn)
 
 
 def main(argv: list[str]) -> int:
@@ -84,7 +85,7 @@ def main(argv: list[str]) -> int:
     try:
         with console.status("starting PostgreSQL (durable)"):
             t = time.perf_counter()
-            stack.start_database()
+            stack.start_database(statement_stats=args.profile)
             stack.omnistock("migrate")
             setup["postgres + migrations"] = round(time.perf_counter() - t, 1)
         with console.status("measuring limits: pgbench, sha256"):
@@ -97,7 +98,7 @@ def main(argv: list[str]) -> int:
                for name in sorted({n for s in scenarios for n in s.services})},
         })
         ctx = Context(stack=stack, quick=args.quick, limits=limits, meter=meter, setup=setup,
-                      profiler=_profiler(args.profile, started_at))
+                      profiler=_profiler(args.profile, started_at, stack.dsn))
         records, failures = run_scenarios(ctx, scenarios)
     finally:
         stack.close()

@@ -115,6 +115,9 @@ def print_profiles(console: Console, profiles: dict[str, Any]) -> None:
     """Where each service spent its samples during each load (py-spy, --profile)."""
     for label, services in profiles.items():
         for service, summary in services.items():
+            if service == "postgres":
+                _print_statements(console, label, summary.get("statements", []))
+                continue
             table = Table(title=f"{service} during {label}: share of samples")
             table.add_column("self (leaf function)")
             table.add_column("share", justify="right")
@@ -126,6 +129,17 @@ def print_profiles(console: Console, profiles: dict[str, Any]) -> None:
                 b = inclusive[i] if i < len(inclusive) else ("", None)
                 table.add_row(a[0], _pct(a[1]), b[0], _pct(b[1]))
             console.print(table)
+
+
+def _print_statements(console: Console, label: str, statements: list[dict[str, Any]]) -> None:
+    table = Table(title=f"postgres during {label}: statements by execution time (pg_stat_statements)")
+    for name, justify in (("share", "right"), ("ms/call", "right"), ("max ms", "right"), ("calls", "right"),
+                          ("rows/call", "right"), ("statement", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for s in statements:
+        table.add_row(_pct(s["share"]), f"{s['ms_per_call']:.3f}", f"{s['max_ms']:.1f}", f"{s['calls']:,}",
+                      f"{s['rows_per_call']:g}", s["query"])
+    console.print(table)
 
 
 def _pct(value: float | None) -> str:

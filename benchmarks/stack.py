@@ -50,9 +50,11 @@ class Stack:
         assert self.pg is not None, "start_database() first"
         return self.pg.dsn
 
-    def start_database(self) -> str:
-        # Durable on purpose: fsync and synchronous_commit on, the configuration users would run.
-        self.pg = EmbeddedPostgres(self.root / "pg", free_port(), durable=True)
+    def start_database(self, statement_stats: bool = False) -> str:
+        """Durable on purpose: fsync and synchronous_commit on, the configuration users would run.
+        `statement_stats` loads pg_stat_statements (for --profile; it costs a little on every query)."""
+        extra = {"shared_preload_libraries": "pg_stat_statements"} if statement_stats else {}
+        self.pg = EmbeddedPostgres(self.root / "pg", free_port(), durable=True, extra_settings=extra)
         return self.pg.start()
 
     def postmaster_pid(self) -> int:

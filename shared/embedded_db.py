@@ -79,6 +79,7 @@ class EmbeddedPostgres:
     pgdata: Path
     port: int
     durable: bool = True
+    extra_settings: dict[str, str] = field(default_factory=dict)  # e.g. shared_preload_libraries
     started_here: bool = field(default=False, init=False)
 
     @property
@@ -97,6 +98,7 @@ class EmbeddedPostgres:
         settings = dict(SERVER_SETTINGS, port=str(self.port))
         if not self.durable:
             settings.update(NON_DURABLE_SETTINGS)
+        settings.update(self.extra_settings)
         options = " ".join(f"-c {k}={v}" for k, v in settings.items())
         logfile = self.pgdata / "server.log"
         subprocess.run(
