@@ -35,6 +35,9 @@ SERVER_SETTINGS: dict[str, str] = {
     "max_wal_size": "4GB",
     "checkpoint_timeout": "15min",
     "wal_compression": "on",
+    # Queue-like tables (webhook deliveries, idempotency claims) turn over in seconds; a minute-long
+    # autovacuum nap leaves their statistics and dead rows stale for the whole of a busy minute.
+    "autovacuum_naptime": "10s",
     "timezone": "UTC",
     "log_timezone": "UTC",
     "listen_addresses": "127.0.0.1",

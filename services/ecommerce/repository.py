@@ -96,13 +96,14 @@ async def projected_skus(conn: Connection) -> list[str]:
 
 async def ship_sums(conn: Connection, skus: list[str]) -> dict[str, int]:
     """Sum of mirrored availability over ship-enabled locations, per SKU (0 when none)."""
+    # One indexed lookup per SKU. As a join, the planner (guessing 10 rows for unnest) hashed the
+    # SKUs and scanned every mirrored level: 19 ms for 58 SKUs over 100k levels, vs 2 ms this way.
     rows = await conn.fetch(
         """
-        SELECT k.sku, coalesce(sum(l.available) FILTER (WHERE loc.ship), 0)::bigint AS ship_available
+        SELECT k.sku, coalesce((SELECT sum(l.available) FROM ecommerce.levels l
+                                JOIN ecommerce.locations loc ON loc.location_id = l.location_id
+                                WHERE l.sku = k.sku AND loc.ship), 0)::bigint AS ship_available
         FROM unnest($1::text[]) AS k(sku)
-        LEFT JOIN ecommerce.levels l ON l.sku = k.sku
-        LEFT JOIN ecommerce.locations loc ON loc.location_id = l.location_id
-        GROUP BY k.sku
         """,
         skus,
     )

@@ -14,24 +14,25 @@ UNFINISHED = "('pending', 'sending')"
 
 # The oldest unfinished delivery of each (subscription, key) queue that is due, or whose sender's
 # lease ran out (a crashed dispatcher: at-least-once). SKIP LOCKED lets replicas claim disjoint rows;
-# the NOT EXISTS keeps a later message of one SKU from overtaking an earlier one.
+# the NOT EXISTS keeps a later message of one SKU from overtaking an earlier one. The ids are claimed
+# as an array so the UPDATE finds them by primary key whatever the plan guesses for LIMIT $1 (as a
+# joined CTE, the generic plan hashed it against a scan of every delivery ever made).
 CLAIM_DUE = f"""
-WITH due AS (
-    SELECT d.id FROM ecommerce.webhook_deliveries d
-    WHERE ((d.status = 'pending' AND d.next_attempt_at <= now())
-           OR (d.status = 'sending' AND d.lease_until < now()))
-      AND NOT EXISTS (
-          SELECT 1 FROM ecommerce.webhook_deliveries e
-          WHERE e.subscription_id = d.subscription_id AND e.key = d.key AND e.id < d.id
-            AND e.status IN {UNFINISHED})
-    ORDER BY d.next_attempt_at, d.id
-    LIMIT $1
-    FOR UPDATE OF d SKIP LOCKED
-)
 UPDATE ecommerce.webhook_deliveries d
 SET status = 'sending', attempts = d.attempts + 1, lease_until = now() + make_interval(secs => $2)
-FROM due, ecommerce.webhook_subscriptions s
-WHERE d.id = due.id AND s.id = d.subscription_id
+FROM ecommerce.webhook_subscriptions s
+WHERE s.id = d.subscription_id
+  AND d.id = ANY(ARRAY(
+    SELECT due.id FROM ecommerce.webhook_deliveries due
+    WHERE ((due.status = 'pending' AND due.next_attempt_at <= now())
+           OR (due.status = 'sending' AND due.lease_until < now()))
+      AND NOT EXISTS (
+          SELECT 1 FROM ecommerce.webhook_deliveries e
+          WHERE e.subscription_id = due.subscription_id AND e.key = due.key AND e.id < due.id
+            AND e.status IN {UNFINISHED})
+    ORDER BY due.next_attempt_at, due.id
+    LIMIT $1
+    FOR UPDATE OF due SKIP LOCKED))
 RETURNING d.id, d.subscription_id, d.event_id, d.topic, d.key, d.body, d.attempts, d.coalesced,
           s.url, s.secret
 """
