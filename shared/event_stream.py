@@ -10,6 +10,11 @@ The hub keeps a bounded window of recent events in memory; each reader walks tha
 pace. A reader that falls out of the window (slow, or resuming from long ago) catches up from the
 database, so a slow reader never blocks the hub or other readers and memory never grows with the
 number of readers or their lag.
+
+With no reader at all the hub reads no events, only where the head is (new live readers start there):
+inventory's hub would otherwise copy every stock change of the order traffic into memory for nobody.
+The first reader to come finds the window empty from the head on, and reads anything older from the
+database like any reader behind the window.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class EventHub:
         self._changed = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._readers = 0
         self._listener: asyncpg.Connection | None = None
 
     @property
@@ -88,6 +94,9 @@ class EventHub:
             self._listener = None
 
     async def _read_new(self) -> None:
+        if not self._readers:
+            await self._skip_to_head()
+            return
         while True:
             batch = await read_after(self._pool, self._head, limit=1000)
             if not batch:
@@ -95,6 +104,13 @@ class EventHub:
             self._append(batch)
             if len(batch) < 1000:
                 return
+
+    async def _skip_to_head(self) -> None:
+        head = await head_position(self._pool)
+        if head != self._head and not self._readers:  # a reader may have come during the query
+            self._head = self._floor = head
+            self._events.clear()
+            self._positions.clear()
 
     def _append(self, batch: list[Event]) -> None:
         self._events.extend(batch)
@@ -120,20 +136,35 @@ class EventHub:
         """Every event after `start`, in order, forever, as they arrive: a batch at a time (one write per
         batch for a stream, one wake-up for a consumer), an empty batch as a heartbeat when idle."""
         position = start
-        while True:
-            changed = self._changed
-            batch = self._window_after(position, 500)
-            if batch is None:
-                batch = await read_after(self._pool, position, limit=500)
-            if not batch:
-                if not await wait_or_timeout(changed, heartbeat_s):
-                    yield []
-                continue
-            position = batch[-1].position
-            if families is not None:
-                batch = [event for event in batch if event.topic.split(".", 1)[0] in families]
-            if batch:
-                yield batch
+        self._readers += 1
+        self._wakeup.set()  # an idle hub starts reading now, not at its next poll
+        try:
+            while True:
+                changed = self._changed
+                batch = self._window_after(position, 500)
+                if batch is None:
+                    batch = await read_after(self._pool, position, limit=500)
+                if not batch:
+                    if not await wait_or_timeout(changed, heartbeat_s):
+                        yield []
+                    continue
+                position = batch[-1].position
+                if families is not None:
+                    batch = [event for event in batch if event.topic.split(".", 1)[0] in families]
+                if batch:
+                    yield batch
+        finally:
+            self._readers -= 1
+
+    @property
+    def readers(self) -> int:
+        """Readers following the hub now (SSE clients, the projector, the webhook fan-out)."""
+        return self._readers
+
+    @property
+    def buffered(self) -> int:
+        """Events held in the in-memory window."""
+        return len(self._events)
 
 
 async def wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:

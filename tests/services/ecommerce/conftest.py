@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import pytest
@@ -20,7 +19,6 @@ from services.ecommerce import projection
 from shared.settings import Settings
 from tests.conftest import Api, ServiceFactory
 
-T = TypeVar("T")
 SHOP_SECRET = "shpss_test_0123456789abcdef"
 
 LOCATIONS: dict[str, dict[str, Any]] = {
@@ -98,18 +96,6 @@ async def channel(service: ServiceFactory, pool: asyncpg.Pool) -> Channel:
         status, resp, _ = await inventory.put(f"/v1/skus/{sku}", json=body)
         assert status == 201, resp
     return Channel(inventory, ecommerce, pool)
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within_s: float = 10.0) -> T:
-    """Poll `check` until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {within_s}s")
-        await asyncio.sleep(0.02)
 
 
 class SseReader:

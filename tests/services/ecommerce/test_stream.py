@@ -9,7 +9,8 @@ import time
 import asyncpg
 
 from shared.outbox import publish_many
-from tests.services.ecommerce.conftest import Channel, SseReader, eventually
+from tests.polling import eventually
+from tests.services.ecommerce.conftest import Channel, SseReader
 
 
 async def change_ids(pool: asyncpg.Pool, sku: str) -> list[int]:

@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import assert_problem
-from tests.services.ecommerce.conftest import Channel, eventually
+from tests.polling import eventually
+from tests.services.ecommerce.conftest import Channel
 
 SECRET = "whsec_test_0123456789abcdef"
 

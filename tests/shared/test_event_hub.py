@@ -1,0 +1,63 @@
+"""The event hub reads the outbox only while someone follows it, and readers miss nothing either way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+import pytest
+
+from shared.event_stream import EventHub
+from shared.outbox import Event, Position, publish_many
+from tests.polling import eventually
+
+
+@pytest.fixture
+async def hub(pool: asyncpg.Pool, database_url: str) -> AsyncIterator[EventHub]:
+    event_hub = EventHub(pool, database_url, poll_interval_s=0.01)
+    await event_hub.start()
+    yield event_hub
+    await event_hub.stop()
+
+
+async def write(pool: asyncpg.Pool, keys: range) -> None:
+    async with pool.acquire() as conn:
+        await publish_many(conn, [("stock.changed", f"SKU-{k}", {"n": k}) for k in keys])
+
+
+async def collect(hub: EventHub, start: Position, count: int) -> list[Event]:
+    got: list[Event] = []
+    async for batch in hub.follow_batches(start, heartbeat_s=0.05):
+        got.extend(batch)
+        if len(got) >= count:
+            return got
+    raise AssertionError("the stream ended")
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    async def check() -> bool:
+        return condition()
+
+    await eventually(check, within_s=5.0)
+
+
+async def test_an_unfollowed_hub_buffers_nothing_but_keeps_its_head(hub: EventHub, pool: asyncpg.Pool) -> None:
+    start = hub.head
+    await write(pool, range(200))
+    await wait_until(lambda: hub.head > start)  # new live readers would start after these events
+    assert hub.readers == 0 and hub.buffered == 0
+
+
+async def test_a_reader_arriving_at_an_idle_hub_gets_everything_after_its_position(
+        hub: EventHub, pool: asyncpg.Pool) -> None:
+    start = hub.head
+    await write(pool, range(300))  # written while nobody follows
+    await wait_until(lambda: hub.head > start)
+    reader = asyncio.create_task(collect(hub, start, 600))
+    await wait_until(lambda: hub.readers == 1)
+    await write(pool, range(300, 600))  # and while someone does
+    events = await asyncio.wait_for(reader, 10)
+    assert [e.payload["n"] for e in events] == list(range(600))
+    assert hub.buffered > 0  # followed, the hub fills its window again
+    await wait_until(lambda: hub.readers == 0)  # the reader's generator closed when it returned
