@@ -175,3 +175,15 @@ async def test_rebuild_cli_repairs_a_projection_changed_behind_its_back(
     assert again.exit_code == 0, again.output
     assert "in 0 SKUs, 0 levels, 0 locations" in again.output
     assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].sellable == 4
+
+
+async def test_ship_sums_count_shipping_locations_only_and_zero_for_the_rest(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        "INSERT INTO ecommerce.locations (location_id, name, kind, ship, pickup, lat, lon) VALUES"
+        " ('wh', 'Warehouse', 'warehouse', true, false, 0, 0), ('st', 'Store', 'store', false, true, 0, 0)")
+    await pool.execute(
+        "INSERT INTO ecommerce.levels (sku, location_id, available) VALUES"
+        " ('A', 'wh', 5), ('A', 'st', 7), ('B', 'st', 3)")
+    async with pool.acquire() as conn:
+        sums = await ecommerce_repo.ship_sums(conn, ["A", "B", "NONE"])
+    assert sums == {"A": 5, "B": 0, "NONE": 0}
