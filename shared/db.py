@@ -58,6 +58,9 @@ async def transaction(pool: Pool, *, isolation: str = "read_committed") -> Async
     try:
         async with conn.transaction(isolation=isolation):
             yield conn
+    except asyncpg.exceptions.InternalClientError:
+        conn.terminate()  # left mid-operation by a server that ended the session: never hand it out again
+        raise
     finally:
         await release(pool, conn)
 

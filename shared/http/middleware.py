@@ -40,6 +40,10 @@ UNAVAILABLE = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
     asyncpg.InterfaceError,
+    # asyncpg's "cannot switch to state N; another operation is in progress": a connection the server
+    # terminated mid-operation, handed out again by the pool (MagicStack/asyncpg#784; SQLAlchemy #13241
+    # documents the same). Seen in a drill around a PostgreSQL restart; shared/db.transaction drops it.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

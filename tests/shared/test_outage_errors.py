@@ -30,6 +30,9 @@ def test_an_error_raised_while_handling_an_outage_is_an_outage() -> None:
     assert during_outage(rollback_after_server_closed())
     assert during_outage(asyncpg.exceptions.CrashShutdownError("crash of another server process"))
     assert during_outage(asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"))
+    # The same error on a pooled connection the server had terminated earlier, with nothing chained.
+    assert during_outage(asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation"
+                                                                " (2) is in progress"))
     assert not during_outage(RuntimeError("a bug"))
     assert not during_outage(asyncpg.UniqueViolationError("duplicate key"))
 
