@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg
 
 from benchmarks.cpu import machine
+from benchmarks.drills.checks import unhandled_errors
 from benchmarks.drills.report import DrillReport
 from benchmarks.drills.run import DrillConfig, run_drill
 from benchmarks.drills.traffic import Catalog
@@ -74,17 +75,21 @@ def main(argv: list[str]) -> int:
     began = time.perf_counter()
     try:
         report = asyncio.run(drill(args, root))
+        errors = unhandled_errors(root)
     finally:
         if args.keep:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
     print("\n".join(report.lines()))
+    for service, tracebacks in errors.items():
+        print(f"  {service} logged {len(tracebacks)} unhandled error(s); the last:\n{tracebacks[-1]}")
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"drill-{started_at}.json"
     path.write_text(json.dumps({
         "started_at": started_at, "duration_s": round(time.perf_counter() - began, 1), "args": vars(args),
         "machine": machine(), "git_commit": git_commit(), **asdict(report), "ok": report.ok,
+        "unhandled_errors": errors,
     }, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return 0 if report.ok else 1

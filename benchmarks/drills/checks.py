@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -165,3 +166,22 @@ def ledger_audit(env: dict[str, str]) -> tuple[bool, str]:
     done = subprocess.run([sys.executable, "-m", "services.cli", "ledger", "audit"], env=env, capture_output=True,
                           text=True, timeout=300, check=False)
     return done.returncode == 0, (done.stdout + done.stderr).strip()
+
+
+def unhandled_errors(log_dir: Path, per_service: int = 3) -> dict[str, list[str]]:
+    """The last tracebacks each service logged as 'unhandled error' (what became a 500), by service,
+    so a failed drill names its cause after its temp dir is gone."""
+    found: dict[str, list[str]] = {}
+    for log in sorted(log_dir.glob("*.log")):
+        errors = []
+        for line in log.read_bytes().splitlines():
+            if b'"unhandled error"' not in line:
+                continue
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            errors.append(f"{entry.get('method', '')} {entry.get('path', '')}: {entry.get('exception', '')[-1500:]}")
+        if errors:
+            found[log.stem] = errors[-per_service:]
+    return found
