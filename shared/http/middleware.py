@@ -143,9 +143,9 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         raise
     except Exception as exc:
         if during_outage(exc):
-            # E.g. asyncpg's InternalClientError from the rollback on a connection the server just closed:
-            # the database's trouble surfacing through the cleanup, still a 503.
+            # An error raised while handling an outage (e.g. in a rollback or a `finally`): the database's
+            # trouble surfacing through the cleanup, still a 503.
             log.warning("database unavailable (seen while cleaning up)", error=repr(exc))
             return problem_response(ServiceUnavailable("the database is unavailable; retry shortly"), request.path)
-        log.exception("unhandled error")
+        log.exception("unhandled error", method=request.method, path=request.path)
         return problem_response(Problem("unexpected server error; it has been logged"), request.path)
