@@ -12,6 +12,7 @@ from aiohttp import web
 from services import registry
 from shared.db import create_pool
 from shared.embedded_db import EmbeddedPostgres
+from shared.http.runner import ServiceRunner
 from shared.migrations import CORE_MIGRATIONS, apply_migrations
 from shared.settings import Settings
 
@@ -50,10 +51,7 @@ async def serve(settings: Settings, names: list[str], ready: asyncio.Event | Non
     runners: list[web.AppRunner] = []
     try:
         for name in names:
-            # Request lines and headers up to 16 KiB (aiohttp's default is 8 KiB): long batch queries such as
-            # ?sku=…&sku=… for 500 SKUs must reach the app, where limits are checked and answered as problems.
-            runner = web.AppRunner(registry.load(name).create_app(settings), access_log=None,
-                                   max_line_size=16384, max_field_size=16384)
+            runner = ServiceRunner(registry.load(name).create_app(settings))  # header limits, connection guard
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port_for(name), backlog=4096).start()
             runners.append(runner)

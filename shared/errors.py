@@ -88,12 +88,30 @@ class IllegalTransition(Conflict):
     code, title = "illegal-transition", "Illegal status transition"
 
 
+class RequestTimeout(Problem):
+    """The request's body did not arrive in time; the connection is closed after the answer."""
+
+    status, code, title = 408, "request-timeout", "Request not received in time"
+
+
 class PayloadTooLarge(Problem):
     status, code, title = 413, "payload-too-large", "Request body too large"
 
 
+class IncompleteBody(BadRequest):
+    """The body ended before its declared length, or its chunked framing was broken."""
+
+    code, title = "incomplete-body", "Request body incomplete or malformed in transit"
+
+
 class UnsupportedMediaType(Problem):
     status, code, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class TooManyConnections(Problem):
+    """Written by the connection guard itself to a connection past the per-client cap, then closed."""
+
+    status, code, title = 429, "too-many-connections", "Too many connections from this address"
 
 
 class ServiceUnavailable(Problem):

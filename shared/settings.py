@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     # Routes declared long-running (reconciliation runs, imports, ledger audits and exports) get this one.
     long_request_timeout_s: float = Field(default=660.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    # Slow or greedy clients (shared/http/body.py, shared/http/connection_guard.py). Headers are a
+    # packet or two: 10 s covers a till on lossy shop Wi-Fi through three TCP retransmissions and cuts
+    # a slowloris short. A body (at most max_body_bytes) gets 60 s: 1 MiB at ~140 kbit/s. The cap per
+    # client address bounds what one address can hold (a quarter of a common 1,024-descriptor limit)
+    # while leaving room for a shop platform or a store's tills behind one NAT address; 0 = no cap
+    # (behind a load balancer every client is the balancer's address: raise it or let the balancer count).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    max_connections_per_client: int = Field(default=256, ge=0)
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     event_poll_interval_s: float = Field(default=0.02, gt=0)  # outbox poll; see shared/event_stream.py

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
@@ -24,6 +25,7 @@ from services import registry
 from shared.auth import create_api_key
 from shared.db import create_pool, init_connection
 from shared.embedded_db import EmbeddedPostgres, free_port
+from shared.http.runner import ServiceRunner
 from shared.logging import configure_logging
 from shared.migrations import CORE_MIGRATIONS, apply_migrations
 from shared.settings import Settings
@@ -147,13 +149,20 @@ class Api:
 ServiceFactory = Callable[[str], Awaitable[Api]]
 
 
+class ServiceTestServer(TestServer):
+    """A test server run the way `omnistock serve` runs a service: ServiceRunner, connection guard and all."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return ServiceRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def service(settings: Settings) -> AsyncIterator[ServiceFactory]:
     """Start a service app on a real socket: `api = await service("inventory")`."""
     clients: list[TestClient] = []
 
     async def start(name: str) -> Api:
-        client = TestClient(TestServer(registry.load(name).create_app(settings)))
+        client = TestClient(ServiceTestServer(registry.load(name).create_app(settings)))
         await client.start_server()
         clients.append(client)
         return Api(client)

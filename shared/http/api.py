@@ -24,12 +24,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.auth import Principal
 from shared.db import Connection, Pool, transaction
-from shared.errors import (
-    MalformedJson,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    ValidationFailed,
-)
+from shared.errors import MalformedJson, UnsupportedMediaType, ValidationFailed
+from shared.http.body import receive_body
 from shared.http.deadline import within_deadline
 from shared.http.keys import KEY_CACHE, POOL, PRINCIPAL, SETTINGS
 from shared.idempotency import check_key, request_hash, run_once
@@ -172,18 +168,13 @@ def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise validation_errors(exc) from None
 
 
-async def read_body(request: web.Request, route: Route) -> tuple[bytes, Any]:
-    limit = request.app[SETTINGS].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"body over {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"body over {limit} bytes")
+def parse_body(request: web.Request, route: Route, raw: bytes) -> Any:
+    """The route's model from the body's bytes (None for raw bodies such as text/csv, or no model)."""
     if route.body is None:
-        return raw, None
+        return None
     ctype = request.content_type
     if ctype in route.raw_body_types:
-        return raw, None
+        return None
     if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
         accepted = ", ".join(("application/json", *route.raw_body_types))
         raise UnsupportedMediaType(f"send {accepted}, not {ctype}")
@@ -194,9 +185,17 @@ async def read_body(request: web.Request, route: Route) -> tuple[bytes, Any]:
     except orjson.JSONDecodeError as exc:
         raise MalformedJson(f"body is not valid JSON: {exc}") from None
     try:
-        return raw, route.body.model_validate(data)
+        return route.body.model_validate(data)
     except ValidationError as exc:
         raise validation_errors(exc) from None
+
+
+async def read_body(request: web.Request) -> bytes:
+    """Every byte of the body (shared/http/body.py), b"" when there is none."""
+    if not request.can_read_body:
+        return b""
+    settings = request.app[SETTINGS]
+    return await receive_body(request, settings.max_body_bytes, settings.body_timeout_s)
 
 
 MAX_PATH_PARAM = 200
@@ -262,12 +261,24 @@ def _endpoint(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         if route.streaming:  # an event stream lives as long as its client; it has no deadline
-            return await serve(request)
+            principal, query = await admit(request)
+            return await handle(request, principal, query, await read_body(request))
         settings = request.app[SETTINGS]
         seconds = settings.long_request_timeout_s if route.long_running else settings.request_timeout_s
-        return await within_deadline(serve(request), seconds)
+        if not request.can_read_body:
+            return await within_deadline(serve_bodiless(request), seconds)
+        # The deadline times the server's work; the body's arrival is the client's and has its own clock
+        # (OMNISTOCK_BODY_TIMEOUT_S, 408). The key is checked first, so no body is read for a stranger.
+        principal, query = await within_deadline(admit(request), seconds)
+        raw = await read_body(request)
+        return await within_deadline(handle(request, principal, query, raw), seconds)
 
-    async def serve(request: web.Request) -> web.StreamResponse:
+    async def serve_bodiless(request: web.Request) -> web.StreamResponse:
+        principal, query = await admit(request)
+        return await handle(request, principal, query, b"")
+
+    async def admit(request: web.Request) -> tuple[Principal, Any]:
+        """Path, key, role and query checked: who asks, and for what."""
         check_path(dict(request.match_info), path_types)
         principal = (
             Principal(0, "anonymous")
@@ -277,8 +288,10 @@ def _endpoint(
         request[PRINCIPAL] = principal
         if route.roles is not None and not route.public:
             principal.require_role(*route.roles)
-        query = parse_query(request, route.query) if route.query else None
-        raw, body = await read_body(request, route) if request.can_read_body or route.body else (b"", None)
+        return principal, parse_query(request, route.query) if route.query else None
+
+    async def handle(request: web.Request, principal: Principal, query: Any, raw: bytes) -> web.StreamResponse:
+        body = parse_body(request, route, raw)
         result = await route.handler(Call(request, route, principal, body, query, raw))
         if isinstance(result, web.StreamResponse):
             return result

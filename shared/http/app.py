@@ -13,6 +13,7 @@ from shared.db import create_pool
 from shared.errors import ServiceUnavailable
 from shared.event_stream import EventHub
 from shared.http.api import Api, Call
+from shared.http.connection_guard import guarded_request
 from shared.http.deadline import within_deadline
 from shared.http.keys import HUB, KEY_CACHE, POOL, SERVICE, SETTINGS
 from shared.http.middleware import observe
@@ -68,7 +69,8 @@ def create_service_app(
     if not settings.database_url:
         raise ValueError("settings.database_url must be set (the CLI starts the embedded database)")
     add_system_routes(api)
-    app = web.Application(middlewares=[observe], client_max_size=settings.max_body_bytes)
+    # guarded_request first: the connection guard must know a request has arrived before anything else runs.
+    app = web.Application(middlewares=[guarded_request, observe], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[SERVICE] = service
     api.mount(app)

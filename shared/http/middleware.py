@@ -114,7 +114,12 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except Problem as problem:
-        return problem_response(problem, request.path)
+        response = problem_response(problem, request.path)
+        if not request.content.is_eof():
+            # Answered before the body ended (413, 408, a refused key): what is still on its way is not
+            # read as another request, nor drained for a keep-alive that nobody needs; the connection ends.
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
