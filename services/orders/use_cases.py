@@ -36,6 +36,7 @@ from shared.auth import Principal
 from shared.db import Connection, Pool, transaction
 from shared.errors import Forbidden, NotFound, field_error
 from shared.outbox import publish_many
+from shared.paging import decode_cursor, encode_cursor
 
 SYSTEM_ACTOR = "system:sweeper"
 
@@ -95,15 +96,21 @@ async def list_orders(pool: Pool, query: OrderListQuery, principal: Principal) -
         if location_id not in (None, own):
             raise Forbidden(f"this store key lists only orders that involve {own}, not {location_id}")
         location_id = own
-    ids = await repo.list_orders(pool, query.status, query.channel, location_id, query.before, query.limit)
+    # Newest first by (created_at, id): orders placed in one group share created_at, so the id breaks
+    # the tie and a page ends inside a group without skipping the rest of it.
+    after = decode_cursor("orders", query.cursor, (datetime, uuid.UUID)) if query.cursor else None
+    ids = await repo.list_orders(pool, query.status, query.channel, location_id, after, query.limit)
     items = [await get_order(pool, order_id) for order_id in ids]
-    return OrderList(items=items, next_before=items[-1].created_at if len(items) == query.limit else None)
+    last = items[-1] if len(items) == query.limit else None
+    return OrderList(items=items, next_cursor=encode_cursor("orders", [last.created_at, last.id]) if last else None)
 
 
 async def list_sales(pool: Pool, query: SalesQuery) -> SaleList:
-    rows = await repo.list_sales(pool, query.business_day, query.channel, query.location_id, query.after, query.limit)
+    after = decode_cursor("sales", query.cursor, (int,))[0] if query.cursor else 0
+    rows = await repo.list_sales(pool, query.business_day, query.channel, query.location_id, after, query.limit)
     items = [_sale_out(r) for r in rows]
-    return SaleList(items=items, next_after=items[-1].id if len(items) == query.limit else None)
+    last = items[-1] if len(items) == query.limit else None
+    return SaleList(items=items, next_cursor=encode_cursor("sales", [last.id]) if last else None)
 
 
 def _sale_out(row: asyncpg.Record) -> SaleOut:
