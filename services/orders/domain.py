@@ -184,6 +184,33 @@ def check_can(order: Order, action: str) -> None:
         raise IllegalTransition(f"order {order.id} is not paid; record the payment first", status_now=order.status)
 
 
+# --- what a key may act on ---------------------------------------------------------------------------
+# A store key acts for its own location only: it records payment for orders sold or picked up there
+# (where the customer pays), cancels and fulfils only units allocated there (a store never releases or
+# ships another location's stock, even of an order it sold), and completes orders that involve it.
+# A shop key pays and cancels online orders only. Other roles are settled by the route's role list.
+
+
+def store_location(role: str, location_id: str | None) -> str | None:
+    """The location a key is confined to: a store key's own, else None (no confinement)."""
+    return location_id if role == "store" else None
+
+
+def check_may_act(order: Order, role: str, location_id: str | None, action: str) -> None:
+    if role == "shop" and order.channel != "online":
+        raise Forbidden(f"a shop key may {action} online orders only")
+    if role != "store":
+        return
+    if action == "pay":
+        if location_id not in (order.selling_location_id, order.pickup_location_id):
+            raise Forbidden(f"this store key records payment only for orders sold or picked up at {location_id}")
+    elif action in ("cancel", "fulfill"):
+        if location_id not in {a.location_id for a in order.allocations}:
+            raise Forbidden(f"nothing of this order is allocated at {location_id}")
+    elif location_id not in order.locations():
+        raise Forbidden(f"this store key may not {action} an order that does not involve {location_id}")
+
+
 def take_open(order: Order, requests: Sequence[Request] | None, action: str,
               only_location: str | None = None) -> list[Take]:
     """The open units a fulfilment or cancellation acts on: all of them (at `only_location`, for a

@@ -293,18 +293,21 @@ async def read_order(db: Pool | Connection, order_id: uuid.UUID) -> tuple[asyncp
 
 
 async def list_orders(db: Pool | Connection, status: str | None, channel: str | None, location_id: str | None,
-                      before: datetime | None, limit: int) -> list[uuid.UUID]:
+                      after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[uuid.UUID]:
+    """Newest first, strictly after the (created_at, id) of the previous page's last order. The plain
+    `created_at <= $4` repeats the row comparison in a form the orders_created index can range-scan."""
+    created_at, order_id = after if after is not None else (None, None)
     rows = await db.fetch(
         """
         SELECT o.id FROM orders.orders o
         WHERE ($1::text IS NULL OR o.status = $1) AND ($2::text IS NULL OR o.channel = $2)
           AND ($3::text IS NULL OR o.selling_location_id = $3 OR o.pickup_location_id = $3
                OR EXISTS (SELECT 1 FROM orders.allocations a WHERE a.order_id = o.id AND a.location_id = $3))
-          AND ($4::timestamptz IS NULL OR o.created_at < $4)
-        ORDER BY o.created_at DESC, o.id
-        LIMIT $5
+          AND ($4::timestamptz IS NULL OR (o.created_at <= $4 AND (o.created_at, o.id) < ($4, $5::uuid)))
+        ORDER BY o.created_at DESC, o.id DESC
+        LIMIT $6
         """,
-        status, channel, location_id, before, limit,
+        status, channel, location_id, created_at, order_id, limit,
     )
     return [r["id"] for r in rows]
 

@@ -103,7 +103,7 @@ LONG_URL = {400: "request line too long"}
 @api.get("/v1/orders", query=OrderListQuery, response=OrderList, extra_responses=LONG_URL)
 async def list_orders(call: Call[None, OrderListQuery]) -> OrderList:
     """Orders, newest first; filter by status, channel, or a location they involve."""
-    return await use_cases.list_orders(call.pool, call.query)
+    return await use_cases.list_orders(call.pool, call.query, call.principal)
 
 
 @api.get("/v1/orders/{order_id}", response=OrderOut, extra_responses={404: "unknown order"})

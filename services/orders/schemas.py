@@ -10,6 +10,7 @@ from pydantic import BeforeValidator, Field, StringConstraints, model_validator
 
 from services.inventory.schemas import Currency, LocationId, Sku
 from shared.http.models import RequestModel, ResponseModel
+from shared.paging import MAX_CURSOR
 
 MAX_LINES = 100
 MAX_LINE_QTY = 100_000
@@ -43,6 +44,8 @@ def _iso_date(value: object) -> object:
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
 IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# An opaque keyset cursor (shared/paging.py); decoded, and refused if not this list's, by the use case.
+Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]
 
 
 class LineIn(RequestModel):
@@ -150,14 +153,14 @@ class OrderOut(ResponseModel):
 
 class OrderList(ResponseModel):
     items: list[OrderOut]
-    next_before: datetime | None = None
+    next_cursor: str | None = None  # send back as ?cursor= for the next page; None on the last page
 
 
 class OrderListQuery(RequestModel):
     status: Status | None = None
     channel: Channel | None = None
     location_id: LocationId | None = None  # selling, pickup or allocated location
-    before: IsoDatetime | None = None  # created_at of the last order of the previous page
+    cursor: Cursor | None = None  # next_cursor of the previous page
     limit: Annotated[int, Field(ge=1, le=200)] = 50
 
 
@@ -269,13 +272,13 @@ class SalesQuery(RequestModel):
     business_day: IsoDate
     channel: Channel | None = None
     location_id: LocationId | None = None
-    after: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0  # id of the last sale of the previous page
+    cursor: Cursor | None = None  # next_cursor of the previous page
     limit: Annotated[int, Field(ge=1, le=1000)] = 500
 
 
 class SaleList(ResponseModel):
     items: list[SaleOut]
-    next_after: int | None = None
+    next_cursor: str | None = None
 
 
 class SweepOut(ResponseModel):

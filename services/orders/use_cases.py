@@ -36,6 +36,7 @@ from shared.auth import Principal
 from shared.db import Connection, Pool, transaction
 from shared.errors import Forbidden, NotFound, field_error
 from shared.outbox import publish_many
+from shared.paging import decode_cursor, encode_cursor
 
 SYSTEM_ACTOR = "system:sweeper"
 
@@ -86,16 +87,30 @@ def _only_location(state: domain.Order) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-async def list_orders(pool: Pool, query: OrderListQuery) -> OrderList:
-    ids = await repo.list_orders(pool, query.status, query.channel, query.location_id, query.before, query.limit)
+async def list_orders(pool: Pool, query: OrderListQuery, principal: Principal) -> OrderList:
+    """A store key lists only orders that involve its own location (asking for another is a 403, not an
+    empty page that would read as "none there"); an order by id stays readable with its receipt."""
+    location_id = query.location_id
+    own = domain.store_location(principal.role, principal.location_id)
+    if own is not None:
+        if location_id not in (None, own):
+            raise Forbidden(f"this store key lists only orders that involve {own}, not {location_id}")
+        location_id = own
+    # Newest first by (created_at, id): orders placed in one group share created_at, so the id breaks
+    # the tie and a page ends inside a group without skipping the rest of it.
+    after = decode_cursor("orders", query.cursor, (datetime, uuid.UUID)) if query.cursor else None
+    ids = await repo.list_orders(pool, query.status, query.channel, location_id, after, query.limit)
     items = [await get_order(pool, order_id) for order_id in ids]
-    return OrderList(items=items, next_before=items[-1].created_at if len(items) == query.limit else None)
+    last = items[-1] if len(items) == query.limit else None
+    return OrderList(items=items, next_cursor=encode_cursor("orders", [last.created_at, last.id]) if last else None)
 
 
 async def list_sales(pool: Pool, query: SalesQuery) -> SaleList:
-    rows = await repo.list_sales(pool, query.business_day, query.channel, query.location_id, query.after, query.limit)
+    after = decode_cursor("sales", query.cursor, (int,))[0] if query.cursor else 0
+    rows = await repo.list_sales(pool, query.business_day, query.channel, query.location_id, after, query.limit)
     items = [_sale_out(r) for r in rows]
-    return SaleList(items=items, next_after=items[-1].id if len(items) == query.limit else None)
+    last = items[-1] if len(items) == query.limit else None
+    return SaleList(items=items, next_cursor=encode_cursor("sales", [last.id]) if last else None)
 
 
 def _sale_out(row: asyncpg.Record) -> SaleOut:
@@ -113,11 +128,10 @@ async def _locked(conn: Connection, order_id: uuid.UUID) -> domain.Order:
     return order
 
 
-def _store_may_act(principal: Principal, order: domain.Order, action: str) -> None:
-    if principal.role == "store" and principal.location_id not in order.locations():
-        raise Forbidden(f"this store key may not {action} an order that does not involve {principal.location_id}")
-    if principal.role == "shop" and order.channel != "online":
-        raise Forbidden(f"a shop key may {action} online orders only")
+def _may_act(principal: Principal, order: domain.Order, action: str) -> str | None:
+    """Refuse what this key may not do to this order; returns the location a store key is confined to."""
+    domain.check_may_act(order, principal.role, principal.location_id, action)
+    return domain.store_location(principal.role, principal.location_id)
 
 
 Events = list[tuple[str, str, dict[str, Any]]]
@@ -131,7 +145,7 @@ def _events(order_id: str, event: str, status: str, channel: str, **extra: Any) 
 async def pay(conn: Connection, order_id: uuid.UUID, body: PaymentIn, principal: Principal) -> OrderOut:
     """Record payment: placed -> paid (or a fulfilled, unpaid order stays fulfilled); stops the clock."""
     order = await _locked(conn, order_id)
-    _store_may_act(principal, order, "record payment for")
+    _may_act(principal, order, "pay")
     domain.check_can(order, "pay")
     total = order.total
     if body.amount is not None and domain.money(body.amount) != total:
@@ -149,9 +163,7 @@ async def pay(conn: Connection, order_id: uuid.UUID, body: PaymentIn, principal:
 async def fulfill(conn: Connection, order_id: uuid.UUID, body: PartialIn, principal: Principal) -> OrderOut:
     """Shipped or picked up: reserved units leave on-hand and reserved together; the sale is recorded."""
     order = await _locked(conn, order_id)
-    if principal.role == "store" and principal.location_id not in {a.location_id for a in order.allocations}:
-        raise Forbidden(f"nothing of this order is allocated at {principal.location_id}")
-    only = principal.location_id if principal.role == "store" else None
+    only = _may_act(principal, order, "fulfill")
     takes = domain.take_open(order, _requests(body), "fulfill", only)
     reference = f"order:{order.id}"
     await repo.move_stock(conn, [(t.sku, t.location_id, -t.qty, -t.qty) for t in takes], "sale", reference,
@@ -173,8 +185,8 @@ async def cancel(conn: Connection, order_id: uuid.UUID, body: PartialIn, princip
                  event: str | None = None) -> OrderOut:
     """Release what is still reserved: all of it, or the given quantities per line."""
     order = await _locked(conn, order_id)
-    _store_may_act(principal, order, "cancel")
-    takes = domain.take_open(order, _requests(body), "cancel")
+    only = _may_act(principal, order, "cancel")  # a store's "cancel everything" is everything open there
+    takes = domain.take_open(order, _requests(body), "cancel", only)
     await _release(conn, order, takes, principal.subject, body.reason, event)
     return await get_order(conn, order_id)
 
@@ -197,7 +209,7 @@ async def _release(conn: Connection, order: domain.Order, takes: list[domain.Tak
 async def complete(conn: Connection, order_id: uuid.UUID, principal: Principal) -> OrderOut:
     """Close a fulfilled, paid order: nothing changes it any more."""
     order = await _locked(conn, order_id)
-    _store_may_act(principal, order, "complete")
+    _may_act(principal, order, "complete")
     domain.check_can(order, "complete")
     await repo.set_status(conn, order_id, "completed")
     await repo.add_history(conn, order_id, "completed", "completed", principal.subject)
