@@ -98,9 +98,39 @@ def change_payload(sku: str, old: Availability, new: Availability) -> dict[str, 
 # --- webhooks -------------------------------------------------------------------------------------
 
 
-def signature(secret: str, body: bytes) -> str:
-    """`X-Omnistock-Signature`: sha256=<hex HMAC-SHA256 of the raw body>."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+SIGNATURE_TOLERANCE_S = 300  # how far a receiver should let the signed time be from its own clock
+
+
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`X-Omnistock-Signature`: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>`.
+
+    The time is inside the MAC, so a receiver that refuses an old `t` refuses a captured message
+    replayed later; the body alone was signed before, and a replay days later verified."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
+
+
+def verify_signature(secret: str, header: str, body: bytes, now: float,
+                     tolerance_s: float = SIGNATURE_TOLERANCE_S) -> bool:
+    """What a receiver does: one `t`, one or more `v1` (any may match, so secrets can be rotated),
+    compared in constant time, and `t` within `tolerance_s` of `now` either way."""
+    timestamps, macs = [], []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            timestamps.append(value)
+        elif key == "v1":
+            macs.append(value)
+    if len(timestamps) != 1 or not (timestamps[0].isascii() and timestamps[0].isdigit()) or not macs:
+        return False
+    timestamp = int(timestamps[0])
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = _mac(secret, timestamp, body).encode()
+    return any(hmac.compare_digest(expected, mac.encode()) for mac in macs)
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, jitter: float) -> float:
