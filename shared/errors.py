@@ -46,6 +46,12 @@ class MalformedJson(BadRequest):
     code, title = "malformed-json", "Malformed JSON body"
 
 
+class StaleWebhook(Problem):
+    """A correctly signed inbound webhook too old to act on: a replay, or a retry past any schedule."""
+
+    status, code, title = 422, "stale-webhook", "Webhook delivery too old"
+
+
 class ValidationFailed(Problem):
     """422 with `errors: [{field, problem}]` so a client can point at the offending field."""
 

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     webhook_poll_interval_s: float = Field(default=1.0, gt=0)
     # The shop's webhook signing secret: X-Shopify-Hmac-Sha256 = base64(HMAC-SHA256(secret, raw body)).
     shop_webhook_secret: SecretStr | None = None
+    # Shopify's HMAC covers only the body, so a captured delivery verifies forever. One whose newest signed
+    # time (updated_at, else created_at) is older than this is refused unless it was accepted before.
+    # 6 h: Shopify retries a failed delivery 8 times over 4 hours; 2 h more for its queues and clocks.
+    shop_webhook_max_age_s: float = Field(default=21_600.0, gt=0)
     shop_channel: str = "shopify"
 
     # Orders: unpaid online orders hold their reservation this long; the sweeper looks this often.

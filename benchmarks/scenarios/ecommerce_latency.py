@@ -282,8 +282,9 @@ async def _listen(base_url: str, api_key: str, readers: int, port: int, pipe: Co
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         now = time.time()
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, request.headers.get("X-Omnistock-Signature", "")):
+        signed = dict(p.split("=", 1) for p in request.headers.get("X-Omnistock-Signature", "").split(",") if "=" in p)
+        expected = hmac.new(SECRET.encode(), f"{signed.get('t', '')}.".encode() + body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signed.get("v1", "")):
             stats["bad_signatures"] += 1
         stats["deliveries"] += 1
         if request.headers.get("X-Omnistock-Attempt", "1") != "1":

@@ -29,14 +29,14 @@ class RefusedDestination(OSError):
 
 
 class PolicyResolver(AbstractResolver):
-    def __init__(self, allow_list: list[str]) -> None:
+    def __init__(self, allow_list: list[str], inner: AbstractResolver | None = None) -> None:
         self._allow_list = allow_list
-        self._inner = ThreadedResolver()
+        self._inner = inner or ThreadedResolver()
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if domain.address_allowed(r["host"], host, self._allow_list)]
+        allowed = [r for r in results if domain.address_allowed(r["host"], host, self._allow_list, port)]
         if not allowed:
             raise RefusedDestination(f"{host} resolves only to non-public addresses (not allow-listed)")
         return allowed
@@ -50,12 +50,16 @@ def refusal(url: str, allow_list: list[str]) -> str | None:
     checked again, on every attempt, by PolicyResolver when they are resolved."""
     if problem := domain.url_problem(url):
         return problem
-    host = urlsplit(url).hostname or ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if not domain.port_allowed(host, port, allow_list):
+        return f"port {port}: webhooks go to ports 80 and 443 unless '{host}:{port}' is allow-listed"
     ip = domain.literal_ip(host)
-    if ip is not None and not domain.address_allowed(ip, host, allow_list):
+    if ip is not None and not domain.address_allowed(ip, host, allow_list, port):
         return f"{host} is not a public address (not allow-listed)"
-    if ip is None and host.lower().rstrip(".") in ("localhost", "localhost.localdomain") \
-            and not domain.address_allowed("127.0.0.1", host, allow_list):
+    if ip is None and host.lower().rstrip(".") in domain.LOCAL_NAMES \
+            and not domain.address_allowed("127.0.0.1", host, allow_list, port):
         return f"{host} is the local machine (not allow-listed)"
     return None
 

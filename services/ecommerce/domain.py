@@ -98,9 +98,39 @@ def change_payload(sku: str, old: Availability, new: Availability) -> dict[str, 
 # --- webhooks -------------------------------------------------------------------------------------
 
 
-def signature(secret: str, body: bytes) -> str:
-    """`X-Omnistock-Signature`: sha256=<hex HMAC-SHA256 of the raw body>."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+SIGNATURE_TOLERANCE_S = 300  # how far a receiver should let the signed time be from its own clock
+
+
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`X-Omnistock-Signature`: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>`.
+
+    The time is inside the MAC, so a receiver that refuses an old `t` refuses a captured message
+    replayed later; the body alone was signed before, and a replay days later verified."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
+
+
+def verify_signature(secret: str, header: str, body: bytes, now: float,
+                     tolerance_s: float = SIGNATURE_TOLERANCE_S) -> bool:
+    """What a receiver does: one `t`, one or more `v1` (any may match, so secrets can be rotated),
+    compared in constant time, and `t` within `tolerance_s` of `now` either way."""
+    timestamps, macs = [], []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            timestamps.append(value)
+        elif key == "v1":
+            macs.append(value)
+    if len(timestamps) != 1 or not (timestamps[0].isascii() and timestamps[0].isdigit()) or not macs:
+        return False
+    timestamp = int(timestamps[0])
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = _mac(secret, timestamp, body).encode()
+    return any(hmac.compare_digest(expected, mac.encode()) for mac in macs)
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, jitter: float) -> float:
@@ -111,36 +141,100 @@ def backoff_s(attempt: int, base_s: float, cap_s: float, jitter: float) -> float
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+WEB_PORTS = frozenset({80, 443})
+LOCAL_NAMES = ("localhost", "localhost.localdomain")  # the local machine by name: judged as 127.0.0.1
+# IPv6 forms with an IPv4 address inside, which a translator, a relay or the kernel itself turns into a
+# connection to that IPv4 address: judged by the address inside (Python's is_global does not look).
+_IPV4_IN_LAST_32_BITS = (
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # SIIT, IPv4-translated (RFC 6145)
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated, RFC 4291)
+)
+# Tunnels refused whatever they carry: Teredo relays to any host (its client address is obfuscated, and
+# no subscriber needs it); a local-use NAT64 prefix's length, so where its IPv4 sits, is the operator's
+# choice (RFC 8215), so the address inside cannot be read.
+_REFUSED_TUNNELS = (ipaddress.IPv6Network("2001::/32"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 
 
-def parse_allow_list(entries: list[str]) -> tuple[frozenset[str], tuple[Network, ...]]:
-    """Host names (matched exactly, lowercase) and IP networks that may be non-public destinations."""
-    hosts: set[str] = set()
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            hosts.add(entry.strip().lower().rstrip("."))
-    return frozenset(hosts), tuple(networks)
+@dataclass(frozen=True)
+class AllowEntry:
+    """One OMNISTOCK_WEBHOOK_ALLOW_HOSTS entry: a host name or an IP network, on one port or (None) any."""
+
+    host: str | None
+    network: Network | None
+    port: int | None
 
 
-def address_allowed(ip: str, host: str, allow_list: list[str]) -> bool:
+def parse_allow_entry(raw: str) -> AllowEntry:
+    """`name`, `IP`, `CIDR`, each optionally followed by `:port` (an IPv6 address in brackets then)."""
+    text, port = raw.strip(), None
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.isdigit() and (":" not in head or (head.startswith("[") and head.endswith("]"))):
+        text, port = head, int(tail)
+    text = text.removeprefix("[").removesuffix("]")
+    try:
+        return AllowEntry(None, ipaddress.ip_network(text, strict=False), port)
+    except ValueError:
+        return AllowEntry(text.lower().rstrip("."), None, port)
+
+
+def parse_allow_list(entries: list[str]) -> tuple[AllowEntry, ...]:
+    return tuple(parse_allow_entry(entry) for entry in entries)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, NAT64, SIIT, IPv4-compatible or 6to4 address leads to."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if any(address in network for network in _IPV4_IN_LAST_32_BITS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour  # 2002:AABB:CCDD::/48 carries AA.BB.CC.DD in bits 16-48
+
+
+def allow_listed(allow_list: list[str], host: str, addresses: list[Address], port: int | None) -> bool:
+    """Whether an entry names this host (as written in the URL) or holds one of these addresses, on
+    this port or on any port."""
+    name = host.lower().rstrip(".").removeprefix("[").removesuffix("]")
+    for entry in parse_allow_list(allow_list):
+        if entry.port is not None and entry.port != port:
+            continue
+        if entry.host is not None and entry.host == name:
+            return True
+        if entry.network is not None and any(a in entry.network for a in addresses):
+            return True
+    return False
+
+
+def address_allowed(ip: str, host: str, allow_list: list[str], port: int | None = None) -> bool:
     """A destination may be reached if it is a public address, or allow-listed by name or network.
 
     Private, loopback, link-local (cloud metadata at 169.254.169.254), multicast, reserved and
     unspecified addresses are refused: a subscriber must not turn our dispatcher into a probe of
-    the internal network.
+    the internal network. So are IPv6 addresses that lead to such an IPv4 address (embedded_ipv4).
     """
-    hosts, networks = parse_allow_list(allow_list)
-    if host.lower().rstrip(".") in hosts:
-        return True
     address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if any(address in network for network in networks):
+    inner = embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    # An IPv4 entry also covers that address IPv4-mapped (how a dual-stack socket shows it), but not
+    # its NAT64, 6to4 or other forms, which reach it through some translator: list those as themselves.
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    if allow_listed(allow_list, host, [address] if mapped is None else [address, mapped], port):
         return True
-    return address.is_global and not address.is_multicast
+    if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _REFUSED_TUNNELS):
+        return False
+    judged = inner or address
+    return judged.is_global and not judged.is_multicast
+
+
+def port_allowed(host: str, port: int, allow_list: list[str]) -> bool:
+    """Webhooks go to web ports; any other port must be allow-listed with the URL's host (by name, or
+    for an IP literal by its network), with that port or with none. Names are judged as written: a
+    name resolving into an allow-listed network still needs 80 or 443."""
+    if port in WEB_PORTS:
+        return True
+    ip = literal_ip(host) or ("127.0.0.1" if host.lower().rstrip(".") in LOCAL_NAMES else None)
+    return allow_listed(allow_list, host, [ipaddress.ip_address(ip)] if ip else [], port)
 
 
 def url_problem(url: str) -> str | None:

@@ -180,7 +180,9 @@ async def post_redeliver(call: Call[None, None]) -> Reply:
 
 @api.post("/v1/shop/orders", response=ShopOrderOut, status=201, public=True,
           extra_responses={401: "missing or wrong signature",
-                           409: "insufficient-stock (nothing reserved)", 422: "unknown SKU or invalid order"})
+                           409: "insufficient-stock (nothing reserved)",
+                           422: "unknown SKU or invalid order; stale-webhook: signed longer ago than"
+                                " OMNISTOCK_SHOP_WEBHOOK_MAX_AGE_S and never accepted (nothing placed)"})
 async def post_shop_order(call: Call[None, None]) -> Reply:
     """A shop's order (Shopify orders/create body), placed through orders once per external id.
 
@@ -200,5 +202,6 @@ async def post_shop_order(call: Call[None, None]) -> Reply:
     except ValidationError as exc:
         raise validation_errors(exc) from None
     status, result, replayed = await shop_orders.place_shop_order(
-        call.pool, call.request.app[SHOP_PLACEMENT], call.settings.shop_channel, order, call.raw_body)
+        call.pool, call.request.app[SHOP_PLACEMENT], call.settings.shop_channel, order, call.raw_body,
+        call.settings.shop_webhook_max_age_s)
     return Reply(status, result, {"Idempotent-Replayed": "true"} if replayed else {})

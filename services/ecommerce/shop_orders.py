@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import UTC, datetime
 
 from services.ecommerce import repository as repo
 from services.ecommerce import shopify
@@ -12,23 +13,30 @@ from services.orders import use_cases as orders
 from services.orders.schemas import PaymentIn
 from shared.auth import Principal
 from shared.db import Pool, transaction
+from shared.errors import StaleWebhook
 
 # Who a signed shop webhook acts as: the shop role, as if it had sent a shop key.
 SHOP = Principal(0, "shop")
 
 
 async def place_shop_order(pool: Pool, placement: orders.Placement, channel: str, order: shopify.ShopifyOrder,
-                           raw_body: bytes) -> tuple[int, ShopOrderOut, bool]:
+                           raw_body: bytes, max_age_s: float) -> tuple[int, ShopOrderOut, bool]:
     """(status, result, replayed): 201 and a new order the first time, 200 and the same result after.
 
     The claim, the order with its reservations and the stored result commit together: if placement
-    fails (409 insufficient stock, 422), nothing is kept and the shop's own retry starts afresh.
+    fails (409 insufficient stock, 422), nothing is kept and the shop's own retry starts afresh. A
+    delivery older than `max_age_s` that was never accepted is refused (its claim rolls back): a
+    captured body would otherwise place its order whenever it is sent; one accepted before is still a
+    replay, whatever its age, since answering it again creates nothing.
     """
     external_id = shopify.external_id(channel, order)
     async with transaction(pool) as conn:
         if not await repo.claim_shop_order(conn, channel, external_id, hashlib.sha256(raw_body).digest()):
             stored = await repo.replayed_shop_order(conn, channel, external_id)
             return 200, ShopOrderOut.model_validate(stored), True
+        if shopify.too_old(order, datetime.now(UTC), max_age_s):
+            raise StaleWebhook(f"order {order.id} was signed at {shopify.signed_time(order).isoformat()}, older than"
+                               f" {max_age_s:g} s; nothing was placed", max_age_s=max_age_s)
         skus = [item.sku for item in order.line_items if item.sku]
         order_in = shopify.to_order(channel, order, await repo.known_skus(conn, skus))
         placed = await orders.place_order(conn, order_in, SHOP, placement)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.orders.schemas import ChargeIn, FulfillmentIn, LineIn, OrderIn, ShipTo
 from shared.errors import ValidationFailed
@@ -50,6 +51,20 @@ class ShopifyOrder(_Lenient):
     total_discounts: ShopMoney = Decimal(0)
     shipping_address: ShopifyAddress | None = None
     financial_status: str | None = None
+    # Signed with the body (X-Shopify-Triggered-At is not): the only trustworthy times of a delivery.
+    created_at: AwareDatetime
+    updated_at: AwareDatetime | None = None
+
+
+def signed_time(order: ShopifyOrder) -> datetime:
+    """The newest time inside the signed body. Shopify signs after it writes the order, so the delivery
+    is at least this old: judging by it never lets an old delivery pass, and the newest (updated_at, on
+    an order paid days after it was created) wrongs a fresh one least."""
+    return max(t for t in (order.created_at, order.updated_at) if t is not None)
+
+
+def too_old(order: ShopifyOrder, now: datetime, max_age_s: float) -> bool:
+    return now - signed_time(order) > timedelta(seconds=max_age_s)
 
 
 def signature_valid(secret: str, body: bytes, header: str | None) -> bool:

@@ -152,14 +152,16 @@ def messages_for(events: list[Event], subscriptions: list[asyncpg.Record]) -> li
 
 
 def headers_for(row: asyncpg.Record, now: float) -> dict[str, str]:
+    # Signed per attempt: a retry carries its own time, so receivers can keep a short tolerance.
+    timestamp = int(now)
     return {
         "Content-Type": "application/json",
-        "X-Omnistock-Signature": domain.signature(row["secret"], row["body"]),
+        "X-Omnistock-Signature": domain.signature(row["secret"], timestamp, bytes(row["body"])),
         "X-Omnistock-Event-Id": str(row["event_id"]),
         "X-Omnistock-Event": row["topic"],
         "X-Omnistock-Delivery-Id": str(row["id"]),
         "X-Omnistock-Attempt": str(row["attempts"]),
-        "X-Omnistock-Timestamp": str(int(now)),
+        "X-Omnistock-Timestamp": str(timestamp),  # the signature's t, for receivers that log it
     }
 
 

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -22,14 +23,22 @@ from tests.conftest import Api, assert_problem
 from tests.services.ecommerce.conftest import SHOP_SECRET, Channel
 
 ORDER_ID = 820982911946154508
+SHOP_TZ = timezone(timedelta(hours=-5))  # Shopify writes times in the shop's offset
+
+
+def shopify_time(ago: timedelta = timedelta(0)) -> str:
+    """A time as Shopify writes it: local offset, seconds."""
+    return (datetime.now(UTC) - ago).astimezone(SHOP_TZ).isoformat(timespec="seconds")
+
 
 
 def shop_order(**changes: Any) -> dict[str, Any]:
-    """A small order in Shopify's orders/create shape (with some of the fields we ignore)."""
+    """A small order in Shopify's orders/create shape (with some of the fields we ignore), just created."""
+    now = shopify_time()
     order: dict[str, Any] = {
         "id": ORDER_ID, "name": "#9999", "email": "jon@example.com", "currency": "EUR",
         "financial_status": "paid", "taxes_included": False, "total_tax": "3.80", "total_discounts": "2.00",
-        "total_price": "125.55", "created_at": "2026-01-10T11:00:00-05:00",
+        "total_price": "125.55", "created_at": now, "updated_at": now,
         "line_items": [
             {"id": 866550311766439020, "variant_id": 808950810, "title": "Tee", "sku": "TEE-M", "quantity": 2,
              "price": "19.90", "total_discount": "0.00", "properties": []},
@@ -151,6 +160,9 @@ BAD_ORDERS: list[tuple[dict[str, Any], str]] = [
     ({"line_items": [{"sku": "TEE-M", "quantity": 1, "price": "-1.00"}]}, "line_items.0.price"),
     ({"line_items": [{"sku": None, "quantity": 1, "price": "1.00"}]}, "line_items.0.sku"),
     ({"shipping_lines": [{"price": "abc"}]}, "shipping_lines.0.price"),
+    ({"created_at": None}, "created_at"),
+    ({"created_at": "2026-01-10T11:00:00"}, "created_at"),  # no offset: which day is it?
+    ({"updated_at": "yesterday"}, "updated_at"),
 ]
 
 
@@ -171,3 +183,54 @@ async def test_without_a_configured_shop_secret_nothing_is_accepted(settings: Se
     async with TestClient(TestServer(app)) as client:
         status, body, _ = await post(Api(client), shop_order())
     assert_problem(status, body, 401, "unauthorized")
+
+
+# --- replays: the signature covers only the body, so the window is judged on times inside it ------
+
+
+async def test_a_signed_delivery_older_than_the_window_is_refused_and_creates_nothing(stocked: Channel) -> None:
+    old = shopify_time(timedelta(hours=7))  # past the 6 h default: beyond Shopify's own retries
+    status, body, _ = await post(stocked.ecommerce, shop_order(created_at=old, updated_at=old))
+    assert_problem(status, body, 422, "stale-webhook")
+    assert await placed_orders(stocked.pool) == 0 and await reserved(stocked.pool) == 0
+    assert await stocked.pool.fetchval("SELECT count(*) FROM ecommerce.shop_orders") == 0
+
+
+async def test_an_old_order_updated_recently_is_judged_by_its_update(stocked: Channel) -> None:
+    """An order that sat unpaid for days and was just paid: its updated_at is recent, so it is fresh."""
+    status, body, _ = await post(stocked.ecommerce, shop_order(created_at=shopify_time(timedelta(days=3)),
+                                                               updated_at=shopify_time(timedelta(minutes=1))))
+    assert status == 201, body
+    status, body, _ = await post(stocked.ecommerce, shop_order(created_at=shopify_time(timedelta(days=3)),
+                                                               updated_at=None, id=ORDER_ID + 1))
+    assert_problem(status, body, 422, "stale-webhook")
+
+
+async def test_an_accepted_delivery_sent_again_after_the_window_is_a_replay(stocked: Channel,
+                                                                          settings: Settings) -> None:
+    hour_ago = shopify_time(timedelta(hours=1))
+    raw = json.dumps(shop_order(created_at=hour_ago, updated_at=hour_ago)).encode()
+    status, first, _ = await post(stocked.ecommerce, raw)
+    assert status == 201, first
+    # Later: the same delivery is now outside the window (a shorter window stands in for time passing).
+    app = create_app(settings.model_copy(update={"shop_webhook_max_age_s": 1800}))
+    async with TestClient(TestServer(app)) as client:
+        status, body, resp = await post(Api(client), raw)
+        assert status == 200 and body == first and resp.headers["Idempotent-Replayed"] == "true"
+        # The same order with its times brought forward, under the old signature: not Shopify's body.
+        fresh = raw.replace(hour_ago.encode(), shopify_time().encode())
+        assert fresh != raw
+        status, body, _ = await post(Api(client), fresh, signature=sign(raw))
+        assert_problem(status, body, 401, "unauthorized")
+    assert await placed_orders(stocked.pool) == 1 and await reserved(stocked.pool) == 3
+
+
+async def test_a_stale_delivery_of_an_order_never_accepted_stays_refused(stocked: Channel) -> None:
+    """A delivery refused for want of stock cannot be replayed days later, once stock has arrived."""
+    old = shopify_time(timedelta(days=2))
+    order = shop_order(created_at=old, updated_at=old)
+    for _ in range(2):
+        status, body, _ = await post(stocked.ecommerce, order)
+        assert_problem(status, body, 422, "stale-webhook")
+        assert "older than" in body["detail"]
+    assert await placed_orders(stocked.pool) == 0

@@ -76,8 +76,11 @@ async def subscribe(channel: Channel, receiver: Receiver, events: list[str] | No
 
 
 def signed_correctly(request: Received) -> bool:
-    expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(request.headers["X-Omnistock-Signature"], expected)
+    """As a receiver checks it (README): t and v1 from the header, HMAC of "<t>." + body, t recent."""
+    fields = dict(part.split("=", 1) for part in request.headers["X-Omnistock-Signature"].split(","))
+    expected = hmac.new(SECRET.encode(), f"{fields['t']}.".encode() + request.body, hashlib.sha256).hexdigest()
+    return (hmac.compare_digest(fields["v1"], expected) and abs(time.time() - int(fields["t"])) <= 300
+            and request.headers["X-Omnistock-Timestamp"] == fields["t"])
 
 
 async def test_a_receiver_that_fails_first_gets_the_retry_correctly_signed(channel: Channel,
