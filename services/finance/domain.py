@@ -167,6 +167,21 @@ class UnresolvedItems(Conflict):
     code, title = "unresolved-items", "The run has unresolved items"
 
 
+class SettlementVoided(Conflict):
+    code, title = "settlement-voided", "The settlement is voided already"
+
+
+class SettlementCommitted(Conflict):
+    """A committed run's sales are on the ledger, which is never rewritten: voiding a settlement it
+    counted would make finance's books disagree with the ledger's history."""
+
+    code, title = "settlement-committed", "The settlement is on the ledger through a committed run"
+
+
+class RunStale(Conflict):
+    code, title = "run-stale", "The run counted a settlement that has been voided since"
+
+
 # --- one order -----------------------------------------------------------------------------------
 
 

@@ -114,6 +114,7 @@ async def commit_run(pool: Pool, ledger: Appender | None, identity: IdentityLoad
                 raise NotFound(f"unknown reconciliation run {run_id}")
             if run["superseded_by"] is not None:
                 raise domain.RunSuperseded(f"run {run_id} was superseded by run {run['superseded_by']}")
+            await _refuse_stale(pool, run)
             unresolved = unresolved_count(run)
             override = run["override_reason"] if run["committed_at"] is not None else body.override_reason
             if unresolved and override is None:
@@ -137,6 +138,19 @@ async def commit_run(pool: Pool, ledger: Appender | None, identity: IdentityLoad
             await repo.unlock_run_commit(lock_conn, run_id)
     return CommitOut(run_id=run_id, status="committed", written=written, already=total - written,
                      override_reason=override)
+
+
+async def _refuse_stale(pool: Pool, run: asyncpg.Record) -> None:
+    """A run that counted a settlement voided since would put a payment nobody stands by on the ledger.
+    Voids take this run's commit lock (use_cases.void_settlement), so none lands while a commit runs."""
+    voided = await repo.voided_ids(pool)
+    if not voided:
+        return
+    settlement_id = await repo.voided_in_run(pool, run["id"], voided)
+    if settlement_id is not None:
+        raise domain.RunStale(f"run {run['id']} counted settlement {settlement_id}, which has been voided since; "
+                              f"reconcile {run['business_day']} again and commit the new run",
+                              settlement_id=settlement_id)
 
 
 async def _append(pool: Pool, ledger: Appender, signer: Identity, run_id: int, entries: list[dict[str, Any]]) -> None:

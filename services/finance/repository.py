@@ -36,13 +36,22 @@ STAGING_COLUMNS = ("line", "provider", "external_id", "order_ref", "type", "amou
 # --- settlements ------------------------------------------------------------------------------------
 
 
+SETTLEMENT_VALUES = "(%s.order_ref, %s.type, %s.amount, %s.fee, %s.currency, %s.settled_at)"
+
+
+def _values(alias: str) -> str:
+    return SETTLEMENT_VALUES.replace("%s", alias)
+
+
 async def import_settlements(conn: Connection, rows: Sequence[tuple[int, SettlementIn]], source: str,
-                             actor: str) -> tuple[int, int, list[asyncpg.Record]]:
+                             actor: str, reimport_voided: bool) -> tuple[int, int, int, list[asyncpg.Record]]:
     """Stage the rows with COPY, insert the new ones in one statement, and return (batch id, inserted,
-    rows that repeat an imported (provider, external_id) with other values)."""
+    skipped as repeats of a voided settlement, rows that cannot go in: another live value under their
+    key, or none at all because it was voided while this file went in)."""
     await conn.execute(
         "CREATE TEMP TABLE finance_staging (line int, provider text, external_id text, order_ref text, type text,"
-        " amount numeric(14,2), fee numeric(14,2), currency text, settled_at timestamptz) ON COMMIT DROP")
+        " amount numeric(14,2), fee numeric(14,2), currency text, settled_at timestamptz, voided_id bigint)"
+        " ON COMMIT DROP")
     await conn.copy_records_to_table(
         "finance_staging", schema_name="pg_temp", columns=STAGING_COLUMNS,
         records=((line, r.provider, r.external_id, r.order_id, r.type, r.amount, r.fee, r.currency, r.settled_at)
@@ -50,27 +59,48 @@ async def import_settlements(conn: Connection, rows: Sequence[tuple[int, Settlem
     batch_id = await conn.fetchval(
         "INSERT INTO finance.import_batches (source, received, inserted, already, imported_by)"
         " VALUES ($1, $2, 0, 0, $3) RETURNING id", source, len(rows), actor)
+    skipped = 0
+    if not reimport_voided:
+        status = await conn.execute(f"""
+            UPDATE pg_temp.finance_staging st SET voided_id = v.id
+              FROM finance.settlements v
+             WHERE v.provider = st.provider AND v.external_id = st.external_id AND v.voided_at IS NOT NULL
+               AND {_values('v')} IS NOT DISTINCT FROM {_values('st')}
+               AND NOT EXISTS (SELECT 1 FROM finance.settlements l
+                                WHERE l.provider = st.provider AND l.external_id = st.external_id
+                                  AND l.voided_at IS NULL)""")
+        skipped = int(status.split()[-1])
     status = await conn.execute(f"""
         INSERT INTO finance.settlements (provider, external_id, order_ref, order_id, type, amount, fee, currency,
                                          settled_at, batch_id)
         SELECT st.provider, st.external_id, st.order_ref, {resolve_order('st.order_ref')},
                st.type, st.amount, st.fee, st.currency, st.settled_at, $1
           FROM pg_temp.finance_staging st
+         WHERE st.voided_id IS NULL
          ORDER BY st.line
-        ON CONFLICT (provider, external_id) DO NOTHING""", batch_id)
+        ON CONFLICT (provider, external_id) WHERE voided_at IS NULL DO NOTHING""", batch_id)
     inserted = int(status.split()[-1])
     # Checked after the insert, so a concurrent import of the same keys has committed (or rolled back)
-    # by now: whatever is stored under a key is what the key means.
-    conflicts = await conn.fetch("""
-        SELECT st.line, s.provider, s.external_id
+    # by now: whatever is live under a key is what the key means. A key with no live row at all was
+    # voided after the insert found its live row; it was not imported, so it is reported, not lost.
+    problems = await conn.fetch(f"""
+        SELECT st.line, st.provider, st.external_id, s.id AS live_id
           FROM pg_temp.finance_staging st
-          JOIN finance.settlements s USING (provider, external_id)
-         WHERE (s.order_ref, s.type, s.amount, s.fee, s.currency, s.settled_at)
-               IS DISTINCT FROM (st.order_ref, st.type, st.amount, st.fee, st.currency, st.settled_at)
+          LEFT JOIN finance.settlements s
+            ON s.provider = st.provider AND s.external_id = st.external_id AND s.voided_at IS NULL
+         WHERE st.voided_id IS NULL AND (s.id IS NULL OR {_values('s')} IS DISTINCT FROM {_values('st')})
          ORDER BY st.line LIMIT 1000""")
-    await conn.execute("UPDATE finance.import_batches SET inserted = $2, already = received - $2 WHERE id = $1",
-                       batch_id, inserted)
-    return batch_id, inserted, conflicts
+    await conn.execute("""
+        UPDATE finance.import_batches SET inserted = $2, already = received - $2 - $3, skipped_voided = $3
+         WHERE id = $1""", batch_id, inserted, skipped)
+    return batch_id, inserted, skipped, problems
+
+
+async def voided_repeats(conn: Connection, limit: int) -> list[asyncpg.Record]:
+    """Rows of the file being imported (in this transaction) that repeat a voided settlement."""
+    return await conn.fetch("""
+        SELECT line, provider, external_id, voided_id FROM pg_temp.finance_staging
+         WHERE voided_id IS NOT NULL ORDER BY line LIMIT $1""", limit)
 
 
 async def resolve_pending_settlements(conn: Connection) -> int:
@@ -78,23 +108,101 @@ async def resolve_pending_settlements(conn: Connection) -> int:
     status = await conn.execute(f"""
         UPDATE finance.settlements s SET order_id = r.order_id
           FROM (SELECT id, {resolve_order('order_ref')} AS order_id
-                  FROM finance.settlements WHERE order_id IS NULL) r
+                  FROM finance.settlements WHERE order_id IS NULL AND voided_at IS NULL) r
          WHERE s.id = r.id AND r.order_id IS NOT NULL""")
     return int(status.split()[-1])
 
 
-async def list_settlements(pool: Pool, order_ref: str | None, after: int, limit: int) -> list[asyncpg.Record]:
-    return await pool.fetch("""
-        SELECT id, provider, external_id, order_ref AS order_id, order_id::text AS resolved_order_id, type, amount,
-               fee, currency, settled_at
-          FROM finance.settlements
+SETTLEMENT_SELECT = """
+    SELECT id, provider, external_id, order_ref AS order_id, order_id::text AS resolved_order_id, type, amount,
+           fee, currency, settled_at, CASE WHEN voided_at IS NULL THEN 'live' ELSE 'voided' END AS status,
+           voided_at, voided_by, void_reason
+      FROM finance.settlements"""
+
+
+async def list_settlements(pool: Pool, order_ref: str | None, status: str, after: int,
+                           limit: int) -> list[asyncpg.Record]:
+    """Keyset on id (unique): a page starts strictly after the last id seen."""
+    return await pool.fetch(f"""{SETTLEMENT_SELECT}
          WHERE id > $1 AND ($2::text IS NULL OR order_ref = $2 OR order_id::text = $2)
-         ORDER BY id LIMIT $3""", after, order_ref, limit)
+           AND ($3::text = 'all' OR ($3::text = 'live') = (voided_at IS NULL))
+         ORDER BY id LIMIT $4""", after, order_ref, status, limit)
 
 
-async def settlement_exists(conn: Connection, settlement_id: int) -> bool:
-    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM finance.settlements WHERE id = $1)",
-                                    settlement_id))
+async def live_settlement_exists(conn: Connection, settlement_id: int) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM finance.settlements WHERE id = $1 AND voided_at IS NULL)", settlement_id))
+
+
+# --- voids ----------------------------------------------------------------------------------------------
+
+
+async def lock_settlement(conn: Connection, settlement_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow("""
+        SELECT id, order_id, settled_at, voided_at, voided_by, void_reason
+          FROM finance.settlements WHERE id = $1 FOR UPDATE""", settlement_id)
+
+
+async def lock_live_settlement(conn: Connection, provider: str, external_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("""
+        SELECT id, order_id, settled_at, voided_at, voided_by, void_reason
+          FROM finance.settlements WHERE provider = $1 AND external_id = $2 AND voided_at IS NULL
+         FOR UPDATE""", provider, external_id)
+
+
+async def last_voided(conn: Connection, provider: str, external_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("""
+        SELECT id, voided_at, voided_by, void_reason FROM finance.settlements
+         WHERE provider = $1 AND external_id = $2 AND voided_at IS NOT NULL ORDER BY id DESC LIMIT 1""",
+                               provider, external_id)
+
+
+async def runs_that_may_count(conn: Connection, settlement_id: int, order_id: Any,
+                              settled_at: Any) -> list[asyncpg.Record]:
+    """Every run that may hold the settlement in an item or a resolution, without reading all items:
+    an order's settlement is in the runs of the days the order has sales, an unexplained one in the
+    runs of the day it settled (domain.Scope.covers_settlement_day), a linked one where it was linked."""
+    return await conn.fetch("""
+        SELECT r.id, r.committed_at FROM finance.runs r
+         WHERE r.business_day IN (SELECT s.business_day FROM orders.sales s WHERE s.order_id = $2
+                                  UNION SELECT ($3::timestamptz AT TIME ZONE 'UTC')::date)
+            OR r.id IN (SELECT x.run_id FROM finance.resolutions x WHERE x.settlement_id = $1)
+         ORDER BY r.id""", settlement_id, order_id, settled_at)
+
+
+async def runs_counting(conn: Connection, settlement_id: int, run_ids: list[int]) -> list[asyncpg.Record]:
+    """Of `run_ids`, those that counted the settlement, and whether each is (even partly) on the ledger."""
+    return await conn.fetch("""
+        SELECT r.id, r.superseded_by,
+               r.committed_at IS NOT NULL
+               OR EXISTS (SELECT 1 FROM finance.ledger_commits c WHERE c.run_id = r.id) AS on_ledger
+          FROM finance.runs r
+         WHERE r.id = ANY ($2::bigint[])
+           AND (EXISTS (SELECT 1 FROM finance.run_items i WHERE i.run_id = r.id AND $1 = ANY (i.settlement_ids))
+                OR EXISTS (SELECT 1 FROM finance.resolutions x WHERE x.run_id = r.id AND x.settlement_id = $1))
+         ORDER BY r.id""", settlement_id, run_ids)
+
+
+async def mark_voided(conn: Connection, settlement_id: int, actor: str, reason: str) -> asyncpg.Record:
+    await conn.execute("""
+        UPDATE finance.settlements SET voided_at = now(), voided_by = $2, void_reason = $3
+         WHERE id = $1 AND voided_at IS NULL""", settlement_id, actor, reason)
+    return await conn.fetchrow(f"{SETTLEMENT_SELECT} WHERE id = $1", settlement_id)
+
+
+async def voided_ids(db: Pool | Connection) -> list[int]:
+    return [r["id"] for r in await db.fetch("SELECT id FROM finance.settlements WHERE voided_at IS NOT NULL")]
+
+
+async def voided_in_run(db: Pool | Connection, run_id: int, voided: list[int]) -> int | None:
+    """A voided settlement (one of `voided`) that the run counted in an item or linked in a resolution."""
+    return await db.fetchval("""
+        SELECT coalesce(
+            (SELECT x.settlement_id FROM finance.resolutions x
+              WHERE x.run_id = $1 AND x.settlement_id = ANY ($2::bigint[]) LIMIT 1),
+            (SELECT v FROM finance.run_items i CROSS JOIN LATERAL unnest(i.settlement_ids) v
+              WHERE i.run_id = $1 AND i.settlement_ids && $2::bigint[] AND v = ANY ($2::bigint[]) LIMIT 1))""",
+                             run_id, voided)
 
 
 # --- close-outs ---------------------------------------------------------------------------------------
@@ -119,6 +227,17 @@ async def latest_closeouts(db: Connection | Pool, business_day: date,
           FROM finance.closeouts
          WHERE business_day = $1 AND ($2::text IS NULL OR location_id = $2)
          ORDER BY location_id, id DESC""", business_day, location_id)
+
+
+async def closeout_page(db: Pool, business_day: date, location_id: str | None, after_location: str | None,
+                        limit: int) -> list[asyncpg.Record]:
+    """The declaration in force per store, keyset on location_id (one row per store, so unique)."""
+    return await db.fetch("""
+        SELECT DISTINCT ON (location_id) *
+          FROM finance.closeouts
+         WHERE business_day = $1 AND ($2::text IS NULL OR location_id = $2)
+           AND ($3::text IS NULL OR location_id > $3)
+         ORDER BY location_id, id DESC LIMIT $4""", business_day, location_id, after_location, limit)
 
 
 # --- runs: reading what a run needs (one REPEATABLE READ snapshot) -------------------------------------
@@ -149,6 +268,7 @@ WITH scoped AS (
            array_agg(t.id ORDER BY t.id) FILTER (WHERE t.type = 'refund') AS refund_ids,
            array_agg(DISTINCT t.currency) AS currencies
       FROM finance.settlements t JOIN scoped USING (order_id)
+     WHERE t.voided_at IS NULL
      GROUP BY t.order_id
 )
 SELECT sold.*, paid.captures, paid.capture_ids, paid.refunds, paid.refund_ids, paid.currencies
@@ -182,7 +302,8 @@ async def stray_settlements(conn: Connection, scope: Scope) -> list[asyncpg.Reco
                o.channel
           FROM finance.settlements t
           LEFT JOIN orders.orders o ON o.id = t.order_id
-         WHERE t.settled_at >= $1::date::timestamp AT TIME ZONE 'UTC'
+         WHERE t.voided_at IS NULL
+           AND t.settled_at >= $1::date::timestamp AT TIME ZONE 'UTC'
            AND t.settled_at < ($1::date + 1)::timestamp AT TIME ZONE 'UTC'
            AND ($2::text IS NULL OR coalesce(o.channel, 'online') = $2)
            AND NOT EXISTS (SELECT 1 FROM orders.sales s
@@ -284,9 +405,11 @@ async def get_run(db: Connection | Pool, run_id: int, *, lock: bool = False) -> 
     return await db.fetchrow(f"{RUN_SELECT} WHERE r.id = $1", run_id)
 
 
-async def list_runs(db: Pool, business_day: date | None, limit: int) -> list[asyncpg.Record]:
-    return await db.fetch(f"{RUN_SELECT} WHERE ($1::date IS NULL OR r.business_day = $1) ORDER BY r.id DESC LIMIT $2",
-                          business_day, limit)
+async def list_runs(db: Pool, business_day: date | None, before: int | None, limit: int) -> list[asyncpg.Record]:
+    """Newest first, keyset on id (unique): a page starts strictly below the last id seen."""
+    return await db.fetch(f"""{RUN_SELECT}
+        WHERE ($1::date IS NULL OR r.business_day = $1) AND ($2::bigint IS NULL OR r.id < $2)
+        ORDER BY r.id DESC LIMIT $3""", business_day, before, limit)
 
 
 async def first_items(db: Connection | Pool, run_id: int, limit: int) -> list[asyncpg.Record]:
@@ -330,6 +453,11 @@ async def mark_committed(conn: Connection, run_id: int, actor: str, override_rea
 
 async def lock_run_commit(conn: Connection, run_id: int) -> None:
     await conn.execute("SELECT pg_advisory_lock(7277006, $1::int)", run_id % 2**31)
+
+
+async def lock_run_commit_xact(conn: Connection, run_id: int) -> None:
+    """The commit lock of a run (lock_run_commit), held until this transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(7277006, $1::int)", run_id % 2**31)
 
 
 async def unlock_run_commit(conn: Connection, run_id: int) -> None:

@@ -2,7 +2,11 @@
 
 Who may do what (403 for every other role, admin included: an operator is not an accountant):
 - finance: everything (import settlements, declare close-outs, run, resolve, commit, read, report);
-- auditor: read runs, items, settlements, close-outs and reports.
+- auditor: read runs, items, settlements, close-outs and reports;
+- admin: void a settlement too (the one exception: clearing up a bad import is an operator's job as
+  much as an accountant's, and the void keeps who did it).
+
+Lists page with opaque keyset cursors (shared.paging): `?cursor=` the `next_cursor` of the page before.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from aiohttp import web
 from pydantic import Field, ValidationError
 
 from services.finance import ledger_commit, use_cases
-from services.finance import repository as repo
 from services.finance.schemas import (
     CloseoutIn,
     CloseoutList,
@@ -23,6 +26,7 @@ from services.finance.schemas import (
     CommitIn,
     CommitOut,
     ImportOut,
+    ImportQuery,
     ItemList,
     ItemOut,
     ItemQuery,
@@ -35,21 +39,27 @@ from services.finance.schemas import (
     RunQuery,
     SettlementBatch,
     SettlementList,
-    SettlementOut,
     SettlementQuery,
+    VoidByKeyIn,
+    VoidIn,
+    VoidOut,
 )
 from services.finance.settlement_file import RowErrors, csv_rows, decode_csv, json_rows
+from shared.db import Connection, transaction
 from shared.errors import MalformedJson, UnsupportedMediaType
 from shared.http.api import Api, Call, Reply, validation_errors
 
 # The ledger commit appends to (a ledger.port.Ledger); None until a backend is wired in.
 LEDGER = web.AppKey("finance_ledger", object)
 api = Api("finance", path_types={"run_id": Annotated[int, Field(ge=1, le=2**62)],
-                                 "item_no": Annotated[int, Field(ge=1, le=2**31 - 1)]})
+                                 "item_no": Annotated[int, Field(ge=1, le=2**31 - 1)],
+                                 "settlement_id": Annotated[int, Field(ge=1, le=2**62)]})
 
 WRITERS = ("finance",)
 READERS = ("finance", "auditor")
+VOIDERS = ("finance", "admin")
 RUN_404 = {404: "unknown run"}
+VOID_RESPONSES = {404: "unknown settlement", 409: "voided already, or on the ledger through a committed run"}
 
 
 def run_id(call: Call[Any, Any]) -> int:
@@ -71,27 +81,49 @@ def commit_body(call: Call[Any, Any]) -> CommitIn:
         raise validation_errors(exc) from None
 
 
-@api.post("/v1/settlements", body=SettlementBatch, response=ImportOut, status=201, also=(200,), roles=WRITERS,
-          raw_body_types=("text/csv",), long_running=True,
+@api.post("/v1/settlements", body=SettlementBatch, query=ImportQuery, response=ImportOut, status=201, also=(200,),
+          roles=WRITERS, raw_body_types=("text/csv",), long_running=True,
           extra_responses={422: "bad rows, each as {line, field, problem}; nothing was imported"})
-async def import_settlements(call: Call[SettlementBatch, None]) -> Reply:
+async def import_settlements(call: Call[SettlementBatch, ImportQuery]) -> Reply:
     """Import payment settlements (a JSON list or text/csv); all or nothing; rows seen before are skipped."""
     errors = RowErrors()
     if call.body is None:
         rows, source = csv_rows(decode_csv(call.raw_body), errors), "csv"
     else:
         rows, source = json_rows(call.body.root), "json"
-    result = await use_cases.import_settlements(call.pool, rows, errors, source, call.principal.subject)
+    result = await use_cases.import_settlements(call.pool, rows, errors, source, call.principal.subject,
+                                                call.query.reimport_voided)
     return Reply(201 if result.inserted else 200, result)
 
 
 @api.get("/v1/settlements", query=SettlementQuery, response=SettlementList, roles=READERS)
 async def list_settlements(call: Call[None, SettlementQuery]) -> SettlementList:
-    """Imported settlements in id order; filter by order_id (as sent, or the order it resolved to)."""
-    q = call.query
-    rows = await repo.list_settlements(call.pool, q.order_id, q.after, q.limit)
-    items = [SettlementOut.model_validate(dict(r)) for r in rows]
-    return SettlementList(items=items, next_after=items[-1].id if len(items) == q.limit else None)
+    """Settlements in id order, voided ones with why and who (status=live|voided|all); filter by order_id."""
+    return await use_cases.list_settlements(call.pool, call.query)
+
+
+async def _void(call: Call[Any, None], target: int | tuple[str, str], reason: str) -> Reply:
+    """One transaction; with an Idempotency-Key (optional here) a retry replays the first answer."""
+    async def work(conn: Connection) -> tuple[int, VoidOut]:
+        return 200, await use_cases.void_settlement(conn, target, reason, call.principal.subject)
+
+    if call.request.headers.get("Idempotency-Key") is not None:
+        return await call.once(work)
+    async with transaction(call.pool) as conn:
+        return Reply(*await work(conn))
+
+
+@api.post("/v1/settlements/{settlement_id}/void", body=VoidIn, response=VoidOut, roles=VOIDERS,
+          extra_responses=VOID_RESPONSES)
+async def void_settlement(call: Call[VoidIn, None]) -> Reply:
+    """Void a wrong settlement {reason}: it is kept (with who and why) and no run counts it any more."""
+    return await _void(call, int(call.path("settlement_id")), call.body.reason)
+
+
+@api.post("/v1/settlements/void", body=VoidByKeyIn, response=VoidOut, roles=VOIDERS, extra_responses=VOID_RESPONSES)
+async def void_settlement_by_key(call: Call[VoidByKeyIn, None]) -> Reply:
+    """Void the live settlement of {provider, external_id, reason}, as the provider's file names it."""
+    return await _void(call, (call.body.provider, call.body.external_id), call.body.reason)
 
 
 @api.post("/v1/closeouts", body=CloseoutIn, response=CloseoutOut, status=201, roles=WRITERS)
@@ -102,9 +134,8 @@ async def declare_closeout(call: Call[CloseoutIn, None]) -> CloseoutOut:
 
 @api.get("/v1/closeouts", query=CloseoutQuery, response=CloseoutList, roles=READERS)
 async def list_closeouts(call: Call[None, CloseoutQuery]) -> CloseoutList:
-    """The close-outs in force for a business day (the latest declaration per store)."""
-    rows = await repo.latest_closeouts(call.pool, call.query.business_day, call.query.location_id)
-    return CloseoutList(items=[CloseoutOut.model_validate(dict(r)) for r in rows])
+    """The close-outs in force for a business day (the latest declaration per store), by store."""
+    return await use_cases.list_closeouts(call.pool, call.query)
 
 
 @api.post("/v1/reconciliations", long_running=True, body=RunIn, response=RunOut, status=201, roles=WRITERS)
@@ -117,7 +148,7 @@ async def reconcile(call: Call[RunIn, None]) -> RunOut:
 @api.get("/v1/reconciliations", query=RunQuery, response=RunList, roles=READERS)
 async def list_runs(call: Call[None, RunQuery]) -> RunList:
     """Runs, newest first (without their items); filter by business_day."""
-    return RunList(items=await use_cases.list_runs(call.pool, call.query.business_day, call.query.limit))
+    return await use_cases.list_runs(call.pool, call.query)
 
 
 @api.get("/v1/reconciliations/{run_id}", response=RunOut, roles=READERS, extra_responses=RUN_404)
@@ -130,8 +161,7 @@ async def get_run(call: Call[None, None]) -> RunOut:
          extra_responses=RUN_404)
 async def list_items(call: Call[None, ItemQuery]) -> ItemList:
     """A run's items in item order, a page at a time; filter by class."""
-    q = call.query
-    return await use_cases.list_items(call.pool, run_id(call), q.class_, q.after, q.limit)
+    return await use_cases.list_items(call.pool, run_id(call), call.query)
 
 
 @api.post("/v1/reconciliations/{run_id}/items/{item_no}/resolution", body=ResolutionIn, response=ItemOut,

@@ -12,6 +12,7 @@ from services.inventory.schemas import LocationId
 from services.orders.schemas import TenderKind
 from shared.http.models import RequestModel, ResponseModel
 from shared.money import Currency, Money, SignedMoney
+from shared.paging import MAX_CURSOR
 
 MAX_TENDERS = 20
 MAX_LIST = 1000
@@ -19,6 +20,8 @@ Channel = Literal["online", "store"]
 ItemClass = Literal["matched", "amount_mismatch", "missing_payment", "missing_sale", "duplicate"]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"\S")]
+# An opaque next_cursor handed back unchanged (shared.paging); what it holds is checked when decoded.
+Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]
 
 
 def _aware_datetime(value: object) -> object:
@@ -71,11 +74,26 @@ class SettlementBatch(RootModel[Annotated[
     pass
 
 
+class ImportQuery(RequestModel):
+    # Rows identical to a voided settlement (and with no live one) are skipped unless this is true: the
+    # same wrong file sent again must not bring back what someone voided on purpose.
+    reimport_voided: bool = False
+
+
+class VoidedRepeat(ResponseModel):
+    line: int
+    provider: str
+    external_id: str
+    voided_id: int  # the voided settlement the row repeats
+
+
 class ImportOut(ResponseModel):
     batch_id: int | None
     received: int
     inserted: int
-    already_imported: int
+    already_imported: int  # the same values as the live settlement of their (provider, external_id)
+    skipped_voided: int = 0  # identical to a voided settlement, not imported again (see reimport_voided)
+    voided_repeats: list[VoidedRepeat] = []  # the first of those, by line
 
 
 class SettlementOut(ResponseModel):
@@ -89,16 +107,39 @@ class SettlementOut(ResponseModel):
     fee: Money
     currency: str
     settled_at: datetime
+    status: Literal["live", "voided"]
+    voided_at: datetime | None = None
+    voided_by: str | None = None
+    void_reason: str | None = None
+
+
+class VoidIn(RequestModel):
+    reason: Reason
+
+
+class VoidByKeyIn(RequestModel):
+    provider: Text
+    external_id: Text
+    reason: Reason
+
+
+class VoidOut(SettlementOut):
+    # Current, uncommitted runs that counted this settlement: they cannot be committed any more; run
+    # their scope again.
+    stale_runs: list[int]
 
 
 class SettlementQuery(RequestModel):
     order_id: Text | None = None
-    after: Annotated[int, Field(ge=0, le=2**62)] = 0
+    status: Literal["live", "voided", "all"] = "all"
+    cursor: Cursor | None = None
+    after: Annotated[int, Field(ge=0, le=2**62)] = 0  # an id; kept for old clients, `cursor` is the way
     limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 100
 
 
 class SettlementList(ResponseModel):
     items: list[SettlementOut]
+    next_cursor: str | None = None
     next_after: int | None = None
 
 
@@ -144,10 +185,14 @@ class CloseoutOut(ResponseModel):
 class CloseoutQuery(RequestModel):
     business_day: IsoDate
     location_id: LocationId | None = None
+    cursor: Cursor | None = None
+    # One row per store: a whole chain's day fits in one page by default, as it did before paging.
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = MAX_LIST
 
 
 class CloseoutList(ResponseModel):
     items: list[CloseoutOut]
+    next_cursor: str | None = None
 
 
 # --- reconciliation runs ---------------------------------------------------------------------------
@@ -250,21 +295,25 @@ class RunOut(ResponseModel):
 
 class RunQuery(RequestModel):
     business_day: IsoDate | None = None
+    cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 50
 
 
 class RunList(ResponseModel):
     items: list[RunOut]
+    next_cursor: str | None = None
 
 
 class ItemQuery(RequestModel):
     class_: ItemClass | None = Field(default=None, alias="class")
-    after: Annotated[int, Field(ge=0, le=2**31)] = 0
+    cursor: Cursor | None = None
+    after: Annotated[int, Field(ge=0, le=2**31)] = 0  # an item_no; kept for old clients, `cursor` is the way
     limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 100
 
 
 class ItemList(ResponseModel):
     items: list[ItemOut]
+    next_cursor: str | None = None
     next_after: int | None = None
 
 

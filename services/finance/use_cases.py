@@ -16,24 +16,35 @@ from services.finance import repository as repo
 from services.finance.domain import Item, OrderPosition, RunTotals, Scope, Settlement, Tender, Tolerances
 from services.finance.schemas import (
     CloseoutIn,
+    CloseoutList,
     CloseoutOut,
+    CloseoutQuery,
     Counts,
     ImportOut,
     ItemList,
     ItemOut,
+    ItemQuery,
     ResolutionIn,
     ResolutionOut,
     RevenueQuery,
     RevenueReport,
     RevenueRow,
     RunIn,
+    RunList,
     RunOut,
+    RunQuery,
     SettlementIn,
+    SettlementList,
+    SettlementOut,
+    SettlementQuery,
     TotalOut,
+    VoidedRepeat,
+    VoidOut,
 )
 from services.finance.settlement_file import RowErrors, check_rows
 from shared.db import Connection, Pool, transaction
 from shared.errors import Conflict, NotFound, field_error
+from shared.paging import decode_cursor, encode_cursor
 from shared.settings import Settings
 
 FIRST_ITEMS = 1000
@@ -47,14 +58,22 @@ def tolerances(settings: Settings) -> Tolerances:
 # --- imports ----------------------------------------------------------------------------------------
 
 
+MAX_REPEATS = 1000
+
+
 class _NothingNew(Exception):
-    """Every row was imported before: roll back, so a repeated file leaves no trace."""
+    """Every row was imported before (or repeats a voided one): roll back, so a repeated file leaves no
+    trace, and answer with what was found."""
+
+    def __init__(self, result: ImportOut) -> None:
+        self.result = result
 
 
 async def import_settlements(pool: Pool, rows: Iterable[tuple[int, dict[str, Any]]], errors: RowErrors,
-                             source: str, actor: str) -> ImportOut:
-    """All or nothing: every row is checked first; rows imported before are skipped (same values) or
-    refused (other values under the same provider and external_id)."""
+                             source: str, actor: str, reimport_voided: bool = False) -> ImportOut:
+    """All or nothing: every row is checked first; rows imported before are skipped (same values as the
+    live row of their provider and external_id) or refused (other values); rows identical to a voided
+    settlement are skipped unless `reimport_voided`."""
     checked: list[tuple[int, SettlementIn]] = list(check_rows(rows, errors))
     errors.raise_if_any()
     received = len(checked)
@@ -62,16 +81,116 @@ async def import_settlements(pool: Pool, rows: Iterable[tuple[int, dict[str, Any
         return ImportOut(batch_id=None, received=0, inserted=0, already_imported=0)
     try:
         async with transaction(pool) as conn:
-            batch_id, inserted, conflicts = await repo.import_settlements(conn, checked, source, actor)
-            for row in conflicts:
-                errors.add(row["line"], "external_id",
-                           f"({row['provider']}, {row['external_id']}) was imported before with other values")
+            batch_id, inserted, skipped, problems = await repo.import_settlements(conn, checked, source, actor,
+                                                                                  reimport_voided)
+            for row in problems:
+                key = f"({row['provider']}, {row['external_id']})"
+                if row["live_id"] is None:
+                    errors.add(row["line"], "external_id",
+                               f"{key} was voided while this file was being imported; send the file again")
+                else:
+                    errors.add(row["line"], "external_id",
+                               f"{key} was imported before with other values (settlement {row['live_id']});"
+                               " void that settlement to import these")
             errors.raise_if_any()
+            repeats = [VoidedRepeat(**dict(r)) for r in await repo.voided_repeats(conn, MAX_REPEATS)] if skipped else []
+            result = ImportOut(batch_id=batch_id, received=received, inserted=inserted,
+                               already_imported=received - inserted - skipped, skipped_voided=skipped,
+                               voided_repeats=repeats)
             if inserted == 0:
-                raise _NothingNew
-    except _NothingNew:
-        return ImportOut(batch_id=None, received=received, inserted=0, already_imported=received)
-    return ImportOut(batch_id=batch_id, received=received, inserted=inserted, already_imported=received - inserted)
+                raise _NothingNew(result.model_copy(update={"batch_id": None}))
+    except _NothingNew as nothing:
+        return nothing.result
+    return result
+
+
+# --- voids ---------------------------------------------------------------------------------------------
+
+
+async def void_settlement(conn: Connection, target: int | tuple[str, str], reason: str, actor: str) -> VoidOut:
+    """Void a settlement (by id, or the live one of a (provider, external_id)): it stays, with when, who
+    and why, and no run counts it any more.
+
+    A settlement a committed run counted is refused: its sales are on the ledger, which is never
+    rewritten. Each uncommitted run that may count it has its commit lock taken first (the one
+    ledger_commit holds while it writes), so a commit under way finishes before this decides, and a
+    commit that starts later sees the void and refuses the run as stale (ledger_commit.commit_run)."""
+    row = await _locked_settlement(conn, target)
+    sid = int(row["id"])
+    if row["voided_at"] is not None:
+        raise domain.SettlementVoided(f"settlement {sid} was voided at {row['voided_at'].isoformat()} by "
+                                      f"{row['voided_by']}: {row['void_reason']}")
+    candidates = await repo.runs_that_may_count(conn, sid, row["order_id"], row["settled_at"])
+    for run in candidates:
+        if run["committed_at"] is None:
+            await repo.lock_run_commit_xact(conn, run["id"])
+    counting = await repo.runs_counting(conn, sid, [r["id"] for r in candidates])
+    on_ledger = [r["id"] for r in counting if r["on_ledger"]]
+    if on_ledger:
+        raise domain.SettlementCommitted(
+            f"settlement {sid} is on the ledger through committed run(s) {', '.join(map(str, on_ledger))}; "
+            "the ledger is never rewritten, so the settlement stays", runs=on_ledger)
+    voided = await repo.mark_voided(conn, sid, actor, reason)
+    return VoidOut(**dict(voided), stale_runs=[r["id"] for r in counting if r["superseded_by"] is None])
+
+
+async def _locked_settlement(conn: Connection, target: int | tuple[str, str]) -> asyncpg.Record:
+    if isinstance(target, int):
+        row = await repo.lock_settlement(conn, target)
+        if row is None:
+            raise NotFound(f"unknown settlement {target}")
+        return row
+    provider, external_id = target
+    row = await repo.lock_live_settlement(conn, provider, external_id)
+    if row is not None:
+        return row
+    voided = await repo.last_voided(conn, provider, external_id)
+    if voided is None:
+        raise NotFound(f"no settlement ({provider}, {external_id})")
+    return voided
+
+
+# --- lists (keyset cursors, shared.paging) ---------------------------------------------------------------
+
+
+def _after(cursor: str | None, after: int, list_name: str) -> int:
+    """The key a page starts after: from the cursor, or from the older `after` parameter."""
+    if cursor is None:
+        return after
+    if after:
+        raise field_error("after", "send cursor or after, not both")
+    (key,) = decode_cursor(list_name, cursor, (int,))
+    return int(key)
+
+
+async def list_settlements(pool: Pool, q: SettlementQuery) -> SettlementList:
+    after = _after(q.cursor, q.after, "settlements")
+    rows = await repo.list_settlements(pool, q.order_id, q.status, after, q.limit + 1)
+    items = [SettlementOut.model_validate(dict(r)) for r in rows[:q.limit]]
+    if len(rows) <= q.limit:
+        return SettlementList(items=items)
+    last = items[-1].id
+    return SettlementList(items=items, next_cursor=encode_cursor("settlements", [last]), next_after=last)
+
+
+async def list_closeouts(pool: Pool, q: CloseoutQuery) -> CloseoutList:
+    after_location = None
+    if q.cursor is not None:
+        day, after_location = decode_cursor("closeouts", q.cursor, (date, str))
+        if day != q.business_day:
+            raise field_error("cursor", f"a cursor of business day {day}, not {q.business_day}")
+    rows = await repo.closeout_page(pool, q.business_day, q.location_id, after_location, q.limit + 1)
+    items = [CloseoutOut.model_validate(dict(r)) for r in rows[:q.limit]]
+    more = len(rows) > q.limit
+    return CloseoutList(items=items, next_cursor=encode_cursor("closeouts", [q.business_day, items[-1].location_id])
+                        if more else None)
+
+
+async def list_runs(pool: Pool, q: RunQuery) -> RunList:
+    before = None if q.cursor is None else int(decode_cursor("runs", q.cursor, (int,))[0])
+    rows = await repo.list_runs(pool, q.business_day, before, q.limit + 1)
+    items = [run_out(r, []) for r in rows[:q.limit]]
+    return RunList(items=items, next_cursor=encode_cursor("runs", [items[-1].id]) if len(rows) > q.limit else None)
 
 
 # --- close-outs ---------------------------------------------------------------------------------------
@@ -227,15 +346,22 @@ async def get_run(db: Pool | Connection, run_id: int, first_items: int = FIRST_I
     return run_out(run, items)
 
 
-async def list_runs(pool: Pool, business_day: Any, limit: int) -> list[RunOut]:
-    return [run_out(r, []) for r in await repo.list_runs(pool, business_day, limit)]
-
-
-async def list_items(pool: Pool, run_id: int, item_class: str | None, after: int, limit: int) -> ItemList:
+async def list_items(pool: Pool, run_id: int, q: ItemQuery) -> ItemList:
     if await repo.get_run(pool, run_id) is None:
         raise NotFound(f"unknown reconciliation run {run_id}")
-    items = [item_out(r) for r in await repo.list_items(pool, run_id, item_class, after, limit)]
-    return ItemList(items=items, next_after=items[-1].item_no if len(items) == limit else None)
+    after = q.after
+    if q.cursor is not None:
+        if q.after:
+            raise field_error("after", "send cursor or after, not both")
+        of_run, after = decode_cursor("run_items", q.cursor, (int, int))
+        if of_run != run_id:
+            raise field_error("cursor", f"a cursor of run {of_run}, not of run {run_id}")
+    rows = await repo.list_items(pool, run_id, q.class_, after, q.limit + 1)
+    items = [item_out(r) for r in rows[:q.limit]]
+    if len(rows) <= q.limit:
+        return ItemList(items=items)
+    last = items[-1].item_no
+    return ItemList(items=items, next_cursor=encode_cursor("run_items", [run_id, last]), next_after=last)
 
 
 async def _open_run(conn: Connection, run_id: int) -> asyncpg.Record:
@@ -258,8 +384,8 @@ async def resolve_item(pool: Pool, run_id: int, item_no: int, body: ResolutionIn
             raise NotFound(f"run {run_id} has no item {item_no}")
         if item["class"] == domain.MATCHED:
             raise Conflict(f"item {item_no} is matched; there is nothing to resolve")
-        if body.settlement_id is not None and not await repo.settlement_exists(conn, body.settlement_id):
-            raise field_error("settlement_id", f"unknown settlement {body.settlement_id}")
+        if body.settlement_id is not None and not await repo.live_settlement_exists(conn, body.settlement_id):
+            raise field_error("settlement_id", f"unknown or voided settlement {body.settlement_id}")
         if not await repo.insert_resolution(conn, run_id, item_no, body.action, body.reason, body.amount,
                                             body.settlement_id, actor):
             raise Conflict(f"item {item_no} of run {run_id} is resolved already")
