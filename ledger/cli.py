@@ -97,9 +97,10 @@ def revenue(date_from: str, date_to: str) -> None:
     from services.cli import _run
     from services.finance.use_cases import FinanceRevenue
     from shared.db import create_pool
+    from shared.roles import service_dsn
 
     async def go(settings: Settings) -> Any:
-        finance_pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+        finance_pool = await create_pool(service_dsn(settings, "finance"), min_size=1, max_size=1)
         try:
             async with use_cases.open_ledger(settings, max_size=2) as port:
                 return await use_cases.revenue(port, date_from, date_to, FinanceRevenue(finance_pool))

@@ -18,6 +18,7 @@ from services.finance.cli import import_group, reconcile
 from shared.auth import ROLES, create_api_key
 from shared.db import create_pool
 from shared.logging import configure_logging
+from shared.roles import service_dsn
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -25,14 +26,14 @@ console = Console(stderr=True)
 DEMO_STORES, DEMO_SKUS = 25, 500
 
 
-def _run(coro_fn: Callable[[Settings], Awaitable[T]]) -> T:
+def _run(coro_fn: Callable[[Settings], Awaitable[T]], *, force_grants: bool = False) -> T:
     """Resolve the database (embedded when DATABASE_URL is unset), migrate, and run `coro_fn`."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     with runtime.database(settings) as ready:
 
         async def main() -> T:
-            await runtime.migrate(ready)
+            await runtime.migrate(ready, force_grants=force_grants)
             return await coro_fn(ready)
 
         return _asyncio_run(main())
@@ -75,7 +76,7 @@ async def _demo(settings: Settings) -> None:
     from services.inventory import repository as inventory_repo
     from services.inventory import use_cases as inventory
 
-    pool = await create_pool(settings.database_url or "", min_size=1, max_size=2)
+    pool = await create_pool(_owner_dsn(settings), min_size=1, max_size=2)
     try:
         if not await inventory_repo.list_locations(pool):
             await inventory.seed(pool, DEMO_STORES, DEMO_SKUS)
@@ -99,13 +100,20 @@ def serve(name: str) -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply pending migrations of every service."""
+    """Apply pending migrations of every service, then the service roles' logins and grants."""
 
     async def go(settings: Settings) -> None:
-        return None
+        _owner_dsn(settings)
 
-    _run(go)
+    _run(go, force_grants=True)
     click.echo("migrations applied")
+
+
+def _owner_dsn(settings: Settings) -> str:
+    """Admin commands work as the database owner: they need DATABASE_URL (or the embedded database)."""
+    if not settings.database_url:
+        raise click.UsageError("this command needs the database owner's DATABASE_URL")
+    return settings.database_url
 
 
 @main.group()
@@ -123,7 +131,7 @@ def keys_create(role: str, location_id: str | None, label: str | None) -> None:
         raise click.UsageError("--location is required for --role store, and only for it")
 
     async def go(settings: Settings) -> str:
-        pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+        pool = await create_pool(_owner_dsn(settings), min_size=1, max_size=1)
         try:
             async with pool.acquire() as conn:
                 if location_id is not None and not await conn.fetchval(
@@ -148,7 +156,7 @@ def seed(stores: int, skus: int, density: float) -> None:
     from services.inventory import use_cases as inventory
 
     async def go(settings: Settings) -> tuple[int, int, int]:
-        pool = await create_pool(settings.database_url or "", min_size=1, max_size=2, command_timeout=3600)
+        pool = await create_pool(service_dsn(settings, "inventory"), min_size=1, max_size=2, command_timeout=3600)
         columns = (TextColumn("seeding stock"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         try:
             with Progress(*columns, console=console) as progress:

@@ -13,31 +13,46 @@ from services import registry
 from shared.db import create_pool
 from shared.embedded_db import EmbeddedPostgres
 from shared.http.runner import ServiceRunner
-from shared.migrations import CORE_MIGRATIONS, apply_migrations
+from shared.migrations import CORE_MIGRATIONS
+from shared.roles import ROLE_OF, configured_logins, prepare_database
 from shared.settings import Settings
 
 
 @contextlib.contextmanager
 def database(settings: Settings) -> Iterator[Settings]:
-    """Settings with a database_url: the configured one, or the embedded cluster under data_dir."""
-    if settings.database_url:
+    """Settings with database URLs: the configured ones, or the embedded cluster's under data_dir (the
+    owner's and one per service role, passwords from the cluster's secrets file)."""
+    if settings.database_url or configured_logins(settings):
         yield settings
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     server = EmbeddedPostgres(settings.data_dir / "pg", settings.embedded_pg_port)
     dsn = server.start()
     try:
-        yield settings.model_copy(update={"database_url": dsn})
+        yield settings.model_copy(update={"database_url": dsn, **embedded_service_urls(server)})
     finally:
         if server.started_here:
             server.stop()
 
 
-async def migrate(settings: Settings) -> list[str]:
-    pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+def embedded_service_urls(server: EmbeddedPostgres, database: str = "postgres") -> dict[str, str]:
+    """Settings fields: each service's role URL on the embedded cluster."""
+    return {f"{service}_database_url": server.role_dsn(role, database) for service, role in ROLE_OF.items()}
+
+
+async def migrate(settings: Settings, *, force_grants: bool = False) -> list[str]:
+    """As the owner: give each configured service URL its login, apply pending migrations, grant, and
+    store the bootstrap admin key. Without the owner's URL (a container holding only its role's URL)
+    there is nothing it may do: the service checks the schema at start-up instead."""
+    if not settings.database_url:
+        return []
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    key = settings.bootstrap_admin_key
     try:
         async with pool.acquire() as conn:
-            return await apply_migrations(conn, [CORE_MIGRATIONS, *registry.all_migrations()])
+            return await prepare_database(conn, [CORE_MIGRATIONS, *registry.all_migrations()],
+                                          logins=configured_logins(settings), force_grants=force_grants,
+                                          bootstrap_admin_key=key.get_secret_value() if key else None)
     finally:
         await pool.close()
 

@@ -4,18 +4,33 @@ We drive the wheel's binaries ourselves rather than through its PostgresServer h
 services, pgbench and the benchmarks need a TCP port, and we want server settings of our own.
 PostgreSQL refuses to run as root, so as root the cluster belongs to an unprivileged system user
 (the same one the wheel's helper would create).
+
+No connection is trusted: the cluster listens on 127.0.0.1 only (no unix socket) and asks every client
+for a SCRAM-SHA-256 password. The superuser's and each service role's password are random, kept in
+`<pgdata>/omnistock-secrets.json` (mode 0600, inside the 0700 data directory), and handed out only as
+URLs (`dsn`, `role_dsn`). A data directory that an older omnistock initialised with `--auth=trust` is
+moved over on its next start: the superuser gets a password, pg_hba.conf is rewritten, the server
+reloads (`_retire_trust`).
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import hashlib
+import hmac
+import json
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 # Importing the wheel's package asks platformdirs for a runtime dir and warns when XDG_RUNTIME_DIR is
 # unset (as under CI); we never use that dir, so the warning is noise.
@@ -25,6 +40,13 @@ with warnings.catch_warnings():
 
 PG_USER = "postgres"
 SYSTEM_USER = "embedded_postgres"
+SECRETS_FILE = "omnistock-secrets.json"
+
+# The only way in: TCP on the loopback address, with a password. No `local` line: there is no socket.
+PG_HBA = """# Written by omnistock (shared/embedded_db.py): every connection proves a password (SCRAM-SHA-256).
+# TYPE  DATABASE  USER  ADDRESS        METHOD
+host    all       all   127.0.0.1/32   scram-sha-256
+"""
 
 # Tuned for a small machine running services and benchmarks beside the database.
 SERVER_SETTINGS: dict[str, str] = {
@@ -75,9 +97,41 @@ def _run_as_owner() -> dict[str, object]:
     return {"user": SYSTEM_USER}
 
 
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL would store for `password` (RFC 5802/7677), so that ALTER ROLE
+    statements (and any server log of them) carry the verifier, never the password itself. ASCII only:
+    PostgreSQL SASLprep-normalises other passwords first, which we do not reimplement."""
+    if not password.isascii():
+        raise ValueError("scram_verifier takes ASCII passwords only")
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+            f"${b64(hashlib.sha256(client_key).digest()).decode()}:{b64(server_key).decode()}")
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(32)  # URL-safe: it goes into connection URLs unescaped either way
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by this user only from the first byte on."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by the umask and ignored for an existing file
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 @dataclass
 class EmbeddedPostgres:
-    """One cluster in `pgdata`, listening on 127.0.0.1:`port`."""
+    """One cluster in `pgdata`, listening on 127.0.0.1:`port`, password-protected (see module docstring)."""
 
     pgdata: Path
     port: int
@@ -86,8 +140,41 @@ class EmbeddedPostgres:
     started_here: bool = field(default=False, init=False)
 
     @property
+    def secrets_path(self) -> Path:
+        return self.pgdata / SECRETS_FILE
+
+    @property
     def dsn(self) -> str:
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
+        """The superuser's URL: migrations, roles and grants, the CLI's admin commands, tests."""
+        return self._url(PG_USER, self._secrets()["superuser"])
+
+    def role_dsn(self, role: str, database: str = "postgres") -> str:
+        """The URL `role` logs in with; its password is made (and kept in the secrets file) on first use.
+        Creating the role with that password is shared/roles.py's job."""
+        stored = self._secrets()
+        if role not in stored["roles"]:
+            # Two processes starting on one data directory must not hand out two passwords for one role.
+            with open(self.pgdata / f".{SECRETS_FILE}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                stored = self._secrets()
+                if role not in stored["roles"]:
+                    stored["roles"][role] = new_password()
+                    _write_private(self.secrets_path, json.dumps(stored, indent=2))
+        return self._url(role, stored["roles"][role], database)
+
+    def _url(self, user: str, password: str, database: str = "postgres") -> str:
+        return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
+
+    def _secrets(self) -> dict:  # type: ignore[type-arg]
+        try:
+            stored = json.loads(self.secrets_path.read_text())
+        except FileNotFoundError:
+            raise RuntimeError(
+                f"{self.secrets_path} is missing: the cluster in {self.pgdata} asks for passwords nobody here"
+                " knows. Restore the file, or move the data directory away to start a new cluster."
+            ) from None
+        stored.setdefault("roles", {})
+        return stored  # type: ignore[no-any-return]
 
     def start(self, timeout_s: float = 60.0) -> str:
         self.pgdata = self.pgdata.resolve()
@@ -97,6 +184,7 @@ class EmbeddedPostgres:
         running_port = self._running_port()
         if running_port is not None:
             self.port = running_port
+            self._retire_trust(run_kwargs)
             return self.dsn
         settings = dict(SERVER_SETTINGS, port=str(self.port))
         if not self.durable:
@@ -111,6 +199,7 @@ class EmbeddedPostgres:
         )
         self.started_here = True
         self._wait_ready(timeout_s)
+        self._retire_trust(run_kwargs)
         return self.dsn
 
     def stop(self, mode: str = "fast") -> None:
@@ -131,9 +220,52 @@ class EmbeddedPostgres:
 
             ensure_prefix_permissions(self.pgdata)
         self.pgdata.chmod(0o700)
+        password = new_password()
+        # initdb reads the superuser's password from a file; it lives in a private temporary directory
+        # (readable by the cluster's system user, who runs initdb) and is gone once initdb has hashed it.
+        with tempfile.TemporaryDirectory(prefix="omnistock-initdb-") as scratch:
+            pwfile = Path(scratch) / "pwfile"
+            _write_private(pwfile, password + "\n")
+            if "user" in run_kwargs:
+                entry = pwd.getpwnam(SYSTEM_USER)
+                for path in (Path(scratch), pwfile):
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+            subprocess.run(
+                [str(pg_binary("initdb")), "-D", str(self.pgdata), "-U", PG_USER, "--auth=scram-sha-256",
+                 f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C", "--no-sync"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **run_kwargs,  # type: ignore[arg-type]
+            )
+        _write_private(self.secrets_path, json.dumps({"superuser": password, "roles": {}}, indent=2))
+        (self.pgdata / "pg_hba.conf").write_text(PG_HBA)
+
+    def _hba_trusts(self) -> bool:
+        for line in (self.pgdata / "pg_hba.conf").read_text().splitlines():
+            fields = line.split("#", 1)[0].split()
+            if fields and fields[-1] == "trust":
+                return True
+        return False
+
+    def _retire_trust(self, run_kwargs: dict[str, object]) -> None:
+        """Move a cluster an older omnistock initialised with `--auth=trust` onto passwords: while trust
+        still lets us in, give the superuser a password (and write it to the secrets file), then replace
+        pg_hba.conf and reload. Service roles get theirs from the next `migrate` (shared/roles.py)."""
+        if not self._hba_trusts():
+            return
+        if self.secrets_path.exists():
+            password = self._secrets()["superuser"]
+        else:
+            password = new_password()
+            _write_private(self.secrets_path, json.dumps({"superuser": password, "roles": {}}, indent=2))
         subprocess.run(
-            [str(pg_binary("initdb")), "-D", str(self.pgdata), "-U", PG_USER, "--auth=trust",
-             "--encoding=UTF8", "--locale=C", "--no-sync"],
+            [str(pg_binary("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", PG_USER, "-d", "postgres"],
+            input=f"ALTER ROLE {PG_USER} PASSWORD '{scram_verifier(password)}';\n".encode(),
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, "PGPASSWORD": ""},
+        )
+        (self.pgdata / "pg_hba.conf").write_text(PG_HBA)
+        subprocess.run(
+            [str(pg_binary("pg_ctl")), "-D", str(self.pgdata), "reload"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **run_kwargs,  # type: ignore[arg-type]
         )
 

@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OMNISTOCK_DATABASE_URL", "DATABASE_URL")
     )
+    # One login role per service (shared/roles.py): DATABASE_URL above is the owner's (migrations, grants,
+    # the CLI's admin commands); each service connects with its own URL and may change only what it owns.
+    # Unset with the embedded database: the CLI makes them from the cluster's secrets file. Unset with
+    # DATABASE_URL: the service falls back to the owner's URL and logs a warning at start-up.
+    inventory_database_url: str | None = None
+    orders_database_url: str | None = None
+    ecommerce_database_url: str | None = None
+    finance_database_url: str | None = None
+    ledger_database_url: str | None = None
     data_dir: Path = Path(".omnistock")
     host: str = "127.0.0.1"
     embedded_pg_port: int = 54329

@@ -1,6 +1,10 @@
 """One PostgreSQL per test session (per xdist worker), a migrated template, a fresh clone per test.
 
-TEST_DATABASE_URL points the suite at an existing server instead of starting the embedded one.
+TEST_DATABASE_URL points the suite at an existing server instead of starting the embedded one (its user
+must be allowed to create roles). The service roles (shared/roles.py) are cluster-wide: they get their
+passwords once per session; their grants live in the template and come along with every clone. Apps
+under test connect as their service's role, so the grants are proven sufficient by the whole suite;
+tests that arrange data directly use the owner's `pool`.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,7 +32,8 @@ from shared.db import create_pool, init_connection
 from shared.embedded_db import EmbeddedPostgres, free_port
 from shared.http.runner import ServiceRunner
 from shared.logging import configure_logging
-from shared.migrations import CORE_MIGRATIONS, apply_migrations
+from shared.migrations import CORE_MIGRATIONS
+from shared.roles import ROLE_OF, ensure_logins, prepare_database
 from shared.settings import Settings
 
 ADMIN_KEY = "osk_test_bootstrap_admin_key_0123456789abcdef"
@@ -58,7 +64,27 @@ def server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def template_db(server_url: str) -> str:
+def role_passwords(server_url: str) -> dict[str, str]:
+    """Service -> its role's password for this session (set on the server once, here)."""
+    passwords = {service: secrets.token_urlsafe(24) for service in ROLE_OF}
+
+    async def login() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await ensure_logins(conn, {s: role_url(server_url, s, pw) for s, pw in passwords.items()})
+        finally:
+            await conn.close()
+
+    asyncio.run(login())
+    return passwords
+
+
+def role_url(url: str, service: str, password: str) -> str:
+    return str(URL(url).with_user(ROLE_OF[service]).with_password(password))
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str, role_passwords: dict[str, str]) -> str:
     name = f"omnistock_tpl_{WORKER}"
 
     async def build() -> None:
@@ -68,7 +94,7 @@ def template_db(server_url: str) -> str:
         await admin.close()
         conn = await asyncpg.connect(with_database(server_url, name))
         await init_connection(conn)
-        await apply_migrations(conn, [CORE_MIGRATIONS, *registry.all_migrations()])
+        await prepare_database(conn, [CORE_MIGRATIONS, *registry.all_migrations()])
         await conn.close()
 
     asyncio.run(build())
@@ -89,10 +115,24 @@ async def database_url(server_url: str, template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def service_urls(database_url: str, role_passwords: dict[str, str]) -> dict[str, str]:
+    """Service -> the URL its role logs in with, on this test's database."""
+    return {service: role_url(database_url, service, pw) for service, pw in role_passwords.items()}
+
+
+@pytest.fixture
+def database_env(database_url: str, service_urls: dict[str, str]) -> dict[str, str]:
+    """The environment a process under test needs: the owner's URL and one per service role."""
+    return {"DATABASE_URL": database_url,
+            **{f"OMNISTOCK_{service.upper()}_DATABASE_URL": url for service, url in service_urls.items()}}
+
+
+@pytest.fixture
+def settings(database_url: str, service_urls: dict[str, str], tmp_path: Path) -> Settings:
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=database_url,
+        **{f"{service}_database_url": url for service, url in service_urls.items()},
         data_dir=tmp_path / "data",
         bootstrap_admin_key=ADMIN_KEY,
         log_level="warning",

@@ -7,14 +7,11 @@ the principal and the action. The finance service appends in-process with `appen
     async with open_ledger(settings) as ledger:
         receipts = await append_entries(ledger, settings, "finance", entries)
 
-The embedded backend works through its own pool whose connections all `SET ROLE omnistock_ledger`
-(INSERT and SELECT on schema ledger, nothing else). Why SET ROLE rather than a second login: the
-embedded cluster has one superuser URL with trust authentication, and docker-compose hands every
-service one DATABASE_URL; a session that starts as the owner and drops to the restricted role at
-connect time needs no extra password, URL or pg_hba entry, yet every statement the ledger runs is
-checked against INSERT/SELECT-only grants. It guards against bugs and stray SQL, not against code
-that deliberately runs RESET ROLE; in production give the ledger its own LOGIN role that is a member
-of omnistock_ledger (SET ROLE then changes nothing), and the append-only triggers still hold.
+The embedded backend works through its own pool, logged in as the ledger's role (or, in finance's
+process, finance's, which is a member of it: shared/roles.py), whose connections all `SET ROLE
+omnistock_ledger` (INSERT and SELECT on schema ledger, nothing else). Logged in as omnistock_ledger
+the SET ROLE changes nothing; it matters where a deployment gives no per-service URL and the pool
+falls back to the owner's (a warning says so), and for finance, whose own grants are wider.
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ from ledger.verify import VerificationReport
 from shared.db import init_connection
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed, field_error
 from shared.logging import get_logger
+from shared.roles import service_dsn
 from shared.settings import Settings
 
 log = get_logger("omnistock.ledger")
@@ -47,9 +45,12 @@ async def _restricted_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(f"SET ROLE {LEDGER_ROLE}")
 
 
-async def create_ledger_pool(settings: Settings, max_size: int | None = None) -> asyncpg.Pool:
+async def create_ledger_pool(settings: Settings, max_size: int | None = None,
+                             service: str = "ledger") -> asyncpg.Pool:
+    """`service` names whose login the pool uses: the ledger's own, or finance's when finance appends
+    in-process (finance's role is a member of omnistock_ledger, shared/roles.py)."""
     pool = await asyncpg.create_pool(
-        settings.database_url,
+        service_dsn(settings, service),
         min_size=1,
         max_size=max_size or settings.db_pool_max,
         command_timeout=max(settings.db_command_timeout_s, 60.0),  # audits and exports read a lot
@@ -62,9 +63,10 @@ async def create_ledger_pool(settings: Settings, max_size: int | None = None) ->
 
 
 @asynccontextmanager
-async def open_ledger(settings: Settings, max_size: int | None = None) -> AsyncIterator[PostgresLedger]:
+async def open_ledger(settings: Settings, max_size: int | None = None,
+                      service: str = "ledger") -> AsyncIterator[PostgresLedger]:
     """The embedded backend over a restricted pool; identities are created under data_dir if missing."""
-    pool = await create_ledger_pool(settings, max_size)
+    pool = await create_ledger_pool(settings, max_size, service)
     try:
         yield PostgresLedger(pool, settings.data_dir, checkpoint_every=settings.ledger_checkpoint_every,
                              max_export_entries=settings.ledger_max_export_entries)

@@ -10,6 +10,7 @@ from services import runtime
 from services.ecommerce import projection
 from shared.db import create_pool
 from shared.logging import configure_logging
+from shared.roles import service_dsn
 from shared.settings import Settings
 
 
@@ -20,7 +21,7 @@ def _with_pool(work):  # type: ignore[no-untyped-def]
 
         async def main():  # type: ignore[no-untyped-def]
             await runtime.migrate(ready)
-            pool = await create_pool(ready.database_url or "", min_size=1, max_size=2, command_timeout=3600)
+            pool = await create_pool(service_dsn(ready, "ecommerce"), min_size=1, max_size=2, command_timeout=3600)
             try:
                 return await work(pool)
             finally:

@@ -32,7 +32,7 @@ def create_app(settings: Settings, ledger: object | None = None) -> web.Applicat
         return app
 
     async def embedded_ledger(app: web.Application) -> AsyncIterator[None]:
-        async with open_ledger(settings, max_size=4) as backend:
+        async with open_ledger(settings, max_size=4, service="finance") as backend:
             app[LEDGER] = backend
             yield
 

@@ -18,6 +18,7 @@ from services.finance.schemas import ImportOut, RunIn, RunOut
 from services.finance.settlement_file import RowErrors, csv_rows, decode_csv, json_rows
 from shared.db import create_pool
 from shared.errors import Problem
+from shared.roles import service_dsn
 from shared.settings import Settings
 
 console = Console(stderr=True)
@@ -64,7 +65,7 @@ def import_settlements(file: Path) -> None:
             raise _fail(problem) from None
 
     async def go(settings: Settings) -> ImportOut:
-        pool = await create_pool(settings.database_url or "", min_size=1, max_size=2, command_timeout=3600)
+        pool = await create_pool(service_dsn(settings, "finance"), min_size=1, max_size=2, command_timeout=3600)
         try:
             with Progress(*COLUMNS, console=console) as progress:
                 task = progress.add_task(f"importing {file.name}", total=len(rows))
@@ -93,7 +94,7 @@ def reconcile(day: date, channel: str | None, location_id: str | None) -> None:
     from services.cli import _run
 
     async def go(settings: Settings) -> RunOut:
-        pool = await create_pool(settings.database_url or "", min_size=2, max_size=3, command_timeout=3600)
+        pool = await create_pool(service_dsn(settings, "finance"), min_size=2, max_size=3, command_timeout=3600)
         try:
             with Progress(*COLUMNS, console=console) as progress:
                 task = progress.add_task(f"reconciling {day:%Y-%m-%d}", total=None)

@@ -8,7 +8,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
-from shared.auth import KeyCache, ensure_bootstrap_admin
+from shared.auth import KeyCache
 from shared.db import create_pool
 from shared.errors import ServiceUnavailable
 from shared.event_stream import EventHub
@@ -18,7 +18,8 @@ from shared.http.deadline import within_deadline
 from shared.http.keys import HUB, KEY_CACHE, POOL, SERVICE, SETTINGS
 from shared.http.middleware import observe
 from shared.http.openapi import build_openapi
-from shared.migrations import CORE_MIGRATIONS, MigrationSet, apply_migrations
+from shared.migrations import CORE_MIGRATIONS, MigrationSet
+from shared.roles import prepare_database, require_migrated, service_dsn
 from shared.settings import Settings
 
 READINESS_TIMEOUT_S = 2.0
@@ -66,8 +67,7 @@ def create_service_app(
     contexts: list[CleanupContext] | None = None,
 ) -> web.Application:
     """Wire a service: settings, pool, migrations, auth, optional event hub, then `contexts`."""
-    if not settings.database_url:
-        raise ValueError("settings.database_url must be set (the CLI starts the embedded database)")
+    dsn = service_dsn(settings, service)  # raises when there is no URL at all (the CLI starts the embedded database)
     add_system_routes(api)
     # guarded_request first: the connection guard must know a request has arrived before anything else runs.
     app = web.Application(middlewares=[guarded_request, observe], client_max_size=settings.max_body_bytes)
@@ -76,25 +76,41 @@ def create_service_app(
     api.mount(app)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
+        sets = [CORE_MIGRATIONS, *migrations]
+        if settings.database_url:
+            # The owner's URL is here (embedded, tests, a single-URL deployment): migrate and grant on a
+            # connection of its own, which closes before the service starts working as its role.
+            owner = await create_pool(settings.database_url, min_size=1, max_size=1,
+                                      connect_timeout=settings.db_connect_timeout_s,
+                                      application_name=f"omnistock-{service}-migrate")
+            try:
+                async with owner.acquire() as conn:
+                    key = settings.bootstrap_admin_key
+                    await prepare_database(conn, sets, bootstrap_admin_key=key.get_secret_value() if key else None)
+            finally:
+                await owner.close()
         pool = await create_pool(
-            settings.database_url or "",
+            dsn,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             command_timeout=settings.db_command_timeout_s,
             connect_timeout=settings.db_connect_timeout_s,
             application_name=f"omnistock-{service}",
         )
-        async with pool.acquire() as conn:
-            await apply_migrations(conn, [CORE_MIGRATIONS, *migrations])
-            if settings.bootstrap_admin_key is not None:
-                await ensure_bootstrap_admin(conn, settings.bootstrap_admin_key.get_secret_value())
+        if not settings.database_url:
+            try:
+                async with pool.acquire() as conn:
+                    await require_migrated(conn, sets)
+            except BaseException:
+                await pool.close()
+                raise
         app[POOL] = pool
         app[KEY_CACHE] = KeyCache(pool, settings.auth_cache_ttl_s)
         yield
         await pool.close()
 
     async def hub(app: web.Application) -> AsyncIterator[None]:
-        event_hub_ = EventHub(app[POOL], settings.database_url or "", poll_interval_s=settings.event_poll_interval_s)
+        event_hub_ = EventHub(app[POOL], dsn, poll_interval_s=settings.event_poll_interval_s)
         await event_hub_.start()
         app[HUB] = event_hub_
         yield
