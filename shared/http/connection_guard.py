@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -103,11 +104,11 @@ class ConnectionGuard(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, though they have its methods.
+        self._transport = typing.cast(asyncio.Transport, transport)
         client = client_address(transport)
         if not self._gate.admit(client):
-            self._refuse(transport)
+            self._refuse(self._transport)
             return
         self._client = client
         self._inner = self._make_inner()
