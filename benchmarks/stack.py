@@ -69,6 +69,9 @@ class Stack:
             "OMNISTOCK_DATA_DIR": str(self.root / "data"),
             "OMNISTOCK_BOOTSTRAP_ADMIN_KEY": self.admin_key,
             "OMNISTOCK_LOG_LEVEL": "warning",
+            # Every benchmark client is 127.0.0.1: the idle-SSE scenario holds 10,000 streams from it, far past
+            # the per-address cap a deployment wants (256). Still a cap, so the guard's counting is measured.
+            "OMNISTOCK_MAX_CONNECTIONS_PER_CLIENT": "20000",
         })
         env.update(extra)
         return env

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import pytest
@@ -186,7 +186,8 @@ class Api:
         return await self.request("POST", path, **kw)
 
 
-ServiceFactory = Callable[[str], Awaitable[Api]]
+class ServiceFactory(Protocol):
+    def __call__(self, name: str, **overrides: Any) -> Awaitable[Api]: ...
 
 
 class ServiceTestServer(TestServer):
@@ -198,11 +199,13 @@ class ServiceTestServer(TestServer):
 
 @pytest.fixture
 async def service(settings: Settings) -> AsyncIterator[ServiceFactory]:
-    """Start a service app on a real socket: `api = await service("inventory")`."""
+    """Start a service app on a real socket: `api = await service("inventory")`; keyword arguments
+    override settings for that instance (`await service("inventory", header_timeout_s=0.5)`)."""
     clients: list[TestClient] = []
 
-    async def start(name: str) -> Api:
-        client = TestClient(ServiceTestServer(registry.load(name).create_app(settings)))
+    async def start(name: str, **overrides: Any) -> Api:
+        app_settings = settings.model_copy(update=overrides) if overrides else settings
+        client = TestClient(ServiceTestServer(registry.load(name).create_app(app_settings)))
         await client.start_server()
         clients.append(client)
         return Api(client)
