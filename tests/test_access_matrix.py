@@ -1,7 +1,8 @@
 """Who may call what: every route of every service x every role, the store key at its own location and
 at another, and no key. One table (ROWS) is both the test and the README's access matrix.
 
-A cell is `yes` (a 2xx: the call is valid and went through, not merely past the door), `403` or `401`.
+A cell is `yes` (a 2xx: the call is valid and went through, not merely past the door), `403` or `401`;
+a refused cell must also leave every table as it was.
 Each cell prepares its own objects (a fresh order, a fresh run, ...), so cells never depend on one
 another. The store key "own" is bound to store-a, where each row's objects are; "other" to store-b.
 
@@ -586,13 +587,40 @@ async def send(world: World, service: str, column: str, req: Req) -> tuple[int, 
         resp.close()
 
 
+# What a refused call must leave as it was. Left out: what background workers write on their own
+# (the e-commerce projection and webhook fan-out, ledger checkpoints, their events) and the key table.
+STATE_TABLES = (
+    "inventory.locations", "inventory.skus", "inventory.stock_levels", "inventory.stock_movements",
+    "orders.orders", "orders.order_lines", "orders.allocations", "orders.sales", "orders.status_history",
+    "ecommerce.channel_rules", "ecommerce.webhook_subscriptions", "ecommerce.shop_orders",
+    "finance.closeouts", "finance.import_batches", "finance.ledger_commits", "finance.resolutions",
+    "finance.run_items", "finance.runs", "finance.settlements", "ledger.entries", "ledger.batches",
+    "core.idempotency_keys",
+)
+STATE_QUERY = " UNION ALL ".join(
+    f"SELECT '{table}', md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+    for table in STATE_TABLES
+) + (" UNION ALL SELECT 'core.events', md5(coalesce(string_agg(e::text, '|' ORDER BY e.id), ''))"
+     " FROM core.events e WHERE e.topic NOT LIKE 'availability.%'")
+
+
+async def state(pool: asyncpg.Pool) -> dict[str, str]:
+    return {table: digest for table, digest in await pool.fetch(STATE_QUERY)}
+
+
 async def observe(world: World, row: Row) -> tuple[dict[str, str], list[str]]:
     cells, problems = {}, []
     for column in COLUMNS:
-        status, body = await send(world, row.service, column, await row.prepare(world, column))
+        req = await row.prepare(world, column)
+        refused = row.expected()[column] != "yes"
+        before = await state(world.pool) if refused else {}
+        status, body = await send(world, row.service, column, req)
         cells[column] = "yes" if 200 <= status < 300 else str(status)
         if cells[column] != row.expected()[column]:
             problems.append(f"{row.call} {row.case}: {column} got {status} {str(body)[:300]}")
+        elif refused and (after := await state(world.pool)) != before:
+            changed = sorted(table for table in after if after[table] != before[table])
+            problems.append(f"{row.call} {row.case}: {column} was refused ({status}) but changed {changed}")
         elif cells[column] == "yes" and row.verify is not None:
             try:
                 await row.verify(world, column, body)
