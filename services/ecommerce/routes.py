@@ -154,9 +154,9 @@ async def delete_webhook(call: Call[None, None]) -> SubscriptionOut:
 @api.get("/v1/webhooks/{subscription_id}/deliveries", query=DeliveriesQuery, response=DeliveryList,
          roles=WEBHOOK_MANAGERS, extra_responses={404: "no such subscription"})
 async def list_deliveries(call: Call[None, DeliveriesQuery]) -> DeliveryList:
-    """The delivery log, newest first (`?status=dead` lists the dead letters; `before` pages)."""
+    """The delivery log, newest first (`?status=dead` lists the dead letters; `cursor` pages)."""
     q = call.query
-    return await webhooks.deliveries(call.pool, int(call.path("subscription_id")), q.status, q.before, q.limit)
+    return await webhooks.deliveries(call.pool, int(call.path("subscription_id")), q.status, q.cursor, q.limit)
 
 
 @api.get("/v1/webhooks/{subscription_id}/deliveries/{delivery_id}", response=DeliveryDetail,

@@ -11,6 +11,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from services.ecommerce.domain import AVAILABILITY_TOPICS
 from services.inventory.schemas import LocationId, Sku
 from shared.http.models import RequestModel, ResponseModel
+from shared.paging import MAX_CURSOR
 
 MAX_BATCH = 500
 StockState = Literal["in_stock", "low_stock", "out_of_stock"]
@@ -124,7 +125,7 @@ class SubscriptionList(ResponseModel):
 
 class DeliveriesQuery(RequestModel):
     status: Literal["pending", "sending", "delivered", "dead", "cancelled"] | None = None
-    before: Annotated[int, Field(ge=1)] | None = None
+    cursor: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)] | None = None  # next_cursor
     limit: Annotated[int, Field(ge=1, le=500)] = 50
 
 
@@ -158,7 +159,7 @@ class DeliveryDetail(DeliveryOut):
 
 class DeliveryList(ResponseModel):
     items: list[DeliveryOut]
-    next_before: int | None = None
+    next_cursor: str | None = None  # send back as ?cursor= for the next page; None on the last page
 
 
 # --- endless aisle ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from shared.errors import Conflict, NotFound, field_error
 from shared.event_stream import EventHub
 from shared.logging import get_logger
 from shared.outbox import Event, read_after
+from shared.paging import decode_cursor, encode_cursor
 from shared.settings import Settings
 
 log = get_logger("omnistock.ecommerce.webhooks")
@@ -75,12 +76,15 @@ async def unsubscribe(pool: Pool, subscription_id: int) -> SubscriptionOut:
     return SubscriptionOut.model_validate(dict(row))
 
 
-async def deliveries(pool: Pool, subscription_id: int, status: str | None, before: int | None,
+async def deliveries(pool: Pool, subscription_id: int, status: str | None, cursor: str | None,
                      limit: int) -> DeliveryList:
+    """The log newest first by id (unique), strictly before the previous page's last delivery."""
+    before = decode_cursor("webhook_deliveries", cursor, (int,))[0] if cursor else None
     await subscription(pool, subscription_id)
     rows = await hooks.list_deliveries(pool, subscription_id, status, before, limit)
     items = [DeliveryOut.model_validate(dict(r)) for r in rows]
-    return DeliveryList(items=items, next_before=items[-1].id if len(items) == limit else None)
+    last = items[-1] if len(items) == limit else None
+    return DeliveryList(items=items, next_cursor=encode_cursor("webhook_deliveries", [last.id]) if last else None)
 
 
 async def delivery(pool: Pool, subscription_id: int, delivery_id: int) -> DeliveryDetail:

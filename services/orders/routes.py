@@ -2,8 +2,10 @@
 
 Who may do what (403 otherwise); services/orders/README.md has the full matrix:
 - place: admin, ops (any channel), shop (online), store (channel store, sold at its own location);
-- read orders: every role; read sales records: admin, ops, finance, auditor;
-- pay, cancel: admin, ops, shop (online orders), store (orders that involve its location);
+- list orders: every role, a store key only orders involving its location; an order by id: every role;
+- read sales records: admin, ops, finance, auditor;
+- pay: admin, ops, shop (online orders), store (orders sold or picked up at its location);
+- cancel: admin, ops, shop (online orders), store (units allocated at its location);
 - fulfil: admin, ops, store (units allocated at its location); complete: admin, ops, store (involved);
 - returns: admin, ops, store (restocking at its own location); till sales: admin, ops, store (its own);
 - sweep now: admin.

@@ -4,6 +4,8 @@ share `created_at`, and paging by timestamp alone skipped them."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -106,3 +108,12 @@ async def test_sales_page_by_cursor(shop: Shop) -> None:
     sales = await walk(shop.orders, "/v1/sales", 3, business_day=day)
     rows = await shop.pool.fetch("SELECT id FROM orders.sales ORDER BY id")
     assert [s["id"] for s in sales] == [r["id"] for r in rows] and len(rows) == 7
+
+
+async def test_a_forged_cursor_out_of_the_key_range_is_a_422_not_a_500(shop: Shop) -> None:
+    for path, key, params in [("/v1/sales", ["sales", 2**64], {"business_day": "2025-01-31"}),
+                              ("/v1/sales", ["sales", -(2**63) - 1], {"business_day": "2025-01-31"}),
+                              ("/v1/orders", ["orders", "0001-01-01T00:00:00+00:00", "not-a-uuid"], {})]:
+        forged = base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+        status, body, _ = await shop.orders.get(path, params={**params, "cursor": forged})
+        assert_problem(status, body, 422, field="cursor")
