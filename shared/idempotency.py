@@ -14,6 +14,7 @@ from typing import Any
 
 from shared.db import Connection
 from shared.errors import BadRequest, IdempotencyConflict
+from shared.text import text_problem
 
 MAX_KEY_LENGTH = 200
 
@@ -34,6 +35,8 @@ def check_key(key: str | None) -> str:
         raise BadRequest("this call needs an Idempotency-Key header", field="Idempotency-Key")
     if len(key) > MAX_KEY_LENGTH:
         raise BadRequest(f"Idempotency-Key longer than {MAX_KEY_LENGTH} characters", field="Idempotency-Key")
+    if problem := text_problem(key):  # stored and logged like any client text (shared/text.py)
+        raise BadRequest(f"Idempotency-Key: {problem}", field="Idempotency-Key")
     return key
 
 

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from shared.text import FreeText
+
 DAY = r"^\d{4}-\d{2}-\d{2}$"
 Day = Annotated[str, StringConstraints(pattern=DAY)]
 Amount = Annotated[str, StringConstraints(pattern=r"^-?\d{1,15}\.\d{2}$")]
@@ -32,8 +34,8 @@ class ReconciledSale(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     kind: Literal["reconciled_sale"]
     business_day: Day
-    channel: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    location_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    channel: Annotated[FreeText, StringConstraints(min_length=1, max_length=64)]
+    location_id: Annotated[FreeText, StringConstraints(min_length=1, max_length=64)] | None = None
     sales_total: Amount
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 

@@ -12,6 +12,7 @@ from services.ecommerce.domain import AVAILABILITY_TOPICS
 from services.inventory.schemas import LocationId, Sku
 from shared.http.models import RequestModel, ResponseModel
 from shared.paging import MAX_CURSOR
+from shared.text import FreeText
 
 MAX_BATCH = 500
 StockState = Literal["in_stock", "low_stock", "out_of_stock"]
@@ -102,9 +103,9 @@ class RuleList(ResponseModel):
 
 
 class SubscriptionIn(RequestModel):
-    url: Annotated[str, StringConstraints(min_length=8, max_length=2000)]
+    url: Annotated[FreeText, StringConstraints(min_length=8, max_length=2000)]
     events: Annotated[list[Topic], Field(min_length=1, max_length=len(AVAILABILITY_TOPICS))]
-    secret: Annotated[str, StringConstraints(min_length=16, max_length=200)]
+    secret: Annotated[FreeText, StringConstraints(min_length=16, max_length=200)]
 
     @field_validator("events")
     @classmethod

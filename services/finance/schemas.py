@@ -13,13 +13,14 @@ from services.orders.schemas import TenderKind
 from shared.http.models import RequestModel, ResponseModel
 from shared.money import Currency, Money, SignedMoney
 from shared.paging import MAX_CURSOR
+from shared.text import FreeText
 
 MAX_TENDERS = 20
 MAX_LIST = 1000
 Channel = Literal["online", "store"]
 ItemClass = Literal["matched", "amount_mismatch", "missing_payment", "missing_sale", "duplicate"]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"\S")]
+Text = Annotated[FreeText, StringConstraints(min_length=1, max_length=128)]
+Reason = Annotated[FreeText, StringConstraints(min_length=1, max_length=500, pattern=r"\S")]
 # An opaque next_cursor handed back unchanged (shared.paging); what it holds is checked when decoded.
 Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]
 
@@ -156,7 +157,7 @@ class CloseoutIn(RequestModel):
     business_day: IsoDate
     currency: Currency
     tenders: Annotated[list[TenderIn], Field(min_length=1, max_length=MAX_TENDERS)]
-    note: Annotated[str, StringConstraints(max_length=500)] | None = None
+    note: Annotated[FreeText, StringConstraints(max_length=500)] | None = None
 
     @model_validator(mode="after")
     def one_total_per_tender(self) -> CloseoutIn:

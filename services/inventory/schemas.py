@@ -10,6 +10,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from shared.http.models import RequestModel, ResponseModel
 from shared.money import Currency, Money
+from shared.text import FreeText
 
 LocationId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")]
@@ -17,7 +18,7 @@ Quantity = Annotated[int, Field(strict=True, ge=-1_000_000_000, le=1_000_000_000
 
 
 class LocationIn(RequestModel):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Annotated[FreeText, StringConstraints(min_length=1, max_length=200)]
     kind: Literal["store", "warehouse", "dc"]
     lat: Annotated[float, Field(strict=True, ge=-90, le=90, allow_inf_nan=False)]
     lon: Annotated[float, Field(strict=True, ge=-180, le=180, allow_inf_nan=False)]
@@ -55,7 +56,7 @@ class LocationList(ResponseModel):
 
 
 class SkuIn(RequestModel):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    name: Annotated[FreeText, StringConstraints(min_length=1, max_length=300)]
     price: Money
     currency: Currency
 
@@ -85,7 +86,7 @@ class MovementIn(RequestModel):
     kind: Literal["receipt", "adjustment", "count", "transfer"]
     qty: Quantity
     to_location_id: LocationId | None = None
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    reason: Annotated[FreeText, StringConstraints(max_length=500)] | None = None
 
 
 class MovementListQuery(RequestModel):

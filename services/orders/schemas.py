@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, Field, StringConstraints, model_validator
 from services.inventory.schemas import Currency, LocationId, Sku
 from shared.http.models import RequestModel, ResponseModel
 from shared.paging import MAX_CURSOR
+from shared.text import FreeText
 
 MAX_LINES = 100
 MAX_LINE_QTY = 100_000
@@ -20,7 +21,7 @@ Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_in
 PositiveMoney = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
 Channel = Literal["online", "store"]
 Status = Literal["placed", "paid", "fulfilled", "completed", "cancelled"]
-Note = Annotated[str, StringConstraints(max_length=500)]
+Note = Annotated[FreeText, StringConstraints(max_length=500)]
 
 
 def _iso_datetime(value: object) -> object:
@@ -83,7 +84,7 @@ class FulfillmentIn(RequestModel):
 
 class OrderIn(RequestModel):
     channel: Channel
-    external_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    external_id: Annotated[FreeText, StringConstraints(min_length=1, max_length=100)] | None = None
     # channel 'store' (endless aisle, pick-up sold at a till): the selling store; a store key's own
     # location by default.
     selling_location_id: LocationId | None = None
@@ -181,8 +182,8 @@ class PaymentIn(RequestModel):
     """Recording payment stops the reservation clock. `amount`, if given, must equal the order total."""
 
     amount: Money | None = None
-    provider: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = None
-    reference: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    provider: Annotated[FreeText, StringConstraints(min_length=1, max_length=50)] | None = None
+    reference: Annotated[FreeText, StringConstraints(min_length=1, max_length=200)] | None = None
 
 
 class ReturnLineIn(RequestModel):
@@ -239,7 +240,7 @@ TenderKind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")
 class TenderIn(RequestModel):
     kind: TenderKind
     amount: PositiveMoney
-    reference: Annotated[str, StringConstraints(max_length=200)] | None = None
+    reference: Annotated[FreeText, StringConstraints(max_length=200)] | None = None
 
 
 class TillChargeIn(RequestModel):
