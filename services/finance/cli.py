@@ -44,7 +44,8 @@ def import_group() -> None:
 
 @import_group.command("settlements")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def import_settlements(file: Path) -> None:
+@click.option("--reimport-voided", is_flag=True, help="Import rows identical to a voided settlement too.")
+def import_settlements(file: Path, reimport_voided: bool) -> None:
     """Import a settlement file (CSV with a header line, or a JSON list); all rows or none."""
     from services.cli import _run
 
@@ -69,7 +70,8 @@ def import_settlements(file: Path) -> None:
         try:
             with Progress(*COLUMNS, console=console) as progress:
                 task = progress.add_task(f"importing {file.name}", total=len(rows))
-                result = await use_cases.import_settlements(pool, rows, errors, f"cli:{file.name}", _actor())
+                result = await use_cases.import_settlements(pool, rows, errors, f"cli:{file.name}", _actor(),
+                                                            reimport_voided)
                 progress.update(task, completed=len(rows))
             return result
         except Problem as problem:
@@ -79,9 +81,10 @@ def import_settlements(file: Path) -> None:
 
     result = _run(go)
     table = Table(title=f"settlements from {file.name}")
-    for column in ("received", "inserted", "already imported", "batch"):
+    for column in ("received", "inserted", "already imported", "batch", "skipped: voided"):
         table.add_column(column, justify="right")
-    table.add_row(str(result.received), str(result.inserted), str(result.already_imported), str(result.batch_id or "-"))
+    table.add_row(str(result.received), str(result.inserted), str(result.already_imported), str(result.batch_id or "-"),
+                  str(result.skipped_voided))
     Console().print(table)
 
 

@@ -16,6 +16,9 @@ location); every order with a sale in that scope becomes one item:
 
 Settlements that no sale accounts for (a capture for an order with no positive sale, a refund for an
 order with no return) are missing_sale items of the day they settled on (UTC), one per order reference.
+
+Voided settlements take no part: the rules here only ever see live ones (repository.POSITIONS and
+repository.stray_settlements read `voided_at IS NULL`).
 """
 
 from __future__ import annotations

@@ -238,3 +238,14 @@ async def test_concurrent_voids_of_one_settlement_void_it_once(books: Books) -> 
     results = await asyncio.gather(*(void(books, wrong_id, f"reason {i}") for i in range(6)))
     assert sorted(status for status, _ in results) == [200, 409, 409, 409, 409, 409]
 
+
+
+async def test_a_voided_stray_payment_leaves_the_next_run(books: Books) -> None:
+    await books.settle(payment("nobody-ordered-this", "7.77", external_id="stray-1"))
+    day = await books.pool.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    run = await books.run(day)
+    assert run["counts"]["missing_sale"] == 1
+    status, voided = await void(books, await settlement_id(books, "stray-1"), "test payment")
+    assert status == 200 and voided["stale_runs"] == [run["id"]]  # found by the day it settled on
+    rerun = await books.run(day)
+    assert rerun["counts"]["missing_sale"] == 0 and rerun["status"] == "reconciled"
