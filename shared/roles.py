@@ -7,7 +7,8 @@ owns nothing and may change only its own schema's rows:
 - every role reads `core.api_keys` (authentication) and writes the outbox and idempotency records;
   no service role may create, revoke or edit an API key (only the owner: `omnistock keys create`);
 - `writes`: SELECT, INSERT, UPDATE, DELETE on the schema's tables; `appends`: SELECT and INSERT only
-  (the ledger: no UPDATE or DELETE for its role, beside the trigger guard); `reads`: SELECT only;
+  (the ledger: no UPDATE or DELETE for its role, beside the trigger guard); `reads`: SELECT only
+  (`read_tables`: on the tables named);
 - `members_of`: a service that runs another one's domain code in its own transaction takes that
   role's rights (e-commerce places shop orders through the orders domain; finance appends to the
   ledger through the embedded backend, whose pool also SET ROLEs to omnistock_ledger);
@@ -48,6 +49,7 @@ class Access:
     writes: tuple[str, ...] = ()
     appends: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()
+    read_tables: tuple[tuple[str, str], ...] = ()  # (schema, table): SELECT on just these
     members_of: tuple[str, ...] = ()
 
 
@@ -56,7 +58,8 @@ ACCESS: dict[str, Access] = {
     "orders": Access(writes=("orders",), reads=("inventory",)),
     "ecommerce": Access(writes=("ecommerce",), reads=("inventory",), members_of=("orders",)),
     "finance": Access(writes=("finance",), reads=("orders", "inventory"), members_of=("ledger",)),
-    "ledger": Access(appends=("ledger",)),
+    # The revenue audit compares the ledger with finance's revenue report, which sums orders.sales.
+    "ledger": Access(appends=("ledger",), read_tables=(("orders", "sales"),)),
 }
 
 # (schema, function name) -> the services that may call it. Every overload of the name is covered.
@@ -176,6 +179,10 @@ async def _grant_plan(conn: Connection) -> list[str]:
         for schema in access.reads:
             if schema in present:
                 plan.append(f"GRANT SELECT ON ALL TABLES IN SCHEMA {_ident(schema)} TO {r}")
+        for schema, table in access.read_tables:
+            if schema in present and await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.{table}"):
+                plan += [f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {r}",
+                         f"GRANT SELECT ON {_ident(schema)}.{_ident(table)} TO {r}"]
     plan += await _published_function_plan(conn, present)
     return plan
 

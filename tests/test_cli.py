@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -12,8 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import asyncpg
+import pytest
+from yarl import URL
 
-from shared.embedded_db import free_port
+from shared.embedded_db import SECRETS_FILE, EmbeddedPostgres, free_port
+
+SERVICES = ("inventory", "orders", "ecommerce", "finance", "ledger")
 
 OMNISTOCK = [sys.executable, "-m", "services.cli"]
 
@@ -22,17 +28,21 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess
     return subprocess.run([*OMNISTOCK, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def cli_env(tmp_path: Path, database_url: str | None) -> dict[str, str]:
+def cli_env(tmp_path: Path, database: str | dict[str, str] | None) -> dict[str, str]:
+    """`database`: the owner's URL alone, or the `database_env` fixture (owner + every service role)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISTOCK_") and k != "DATABASE_URL"}
     env["OMNISTOCK_DATA_DIR"] = str(tmp_path / "data")
     env["OMNISTOCK_LOG_LEVEL"] = "warning"
-    if database_url:
-        env["DATABASE_URL"] = database_url
+    if isinstance(database, str):
+        env["DATABASE_URL"] = database
+    elif database:
+        env.update(database)
     return env
 
 
-async def test_keys_create_prints_the_key_last_and_it_is_stored(database_url: str, tmp_path: Path) -> None:
-    env = cli_env(tmp_path, database_url)
+async def test_keys_create_prints_the_key_last_and_it_is_stored(database_url: str, database_env: dict[str, str],
+                                                                tmp_path: Path) -> None:
+    env = cli_env(tmp_path, database_env)
     result = run_cli("keys", "create", "--role", "ops", env=env)
     assert result.returncode == 0, result.stderr
     key = result.stdout.split()[-1]
@@ -48,8 +58,9 @@ async def test_keys_create_prints_the_key_last_and_it_is_stored(database_url: st
     assert unknown.returncode != 0 and "unknown location" in unknown.stderr
 
 
-async def test_seed_creates_locations_skus_and_stock_with_movements(database_url: str, tmp_path: Path) -> None:
-    result = run_cli("seed", "--stores", "5", "--skus", "40", env=cli_env(tmp_path, database_url))
+async def test_seed_creates_locations_skus_and_stock_with_movements(database_url: str, database_env: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    result = run_cli("seed", "--stores", "5", "--skus", "40", env=cli_env(tmp_path, database_env))
     assert result.returncode == 0, result.stderr
     assert "seeded 6 locations, 40 SKUs, 240 stock levels" in result.stdout
     conn = await asyncpg.connect(database_url)
@@ -61,8 +72,9 @@ async def test_seed_creates_locations_skus_and_stock_with_movements(database_url
         await conn.close()
 
 
-def test_up_serves_and_stops_cleanly_on_sigterm(database_url: str, tmp_path: Path) -> None:
-    env = cli_env(tmp_path, database_url)
+def test_up_serves_and_stops_cleanly_on_sigterm(database_url: str, database_env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    env = cli_env(tmp_path, database_env)
     port = free_port()
     env["OMNISTOCK_INVENTORY_PORT"] = str(port)
     for name in ("orders", "ecommerce", "finance", "ledger"):
@@ -89,6 +101,12 @@ def test_up_serves_and_stops_cleanly_on_sigterm(database_url: str, tmp_path: Pat
             assert exc.code == 401 and exc.headers["Content-Type"] == "application/problem+json"
         else:
             raise AssertionError("an unauthenticated request was answered")
+        # Every service's pool logged in as that service's role, none as the owner.
+        expected = {f"omnistock-{name}": f"omnistock_{name}" for name in SERVICES}
+        deadline = time.monotonic() + 60  # inventory answered first; wait for the others' pools
+        while not set(expected) <= set(logins := asyncio.run(_logins(database_url))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert {k: logins.get(k) for k in expected} == expected
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -99,11 +117,43 @@ def test_up_serves_and_stops_cleanly_on_sigterm(database_url: str, tmp_path: Pat
     assert any(line.startswith("auditor") and line.split()[-1].startswith("osk_") for line in out.splitlines())
 
 
+async def _logins(database_url: str) -> dict[str, str]:
+    """application_name -> the role it logged in as, for this test's database."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT DISTINCT application_name, usename::text FROM pg_stat_activity"
+                                " WHERE datname = current_database() AND application_name LIKE 'omnistock-%'")
+    finally:
+        await conn.close()
+    return {r["application_name"]: r["usename"] for r in rows}
+
+
 def test_migrate_on_the_embedded_database(tmp_path: Path) -> None:
     env = cli_env(tmp_path, None)
     env["OMNISTOCK_EMBEDDED_PG_PORT"] = str(free_port())
     result = run_cli("migrate", env=env)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "data" / "pg" / "PG_VERSION").exists()
+    pgdata = tmp_path / "data" / "pg"
+    assert (pgdata / "PG_VERSION").exists()
     # The command started the cluster for itself, so it stopped it again.
-    assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists()
+    assert not (pgdata / "postmaster.pid").exists(), (result.stderr, (pgdata / "server.log").read_text()[-3000:])
+    # The passwords it made are readable by this user alone; each service role can log in with its own.
+    secrets_file = pgdata / SECRETS_FILE
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600 and stat.S_IMODE(pgdata.stat().st_mode) == 0o700
+    server = EmbeddedPostgres(pgdata, int(env["OMNISTOCK_EMBEDDED_PG_PORT"]), durable=False)
+    server.start()
+    try:
+        asyncio.run(_each_role_logs_in(server))
+    finally:
+        server.stop(mode="immediate")
+
+
+async def _each_role_logs_in(server: EmbeddedPostgres) -> None:
+    for service in SERVICES:
+        conn = await asyncpg.connect(server.role_dsn(f"omnistock_{service}"))
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM public.omnistock_migrations") > 0
+        finally:
+            await conn.close()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(str(URL(server.dsn).with_password("guess")))

@@ -41,11 +41,11 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @pytest.mark.parametrize("name", registry.service_names())
-def test_service_survives_schemathesis(name: str, database_url: str, tmp_path: Path) -> None:
+def test_service_survives_schemathesis(name: str, database_env: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISTOCK_")}
     env.update({
-        "DATABASE_URL": database_url, f"OMNISTOCK_{name.upper()}_PORT": str(port),
+        **database_env, f"OMNISTOCK_{name.upper()}_PORT": str(port),
         "OMNISTOCK_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "OMNISTOCK_LOG_LEVEL": "error",
         "OMNISTOCK_DATA_DIR": str(tmp_path / "data"),
     })

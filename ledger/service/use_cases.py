@@ -56,7 +56,8 @@ async def create_ledger_pool(settings: Settings, max_size: int | None = None,
         command_timeout=max(settings.db_command_timeout_s, 60.0),  # audits and exports read a lot
         timeout=settings.db_connect_timeout_s,
         init=_restricted_connection,
-        server_settings={"application_name": "omnistock-ledger", "timezone": "UTC"},
+        server_settings={"application_name": "omnistock-ledger" if service == "ledger" else f"omnistock-{service}-ledger",
+                         "timezone": "UTC"},
     )
     assert pool is not None
     return pool

@@ -57,9 +57,9 @@ async def test_verify_passes_an_export_and_fails_a_flipped_byte_naming_the_seq(
 
 
 async def test_audit_passes_an_honest_log_and_names_the_first_tampered_seq(
-        ledger_settings: Settings, database_url: str, tmp_path: Path) -> None:
+        ledger_settings: Settings, database_url: str, database_env: dict[str, str], tmp_path: Path) -> None:
     await _fill(ledger_settings)
-    env = cli_env(tmp_path, database_url)
+    env = cli_env(tmp_path, database_env)
     env["OMNISTOCK_DATA_DIR"] = str(ledger_settings.data_dir)
     ok = run_cli("ledger", "audit", env=env)
     assert ok.returncode == 0, ok.stderr
@@ -76,9 +76,9 @@ async def test_audit_passes_an_honest_log_and_names_the_first_tampered_seq(
 
 
 async def test_a_revoked_member_certificate_fails_the_audit_of_what_it_signed(
-        ledger_settings: Settings, database_url: str, tmp_path: Path) -> None:
+        ledger_settings: Settings, database_url: str, database_env: dict[str, str], tmp_path: Path) -> None:
     await _fill(ledger_settings)
-    env = cli_env(tmp_path, database_url)
+    env = cli_env(tmp_path, database_env)
     env["OMNISTOCK_DATA_DIR"] = str(ledger_settings.data_dir)
     old_serial = identity.load_identity(ledger_settings.data_dir, "finance").cert.serial_number
     rotated = run_cli("ledger", "rotate", "--org", "finance", env=env)

@@ -154,14 +154,14 @@ async def test_a_fresh_projection_is_rebuilt_once_not_replayed_from_the_start(qu
 
 
 async def test_rebuild_cli_repairs_a_projection_changed_behind_its_back(
-    quiet: Api, pool: asyncpg.Pool, database_url: str
+    quiet: Api, pool: asyncpg.Pool, database_env: dict[str, str]
 ) -> None:
     await _receive(quiet, "r1", "TEE-M", "wh-1", 4)
     await _receive(quiet, "r2", "JEANS-32", "store-b", 2)
     await projection.catch_up(pool)
     await pool.execute("UPDATE ecommerce.availability SET sellable = 1, ship_available = 1 WHERE sku = 'TEE-M'")
     await pool.execute("DELETE FROM ecommerce.levels WHERE sku = 'JEANS-32'")
-    env = {"OMNISTOCK_DATABASE_URL": database_url, "OMNISTOCK_LOG_LEVEL": "warning"}
+    env = {**database_env, "OMNISTOCK_LOG_LEVEL": "warning"}
 
     def invoke(*args: str) -> Any:
         return CliRunner().invoke(main, ["ecommerce", "rebuild", *args], env=env)

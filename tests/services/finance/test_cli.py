@@ -11,8 +11,8 @@ from services.cli import main
 CSV = "provider,external_id,order_id,amount,currency,settled_at\nacme,c1,ghost,4.20,EUR,2024-05-01T10:00:00Z\n"
 
 
-def test_import_then_reconcile_from_the_command_line(database_url: str, tmp_path: Path) -> None:
-    env = {"DATABASE_URL": database_url, "OMNISTOCK_LOG_LEVEL": "error"}
+def test_import_then_reconcile_from_the_command_line(database_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**database_env, "OMNISTOCK_LOG_LEVEL": "error"}
     file = tmp_path / "settlements.csv"
     file.write_text(CSV)
     runner = CliRunner()
