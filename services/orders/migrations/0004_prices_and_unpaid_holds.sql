@@ -181,7 +181,7 @@ DECLARE
     g_qtys int[];
     capped int[];
     over int[] := '{}';
-    actor text;
+    cap_actor text;
     held_actors text[] := '{}';
     held_units int[] := '{}';
     k int;
@@ -219,8 +219,8 @@ BEGIN
     capped := ARRAY(SELECT t.n::int FROM unnest(p_ready, p_unpaid_caps) WITH ORDINALITY AS t(ready, cap, n)
                      WHERE t.ready AND t.cap IS NOT NULL AND t.n::int = ANY (claimed) ORDER BY t.n);
     IF cardinality(capped) > 0 THEN
-        FOR actor IN SELECT DISTINCT p_actors[n] FROM unnest(capped) AS n ORDER BY 1 LOOP
-            PERFORM orders.lock_unpaid(actor);
+        FOR cap_actor IN SELECT DISTINCT p_actors[n] FROM unnest(capped) AS n ORDER BY 1 LOOP
+            PERFORM orders.lock_unpaid(cap_actor);
         END LOOP;
         FOR r IN SELECT c.n, p_actors[c.n] AS actor, p_unpaid_caps[c.n] AS cap,
                         (SELECT sum(l.q)::int FROM unnest(p_line_orders, p_line_qtys) AS l(o, q) WHERE l.o = c.n) AS units

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
+from services.orders.placement import Placement, place_order
+from services.orders.repository import LocationDirectory
+from services.orders.schemas import OrderIn
+from services.orders.sourcing import POLICIES
 from services.orders.use_cases import expire_reservations
+from shared.auth import Principal
+from shared.db import transaction
+from shared.errors import UnpaidUnitsLimit
 from shared.settings import Settings
 from tests.conftest import ServiceFactory, assert_problem
 from tests.services.orders.conftest import Shop
@@ -80,4 +87,22 @@ async def test_concurrent_orders_of_one_key_never_hold_more_than_the_cap(shop: S
         assert_problem(status, body, 409, "unpaid-units-limit")
     assert await shop.level("TEE-M", "wh-1") == (100, CAP)
     assert await shop.pool.fetchval("SELECT count(*) FROM core.idempotency_keys") == CAP
+    await shop.consistent()
+
+
+async def test_the_one_order_path_keeps_the_cap_under_concurrency_too(shop: Shop) -> None:
+    # the path e-commerce, and a group's leftovers, place through: one transaction per order
+    await shop.receive("TEE-M", "wh-1", 100)
+    placement = Placement(POLICIES["fewest_shipments"], LocationDirectory(), 1800, max_unpaid_units_per_store_key=CAP)
+    store = Principal(4242, "store", "store-a")
+    body = OrderIn.model_validate({**aisle(1), "currency": "EUR"})
+
+    async def place_one() -> str:
+        async with transaction(shop.pool) as conn:
+            return (await place_order(conn, body, store, placement)).id
+
+    results = await asyncio.gather(*(place_one() for _ in range(9)), return_exceptions=True)
+    assert len([r for r in results if isinstance(r, str)]) == CAP, results
+    assert all(isinstance(r, UnpaidUnitsLimit) for r in results if not isinstance(r, str))
+    assert await shop.level("TEE-M", "wh-1") == (100, CAP)
     await shop.consistent()
