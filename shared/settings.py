@@ -85,10 +85,10 @@ class Settings(BaseSettings):
     # An endless-aisle order is placed with the customer at the counter, who pays at the till at once:
     # 15 minutes covers the queue; unpaid past that, the order was abandoned and its stock goes back.
     store_reservation_ttl_s: int = Field(default=900, ge=1)
-    # Units one store key may hold reserved in unpaid orders (None: no limit). Store keys only: a
+    # Units one store key may hold reserved in unpaid orders (0: no limit). Store keys only: a
     # store serves a few customers at a time, while the shop's one key places thousands of online
     # orders (each bounded by reservation_ttl_s) and must not be throttled by a per-key count.
-    max_unpaid_units_per_store_key: int | None = Field(default=200, ge=1)
+    max_unpaid_units_per_store_key: int = Field(default=200, ge=0)
 
     # Finance: how far an order's payments may be from its sales, and a store's declared tender totals
     # from what its tills took, and still count as matched (0 = to the cent).

@@ -21,6 +21,9 @@ Each order keeps the promises of the one-order path (`placement.place_order` ins
   for the next group if it stored nothing);
 - an error known before the group (403, 422, 409 insufficient-stock) is answered only after the
   key was checked, so a retried request still gets its stored answer, as when the claim came first;
+- a store key's orders stay within its unpaid-units cap across groups and replicas: the statement
+  takes the key's lock (orders.lock_unpaid) before counting, and refuses, in arrival order, the
+  orders past the cap (409 unpaid-units-limit, nothing reserved);
 - an order whose stock went between the read and the lock is sourced again in the next group, at
   the front of the queue; after PLACEMENT_ATTEMPTS such races it is placed alone;
 - if a group fails unexpectedly (a bug, a duplicate external_id, the database going away), its one

@@ -47,11 +47,12 @@ class Placement:
     reservation_ttl_s: int
     store_reservation_ttl_s: int = 900
     store_max_discount_pct: Decimal = Decimal("20")
-    max_unpaid_units_per_store_key: int | None = 200
+    max_unpaid_units_per_store_key: int = 200  # 0: no limit
 
     def unpaid_cap(self, draft: Draft) -> int | None:
         """The units this order's key may hold unpaid, or None: only store keys are capped."""
-        return self.max_unpaid_units_per_store_key if draft.role == "store" else None
+        cap = self.max_unpaid_units_per_store_key
+        return cap if draft.role == "store" and cap > 0 else None
 
 
 @dataclass(frozen=True)

@@ -290,7 +290,7 @@ async def till_sale(conn: Connection, body: TillSaleIn, principal: Principal,
 
 
 async def expire_reservations(pool: Pool, now: datetime | None = None, batch: int = 200) -> int:
-    """Release every unpaid online order whose reservation expired (by `now`, default the database's
+    """Release every unpaid order (online or store) whose reservation expired (by `now`, default the database's
     clock); returns how many orders were expired. Each batch is one transaction: due orders are
     locked first (skipping any a payment or cancel holds), then all their levels in (sku, location)
     order, so the sweep can never deadlock with placements."""
