@@ -100,6 +100,20 @@ class RequestTimeout(Problem):
     status, code, title = 408, "request-timeout", "Request not received in time"
 
 
+class PriceOverrideForbidden(Forbidden):
+    """A price other than the catalogue's that this key may not set (a store past its discount cap)."""
+
+    code, title = "price-override-forbidden", "Price override not allowed"
+
+
+class OrderNotPaid(Conflict):
+    code, title = "order-not-paid", "The order is not paid"
+
+
+class UnpaidUnitsLimit(Conflict):
+    code, title = "unpaid-units-limit", "Too many units held unpaid"
+
+
 class PayloadTooLarge(Problem):
     status, code, title = 413, "payload-too-large", "Request body too large"
 

@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     reservation_ttl_s: int = Field(default=1800, ge=1)
     reservation_sweep_interval_s: float = Field(default=30.0, gt=0)
     orders_sourcing_policy: Literal["fewest_shipments", "nearest"] = "fewest_shipments"
+    # Orders from stores (issue 11). Store orders and till sales are priced from the catalogue; a store
+    # key may mark a line down by at most this much (price match, damaged goods: an associate's usual
+    # authority); deeper or upward changes are the catalogue's, so ops' or admin's, with a reason.
+    store_max_discount_pct: Decimal = Field(default=Decimal("20"), ge=0, le=100, decimal_places=2)
+    # An endless-aisle order is placed with the customer at the counter, who pays at the till at once:
+    # 15 minutes covers the queue; unpaid past that, the order was abandoned and its stock goes back.
+    store_reservation_ttl_s: int = Field(default=900, ge=1)
+    # Units one store key may hold reserved in unpaid orders (0: no limit). Store keys only: a
+    # store serves a few customers at a time, while the shop's one key places thousands of online
+    # orders (each bounded by reservation_ttl_s) and must not be throttled by a per-key count.
+    max_unpaid_units_per_store_key: int = Field(default=200, ge=0)
 
     # Finance: how far an order's payments may be from its sales, and a store's declared tender totals
     # from what its tills took, and still count as matched (0 = to the cent).

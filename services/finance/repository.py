@@ -525,3 +525,25 @@ ORDER BY 1, 2, 3, 4
 
 async def revenue_groups(db: Pool | Connection, date_from: date, date_to: date) -> list[asyncpg.Record]:
     return await db.fetch(REVENUE_GROUPS, date_from, date_to)
+
+
+# Sales lines at a price other than the catalogue's (orders records catalogue_price and price_source
+# on every line since issue 11), in (sale, line) order for keyset paging.
+PRICE_OVERRIDES = """
+SELECT s.id AS sale_id, ln.n::int AS line_no, s.kind, s.order_id::text AS order_id, s.channel, s.location_id,
+       s.business_day, s.currency, ln.l->>'sku' AS sku, (ln.l->>'qty')::int AS qty,
+       (ln.l->>'catalogue_price')::numeric AS catalogue_price, (ln.l->>'unit_price')::numeric AS unit_price,
+       ln.l->>'price_source' AS price_source, ln.l->'price_override'->>'reason' AS reason,
+       ln.l->'price_override'->>'by' AS set_by
+  FROM orders.sales s CROSS JOIN LATERAL jsonb_array_elements(s.lines) WITH ORDINALITY AS ln(l, n)
+ WHERE s.business_day BETWEEN $1 AND $2 AND ($3::text IS NULL OR s.location_id = $3)
+   AND ln.l->>'price_source' = ANY ($4::text[])
+   AND (s.id, ln.n) > ($5::bigint, $6::bigint)
+ ORDER BY s.id, ln.n
+ LIMIT $7
+"""
+
+
+async def price_overrides(db: Pool, date_from: date, date_to: date, location_id: str | None, sources: list[str],
+                          after: tuple[int, int], limit: int) -> list[asyncpg.Record]:
+    return await db.fetch(PRICE_OVERRIDES, date_from, date_to, location_id, sources, after[0], after[1], limit)

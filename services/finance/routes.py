@@ -30,6 +30,8 @@ from services.finance.schemas import (
     ItemList,
     ItemOut,
     ItemQuery,
+    PriceOverrideQuery,
+    PriceOverrideReport,
     ResolutionIn,
     RevenueQuery,
     RevenueReport,
@@ -197,3 +199,11 @@ async def revenue_csv(call: Call[None, RevenueQuery]) -> web.Response:
     return web.Response(text=use_cases.revenue_csv(report), content_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
+
+
+@api.get("/v1/reports/price-overrides", long_running=True, query=PriceOverrideQuery, response=PriceOverrideReport,
+         roles=READERS)
+async def price_overrides(call: Call[None, PriceOverrideQuery]) -> PriceOverrideReport:
+    """Sales lines sold at a price other than the catalogue's: who set it and why (overrides), and with
+    include_channel=true the online channels' own prices; a page at a time (next_cursor)."""
+    return await use_cases.price_override_report(call.pool, call.query)

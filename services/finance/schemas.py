@@ -364,3 +364,45 @@ class RevenueReport(ResponseModel):
     to: date
     group_by: str
     rows: list[RevenueRow]
+
+
+class PriceOverrideQuery(RequestModel):
+    """Sales lines sold at a price other than the catalogue's, over business days `from`..`to`."""
+
+    from_: IsoDate = Field(alias="from")
+    to: IsoDate
+    location_id: LocationId | None = None
+    include_channel: bool = False  # also online channels' own prices (their promotions)
+    cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 500
+
+    @model_validator(mode="after")
+    def a_bounded_range(self) -> PriceOverrideQuery:
+        if self.to < self.from_:
+            raise ValueError("'to' is before 'from'")
+        if (self.to - self.from_).days > 3660:
+            raise ValueError("at most ten years at once")
+        return self
+
+
+class PriceOverrideRow(ResponseModel):
+    sale_id: int
+    kind: str  # fulfillment, till, return (negative qty)
+    order_id: str
+    channel: str
+    location_id: str
+    business_day: date
+    currency: str
+    sku: str
+    qty: int
+    catalogue_price: Money
+    unit_price: Money
+    difference: SignedMoney  # (unit_price - catalogue_price) x qty: negative when sold below the catalogue
+    price_source: str  # override | channel
+    reason: str | None = None
+    set_by: str | None = None  # the key that set the price (override)
+
+
+class PriceOverrideReport(ResponseModel):
+    items: list[PriceOverrideRow]
+    next_cursor: str | None = None

@@ -24,6 +24,9 @@ from services.finance.schemas import (
     ItemList,
     ItemOut,
     ItemQuery,
+    PriceOverrideQuery,
+    PriceOverrideReport,
+    PriceOverrideRow,
     ResolutionIn,
     ResolutionOut,
     RevenueQuery,
@@ -430,3 +433,16 @@ class FinanceRevenue:
         return [{"business_day": r["business_day"].isoformat(), "channel": r["channel"],
                  "location_id": r["location_id"], "currency": r["currency"], "sales": r["sales"],
                  "amount": f"{r['amount']:.2f}"} for r in rows]
+
+
+async def price_override_report(pool: Pool, query: PriceOverrideQuery) -> PriceOverrideReport:
+    """Sales lines sold at an overridden price (and, asked for, at an online channel's own price)."""
+    after = decode_cursor("price-overrides", query.cursor, (int, int)) if query.cursor else (0, 0)
+    sources = ["override", "channel"] if query.include_channel else ["override"]
+    rows = await repo.price_overrides(pool, query.from_, query.to, query.location_id, sources, after, query.limit)
+    items = [PriceOverrideRow(**{k: v for k, v in dict(r).items() if k != "line_no"},
+                              difference=(r["unit_price"] - r["catalogue_price"]) * r["qty"]) for r in rows]
+    last = rows[-1] if len(rows) == query.limit else None
+    return PriceOverrideReport(items=items, next_cursor=encode_cursor("price-overrides", [last["sale_id"],
+                                                                                         last["line_no"]])
+                               if last else None)

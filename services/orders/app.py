@@ -57,5 +57,6 @@ def create_app(settings: Settings, sourcing: SourcingPolicy | None = None) -> we
 
     app = create_service_app("orders", settings, api, migrations=MIGRATIONS, contexts=[placement_group, run_sweeper])
     app[PLACEMENT] = Placement(sourcing or POLICIES[settings.orders_sourcing_policy], LocationDirectory(),
-                               settings.reservation_ttl_s)
+                               settings.reservation_ttl_s, settings.store_reservation_ttl_s,
+                               settings.store_max_discount_pct, settings.max_unpaid_units_per_store_key)
     return app

@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from shared.errors import Forbidden, IllegalTransition, ValidationFailed, field_error
+from shared.errors import (
+    Forbidden,
+    IllegalTransition,
+    OrderNotPaid,
+    PriceOverrideForbidden,
+    ValidationFailed,
+    field_error,
+)
 
 CENT = Decimal("0.01")
 ACTIVE = ("placed", "paid")
@@ -90,6 +97,93 @@ def check_catalog(skus: Sequence[str], currency: str, catalog: dict[str, str]) -
         raise ValidationFailed(errors)
 
 
+# --- prices ------------------------------------------------------------------------------------------
+#
+# Store orders and till sales are priced from the catalogue: a line without unit_price takes it, a
+# line with the catalogue price is as if it had none. Any other price (lower or higher) is an override:
+# it needs `price_override: {reason}` and a role that may set it: admin and ops any price, a store
+# key only a markdown of at most `max_discount_pct` (an upward price is a catalogue change, not the
+# till's). The order-level discount a store key gives counts toward the same cap. Online orders carry
+# the channel's price (the shop runs its promotions): recorded as price_source `channel` beside the
+# catalogue price.
+
+OVERRIDERS = ("admin", "ops")
+
+
+@dataclass(frozen=True)
+class PriceAsked:
+    sku: str
+    qty: int
+    unit_price: Decimal | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class PricedLine:
+    sku: str
+    qty: int
+    unit_price: Decimal
+    catalogue_price: Decimal
+    source: str  # catalogue | override | channel
+    reason: str | None
+
+    @property
+    def amount(self) -> Decimal:
+        return money(self.unit_price * self.qty)
+
+
+def price_lines(channel: str, role: str, asked: Sequence[PriceAsked], catalogue: dict[str, Decimal],
+                max_discount_pct: Decimal) -> list[PricedLine]:
+    """Each line's price and where it came from (see above); 403 naming the first line this key may
+    not price so, else 422 naming every override without a reason."""
+    priced, missing = [], []
+    for i, ask in enumerate(asked):
+        listed = catalogue[ask.sku]
+        if ask.unit_price is None and ask.reason is not None:
+            missing.append({"field": f"lines.{i}.price_override",
+                            "problem": "an override names the unit_price it sets"})
+        if ask.unit_price is None or ask.unit_price == listed:
+            priced.append(PricedLine(ask.sku, ask.qty, listed, listed, "catalogue", None))
+            continue
+        if channel == "online":
+            priced.append(PricedLine(ask.sku, ask.qty, ask.unit_price, listed, "channel", ask.reason))
+            continue
+        _check_override_allowed(f"lines.{i}.unit_price", role, ask.sku, ask.unit_price, listed, max_discount_pct)
+        if ask.reason is None:
+            missing.append({"field": f"lines.{i}.price_override",
+                            "problem": f"'{ask.sku}' is {listed} in the catalogue: a different price needs "
+                                       "price_override: {reason}"})
+        priced.append(PricedLine(ask.sku, ask.qty, ask.unit_price, listed, "override", ask.reason))
+    if missing:
+        raise ValidationFailed(missing)
+    return priced
+
+
+def _check_override_allowed(field: str, role: str, sku: str, price: Decimal, listed: Decimal,
+                            max_discount_pct: Decimal) -> None:
+    if role in OVERRIDERS:
+        return
+    if role != "store" or price > listed:
+        raise PriceOverrideForbidden(f"'{sku}' is {listed} in the catalogue; role '{role}' may not sell it at "
+                                     f"{price}", field=field)
+    if listed - price > listed * max_discount_pct / 100:
+        raise PriceOverrideForbidden(f"'{sku}' at {price} is more than {max_discount_pct}% off its catalogue "
+                                     f"price {listed}; ask ops or admin", field=field, max_discount_pct=str(
+                                         max_discount_pct))
+
+
+def check_store_discount(role: str, lines: Sequence[PricedLine], charges: Charges, max_discount_pct: Decimal) -> None:
+    """A store key's markdowns and order-level discount together stay within its cap (403 `charges`)."""
+    if role != "store" or not charges.discount:
+        return
+    listed = sum((money(ln.catalogue_price * ln.qty) for ln in lines), Decimal(0))
+    sold = sum((ln.amount for ln in lines), Decimal(0)) - charges.discount
+    if listed - sold > listed * max_discount_pct / 100:
+        raise PriceOverrideForbidden(f"the goods list at {listed}; with the discount they would sell for {sold}, "
+                                     f"more than {max_discount_pct}% off; ask ops or admin", field="charges",
+                                     max_discount_pct=str(max_discount_pct))
+
+
 def check_tenders(total: Decimal, tenders: Sequence[Decimal]) -> None:
     paid = money(sum(tenders, Decimal(0)))
     if paid != total:
@@ -120,6 +214,9 @@ class Line:
     qty: int
     unit_price: Decimal
     returned: int = 0
+    catalogue_price: Decimal | None = None  # None: placed before prices were checked
+    price_source: str | None = None
+    price_reason: str | None = None
 
 
 @dataclass
@@ -136,6 +233,7 @@ class Order:
     total: Decimal
     lines: list[Line]
     allocations: list[Allocation] = field(default_factory=list)
+    placed_by: str = ""
 
     def line(self, line_no: int) -> Line:
         return next(line for line in self.lines if line.line_no == line_no)
@@ -285,6 +383,15 @@ class SaleDraft:
         return money(self.goods + self.charges.shipping + self.charges.tax - self.charges.discount)
 
 
+def price_record(line: Line, placed_by: str) -> dict[str, object]:
+    """What a sales record line says about its price: the catalogue's, where the sold price came
+    from, and for an override its reason and who set it."""
+    out: dict[str, object] = {"catalogue_price": line.catalogue_price, "price_source": line.price_source}
+    if line.price_reason is not None:
+        out["price_override"] = {"reason": line.price_reason, "by": placed_by}
+    return out
+
+
 def fulfilment_sales(order: Order, takes: Sequence[Take]) -> list[SaleDraft]:
     """One sale per credited location: the selling store for channel store, else where the stock left.
     Order-level charges go, whole, onto the first sale of the order's first fulfilment."""
@@ -296,6 +403,7 @@ def fulfilment_sales(order: Order, takes: Sequence[Take]) -> list[SaleDraft]:
         by_location.setdefault(credited, []).append({
             "sku": take.sku, "qty": take.qty, "unit_price": line.unit_price,
             "amount": money(line.unit_price * take.qty), "location_id": take.location_id,
+            **price_record(line, order.placed_by),
         })
     drafts = []
     for i, (location_id, lines) in enumerate(sorted(by_location.items())):
@@ -305,10 +413,18 @@ def fulfilment_sales(order: Order, takes: Sequence[Take]) -> list[SaleDraft]:
     return drafts
 
 
-def return_sale(order: Order, requests: Sequence[Request], location_id: str) -> SaleDraft:
-    """What a return takes back (negative), after checking each unit was fulfilled and not returned yet."""
+def return_sale(order: Order, requests: Sequence[Request], location_id: str, refunded: Decimal) -> SaleDraft:
+    """What a return takes back (negative), after checking each unit was fulfilled and not returned
+    yet, and that the order was paid (409 order-not-paid: an unpaid order's units bring no money back).
+
+    Only goods are refunded (shipping and tax stay recognised), net of the order-level discount: the
+    returned goods so far, at their unit prices, times (lines - discount) / lines, less what earlier
+    returns of the order already refunded (`refunded`). So all returns together never give back more
+    than the goods' share of the payment, and the rounding of partial returns evens out on the last.
+    The discount given back shows as a negative `discount` on the return's record."""
     check_can(order, "return")
     lines = []
+    returned_goods = Decimal(0)  # every unit returned so far and now, at its unit price
     for i, req in enumerate(requests):
         line = next((ln for ln in order.lines if ln.sku == req.sku), None)
         if line is None:
@@ -319,8 +435,19 @@ def return_sale(order: Order, requests: Sequence[Request], location_id: str) -> 
                                     f" not {req.qty}", status_now=order.status)
         lines.append({"sku": req.sku, "qty": -req.qty, "unit_price": line.unit_price,
                       "amount": -money(line.unit_price * req.qty), "location_id": location_id,
-                      "line_no": line.line_no})
+                      **price_record(line, order.placed_by), "line_no": line.line_no})
     if len({ln["sku"] for ln in lines}) != len(lines):
         raise field_error("lines", "each sku at most once per return")
+    if not order.paid:
+        raise OrderNotPaid(f"order {order.id} is not paid: there is nothing to refund for its units",
+                           status_now=order.status)
     goods = money(sum((ln["amount"] for ln in lines), Decimal(0)))  # type: ignore[misc]
-    return SaleDraft("return", location_id, lines, goods, Charges())
+    returning = {int(ln["line_no"]): -int(ln["qty"]) for ln in lines}  # type: ignore[call-overload]
+    for line in order.lines:
+        returned_goods += line.unit_price * (line.returned + returning.get(line.line_no, 0))
+    lines_total = money(sum((ln.unit_price * ln.qty for ln in order.lines), Decimal(0)))
+    net_goods = max(Decimal(0), lines_total - order.charges.discount)  # what the goods cost the customer
+    due = money(returned_goods * net_goods / lines_total) if lines_total else Decimal(0)
+    refund = min(-goods, max(Decimal(0), min(due, net_goods) - refunded))
+    # total = goods - discount, so the discount share given back is goods + refund (<= 0)
+    return SaleDraft("return", location_id, lines, goods, Charges(discount=money(goods + refund)))

@@ -21,6 +21,9 @@ Each order keeps the promises of the one-order path (`placement.place_order` ins
   for the next group if it stored nothing);
 - an error known before the group (403, 422, 409 insufficient-stock) is answered only after the
   key was checked, so a retried request still gets its stored answer, as when the claim came first;
+- a store key's orders stay within its unpaid-units cap across groups and replicas: the statement
+  takes the key's lock (orders.lock_unpaid) before counting, and refuses, in arrival order, the
+  orders past the cap (409 unpaid-units-limit, nothing reserved);
 - an order whose stock went between the read and the lock is sourced again in the next group, at
   the front of the queue; after PLACEMENT_ATTEMPTS such races it is placed alone;
 - if a group fails unexpectedly (a bug, a duplicate external_id, the database going away), its one
@@ -46,9 +49,11 @@ from services.orders.placement import (
     allocate,
     draft_order,
     named_locations,
+    over_unpaid_cap,
     place_order,
     placed_event,
     placed_out,
+    price,
     reserved_until,
 )
 from services.orders.schemas import OrderIn
@@ -226,20 +231,21 @@ class PlacementGroup:
                 continue
             assert snapshot is not None
             try:
+                priced = price(draft, placement, snapshot)
                 allocations = allocate(draft, placement.policy, snapshot)
             except Problem as exc:
                 entries.append(Entry(p, bare, exc))
                 continue
             until = reserved_until(draft, placement, now)
-            out = placed_out(draft, allocations, until, now).model_dump(mode="json")
+            out = placed_out(draft, priced, allocations, until, now).model_dump(mode="json")
             body, ful = draft.body, draft.body.fulfillment
             entries.append(Entry(p, repo.BatchOrder(
                 p.scope, p.key, p.fingerprint, response=out, order_id=draft.order_id, channel=body.channel,
                 external_id=body.external_id, selling_location_id=draft.selling, currency=body.currency,
                 fulfillment_type=ful.type, pickup_location_id=ful.location_id if ful.type == "pickup" else None,
-                ship_to=draft.ship_to, totals=draft.totals, reserved_until=until, actor=draft.actor,
-                event=placed_event(draft, allocations),
-                lines=[(ln.sku, ln.qty, ln.unit_price) for ln in body.lines],
+                ship_to=draft.ship_to, totals=priced.totals, reserved_until=until, actor=draft.actor,
+                event=placed_event(draft, priced, allocations), unpaid_cap=placement.unpaid_cap(draft),
+                lines=priced.rows(),
                 allocations=[(a.line_no, a.sku, a.location_id, a.qty) for a in allocations],
             ), out))
         return entries
@@ -268,6 +274,9 @@ def _decide(group: list[Pending], entries: list[Entry], rows: dict[int, asyncpg.
         elif outcome == "free":
             assert isinstance(entry.answer, Problem)
             results[p] = entry.answer
+        elif outcome == "over_cap":
+            held = row["short_lines"]
+            results[p] = over_unpaid_cap(held["requested"], held["limit"], held["held"])
         elif outcome in ("short", "retry"):
             p.attempts += 1
             results[p] = REQUEUE if p.attempts < PLACEMENT_ATTEMPTS else ALONE

@@ -1,8 +1,9 @@
 """Placing an order: the checks and sourcing every placement makes, and the one-order use case.
 
 Group placement (`group_placement.py`) places many orders in one transaction with the same pieces:
-`draft_order` (who may place what, where stock may come from), `allocate` (sourcing against a
-snapshot), `placed_out`/`placed_event` (the 201 body and the order.placed event).
+`draft_order` (who may place what, where stock may come from), `price` (each line's price against
+the catalogue of a snapshot, domain.price_lines), `allocate` (sourcing against the snapshot),
+`placed_out`/`placed_event` (the 201 body and the order.placed event).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -25,22 +27,32 @@ from services.orders.schemas import (
     LineOut,
     OrderIn,
     OrderOut,
+    PriceOverrideOut,
 )
 from services.orders.sourcing import Allocation, LineRequest, SourcingPolicy, Unfillable
 from shared.auth import Principal
 from shared.db import Connection
-from shared.errors import Conflict, Forbidden, InsufficientStock, ValidationFailed, field_error
+from shared.errors import Conflict, Forbidden, InsufficientStock, UnpaidUnitsLimit, ValidationFailed, field_error
 
 PLACEMENT_ATTEMPTS = 3  # re-source when the snapshot lost a race to a concurrent order
 
 
 @dataclass(frozen=True)
 class Placement:
-    """What placement is configured with: the sourcing policy, the location directory, the TTL."""
+    """What placement is configured with: the sourcing policy, the location directory, the TTLs, and
+    the store keys' limits (settings.py says why each default)."""
 
     policy: SourcingPolicy
     directory: repo.LocationDirectory
     reservation_ttl_s: int
+    store_reservation_ttl_s: int = 900
+    store_max_discount_pct: Decimal = Decimal("20")
+    max_unpaid_units_per_store_key: int = 200  # 0: no limit
+
+    def unpaid_cap(self, draft: Draft) -> int | None:
+        """The units this order's key may hold unpaid, or None: only store keys are capped."""
+        cap = self.max_unpaid_units_per_store_key
+        return cap if draft.role == "store" and cap > 0 else None
 
 
 @dataclass(frozen=True)
@@ -50,15 +62,32 @@ class Draft:
     order_id: uuid.UUID
     body: OrderIn
     selling: str | None
-    totals: domain.Totals
+    charges: domain.Charges
     eligible: Mapping[str, repo.Site]  # where its stock may come from, by id
     ship_to: tuple[float, float] | None
     requests: list[LineRequest]
     actor: str
+    role: str
 
     @property
     def skus(self) -> list[str]:
         return [ln.sku for ln in self.body.lines]
+
+    @property
+    def units(self) -> int:
+        return sum(ln.qty for ln in self.body.lines)
+
+
+@dataclass(frozen=True)
+class Priced:
+    """An order's lines priced against the catalogue, and its totals."""
+
+    lines: list[domain.PricedLine]
+    totals: domain.Totals
+
+    def rows(self) -> list[tuple[str, int, Decimal, Decimal, str, str | None]]:
+        """(sku, qty, unit_price, catalogue_price, price_source, reason) per line, as the SQL takes them."""
+        return [(ln.sku, ln.qty, ln.unit_price, ln.catalogue_price, ln.source, ln.reason) for ln in self.lines]
 
 
 def _selling_location(body: OrderIn, principal: Principal) -> str | None:
@@ -107,21 +136,32 @@ def draft_order(body: OrderIn, principal: Principal, sites: repo.Sites) -> Draft
     """Everything placement checks before reading stock (403/422 problems)."""
     selling = _selling_location(body, principal)
     domain.check_distinct_skus([ln.sku for ln in body.lines])
-    totals = domain.totals([(ln.qty, ln.unit_price) for ln in body.lines],
-                           domain.charges_of([(c.kind, c.amount) for c in body.charges]))
+    charges = domain.charges_of([(c.kind, c.amount) for c in body.charges])
     eligible = _eligible_sites(body, selling, sites)
     ful = body.fulfillment
     return Draft(
-        order_id=uuid.uuid4(), body=body, selling=selling, totals=totals, eligible=eligible,
+        order_id=uuid.uuid4(), body=body, selling=selling, charges=charges, eligible=eligible,
         ship_to=(ful.ship_to.lat, ful.ship_to.lon) if ful.ship_to else None,
         requests=[LineRequest(i + 1, ln.sku, ln.qty) for i, ln in enumerate(body.lines)], actor=principal.subject,
+        role=principal.role,
     )
 
 
-def allocate(draft: Draft, policy: SourcingPolicy, snapshot: repo.StockSnapshot) -> list[Allocation]:
-    """Source the order against a snapshot: 422 for SKUs not in the catalogue or in another currency,
-    409 insufficient-stock when no combination of eligible locations can fill it."""
+def price(draft: Draft, placement: Placement, snapshot: repo.StockSnapshot) -> Priced:
+    """Check the catalogue (422 unknown SKU or another currency) and price every line (403/422, see
+    domain.price_lines); the totals follow from those prices."""
     domain.check_catalog(draft.skus, draft.body.currency, snapshot.catalog)
+    asked = [domain.PriceAsked(ln.sku, ln.qty, ln.unit_price, ln.price_override.reason if ln.price_override else None)
+             for ln in draft.body.lines]
+    lines = domain.price_lines(draft.body.channel, draft.role, asked, snapshot.prices,
+                               placement.store_max_discount_pct)
+    domain.check_store_discount(draft.role, lines, draft.charges, placement.store_max_discount_pct)
+    return Priced(lines, domain.totals([(ln.qty, ln.unit_price) for ln in lines], draft.charges))
+
+
+def allocate(draft: Draft, policy: SourcingPolicy, snapshot: repo.StockSnapshot) -> list[Allocation]:
+    """Source the order against a snapshot (priced first, so its SKUs are known): 409
+    insufficient-stock when no combination of eligible locations can fill it."""
     try:
         return policy.allocate(draft.requests, snapshot.candidates(draft.skus, draft.eligible, draft.ship_to))
     except Unfillable as exc:
@@ -129,8 +169,10 @@ def allocate(draft: Draft, policy: SourcingPolicy, snapshot: repo.StockSnapshot)
 
 
 def reserved_until(draft: Draft, placement: Placement, now: datetime) -> datetime | None:
-    """Online orders hold their stock for the TTL; store orders (customer present) have no clock."""
-    return now + timedelta(seconds=placement.reservation_ttl_s) if draft.body.channel == "online" else None
+    """Unpaid orders hold their stock for the TTL of their channel: a store order (the customer at the
+    counter, paying at once) a shorter one. The sweeper releases them after it."""
+    ttl = placement.reservation_ttl_s if draft.body.channel == "online" else placement.store_reservation_ttl_s
+    return now + timedelta(seconds=ttl)
 
 
 async def place_order(conn: Connection, body: OrderIn, principal: Principal, placement: Placement) -> OrderOut:
@@ -141,22 +183,24 @@ async def place_order(conn: Connection, body: OrderIn, principal: Principal, pla
     ful = body.fulfillment
     short: list[dict[str, Any]] = []
     for _ in range(PLACEMENT_ATTEMPTS):
-        allocations = allocate(draft, placement.policy,
-                               await repo.read_stock(conn, draft.skus, draft.eligible))
+        snapshot = await repo.read_stock(conn, draft.skus, draft.eligible)
+        priced = price(draft, placement, snapshot)
+        allocations = allocate(draft, placement.policy, snapshot)
         try:
             row = await repo.place_order(
                 conn, order_id=draft.order_id, channel=body.channel, external_id=body.external_id,
                 selling_location_id=draft.selling, currency=body.currency, fulfillment_type=ful.type,
                 pickup_location_id=ful.location_id if ful.type == "pickup" else None, ship_to=draft.ship_to,
-                totals=draft.totals, reserved_until=until, actor=draft.actor,
-                lines=[(ln.sku, ln.qty, ln.unit_price) for ln in body.lines],
-                allocations=[(a.line_no, a.location_id, a.qty) for a in allocations],
-                event=placed_event(draft, allocations),
+                totals=priced.totals, reserved_until=until, actor=draft.actor, unpaid_cap=placement.unpaid_cap(draft),
+                lines=priced.rows(), allocations=[(a.line_no, a.location_id, a.qty) for a in allocations],
+                event=placed_event(draft, priced, allocations),
             )
         except asyncpg.UniqueViolationError:
             raise external_id_taken(body) from None
+        if row["held"] is not None:
+            raise over_unpaid_cap(draft.units, placement.unpaid_cap(draft), row["held"])
         if row["short"] is None:
-            return placed_out(draft, allocations, until, row["placed_at"])
+            return placed_out(draft, priced, allocations, until, row["placed_at"])
         short = row["short"]
     raise insufficient(short)
 
@@ -166,33 +210,43 @@ def external_id_taken(body: OrderIn) -> Conflict:
                     field="external_id")
 
 
+def over_unpaid_cap(requested: int, cap: int | None, held: int) -> UnpaidUnitsLimit:
+    return UnpaidUnitsLimit(f"this key holds {held} unit(s) in unpaid orders; {requested} more would pass its "
+                            f"limit of {cap}: take payment for those orders first (nothing was reserved)",
+                            held=held, limit=cap, requested=requested)
+
+
 def insufficient(short: list[dict[str, Any]]) -> InsufficientStock:
     skus = sorted({str(s["sku"]) for s in short})
     return InsufficientStock(f"not enough stock of {', '.join(skus)}; nothing was reserved", short=short,
                              skus=skus)
 
 
-def placed_event(draft: Draft, allocations: list[Allocation]) -> dict[str, Any]:
+def placed_event(draft: Draft, priced: Priced, allocations: list[Allocation]) -> dict[str, Any]:
     body = draft.body
     return {
         "order_id": str(draft.order_id), "event": "placed", "status": "placed", "channel": body.channel,
         "external_id": body.external_id, "selling_location_id": draft.selling, "currency": body.currency,
-        "total": str(draft.totals.total), "fulfillment": body.fulfillment.type,
-        "lines": [{"sku": ln.sku, "qty": ln.qty, "unit_price": str(ln.unit_price)} for ln in body.lines],
+        "total": str(priced.totals.total), "fulfillment": body.fulfillment.type,
+        "lines": [{"sku": ln.sku, "qty": ln.qty, "unit_price": str(ln.unit_price), "price_source": ln.source}
+                  for ln in priced.lines],
         "allocations": [{"sku": a.sku, "location_id": a.location_id, "qty": a.qty} for a in allocations],
     }
 
 
-def placed_out(draft: Draft, allocations: list[Allocation], until: datetime | None, placed_at: datetime) -> OrderOut:
-    body, totals = draft.body, draft.totals
+def placed_out(draft: Draft, priced: Priced, allocations: list[Allocation], until: datetime | None,
+               placed_at: datetime) -> OrderOut:
+    body, totals = draft.body, priced.totals
     ful = body.fulfillment
     return OrderOut(
         id=str(draft.order_id), status="placed", channel=body.channel, external_id=body.external_id,
         selling_location_id=draft.selling, currency=body.currency,
         fulfillment=FulfillmentOut(type=ful.type, location_id=ful.location_id,
                                    ship_to=ful.ship_to.model_dump() if ful.ship_to else None),
-        lines=[LineOut(sku=ln.sku, qty=ln.qty, unit_price=ln.unit_price, amount=domain.money(ln.unit_price * ln.qty),
-                       open=ln.qty) for ln in body.lines],
+        lines=[LineOut(sku=ln.sku, qty=ln.qty, unit_price=ln.unit_price, amount=ln.amount, open=ln.qty,
+                       catalogue_price=ln.catalogue_price, price_source=ln.source,
+                       price_override=PriceOverrideOut(reason=ln.reason, by=draft.actor) if ln.reason else None)
+               for ln in priced.lines],
         charges=[ChargeOut(**c) for c in totals.charges.as_list()],
         lines_total=totals.lines_total, total=totals.total,
         allocations=[AllocationOut(sku=a.sku, location_id=a.location_id, qty=a.qty, open=a.qty) for a in allocations],

@@ -7,7 +7,7 @@ import math
 import time
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,7 @@ from services.orders.sourcing import Candidate
 from shared.db import Connection, Pool
 
 CATALOG_AND_STOCK = """
-SELECT q.sku, s.currency, lv.location_id, lv.on_hand - lv.reserved - lv.safety_stock AS available
+SELECT q.sku, s.currency, s.price, lv.location_id, lv.on_hand - lv.reserved - lv.safety_stock AS available
 FROM unnest($1::text[]) AS q(sku)
 LEFT JOIN inventory.skus s ON s.sku = q.sku
 LEFT JOIN inventory.stock_levels lv ON lv.sku = s.sku AND lv.location_id = ANY($2::text[])
@@ -28,18 +28,24 @@ LEFT JOIN inventory.stock_levels lv ON lv.sku = s.sku AND lv.location_id = ANY($
 """
 
 PLACE_ORDER = """
-SELECT short, placed_at FROM orders.place_order(
+SELECT short, placed_at, held FROM orders.place_order(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-    $17::text[], $18::int[], $19::numeric[], $20::int[], $21::text[], $22::int[], $23::jsonb)
+    $17::text[], $18::int[], $19::numeric[], $20::int[], $21::text[], $22::int[], $23::jsonb,
+    $24::int, $25::numeric[], $26::text[], $27::text[])
 """
 
 TILL_SALE = """
 SELECT short, sale_id, business_day, sold_at FROM orders.record_till_sale(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9::text[], $10::int[], $11::numeric[], $12::jsonb, $13::jsonb, $14::jsonb)
+    $1, $2, $3, $4, $5, $6, $7, $8, $9::text[], $10::int[], $11::numeric[], $12::jsonb, $13::jsonb, $14::jsonb,
+    $15::numeric[], $16::text[], $17::text[])
 """
+
+# (sku, qty, unit_price, catalogue_price, price_source, override reason) per order line
+PricedRow = tuple[str, int, Decimal, Decimal, str, str | None]
 
 ORDER_LINES = """
 SELECT l.line_no, l.sku, l.qty AS line_qty, l.unit_price, l.returned_qty,
+       l.catalogue_price, l.price_source, l.price_reason,
        a.location_id, a.qty, a.fulfilled_qty, a.cancelled_qty
 FROM orders.order_lines l
 JOIN orders.allocations a ON a.order_id = l.order_id AND a.line_no = l.line_no
@@ -102,11 +108,12 @@ class LocationDirectory:
 
 @dataclass(frozen=True)
 class StockSnapshot:
-    """Each SKU's catalogue currency (absent if unknown) and its sellable units per location, read
-    without locks: sourcing works on it, the reservation checks again under lock."""
+    """Each SKU's catalogue currency and price (absent if unknown) and its sellable units per
+    location, read without locks: sourcing works on it, the reservation checks again under lock."""
 
     catalog: dict[str, str]
     levels: dict[str, list[tuple[str, int]]]
+    prices: dict[str, Decimal] = field(default_factory=dict)
 
     def candidates(self, skus: Sequence[str], allowed: Mapping[str, Site],
                    ship_to: tuple[float, float] | None) -> dict[str, list[Candidate]]:
@@ -131,14 +138,16 @@ async def read_stock(db: Pool | Connection, skus: Sequence[str], sites: Collecti
     """One round trip: the catalogue entries of `skus` and their sellable units at the `sites` (ids)."""
     rows = await db.fetch(CATALOG_AND_STOCK, list(skus), list(sites))
     catalog: dict[str, str] = {}
+    prices: dict[str, Decimal] = {}
     levels: dict[str, list[tuple[str, int]]] = {}
-    for sku, currency, location_id, available in rows:
+    for sku, currency, price, location_id, available in rows:
         if currency is None:
             continue
         catalog[sku] = currency
+        prices[sku] = price
         if location_id is not None:
             levels.setdefault(sku, []).append((location_id, available))
-    return StockSnapshot(catalog, levels)
+    return StockSnapshot(catalog, levels, prices)
 
 
 async def locations(db: Pool | Connection, ids: Sequence[str]) -> dict[str, asyncpg.Record]:
@@ -147,19 +156,21 @@ async def locations(db: Pool | Connection, ids: Sequence[str]) -> dict[str, asyn
     return {r["id"]: r for r in rows}
 
 
-async def sku_currencies(db: Pool | Connection, skus: list[str]) -> dict[str, str]:
-    rows = await db.fetch("SELECT sku, currency FROM inventory.skus WHERE sku = ANY($1)", skus)
-    return {r["sku"]: r["currency"] for r in rows}
+async def sku_catalog(db: Pool | Connection, skus: list[str]) -> tuple[dict[str, str], dict[str, Decimal]]:
+    """Each known SKU's catalogue currency and price."""
+    rows = await db.fetch("SELECT sku, currency, price FROM inventory.skus WHERE sku = ANY($1)", skus)
+    return {r["sku"]: r["currency"] for r in rows}, {r["sku"]: r["price"] for r in rows}
 
 
 async def place_order(conn: Connection, *, order_id: uuid.UUID, channel: str, external_id: str | None,
                       selling_location_id: str | None, currency: str, fulfillment_type: str,
                       pickup_location_id: str | None, ship_to: tuple[float, float] | None,
-                      totals: domain.Totals, reserved_until: datetime | None, actor: str,
-                      lines: Sequence[tuple[str, int, Decimal]],
+                      totals: domain.Totals, reserved_until: datetime | None, actor: str, unpaid_cap: int | None,
+                      lines: Sequence[PricedRow],
                       allocations: Sequence[tuple[int, str, int]], event: dict[str, Any]) -> asyncpg.Record:
     """Lock, check, reserve and write the order in one call; `short` is set (and nothing written)
-    when an allocation cannot be reserved."""
+    when an allocation cannot be reserved, `held` (the units the actor holds unpaid) when the order
+    would pass `unpaid_cap`."""
     lat, lon = ship_to if ship_to else (None, None)
     c = totals.charges
     return await conn.fetchrow(
@@ -168,6 +179,7 @@ async def place_order(conn: Connection, *, order_id: uuid.UUID, channel: str, ex
         reserved_until, actor,
         [ln[0] for ln in lines], [ln[1] for ln in lines], [ln[2] for ln in lines],
         [a[0] for a in allocations], [a[1] for a in allocations], [a[2] for a in allocations], event,
+        unpaid_cap, [ln[3] for ln in lines], [ln[4] for ln in lines], [ln[5] for ln in lines],
     )
 
 
@@ -178,7 +190,8 @@ SELECT idx, outcome, stored_status, stored_response, short_lines FROM orders.pla
     $14::float8[], $15::numeric[], $16::numeric[], $17::numeric[], $18::numeric[], $19::numeric[],
     $20::timestamptz[], $21::text[], $22::jsonb[], $23::timestamptz,
     $24::int[], $25::int[], $26::text[], $27::int[], $28::numeric[],
-    $29::int[], $30::int[], $31::text[], $32::text[], $33::int[])
+    $29::int[], $30::int[], $31::text[], $32::text[], $33::int[],
+    $34::int[], $35::numeric[], $36::text[], $37::text[])
 """
 
 
@@ -203,7 +216,8 @@ class BatchOrder:
     reserved_until: datetime | None = None
     actor: str | None = None
     event: dict[str, Any] | None = None
-    lines: Sequence[tuple[str, int, Decimal]] = ()
+    unpaid_cap: int | None = None  # the units its actor may hold unpaid (store keys), None: no limit
+    lines: Sequence[PricedRow] = ()
     allocations: Sequence[tuple[int, str, str, int]] = ()  # (line_no, sku, location_id, qty)
 
 
@@ -212,14 +226,18 @@ async def place_batch(conn: Connection, orders: Sequence[BatchOrder], placed_at:
     Rows (idx, outcome, stored_status, stored_response, short_lines), idx 1-based into `orders`."""
     totals = [o.totals for o in orders]
     line_orders, line_nos, line_skus, line_qtys, line_prices = [], [], [], [], []
+    line_catalogue, line_sources, line_reasons = [], [], []
     alloc_orders, alloc_lines, alloc_skus, alloc_locations, alloc_qtys = [], [], [], [], []
     for n, o in enumerate(orders, 1):
-        for line_no, (sku, qty, price) in enumerate(o.lines, 1):
+        for line_no, (sku, qty, price, listed, source, reason) in enumerate(o.lines, 1):
             line_orders.append(n)
             line_nos.append(line_no)
             line_skus.append(sku)
             line_qtys.append(qty)
             line_prices.append(price)
+            line_catalogue.append(listed)
+            line_sources.append(source)
+            line_reasons.append(reason)
         for line_no, sku, location_id, qty in o.allocations:
             alloc_orders.append(n)
             alloc_lines.append(line_no)
@@ -240,17 +258,19 @@ async def place_batch(conn: Connection, orders: Sequence[BatchOrder], placed_at:
         [o.event for o in orders], placed_at,
         line_orders, line_nos, line_skus, line_qtys, line_prices,
         alloc_orders, alloc_lines, alloc_skus, alloc_locations, alloc_qtys,
+        [o.unpaid_cap for o in orders], line_catalogue, line_sources, line_reasons,
     )
 
 
 async def record_till_sale(conn: Connection, *, order_id: uuid.UUID, location_id: str, currency: str,
-                           totals: domain.Totals, actor: str, lines: Sequence[tuple[str, int, Decimal]],
+                           totals: domain.Totals, actor: str, lines: Sequence[PricedRow],
                            sale_lines: list[dict[str, Any]], tenders: list[dict[str, Any]],
                            event: dict[str, Any]) -> asyncpg.Record:
     c = totals.charges
     return await conn.fetchrow(
         TILL_SALE, order_id, location_id, currency, totals.lines_total, c.tax, c.discount, totals.total, actor,
         [ln[0] for ln in lines], [ln[1] for ln in lines], [ln[2] for ln in lines], sale_lines, tenders, event,
+        [ln[3] for ln in lines], [ln[4] for ln in lines], [ln[5] for ln in lines],
     )
 
 
@@ -259,7 +279,8 @@ def _order_state(row: asyncpg.Record, line_rows: list[asyncpg.Record]) -> domain
     allocations = []
     for r in line_rows:
         lines.setdefault(r["line_no"], domain.Line(r["line_no"], r["sku"], r["line_qty"], r["unit_price"],
-                                                   r["returned_qty"]))
+                                                   r["returned_qty"], r["catalogue_price"], r["price_source"],
+                                                   r["price_reason"]))
         allocations.append(domain.Allocation(r["line_no"], r["sku"], r["location_id"], r["qty"],
                                              r["fulfilled_qty"], r["cancelled_qty"]))
     return domain.Order(
@@ -267,7 +288,7 @@ def _order_state(row: asyncpg.Record, line_rows: list[asyncpg.Record]) -> domain
         selling_location_id=row["selling_location_id"], pickup_location_id=row["pickup_location_id"],
         paid=row["paid_at"] is not None, charges_recognized=row["charges_recognized"],
         charges=domain.Charges(row["shipping"], row["tax"], row["discount"]), total=row["total"],
-        lines=list(lines.values()), allocations=allocations,
+        lines=list(lines.values()), allocations=allocations, placed_by=row["placed_by"],
     )
 
 
@@ -376,6 +397,12 @@ async def record_sale(conn: Connection, order: domain.Order, draft: domain.SaleD
         draft.kind, order.channel, uuid.UUID(order.id), draft.location_id, order.currency, draft.lines, draft.goods,
         c.shipping, c.tax, c.discount, draft.total, reference, actor,
     )
+
+
+async def refunded(conn: Connection, order_id: uuid.UUID) -> Decimal:
+    """What the order's returns have refunded so far (positive)."""
+    return await conn.fetchval(
+        "SELECT coalesce(-sum(total), 0) FROM orders.sales WHERE order_id = $1 AND kind = 'return'", order_id)
 
 
 async def due_orders(conn: Connection, now: datetime | None, limit: int) -> list[uuid.UUID]:

@@ -162,7 +162,8 @@ async def till_sale(call: Call[TillSaleIn, None]) -> Reply:
     """A till sale: on-hand goes down at once; tenders must sum to the total (422 otherwise)."""
 
     async def work(conn: Connection) -> tuple[int, TillSaleOut]:
-        return 201, await use_cases.till_sale(conn, call.body, call.principal)
+        return 201, await use_cases.till_sale(conn, call.body, call.principal,
+                                              call.request.app[PLACEMENT].store_max_discount_pct)
 
     return await call.once(work)
 

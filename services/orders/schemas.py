@@ -49,10 +49,18 @@ Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]
 
 
+class PriceOverrideIn(RequestModel):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
 class LineIn(RequestModel):
+    """`unit_price` left out: the catalogue price. Store orders and till sales at another price need
+    `price_override: {reason}` and a key allowed to set it; online orders carry the channel's price."""
+
     sku: Sku
     qty: Qty
-    unit_price: Money
+    unit_price: Money | None = None
+    price_override: PriceOverrideIn | None = None
 
 
 class ChargeIn(RequestModel):
@@ -103,6 +111,14 @@ class AllocationOut(ResponseModel):
     open: int
 
 
+class PriceOverrideOut(ResponseModel):
+    reason: str
+    by: str  # the principal that set the price
+
+
+PriceSource = Literal["catalogue", "override", "channel"]
+
+
 class LineOut(ResponseModel):
     sku: str
     qty: int
@@ -112,6 +128,9 @@ class LineOut(ResponseModel):
     cancelled: int = 0
     returned: int = 0
     open: int
+    catalogue_price: Decimal | None = None  # None only on orders placed before prices were checked
+    price_source: PriceSource | None = None
+    price_override: PriceOverrideOut | None = None
 
 
 class ChargeOut(ResponseModel):
@@ -203,6 +222,9 @@ class SaleLineOut(ResponseModel):
     unit_price: Decimal
     amount: Decimal
     location_id: str
+    catalogue_price: Decimal | None = None
+    price_source: PriceSource | None = None
+    price_override: PriceOverrideOut | None = None
 
 
 class SaleOut(ResponseModel):

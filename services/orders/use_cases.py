@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,7 @@ from services.orders.schemas import (
     OrderOut,
     PartialIn,
     PaymentIn,
+    PriceOverrideOut,
     ReturnIn,
     ReturnLineIn,
     ReturnOut,
@@ -64,7 +66,10 @@ def _order_out(row: asyncpg.Record, line_rows: list[asyncpg.Record], history: li
         lines.append(LineOut(
             sku=line.sku, qty=line.qty, unit_price=line.unit_price, amount=domain.money(line.unit_price * line.qty),
             fulfilled=sum(a.fulfilled for a in allocs), cancelled=sum(a.cancelled for a in allocs),
-            returned=line.returned, open=sum(a.open for a in allocs),
+            returned=line.returned, open=sum(a.open for a in allocs), catalogue_price=line.catalogue_price,
+            price_source=line.price_source,
+            price_override=(PriceOverrideOut(reason=line.price_reason, by=row["placed_by"]) if line.price_reason
+                            else None),
         ))
     ship_to = {"lat": row["ship_to_lat"], "lon": row["ship_to_lon"]} if row["ship_to_lat"] is not None else None
     return OrderOut(
@@ -223,7 +228,8 @@ async def return_goods(conn: Connection, order_id: uuid.UUID, body: ReturnIn, pr
     if not await repo.locations(conn, [body.location_id]):
         raise field_error("location_id", f"unknown location '{body.location_id}'")
     order = await _locked(conn, order_id)
-    draft = domain.return_sale(order, [domain.Request(ln.sku, ln.qty) for ln in body.lines], body.location_id)
+    draft = domain.return_sale(order, [domain.Request(ln.sku, ln.qty) for ln in body.lines], body.location_id,
+                               await repo.refunded(conn, order_id))
     reference = f"return:{order.id}:{uuid.uuid4()}"
     await repo.move_stock(conn, [(str(ln["sku"]), body.location_id, -int(ln["qty"]), 0)  # type: ignore[call-overload]
                                  for ln in draft.lines], "return", reference, body.reason, principal.subject)
@@ -252,29 +258,38 @@ def _take_lines(takes: list[domain.Take]) -> list[dict[str, Any]]:
 # --- till sales --------------------------------------------------------------------------------------
 
 
-async def till_sale(conn: Connection, body: TillSaleIn, principal: Principal) -> TillSaleOut:
-    """A sale at the till: on-hand goes down at once; tenders must sum to the total."""
+async def till_sale(conn: Connection, body: TillSaleIn, principal: Principal,
+                    max_discount_pct: Decimal) -> TillSaleOut:
+    """A sale at the till, at catalogue prices unless overridden (domain.price_lines): on-hand goes
+    down at once; tenders must sum to the total."""
     principal.require_location(body.location_id)
     skus = [ln.sku for ln in body.lines]
     domain.check_distinct_skus(skus)
-    totals = domain.totals([(ln.qty, ln.unit_price) for ln in body.lines],
-                           domain.charges_of([(c.kind, c.amount) for c in body.charges]))
-    domain.check_tenders(totals.total, [t.amount for t in body.tenders])
     location = (await repo.locations(conn, [body.location_id])).get(body.location_id)
     if location is None:
         raise field_error("location_id", f"unknown location '{body.location_id}'")
-    domain.check_catalog(skus, body.currency, await repo.sku_currencies(conn, skus))
+    currencies, prices = await repo.sku_catalog(conn, skus)
+    domain.check_catalog(skus, body.currency, currencies)
+    charges = domain.charges_of([(c.kind, c.amount) for c in body.charges])
+    priced = domain.price_lines("store", principal.role, [
+        domain.PriceAsked(ln.sku, ln.qty, ln.unit_price, ln.price_override.reason if ln.price_override else None)
+        for ln in body.lines], prices, max_discount_pct)
+    domain.check_store_discount(principal.role, priced, charges, max_discount_pct)
+    totals = domain.totals([(ln.qty, ln.unit_price) for ln in priced], charges)
+    domain.check_tenders(totals.total, [t.amount for t in body.tenders])
     order_id = uuid.uuid4()
-    sale_lines = [{"sku": ln.sku, "qty": ln.qty, "unit_price": ln.unit_price,
-                   "amount": domain.money(ln.unit_price * ln.qty), "location_id": body.location_id}
-                  for ln in body.lines]
+    sale_lines = [{"sku": ln.sku, "qty": ln.qty, "unit_price": ln.unit_price, "amount": ln.amount,
+                   "location_id": body.location_id, "catalogue_price": ln.catalogue_price, "price_source": ln.source,
+                   **({"price_override": {"reason": ln.reason, "by": principal.subject}} if ln.reason else {})}
+                  for ln in priced]
     tenders = [t.model_dump(mode="json", exclude_none=True) for t in body.tenders]
     event = {"order_id": str(order_id), "event": "sold", "status": "fulfilled", "channel": "store",
              "location_id": body.location_id, "total": str(totals.total), "currency": body.currency,
              "lines": [{"sku": ln.sku, "qty": ln.qty} for ln in body.lines]}
     row = await repo.record_till_sale(conn, order_id=order_id, location_id=body.location_id, currency=body.currency,
                                       totals=totals, actor=principal.subject,
-                                      lines=[(ln.sku, ln.qty, ln.unit_price) for ln in body.lines],
+                                      lines=[(ln.sku, ln.qty, ln.unit_price, ln.catalogue_price, ln.source,
+                                              ln.reason) for ln in priced],
                                       sale_lines=sale_lines, tenders=tenders, event=event)
     if row["short"] is not None:
         raise placement.insufficient(row["short"])
@@ -287,7 +302,7 @@ async def till_sale(conn: Connection, body: TillSaleIn, principal: Principal) ->
 
 
 async def expire_reservations(pool: Pool, now: datetime | None = None, batch: int = 200) -> int:
-    """Release every unpaid online order whose reservation expired (by `now`, default the database's
+    """Release every unpaid order (online or store) whose reservation expired (by `now`, default the database's
     clock); returns how many orders were expired. Each batch is one transaction: due orders are
     locked first (skipping any a payment or cancel holds), then all their levels in (sku, location)
     order, so the sweep can never deadlock with placements."""

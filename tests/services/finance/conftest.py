@@ -65,6 +65,11 @@ class Books:
 
     async def give_back(self, order_id: str, lines: dict[str, int], location_id: str = "wh-1") -> dict[str, Any]:
         body = {"lines": [{"sku": s, "qty": q} for s, q in lines.items()], "location_id": location_id}
+        # only a paid order's units are refunded: the customer paid before bringing them back
+        _, order, _ = await self.orders.get(f"/v1/orders/{order_id}")
+        if order["paid_at"] is None:
+            status, paid, _ = await self.orders.post(f"/v1/orders/{order_id}/pay")
+            assert status == 200, paid
         status, out, _ = await self.orders.post(f"/v1/orders/{order_id}/returns", json=body, idem=f"r{next(_ids)}")
         assert status == 201, out
         return out
