@@ -78,8 +78,9 @@ class Settings(BaseSettings):
     projection_poll_interval_s: float = Field(default=1.0, gt=0)
     # The projector's statements (a rebuild re-reads every level; so does a batch of location changes).
     projection_command_timeout_s: float = Field(default=600.0, gt=0)
-    # Host names, IPs or CIDR networks webhooks may reach although not public (e.g. ["127.0.0.1"]);
-    # everything else private, loopback, link-local or reserved is refused. JSON list in the environment.
+    # Host names, IPs or CIDR networks webhooks may reach although not public (e.g. ["127.0.0.1"]), on any
+    # port; "host:port" ("[v6]:port") allows that port only. Everything else private, loopback, link-local
+    # or reserved is refused, and ports other than 80 and 443. JSON list in the environment.
     webhook_allow_hosts: list[str] = Field(default_factory=list)
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_connect_timeout_s: float = Field(default=2.0, gt=0)

@@ -126,7 +126,9 @@ async def delete_sku_rule(call: Call[None, None]) -> dict[str, str]:
 
 @api.post("/v1/webhooks", body=SubscriptionIn, response=SubscriptionOut, status=201, roles=WEBHOOK_MANAGERS)
 async def post_webhook(call: Call[SubscriptionIn, None]) -> SubscriptionOut:
-    """Subscribe a URL to availability events; deliveries are signed with the secret."""
+    """Subscribe a URL to availability events. Deliveries carry `X-Omnistock-Signature:
+    t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>`: refuse a `t` far from your clock.
+    The URL must be http(s) on port 80 or 443 and reach a public address unless allow-listed (422 `url`)."""
     return await webhooks.subscribe(call.pool, call.body, call.settings.webhook_allow_hosts,
                                     call.principal.subject)
 

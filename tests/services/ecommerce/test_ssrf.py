@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 import pytest
@@ -178,3 +179,14 @@ async def test_a_subscription_to_a_non_web_port_is_refused_naming_the_url(channe
         "url": "https://example.com:6379/hook", "events": ["availability.changed"], "secret": SECRET})
     assert_problem(status, body, 422, "validation-failed", field="url")
     assert await channel.pool.fetchval("SELECT count(*) FROM ecommerce.webhook_subscriptions") == 0
+
+
+async def test_a_host_port_entry_lifts_the_address_rule_on_that_port_only() -> None:
+    internal = _FixedResolver(["10.0.0.5"])
+    assert domain.address_allowed("10.0.0.5", "hooks.internal", ["hooks.internal:8443"], 8443)
+    assert not domain.address_allowed("10.0.0.5", "hooks.internal", ["hooks.internal:8443"], 9000)
+    assert await PolicyResolver(["hooks.internal:8443"], inner=internal).resolve("hooks.internal", 8443)
+    with pytest.raises(RefusedDestination):
+        await PolicyResolver(["hooks.internal:8443"], inner=internal).resolve("hooks.internal", 443)
+    assert domain.parse_allow_entry("[::1]:8080") == domain.AllowEntry(None, ipaddress.ip_network("::1"), 8080)
+    assert domain.parse_allow_entry("2001:db8::1:8080").port is None  # an address; a port needs brackets
