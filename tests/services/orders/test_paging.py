@@ -113,7 +113,9 @@ async def test_sales_page_by_cursor(shop: Shop) -> None:
 async def test_a_forged_cursor_out_of_the_key_range_is_a_422_not_a_500(shop: Shop) -> None:
     for path, key, params in [("/v1/sales", ["sales", 2**64], {"business_day": "2025-01-31"}),
                               ("/v1/sales", ["sales", -(2**63) - 1], {"business_day": "2025-01-31"}),
-                              ("/v1/orders", ["orders", "0001-01-01T00:00:00+00:00", "not-a-uuid"], {})]:
+                              ("/v1/orders", ["orders", "0001-01-01T00:00:00+00:00", "not-a-uuid"], {}),
+                              ("/v1/orders", ["orders", "2024-05-01T00:00:00+00:00", 5], {}),
+                              ("/v1/orders", ["orders", 5, {"id": 1}], {})]:
         forged = base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
         status, body, _ = await shop.orders.get(path, params={**params, "cursor": forged})
         assert_problem(status, body, 422, field="cursor")
