@@ -36,12 +36,18 @@ def _bigint(value: Any) -> int:
     return value
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or "\x00" in value:  # PostgreSQL text cannot hold NUL
+        raise ValueError("not text")
+    return value
+
+
 _DECODERS: dict[type, Any] = {
     datetime: datetime.fromisoformat,
     date: date.fromisoformat,
-    uuid.UUID: uuid.UUID,
+    uuid.UUID: lambda value: uuid.UUID(_text(value)),  # uuid.UUID(5) is an AttributeError, not a ValueError
     int: _bigint,
-    str: str,
+    str: _text,
     Decimal: Decimal,
 }
 

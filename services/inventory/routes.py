@@ -33,6 +33,7 @@ from shared.errors import NotFound
 from shared.http.api import Api, Call, Reply
 from shared.http.sse import stream_events
 from shared.outbox import Event
+from shared.paging import decode_cursor, encode_cursor
 
 api = Api("inventory", path_types={"sku": Sku, "location_id": LocationId})
 
@@ -71,10 +72,12 @@ async def put_sku(call: Call[SkuIn, None]) -> Reply:
 
 @api.get("/v1/skus", query=SkuListQuery, response=SkuList)
 async def list_skus(call: Call[None, SkuListQuery]) -> SkuList:
-    """SKUs in id order, a page at a time (pass `after` = the last sku of the previous page)."""
-    rows = await repo.list_skus(call.pool, call.query.after, call.query.limit)
+    """SKUs in id order, a page at a time (pass `cursor` = the previous page's next_cursor)."""
+    after = decode_cursor("skus", call.query.cursor, (str,))[0] if call.query.cursor else None
+    rows = await repo.list_skus(call.pool, after, call.query.limit)
     items = [SkuOut.model_validate(dict(r)) for r in rows]
-    return SkuList(items=items, next_after=items[-1].sku if len(items) == call.query.limit else None)
+    last = items[-1] if len(items) == call.query.limit else None
+    return SkuList(items=items, next_cursor=encode_cursor("skus", [last.sku]) if last else None)
 
 
 @api.get("/v1/skus/{sku}", response=SkuOut, extra_responses={404: "unknown sku"})
@@ -101,11 +104,13 @@ async def post_movement(call: Call[MovementIn, None]) -> Reply:
 
 @api.get("/v1/stock/movements", query=MovementListQuery, response=MovementList)
 async def list_movements(call: Call[None, MovementListQuery]) -> MovementList:
-    """The movement journal, oldest first, a page at a time (pass `after` = the last id seen)."""
+    """The movement journal, oldest first, a page at a time (pass `cursor` = the previous next_cursor)."""
     q = call.query
-    rows = await repo.list_movements(call.pool, q.sku, q.location_id, q.after, q.limit)
+    after = decode_cursor("stock_movements", q.cursor, (int,))[0] if q.cursor else 0
+    rows = await repo.list_movements(call.pool, q.sku, q.location_id, after, q.limit)
     items = [MovementRecord.model_validate(dict(r)) for r in rows]
-    return MovementList(items=items, next_after=items[-1].id if len(items) == q.limit else None)
+    last = items[-1] if len(items) == q.limit else None
+    return MovementList(items=items, next_cursor=encode_cursor("stock_movements", [last.id]) if last else None)
 
 
 @api.get("/v1/stock/{sku}", response=StockOut, extra_responses={404: "unknown sku"})

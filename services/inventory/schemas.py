@@ -10,6 +10,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from shared.http.models import RequestModel, ResponseModel
 from shared.money import Currency, Money
+from shared.paging import MAX_CURSOR
 from shared.text import FreeText
 
 LocationId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -72,11 +73,14 @@ class SkuOut(ResponseModel):
 
 class SkuList(ResponseModel):
     items: list[SkuOut]
-    next_after: str | None = None
+    next_cursor: str | None = None  # send back as ?cursor= for the next page; None on the last page
+
+
+Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]  # a next_cursor, unchanged
 
 
 class SkuListQuery(RequestModel):
-    after: Sku | None = None
+    cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
@@ -92,7 +96,7 @@ class MovementIn(RequestModel):
 class MovementListQuery(RequestModel):
     sku: Sku | None = None
     location_id: LocationId | None = None
-    after: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
@@ -111,7 +115,7 @@ class MovementRecord(ResponseModel):
 
 class MovementList(ResponseModel):
     items: list[MovementRecord]
-    next_after: int | None = None
+    next_cursor: str | None = None
 
 
 class LevelOut(ResponseModel):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 
 import asyncpg
 
@@ -108,6 +110,28 @@ async def test_movement_journal_lists_every_change_with_its_deltas(inventory: Ap
     assert status == 200
     assert [(m["location_id"], m["kind"], m["on_hand_delta"]) for m in body["items"]] == [
         ("store-a", "receipt", 5), ("store-a", "transfer", -2)]
-    status, body, _ = await inventory.get(f"/v1/stock/movements?sku=TEE-M&after={body['next_after']}")
+    status, body, _ = await inventory.get("/v1/stock/movements", params={"sku": "TEE-M", "cursor": body["next_cursor"]})
     assert [(m["location_id"], m["on_hand_delta"]) for m in body["items"]] == [("store-b", 2)]
-    assert body["next_after"] is None
+    assert body["next_cursor"] is None
+
+
+async def test_skus_page_on_a_cursor_and_a_forged_one_is_a_422(inventory: Api) -> None:
+    status, page, _ = await inventory.get("/v1/skus", params={"limit": 1})
+    assert status == 200 and len(page["items"]) == 1 and page["next_cursor"], page
+    seen = [page["items"][0]["sku"]]
+    while page["next_cursor"]:
+        status, page, _ = await inventory.get("/v1/skus", params={"limit": 1, "cursor": page["next_cursor"]})
+        assert status == 200, page
+        seen += [s["sku"] for s in page["items"]]
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) > 1
+    for path in ("/v1/skus", "/v1/stock/movements"):
+        status, body, _ = await inventory.get(path, params={"cursor": "W10"})
+        assert_problem(status, body, 422, field="cursor")
+
+
+async def test_a_forged_sku_cursor_is_a_422(inventory: Api) -> None:
+    for key in (["skus", "\u0000"], ["skus", 5], ["stock_movements", "7"]):
+        forged = base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+        path = "/v1/skus" if key[0] == "skus" else "/v1/stock/movements"
+        status, body, _ = await inventory.get(path, params={"cursor": forged})
+        assert_problem(status, body, 422, field="cursor")
