@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.runtime import embedded_service_env
 from shared.embedded_db import EmbeddedPostgres, free_port
 
 OMNISTOCK = Path(sys.executable).with_name("omnistock")
@@ -64,7 +65,9 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of every omnistock process of this stack."""
         env = dict(os.environ)
+        assert self.pg is not None
         env.update({
+            **embedded_service_env(self.pg),  # each service logs in as its own role, as under `omnistock up`
             "DATABASE_URL": self.dsn,
             "OMNISTOCK_DATA_DIR": str(self.root / "data"),
             "OMNISTOCK_BOOTSTRAP_ADMIN_KEY": self.admin_key,

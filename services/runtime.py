@@ -40,6 +40,11 @@ def embedded_service_urls(server: EmbeddedPostgres, database: str = "postgres") 
     return {f"{service}_database_url": server.role_dsn(role, database) for service, role in ROLE_OF.items()}
 
 
+def embedded_service_env(server: EmbeddedPostgres, database: str = "postgres") -> dict[str, str]:
+    """The same, as the environment of an `omnistock` process (benchmarks and drills start them)."""
+    return {f"OMNISTOCK_{field.upper()}": url for field, url in embedded_service_urls(server, database).items()}
+
+
 async def migrate(settings: Settings, *, force_grants: bool = False) -> list[str]:
     """As the owner: give each configured service URL its login, apply pending migrations, grant, and
     store the bootstrap admin key. Without the owner's URL (a container holding only its role's URL)

@@ -126,7 +126,16 @@ async def ensure_group_roles(conn: Connection) -> None:
 
 async def ensure_logins(conn: Connection, urls: Mapping[str, str]) -> None:
     """Let each service's URL log in: its user gets LOGIN and the URL's password (as a SCRAM verifier,
-    never in clear), and, when it is not the service's role itself, membership in that role."""
+    never in clear), and, when it is not the service's role itself, membership in that role. Under the
+    migration lock: two ALTER ROLEs of one role at once fail ("tuple concurrently updated")."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await _ensure_logins(conn, urls)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def _ensure_logins(conn: Connection, urls: Mapping[str, str]) -> None:
     await ensure_group_roles(conn)
     owner = await conn.fetchval("SELECT current_user")
     for service, url in urls.items():

@@ -10,9 +10,9 @@ tests that arrange data directly use the owner's `pool`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -65,8 +65,9 @@ def server_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def role_passwords(server_url: str) -> dict[str, str]:
-    """Service -> its role's password for this session (set on the server once, here)."""
-    passwords = {service: secrets.token_urlsafe(24) for service in ROLE_OF}
+    """Service -> its role's password for this session (set on the server once, here). Derived from the
+    server's URL (which holds the owner's password), so xdist workers sharing a TEST_DATABASE_URL agree."""
+    passwords = {service: hashlib.sha256(f"{server_url}|{service}".encode()).hexdigest() for service in ROLE_OF}
 
     async def login() -> None:
         conn = await asyncpg.connect(server_url)

@@ -103,6 +103,8 @@ def test_up_serves_and_stops_cleanly_on_sigterm(database_url: str, database_env:
             raise AssertionError("an unauthenticated request was answered")
         # Every service's pool logged in as that service's role, none as the owner.
         expected = {f"omnistock-{name}": f"omnistock_{name}" for name in SERVICES}
+        expected |= {"omnistock-ecommerce-projector": "omnistock_ecommerce",
+                     "omnistock-finance-ledger": "omnistock_finance"}
         deadline = time.monotonic() + 60  # inventory answered first; wait for the others' pools
         while not set(expected) <= set(logins := asyncio.run(_logins(database_url))) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -14,7 +14,10 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if name != "postgres"}
+APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if name not in ("postgres", "migrate")}
+MIGRATE = COMPOSE["services"]["migrate"]
+OWNER_URL = ("postgresql://omnistock:${OMNISTOCK_POSTGRES_PASSWORD:?set OMNISTOCK_POSTGRES_PASSWORD}"
+             "@postgres:5432/omnistock")
 SETTING_VARIABLES = {f"OMNISTOCK_{name.upper()}" for name in Settings.model_fields} | {"DATABASE_URL"}
 
 
@@ -35,6 +38,7 @@ def test_each_container_runs_omnistock_serve_for_itself() -> None:
         assert spec["command"] == ["serve", name]
         assert spec["build"] == "."
         assert spec["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert spec["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         # The CLI really accepts that command line.
         result = CliRunner().invoke(main, ["serve", name, "--help"])
         assert result.exit_code == 0, result.output
@@ -55,7 +59,6 @@ def test_every_environment_variable_is_a_setting_the_code_reads() -> None:
         env = spec["environment"]
         assert set(env) <= SETTING_VARIABLES, set(env) - SETTING_VARIABLES
         assert env["OMNISTOCK_HOST"] == "0.0.0.0"
-        assert env["DATABASE_URL"].startswith("postgresql://omnistock:omnistock@postgres:5432/")
         settings = Settings(_env_file=None, **{  # type: ignore[call-arg]
             key.removeprefix("OMNISTOCK_").lower(): value for key, value in env.items()
             if key.startswith("OMNISTOCK_") and key != "OMNISTOCK_BOOTSTRAP_ADMIN_KEY"
@@ -68,3 +71,35 @@ def test_finance_and_ledger_share_the_ledger_identities() -> None:
     volumes = {name: APP_SERVICES[name].get("volumes", []) for name in ("finance", "ledger")}
     assert "ledgerdata:/data" in volumes["finance"] and "ledgerdata:/data" in volumes["ledger"]
     assert APP_SERVICES["finance"]["environment"]["OMNISTOCK_DATA_DIR"] == "/data"
+
+
+def role_url(name: str) -> str:
+    password = f"OMNISTOCK_{name.upper()}_DB_PASSWORD"
+    return f"postgresql://omnistock_{name}:${{{password}:?set {password}}}@postgres:5432/omnistock"
+
+
+def test_each_service_holds_only_its_own_roles_url_never_the_owners() -> None:
+    for name, spec in APP_SERVICES.items():
+        env = spec["environment"]
+        assert "DATABASE_URL" not in env and "OMNISTOCK_DATABASE_URL" not in env, name
+        urls = {key for key in env if key.endswith("_DATABASE_URL")}
+        assert urls == {f"OMNISTOCK_{name.upper()}_DATABASE_URL"}, name
+        assert env[f"OMNISTOCK_{name.upper()}_DATABASE_URL"] == role_url(name)
+        assert "OMNISTOCK_BOOTSTRAP_ADMIN_KEY" not in env, name  # stored by migrate, as the owner
+
+
+def test_migrate_runs_once_as_the_owner_with_every_roles_password_and_the_admin_key() -> None:
+    env = MIGRATE["environment"]
+    assert MIGRATE["command"] == ["migrate"] and MIGRATE["restart"] == "no"
+    assert MIGRATE["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert set(env) <= SETTING_VARIABLES, set(env) - SETTING_VARIABLES
+    assert env["DATABASE_URL"] == OWNER_URL
+    for name in registry.service_names():
+        assert env[f"OMNISTOCK_{name.upper()}_DATABASE_URL"] == role_url(name)
+    assert "OMNISTOCK_BOOTSTRAP_ADMIN_KEY" in env
+
+
+def test_the_database_has_no_default_password_and_no_published_port() -> None:
+    postgres = COMPOSE["services"]["postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${OMNISTOCK_POSTGRES_PASSWORD:?")
+    assert "ports" not in postgres

@@ -29,7 +29,8 @@ from benchmarks.report import RESULTS_DIR, git_commit
 from services import registry
 from shared.db import init_connection
 from shared.embedded_db import EmbeddedPostgres, free_port
-from shared.migrations import CORE_MIGRATIONS, apply_migrations
+from shared.migrations import CORE_MIGRATIONS
+from shared.roles import ROLE_OF, prepare_database
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,7 +56,8 @@ async def drill(args: argparse.Namespace, root: Path) -> DrillReport:
         conn = await asyncpg.connect(pg.dsn)
         try:
             await init_connection(conn)
-            await apply_migrations(conn, [CORE_MIGRATIONS, *registry.all_migrations()])
+            await prepare_database(conn, [CORE_MIGRATIONS, *registry.all_migrations()],
+                                   logins={s: pg.role_dsn(r) for s, r in ROLE_OF.items()})
         finally:
             await conn.close()
         config = DrillConfig(

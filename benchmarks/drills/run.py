@@ -37,6 +37,7 @@ from benchmarks.drills.traffic import (
     seed_catalog,
 )
 from services import registry
+from services.runtime import embedded_service_env
 from shared.embedded_db import EmbeddedPostgres
 from shared.settings import Settings
 
@@ -115,8 +116,10 @@ async def run_drill(database_url: str, root: Path, admin_key: str, config: Drill
     """Run the drill against `database_url`; PostgreSQL rounds only when given the cluster `pg`."""
     report = DrillReport("drill")
     names = drill_services(config.with_ledger)
+    # With the cluster at hand each service logs in as its own role, as `omnistock up` does.
+    roles = embedded_service_env(pg) if pg is not None else {}
     env = service_env(database_url, root / "data", admin_key,
-                      OMNISTOCK_REQUEST_TIMEOUT_S=str(config.request_timeout_s))
+                      OMNISTOCK_REQUEST_TIMEOUT_S=str(config.request_timeout_s), **roles)
     services = Services(env, root)
     try:
         # Finance after the ledger: the first of them to start creates the ledger identities they share.

@@ -49,6 +49,7 @@ async def create_ledger_pool(settings: Settings, max_size: int | None = None,
                              service: str = "ledger") -> asyncpg.Pool:
     """`service` names whose login the pool uses: the ledger's own, or finance's when finance appends
     in-process (finance's role is a member of omnistock_ledger, shared/roles.py)."""
+    name = "omnistock-ledger" if service == "ledger" else f"omnistock-{service}-ledger"
     pool = await asyncpg.create_pool(
         service_dsn(settings, service),
         min_size=1,
@@ -56,8 +57,7 @@ async def create_ledger_pool(settings: Settings, max_size: int | None = None,
         command_timeout=max(settings.db_command_timeout_s, 60.0),  # audits and exports read a lot
         timeout=settings.db_connect_timeout_s,
         init=_restricted_connection,
-        server_settings={"application_name": "omnistock-ledger" if service == "ledger" else f"omnistock-{service}-ledger",
-                         "timezone": "UTC"},
+        server_settings={"timezone": "UTC", "application_name": name},
     )
     assert pool is not None
     return pool

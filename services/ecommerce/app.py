@@ -18,6 +18,7 @@ from shared.db import create_pool
 from shared.http.app import create_service_app
 from shared.http.keys import HUB, POOL
 from shared.migrations import MigrationSet
+from shared.roles import service_dsn
 from shared.settings import Settings
 
 # Orders' sets include inventory's: shop orders are placed through the orders domain, in our transaction.
@@ -27,7 +28,7 @@ MIGRATIONS = [*services.orders.app.MIGRATIONS, MigrationSet("ecommerce", Path(__
 async def _project(app: web.Application, settings: Settings) -> None:
     """The projector on a pool of its own: a rebuild or a batch of location changes touches every level
     of those locations (millions in a large chain), far past the per-statement budget of requests."""
-    pool = await create_pool(settings.database_url or "", min_size=1, max_size=2,
+    pool = await create_pool(service_dsn(settings, "ecommerce"), min_size=1, max_size=2,
                              command_timeout=settings.projection_command_timeout_s,
                              connect_timeout=settings.db_connect_timeout_s,
                              application_name="omnistock-ecommerce-projector")

@@ -21,7 +21,8 @@ from benchmarks.drills.traffic import Catalog
 from services import registry
 from shared.db import init_connection
 from shared.embedded_db import EmbeddedPostgres, free_port
-from shared.migrations import CORE_MIGRATIONS, apply_migrations
+from shared.migrations import CORE_MIGRATIONS
+from shared.roles import ROLE_OF, prepare_database
 from tests.conftest import ADMIN_KEY
 
 
@@ -38,7 +39,8 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
         conn = await asyncpg.connect(server.dsn)
         try:
             await init_connection(conn)
-            await apply_migrations(conn, [CORE_MIGRATIONS, *registry.all_migrations()])
+            await prepare_database(conn, [CORE_MIGRATIONS, *registry.all_migrations()],
+                                   logins={s: server.role_dsn(r) for s, r in ROLE_OF.items()})
         finally:
             await conn.close()
         yield server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import tempfile
@@ -10,14 +11,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 from yarl import URL
 
+from services import registry
 from shared.embedded_db import SECRETS_FILE, SYSTEM_USER, EmbeddedPostgres, _run_as_owner, free_port, pg_binary
 from shared.http.keys import POOL
-from shared.roles import ROLE_OF, service_dsn
+from shared.roles import ROLE_OF, MigrationsPending, service_dsn
 from shared.settings import Settings
-from tests.conftest import ServiceFactory
+from tests.conftest import ServiceFactory, role_url, with_database
 
 # Which schemas' rows each role may change (e-commerce places shop orders through the orders domain).
 WRITABLE: dict[str, set[str]] = {
@@ -215,3 +218,37 @@ def test_without_its_own_url_a_service_falls_back_to_the_owner_loudly(database_u
     with capture_logs() as logs:
         assert service_dsn(settings, "orders") == database_url
     assert any(e["log_level"] == "warning" and "OMNISTOCK_ORDERS_DATABASE_URL" in e["event"] for e in logs)
+
+
+async def _start(settings: Settings, name: str) -> TestClient:
+    client = TestClient(TestServer(registry.load(name).create_app(settings)))
+    await client.start_server()
+    return client
+
+
+async def test_a_service_holding_only_its_roles_url_starts_without_migrating(
+        service_urls: dict[str, str], tmp_path: Path) -> None:
+    """The docker-compose shape: no owner's URL in the container, so nothing to migrate with."""
+    settings = Settings(_env_file=None, inventory_database_url=service_urls["inventory"],  # type: ignore[call-arg]
+                        data_dir=tmp_path / "data")
+    client = await _start(settings, "inventory")
+    try:
+        response = await client.get("/readyz")
+        assert response.status == 200
+    finally:
+        await client.close()
+
+
+async def test_a_service_holding_only_its_roles_url_refuses_an_unmigrated_database(
+        server_url: str, role_passwords: dict[str, str], tmp_path: Path) -> None:
+    name = f"unmigrated_{os.getpid()}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = role_url(with_database(server_url, name), "inventory", role_passwords["inventory"])
+        settings = Settings(_env_file=None, inventory_database_url=url, data_dir=tmp_path / "data")  # type: ignore[call-arg]
+        with pytest.raises(MigrationsPending, match="omnistock migrate"):
+            await _start(settings, "inventory")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
