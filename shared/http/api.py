@@ -268,7 +268,7 @@ def _endpoint(
         if not request.can_read_body:
             return await within_deadline(serve_bodiless(request), seconds)
         # The deadline times the server's work; the body's arrival is the client's and has its own clock
-        # (OMNISTOCK_BODY_TIMEOUT_S, 408). The key is checked first, so no body is read for a stranger.
+        # (OMNISTOCK_BODY_TIMEOUT_S, 408). The key is checked first: a keyed route reads no stranger's body.
         principal, query = await within_deadline(admit(request), seconds)
         raw = await read_body(request)
         return await within_deadline(handle(request, principal, query, raw), seconds)

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import http
-import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 from aiohttp import web
@@ -100,15 +100,16 @@ class ConnectionGuard(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._in_app = 0  # requests whose headers the app has (more than one only when pipelined)
         self._part_received = False  # bytes of a request came since the clock started
+        self._ending = False  # the last answer closes the connection: what still comes is no request
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, though they have its methods.
-        self._transport = typing.cast(asyncio.Transport, transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are Transports in all but ancestry
+        self._transport = transport
         client = client_address(transport)
         if not self._gate.admit(client):
-            self._refuse(self._transport)
+            self._refuse(transport)
             return
         self._client = client
         self._inner = self._make_inner()
@@ -149,8 +150,9 @@ class ConnectionGuard(asyncio.Protocol):
         self._in_app += 1
         self._stop_clock()
 
-    def request_finished(self) -> None:
+    def request_finished(self, keep_alive: bool) -> None:
         self._in_app -= 1
+        self._ending = not keep_alive
         # The clock starts again with the next request's first byte (data_received), not now: an idle
         # kept-alive connection is aiohttp's keep-alive timeout's business.
 
@@ -172,7 +174,7 @@ class ConnectionGuard(asyncio.Protocol):
         transport = self._transport
         if self._in_app or transport is None or transport.is_closing():
             return
-        if self._part_received:
+        if self._part_received and not self._ending:
             transport.write(raw_problem(RequestTimeout(
                 f"the request's headers did not arrive within {self._limits.header_timeout_s:g} s")))
         transport.close()
@@ -211,7 +213,10 @@ async def guarded_request(request: web.Request,
     if guard is None:  # served without the guard (e.g. a bare aiohttp TestServer)
         return await handler(request)
     guard.request_started()
+    keep_alive = True  # what aiohttp does with an exception raised through here (a redirect, a cancel)
     try:
-        return await handler(request)
+        response = await handler(request)
+        keep_alive = response.keep_alive is not False  # None: aiohttp decides, as for any request
+        return response
     finally:
-        guard.request_finished()
+        guard.request_finished(keep_alive)

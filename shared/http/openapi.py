@@ -96,6 +96,7 @@ def _operation(api: Api, route: Route, schemas: _Schemas) -> dict[str, Any]:
         responses["422"] = _problem("invalid input, naming the field")
     if route.body is not None:
         responses["400"] = _problem("malformed JSON or missing Idempotency-Key")
+        responses["408"] = _problem("the body did not arrive in time (OMNISTOCK_BODY_TIMEOUT_S)")
         responses["413"] = _problem("body too large")
         responses["415"] = _problem("unsupported content type")
     for status, description in route.extra_responses.items():
