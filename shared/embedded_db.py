@@ -205,11 +205,13 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast") -> None:
         if not (self.pgdata / "postmaster.pid").exists():
             return
-        subprocess.run(
+        stopped = subprocess.run(
             [str(pg_binary("pg_ctl")), "-D", str(self.pgdata), "-m", mode, "-w", "stop"],
-            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **_run_as_owner(),  # type: ignore[arg-type]
+            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **_run_as_owner(),  # type: ignore[arg-type]
         )
         self.started_here = False
+        if stopped.returncode != 0 and (self.pgdata / "postmaster.pid").exists():
+            raise RuntimeError(f"pg_ctl stop failed ({stopped.returncode}): {stopped.stderr.decode().strip()}")
 
     def _initdb(self, run_kwargs: dict[str, object]) -> None:
         self.pgdata.mkdir(parents=True, exist_ok=True)

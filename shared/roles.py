@@ -38,8 +38,6 @@ from shared.logging import get_logger
 from shared.migrations import MIGRATION_LOCK_KEY, MigrationSet, apply_migrations
 from shared.settings import Settings
 
-log = get_logger("omnistock.roles")
-
 SERVICES: tuple[str, ...] = ("inventory", "orders", "ecommerce", "finance", "ledger")
 ROLE_OF: dict[str, str] = {service: f"omnistock_{service}" for service in SERVICES}
 
@@ -91,14 +89,17 @@ def _ident(name: str) -> str:
 
 def service_dsn(settings: Settings, service: str) -> str:
     """The URL `service` connects with: its own role's, or (external server, none configured) the owner's."""
-    own = getattr(settings, f"{service}_database_url")
+    own = getattr(settings, f"{service}_database_url", None)  # None too for apps built only in tests
     if own:
         return str(own)
     if not settings.database_url:
         raise ValueError(f"no database URL for {service}: set OMNISTOCK_{service.upper()}_DATABASE_URL")
-    log.warning("service connects as the database owner, not as its own role: every schema is open to it;"
-                f" set OMNISTOCK_{service.upper()}_DATABASE_URL (see README, Database security)",
-                service=service, role=ROLE_OF[service])
+    if service in ROLE_OF:
+        # A fresh logger, so the level configured now applies (a cached one keeps the first level it saw).
+        get_logger("omnistock.roles").warning(
+            "service connects as the database owner, not as its own role: every schema is open to it;"
+            f" set OMNISTOCK_{service.upper()}_DATABASE_URL (see README, Database security)",
+            service=service, role=ROLE_OF[service])
     return settings.database_url
 
 

@@ -18,6 +18,7 @@ from yarl import URL
 from services import registry
 from shared.embedded_db import SECRETS_FILE, SYSTEM_USER, EmbeddedPostgres, _run_as_owner, free_port, pg_binary
 from shared.http.keys import POOL
+from shared.logging import configure_logging
 from shared.roles import ROLE_OF, MigrationsPending, service_dsn
 from shared.settings import Settings
 from tests.conftest import ServiceFactory, role_url, with_database
@@ -215,6 +216,7 @@ async def test_service_apps_work_as_their_roles(service: ServiceFactory) -> None
 
 def test_without_its_own_url_a_service_falls_back_to_the_owner_loudly(database_url: str) -> None:
     settings = Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
+    configure_logging("warning", "console")  # a CLI test in this process may have set another level
     with capture_logs() as logs:
         assert service_dsn(settings, "orders") == database_url
     assert any(e["log_level"] == "warning" and "OMNISTOCK_ORDERS_DATABASE_URL" in e["event"] for e in logs)
