@@ -296,6 +296,7 @@ async def wh1_units_still_open(world: World, column: str, body: Any) -> None:
 
 async def give_back(world: World, column: str) -> Req:
     order = await world.order(fulfillment={"type": "ship", "location_id": "wh-1", "ship_to": LONDON})
+    await world.act(order, "pay")  # only paid units are refunded
     await world.act(order, "fulfill")
     return Req("POST", f"/v1/orders/{order['id']}/returns", idem=True,
                json={"lines": [{"sku": "TEE", "qty": 1}], "location_id": OWN})
@@ -364,6 +365,7 @@ def shop_order(signed: bool) -> Prepare:
     async def prepare(world: World, column: str) -> Req:
         raw = orjson.dumps({
             "id": 10**12 + next(world.counter), "currency": "EUR", "financial_status": "pending",
+            "created_at": datetime.now(UTC).isoformat(),  # inside the replay window
             "line_items": [{"id": 1, "sku": "TEE", "quantity": 1, "price": "10.00"}],
             "shipping_address": {"latitude": LONDON["lat"], "longitude": LONDON["lon"]}})
         headers = {"Content-Type": "application/json"}
@@ -446,6 +448,20 @@ async def reconcile(world: World, column: str) -> Req:
     return Req("POST", "/v1/reconciliations", json={"business_day": day.isoformat()})
 
 
+async def void_by_id(world: World, column: str) -> Req:
+    [row] = await world.settle()
+    settlement_id = await world.pool.fetchval(
+        "SELECT id FROM finance.settlements WHERE provider = $1 AND external_id = $2",
+        row["provider"], row["external_id"])
+    return Req("POST", f"/v1/settlements/{settlement_id}/void", json={"reason": "matrix: wrong amount"})
+
+
+async def void_by_key(world: World, column: str) -> Req:
+    [row] = await world.settle()
+    return Req("POST", "/v1/settlements/void", json={
+        "provider": row["provider"], "external_id": row["external_id"], "reason": "matrix: wrong amount"})
+
+
 def on_run(method: str, tail: str = "", json: Any = None, with_exception: bool = False) -> Prepare:
     async def prepare(world: World, column: str) -> Req:
         run = await world.run(with_exception)
@@ -457,6 +473,8 @@ def on_run(method: str, tail: str = "", json: Any = None, with_exception: bool =
 FINANCE_ROWS = [
     Row("finance", "POST", "/v1/settlements", FINANCE, settlements),
     Row("finance", "GET", "/v1/settlements", BOOKS, const("GET", "/v1/settlements")),
+    Row("finance", "POST", "/v1/settlements/{settlement_id}/void", ("admin", "finance"), void_by_id),
+    Row("finance", "POST", "/v1/settlements/void", ("admin", "finance"), void_by_key),
     Row("finance", "POST", "/v1/closeouts", FINANCE, closeout),
     Row("finance", "GET", "/v1/closeouts", BOOKS, const("GET", "/v1/closeouts", params={"business_day": "2024-05-01"})),
     Row("finance", "POST", "/v1/reconciliations", FINANCE, reconcile),
@@ -470,6 +488,8 @@ FINANCE_ROWS = [
         const("GET", "/v1/reports/revenue", params={"from": "2024-05-01", "to": "2024-05-02"})),
     Row("finance", "GET", "/v1/reports/revenue.csv", BOOKS,
         const("GET", "/v1/reports/revenue.csv", params={"from": "2024-05-01", "to": "2024-05-02"})),
+    Row("finance", "GET", "/v1/reports/price-overrides", BOOKS,
+        const("GET", "/v1/reports/price-overrides", params={"from": "2024-05-01", "to": "2024-05-02"})),
 ]
 
 
