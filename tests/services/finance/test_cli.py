@@ -12,7 +12,8 @@ CSV = "provider,external_id,order_id,amount,currency,settled_at\nacme,c1,ghost,4
 
 
 def test_import_then_reconcile_from_the_command_line(database_env: dict[str, str], tmp_path: Path) -> None:
-    env = {**database_env, "OMNISTOCK_LOG_LEVEL": "error"}
+    # The session's level: loggers first used while the command runs keep the level it configures.
+    env = {**database_env, "OMNISTOCK_LOG_LEVEL": "warning"}
     file = tmp_path / "settlements.csv"
     file.write_text(CSV)
     runner = CliRunner()
