@@ -39,7 +39,7 @@ def measure_limits(stack: Stack, quick: bool) -> list[Limit]:
     assert stack.pg is not None
     asyncio.run(limits_mod.create_scratch_table(stack.dsn))
     seconds = 2.0 if quick else 10.0  # quick: enough for a stable tps on this box, leaves time for scenarios
-    found = limits_mod.pgbench_limits("127.0.0.1", stack.pg.port, [8, 32], seconds)
+    found = limits_mod.pgbench_limits(stack.pg.dsn, [8, 32], seconds)
     return [*found, limits_mod.sha256_limit(0.5 if quick else 3.0)]
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
+from yarl import URL
 
 from shared.embedded_db import pg_binary
 
@@ -56,16 +57,18 @@ async def create_scratch_table(dsn: str) -> None:
         await conn.close()
 
 
-def pgbench(host: str, port: int, script: str, clients: int, seconds: float) -> tuple[float, float]:
+def pgbench(dsn: str, script: str, clients: int, seconds: float) -> tuple[float, float]:
     """(tps, average latency in ms) of `script` with `clients` connections for `seconds`."""
+    url = URL(dsn)  # the password goes in the environment, not on a command line every local user can read
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
     try:
         done = subprocess.run(
             [str(pg_binary("pgbench")), "-n", "-M", "prepared", "-f", f.name, "-c", str(clients),
              "-j", str(min(2, clients)), "-T", str(max(1, round(seconds))),
-             "-h", host, "-p", str(port), "-U", "postgres", "postgres"],
-            capture_output=True, text=True, check=False,
+             "-h", url.host or "127.0.0.1", "-p", str(url.port), "-U", url.user or "postgres",
+             url.path.lstrip("/") or "postgres"],
+            capture_output=True, text=True, check=False, env={**os.environ, "PGPASSWORD": url.password or ""},
         )
     finally:
         os.unlink(f.name)
@@ -75,11 +78,11 @@ def pgbench(host: str, port: int, script: str, clients: int, seconds: float) -> 
     return float(tps.group(1)), float(latency.group(1)) if latency else float("nan")
 
 
-def pgbench_limits(host: str, port: int, client_counts: list[int], seconds: float) -> list[Limit]:
+def pgbench_limits(dsn: str, client_counts: list[int], seconds: float) -> list[Limit]:
     limits = []
     for name, script in SCRIPTS.items():
         for clients in client_counts:
-            tps, latency_ms = pgbench(host, port, script, clients, seconds)
+            tps, latency_ms = pgbench(dsn, script, clients, seconds)
             limits.append(Limit(f"pgbench {name} c={clients}", tps, "tps",
                                 {"clients": clients, "latency_avg_ms": latency_ms, "seconds": seconds}))
     return limits
