@@ -267,6 +267,10 @@ def _endpoint(
         seconds = settings.long_request_timeout_s if route.long_running else settings.request_timeout_s
         if not request.can_read_body:
             return await within_deadline(serve_bodiless(request), seconds)
+        if request.content.is_eof():
+            # The whole body came with the headers (the usual small POST): reading it waits for nothing
+            # the client does, so one deadline task covers the lot (a second one cost ~9 us a request).
+            return await within_deadline(serve_arrived(request), seconds)
         # The deadline times the server's work; the body's arrival is the client's and has its own clock
         # (OMNISTOCK_BODY_TIMEOUT_S, 408). The key is checked first: a keyed route reads no stranger's body.
         principal, query = await within_deadline(admit(request), seconds)
@@ -276,6 +280,10 @@ def _endpoint(
     async def serve_bodiless(request: web.Request) -> web.StreamResponse:
         principal, query = await admit(request)
         return await handle(request, principal, query, b"")
+
+    async def serve_arrived(request: web.Request) -> web.StreamResponse:
+        principal, query = await admit(request)  # still first: a refused key's body is never parsed
+        return await handle(request, principal, query, await read_body(request))
 
     async def admit(request: web.Request) -> tuple[Principal, Any]:
         """Path, key, role and query checked: who asks, and for what."""

@@ -17,6 +17,7 @@ never read as a request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -30,8 +31,11 @@ async def receive_body(request: web.Request, limit: int, timeout_s: float) -> by
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"body of {declared} bytes declared; at most {limit} are accepted")
     body = bytearray()
+    # Every byte already buffered (the usual small POST, sent with its headers): nothing left to wait
+    # for, so no clock to arm (arming and cancelling one cost ~4 us a request).
+    clock = contextlib.nullcontext() if request.content.is_eof() else asyncio.timeout(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
+        async with clock:
             while chunk := await request.content.readany():
                 if len(body) + len(chunk) > limit:
                     raise PayloadTooLarge(f"body over {limit} bytes")
