@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from typing import Annotated
 
 import pytest
@@ -9,7 +11,7 @@ from pydantic import BaseModel, StringConstraints, ValidationError
 
 from shared.errors import BadRequest
 from shared.idempotency import check_key
-from shared.text import FreeText, text_problem
+from shared.text import BIDI_CONTROLS, REFUSED, SEPARATORS, FreeText, text_problem
 
 HOSTILE = {
     "ansi escape": "Soho \x1b[31mred\x1b[0m",
@@ -63,3 +65,12 @@ def test_an_idempotency_key_follows_the_same_rule(value: str) -> None:
         check_key(value)
     assert caught.value.extra["field"] == "Idempotency-Key" and "U+" in caught.value.detail
     assert check_key("order-Zürich-42") == "order-Zürich-42"
+
+
+def test_the_fast_search_refuses_exactly_the_characters_the_rule_names() -> None:
+    # REFUSED (one regex, for speed) must match every code point the per-character rule refuses, and no other.
+    wrong = [hex(cp) for cp in range(sys.maxunicode + 1)
+             if (REFUSED.search(chr(cp)) is not None)
+             != (unicodedata.category(chr(cp)) in ("Cc", "Cs") or chr(cp) in BIDI_CONTROLS or chr(cp) in SEPARATORS)]
+    assert wrong == []
+    assert text_problem("key-\u00e9-ok\x1b") == "control character U+001B at position 8 is not allowed in text"
