@@ -20,13 +20,16 @@ import uuid
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import StringConstraints
 
 from shared.errors import field_error
 
 MAX_CURSOR = 512
+# A `?cursor=` as the request models take it: what it holds is checked when the use case decodes it.
+Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]
 
 def _bigint(value: Any) -> int:
     """Sort keys that are ints are bigint columns: a forged cursor outside them is refused here, not

@@ -77,9 +77,15 @@ CASES = [
     Case("orders", "POST", "/v1/pos/sales", lambda v: {
         "location_id": "s1", "currency": "EUR", "lines": [{"sku": "TEE-M", "qty": 1, "unit_price": "19.90"}],
         "tenders": [{"kind": "card", "amount": "19.90", "reference": v}]}, "tenders.0.reference"),
+    Case("orders", "POST", "/v1/pos/sales", lambda v: {
+        "location_id": "s1", "currency": "EUR",
+        "lines": [{"sku": "TEE-M", "qty": 1, "unit_price": "18.90", "price_override": {"reason": v}}],
+        "tenders": [{"kind": "card", "amount": "18.90"}]}, "lines.0.price_override.reason"),
     Case("finance", "POST", "/v1/settlements", lambda v: _settlement(provider=v), "provider", "finance"),
     Case("finance", "POST", "/v1/settlements", lambda v: _settlement(external_id=v), "external_id", "finance"),
     Case("finance", "POST", "/v1/settlements", lambda v: _settlement(order_id=v), "order_id", "finance"),
+    Case("finance", "POST", "/v1/settlements/void", lambda v: {
+        "provider": "stripe", "external_id": "ch_1", "reason": v}, "reason", "finance"),
     Case("finance", "POST", "/v1/closeouts", lambda v: {
         "location_id": "s1", "business_day": "2026-01-01", "currency": "EUR",
         "tenders": [{"kind": "cash", "amount": "1.00"}], "note": v}, "note", "finance"),

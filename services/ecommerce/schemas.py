@@ -11,7 +11,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from services.ecommerce.domain import AVAILABILITY_TOPICS
 from services.inventory.schemas import LocationId, Sku
 from shared.http.models import RequestModel, ResponseModel
-from shared.paging import MAX_CURSOR
+from shared.paging import Cursor
 from shared.text import FreeText
 
 MAX_BATCH = 500
@@ -126,7 +126,7 @@ class SubscriptionList(ResponseModel):
 
 class DeliveriesQuery(RequestModel):
     status: Literal["pending", "sending", "delivered", "dead", "cancelled"] | None = None
-    cursor: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)] | None = None  # next_cursor
+    cursor: Cursor | None = None  # a next_cursor, unchanged
     limit: Annotated[int, Field(ge=1, le=500)] = 50
 
 

@@ -12,7 +12,7 @@ from services.inventory.schemas import LocationId
 from services.orders.schemas import TenderKind
 from shared.http.models import RequestModel, ResponseModel
 from shared.money import Currency, Money, SignedMoney
-from shared.paging import MAX_CURSOR
+from shared.paging import Cursor
 from shared.text import FreeText
 
 MAX_TENDERS = 20
@@ -21,8 +21,6 @@ Channel = Literal["online", "store"]
 ItemClass = Literal["matched", "amount_mismatch", "missing_payment", "missing_sale", "duplicate"]
 Text = Annotated[FreeText, StringConstraints(min_length=1, max_length=128)]
 Reason = Annotated[FreeText, StringConstraints(min_length=1, max_length=500, pattern=r"\S")]
-# An opaque next_cursor handed back unchanged (shared.paging); what it holds is checked when decoded.
-Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]
 
 
 def _aware_datetime(value: object) -> object:

@@ -10,7 +10,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from shared.http.models import RequestModel, ResponseModel
 from shared.money import Currency, Money
-from shared.paging import MAX_CURSOR
+from shared.paging import Cursor
 from shared.text import FreeText
 
 LocationId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -76,7 +76,6 @@ class SkuList(ResponseModel):
     next_cursor: str | None = None  # send back as ?cursor= for the next page; None on the last page
 
 
-Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]  # a next_cursor, unchanged
 
 
 class SkuListQuery(RequestModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -10,7 +10,7 @@ from pydantic import BeforeValidator, Field, StringConstraints, model_validator
 
 from services.inventory.schemas import Currency, LocationId, Sku
 from shared.http.models import RequestModel, ResponseModel
-from shared.paging import MAX_CURSOR
+from shared.paging import Cursor
 from shared.text import FreeText
 
 MAX_LINES = 100
@@ -24,16 +24,6 @@ Status = Literal["placed", "paid", "fulfilled", "completed", "cancelled"]
 Note = Annotated[FreeText, StringConstraints(max_length=500)]
 
 
-def _iso_datetime(value: object) -> object:
-    """Query times are RFC 3339 strings only (pydantic would also take a number as a Unix time)."""
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("an RFC 3339 date-time string")
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _iso_date(value: object) -> object:
     if isinstance(value, date):
         return value
@@ -42,15 +32,12 @@ def _iso_date(value: object) -> object:
     return date.fromisoformat(value)
 
 
-IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
 IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-# An opaque keyset cursor (shared/paging.py); decoded, and refused if not this list's, by the use case.
-Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR)]
 
 
 class PriceOverrideIn(RequestModel):
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    reason: Annotated[FreeText, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class LineIn(RequestModel):
