@@ -46,12 +46,6 @@ class MalformedJson(BadRequest):
     code, title = "malformed-json", "Malformed JSON body"
 
 
-class StaleWebhook(Problem):
-    """A correctly signed inbound webhook too old to act on: a replay, or a retry past any schedule."""
-
-    status, code, title = 422, "stale-webhook", "Webhook delivery too old"
-
-
 class ValidationFailed(Problem):
     """422 with `errors: [{field, problem}]` so a client can point at the offending field."""
 
@@ -98,20 +92,6 @@ class RequestTimeout(Problem):
     """The request's body did not arrive in time; the connection is closed after the answer."""
 
     status, code, title = 408, "request-timeout", "Request not received in time"
-
-
-class PriceOverrideForbidden(Forbidden):
-    """A price other than the catalogue's that this key may not set (a store past its discount cap)."""
-
-    code, title = "price-override-forbidden", "Price override not allowed"
-
-
-class OrderNotPaid(Conflict):
-    code, title = "order-not-paid", "The order is not paid"
-
-
-class UnpaidUnitsLimit(Conflict):
-    code, title = "unpaid-units-limit", "Too many units held unpaid"
 
 
 class PayloadTooLarge(Problem):

@@ -10,6 +10,15 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from urllib.parse import urlsplit
 
+from shared.errors import Problem
+
+
+class StaleWebhook(Problem):
+    """A correctly signed inbound webhook too old to act on: a replay, or a retry past any schedule."""
+
+    status, code, title = 422, "stale-webhook", "Webhook delivery too old"
+
+
 DEFAULT_SCOPE = "*"  # the default rule's key; '*' can never be a SKU
 STATES = ("in_stock", "low_stock", "out_of_stock")
 AVAILABILITY_TOPICS = (

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 from services.ecommerce import repository as repo
 from services.ecommerce import shopify
+from services.ecommerce.domain import StaleWebhook
 from services.ecommerce.schemas import ShopOrderOut
 from services.orders import use_cases as orders
 from services.orders.schemas import PaymentIn
 from shared.auth import Principal
 from shared.db import Pool, transaction
-from shared.errors import StaleWebhook
 
 # Who a signed shop webhook acts as: the shop role, as if it had sent a shop key.
 SHOP = Principal(0, "shop")

@@ -331,18 +331,23 @@ class CommitOut(ResponseModel):
 # --- reports ------------------------------------------------------------------------------------------
 
 
-class RevenueQuery(RequestModel):
+class DayRangeQuery(RequestModel):
+    """Business days `from`..`to`, both included, at most ten years."""
+
     from_: IsoDate = Field(alias="from")
     to: IsoDate
-    group_by: Literal["day", "channel", "location"] = "day"
 
     @model_validator(mode="after")
-    def a_bounded_range(self) -> RevenueQuery:
+    def a_bounded_range(self) -> DayRangeQuery:
         if self.to < self.from_:
             raise ValueError("'to' is before 'from'")
         if (self.to - self.from_).days > 3660:
             raise ValueError("at most ten years at once")
         return self
+
+
+class RevenueQuery(DayRangeQuery):
+    group_by: Literal["day", "channel", "location"] = "day"
 
 
 class RevenueRow(ResponseModel):
@@ -364,23 +369,13 @@ class RevenueReport(ResponseModel):
     rows: list[RevenueRow]
 
 
-class PriceOverrideQuery(RequestModel):
+class PriceOverrideQuery(DayRangeQuery):
     """Sales lines sold at a price other than the catalogue's, over business days `from`..`to`."""
 
-    from_: IsoDate = Field(alias="from")
-    to: IsoDate
     location_id: LocationId | None = None
     include_channel: bool = False  # also online channels' own prices (their promotions)
-    cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
+    cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 500
-
-    @model_validator(mode="after")
-    def a_bounded_range(self) -> PriceOverrideQuery:
-        if self.to < self.from_:
-            raise ValueError("'to' is before 'from'")
-        if (self.to - self.from_).days > 3660:
-            raise ValueError("at most ten years at once")
-        return self
 
 
 class PriceOverrideRow(ResponseModel):

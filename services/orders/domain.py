@@ -21,14 +21,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from shared.errors import (
-    Forbidden,
-    IllegalTransition,
-    OrderNotPaid,
-    PriceOverrideForbidden,
-    ValidationFailed,
-    field_error,
-)
+from shared.errors import Conflict, Forbidden, IllegalTransition, ValidationFailed, field_error
+
+
+class PriceOverrideForbidden(Forbidden):
+    """A price other than the catalogue's that this key may not set (a store past its discount cap)."""
+
+    code, title = "price-override-forbidden", "Price override not allowed"
+
+
+class OrderNotPaid(Conflict):
+    code, title = "order-not-paid", "The order is not paid"
+
+
+class UnpaidUnitsLimit(Conflict):
+    code, title = "unpaid-units-limit", "Too many units held unpaid"
+
 
 CENT = Decimal("0.01")
 ACTIVE = ("placed", "paid")

@@ -32,7 +32,7 @@ from services.orders.schemas import (
 from services.orders.sourcing import Allocation, LineRequest, SourcingPolicy, Unfillable
 from shared.auth import Principal
 from shared.db import Connection
-from shared.errors import Conflict, Forbidden, InsufficientStock, UnpaidUnitsLimit, ValidationFailed, field_error
+from shared.errors import Conflict, Forbidden, InsufficientStock, ValidationFailed, field_error
 
 PLACEMENT_ATTEMPTS = 3  # re-source when the snapshot lost a race to a concurrent order
 
@@ -210,8 +210,8 @@ def external_id_taken(body: OrderIn) -> Conflict:
                     field="external_id")
 
 
-def over_unpaid_cap(requested: int, cap: int | None, held: int) -> UnpaidUnitsLimit:
-    return UnpaidUnitsLimit(f"this key holds {held} unit(s) in unpaid orders; {requested} more would pass its "
+def over_unpaid_cap(requested: int, cap: int | None, held: int) -> domain.UnpaidUnitsLimit:
+    return domain.UnpaidUnitsLimit(f"this key holds {held} unit(s) in unpaid orders; {requested} more would pass its "
                             f"limit of {cap}: take payment for those orders first (nothing was reserved)",
                             held=held, limit=cap, requested=requested)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.orders.domain import UnpaidUnitsLimit
 from services.orders.placement import Placement, place_order
 from services.orders.repository import LocationDirectory
 from services.orders.schemas import OrderIn
@@ -16,7 +17,6 @@ from services.orders.sourcing import POLICIES
 from services.orders.use_cases import expire_reservations
 from shared.auth import Principal
 from shared.db import transaction
-from shared.errors import UnpaidUnitsLimit
 from shared.settings import Settings
 from tests.conftest import ServiceFactory, assert_problem
 from tests.services.orders.conftest import Shop
