@@ -27,8 +27,9 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 
 from shared.db import Pool
+from shared.errors import Problem
 from shared.logging import get_logger
-from shared.outbox import Event, Position, head_position, read_after
+from shared.outbox import Event, Position, head_position, read_after, resume_after
 
 log = get_logger("omnistock.events")
 
@@ -180,3 +181,31 @@ async def wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:
 
 def sse_frame(event: Event, render: Callable[[Event], bytes]) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.topic.encode(), render(event))
+
+
+class StreamResyncRequired(Problem):
+    """410: a stream asked to resume from before the outbox's retention window (README, Housekeeping)."""
+
+    status, code, title = 410, "stream-resync-required", "Events after this point are no longer kept"
+
+
+# What a client re-reads for a fresh snapshot, per event family a stream carries.
+SNAPSHOTS: dict[str, str] = {
+    "stock": "GET /v1/stock/{sku} on inventory",
+    "availability": "GET /v1/availability?sku=... on e-commerce",
+}
+
+
+async def resume_point(pool: Pool, event_id: int, families: list[str]) -> Position | None:
+    """Where a stream resumed after `event_id` starts; None if no such event was ever published.
+
+    An id from before the retention window is refused rather than served with a silent gap: the client
+    fetches a fresh snapshot and reconnects without Last-Event-ID (a live stream starts at the head)."""
+    resume = await resume_after(pool, event_id)
+    if resume.pruned:
+        snapshot = "; ".join(SNAPSHOTS[f] for f in families if f in SNAPSHOTS) or "the current state"
+        raise StreamResyncRequired(
+            f"events after id {event_id} are past the retention window and no longer all kept:"
+            f" fetch a fresh snapshot ({snapshot}), then reconnect without Last-Event-ID",
+            snapshot=snapshot, reconnect="without Last-Event-ID (the stream starts at the head)")
+    return resume.position

@@ -14,6 +14,7 @@ from shared.db import Connection, Pool
 
 Position = tuple[int, int]  # (txid, id)
 START: Position = (0, 0)
+MAX_EVENT_ID = 2**63 - 1
 
 READ_AFTER_SQL = """
 SELECT id, txid, topic, key, payload, created_at
@@ -63,11 +64,6 @@ async def read_after(pool: Pool | Connection, position: Position, limit: int = 5
     return [Event(r["id"], r["txid"], r["topic"], r["key"], r["payload"], r["created_at"]) for r in rows]
 
 
-async def position_of(pool: Pool, event_id: int) -> Position | None:
-    txid = await pool.fetchval("SELECT txid FROM core.events WHERE id = $1", event_id)
-    return None if txid is None else (txid, event_id)
-
-
 async def head_position(pool: Pool | Connection) -> Position:
     """The position a new live subscriber starts from: everything stable so far counts as seen."""
     row = await pool.fetchrow(
@@ -76,3 +72,70 @@ async def head_position(pool: Pool | Connection) -> Position:
         " ORDER BY txid DESC, id DESC LIMIT 1"
     )
     return START if row is None else (row["txid"], row["id"])
+
+
+# --- retention (shared/housekeeping.py) -------------------------------------------------------------
+
+# The oldest events in position order up to `through` (the oldest durable cursor), each with whether it
+# is past the window. Through events_position: a pass reads only what it is about to delete, plus one.
+OUTBOX_HEAD_SQL = """
+SELECT txid, id, created_at < now() - make_interval(secs => $4) AS expired
+FROM core.events
+WHERE (txid, id) <= ($1, $2)
+ORDER BY txid, id
+LIMIT $3
+"""
+
+# The horizon moves in the transaction that deletes, so a resume never sees the events gone and the
+# horizon not yet moved (or the reverse).
+DELETE_EVENTS_SQL = """
+WITH gone AS (DELETE FROM core.events WHERE id = ANY($1::bigint[]) RETURNING id)
+UPDATE core.outbox_horizon
+SET txid = $2, event_id = $3, max_pruned_id = greatest(max_pruned_id, (SELECT max(id) FROM gone)),
+    pruned_at = now()
+"""
+
+RESUME_SQL = """
+SELECT (SELECT txid FROM core.events WHERE id = $1) AS txid,
+       (SELECT max_pruned_id FROM core.outbox_horizon) AS max_pruned_id
+"""
+
+
+async def outbox_head(conn: Connection, through: Position, limit: int,
+                      retention_s: float) -> list[tuple[int, int, bool]]:
+    rows = await conn.fetch(OUTBOX_HEAD_SQL, through[0], through[1], limit, retention_s)
+    return [(r["txid"], r["id"], r["expired"]) for r in rows]
+
+
+async def delete_events(conn: Connection, prefix: list[Position]) -> None:
+    """Delete these events (a prefix of the outbox in position order) and move the horizon past them."""
+    await conn.execute(DELETE_EVENTS_SQL, [event_id for _, event_id in prefix], *prefix[-1])
+
+
+async def oldest_event_age_s(db: Pool | Connection) -> float | None:
+    return await db.fetchval(
+        "SELECT extract(epoch FROM now() - created_at)::float8 FROM core.events ORDER BY txid, id LIMIT 1")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a stream resumed from `event_id` starts: `position`, or nothing (`pruned`: the events after
+    it are no longer all kept; neither: no such event was ever published)."""
+
+    position: Position | None
+    pruned: bool = False
+
+
+async def resume_after(db: Pool | Connection, event_id: int) -> Resume:
+    """Resume after `event_id`. A retained event resumes where it was (every later event is retained
+    too: the outbox is pruned as a prefix). An id that is gone and at most the largest id ever pruned,
+    or 0 once anything was pruned, is `pruned`: clients only ever hold ids of committed events, and
+    only pruning removes those. 0 before any pruning is the start of the outbox."""
+    if event_id > MAX_EVENT_ID:
+        return Resume(None)  # past what a bigserial can hand out (and what asyncpg can send)
+    row = await db.fetchrow(RESUME_SQL, event_id)
+    if row["txid"] is not None:
+        return Resume((row["txid"], event_id))
+    if row["max_pruned_id"] and event_id <= row["max_pruned_id"]:
+        return Resume(None, pruned=True)
+    return Resume(START if event_id == 0 else None)

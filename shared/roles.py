@@ -171,8 +171,13 @@ async def _grant_plan(conn: Connection) -> list[str]:
         plan += [f"GRANT USAGE ON SCHEMA core TO {roles}",
                  f"GRANT SELECT ON core.api_keys TO {roles}",
                  f"GRANT SELECT, INSERT ON core.events TO {roles}",
+                 # E-commerce holds the outbox's only durable cursors, so it prunes what they have passed.
+                 f"GRANT DELETE ON core.events TO {_ident(ROLE_OF['ecommerce'])}",
                  f"GRANT SELECT, INSERT, UPDATE, DELETE ON core.idempotency_keys TO {roles}",
                  f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA core TO {roles}"]
+        if await conn.fetchval("SELECT to_regclass('core.outbox_horizon') IS NOT NULL"):
+            plan += [f"GRANT SELECT ON core.outbox_horizon TO {roles}",  # streams check resumes against it
+                     f"GRANT UPDATE ON core.outbox_horizon TO {_ident(ROLE_OF['ecommerce'])}"]
     for service, access in ACCESS.items():
         r = _ident(ROLE_OF[service])
         for schema in (*access.writes, *access.appends, *access.reads):

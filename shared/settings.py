@@ -74,6 +74,18 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     event_poll_interval_s: float = Field(default=0.02, gt=0)  # outbox poll; see shared/event_stream.py
 
+    # Housekeeping (shared/housekeeping.py): transient rows leave once their window has passed, in
+    # batches of housekeeping_batch_rows, one short transaction each, every housekeeping_interval_s.
+    # 24 h of idempotency records, as the big payment APIs keep them; outbox events 3 days after every
+    # durable consumer has passed them (a stream may resume from anywhere inside that); delivered (and
+    # cancelled) webhooks 7 days, dead letters 30 days unless redelivered first.
+    idempotency_retention_s: float = Field(default=86_400.0, gt=0)
+    event_retention_s: float = Field(default=259_200.0, gt=0)
+    webhook_delivered_retention_s: float = Field(default=604_800.0, gt=0)
+    webhook_dead_retention_s: float = Field(default=2_592_000.0, gt=0)
+    housekeeping_interval_s: float = Field(default=60.0, gt=0)
+    housekeeping_batch_rows: int = Field(default=5_000, ge=1, le=100_000)
+
     # E-commerce: the availability projection, outbound webhooks, inbound shop orders.
     projection_poll_interval_s: float = Field(default=1.0, gt=0)
     # The projector's statements (a rebuild re-reads every level; so does a batch of location changes).

@@ -7,6 +7,7 @@ from pathlib import Path
 from aiohttp import web
 
 import services.orders.app
+from services.ecommerce import retention
 from services.ecommerce.background import background
 from services.ecommerce.projection import run_projector
 from services.ecommerce.routes import SHOP_PLACEMENT, api
@@ -44,7 +45,7 @@ def create_app(settings: Settings) -> web.Application:
     projector = background("ecommerce-projector", lambda app: _project(app, settings))
     dispatcher = background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
     app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=True,
-                             contexts=[projector, dispatcher])
+                             contexts=[projector, dispatcher], housekeeping=retention.jobs(settings))
     app[SHOP_PLACEMENT] = Placement(POLICIES[settings.orders_sourcing_policy], LocationDirectory(),
                                     settings.reservation_ttl_s)
     return app

@@ -203,3 +203,46 @@ async def next_due_in_s(db: Pool | Connection) -> float | None:
         "SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8"
         " FROM ecommerce.webhook_deliveries WHERE status = 'pending'"
     )
+
+
+# --- retention (services/ecommerce/retention.py) ----------------------------------------------------
+
+# One chunk of the delivery log in id order after $1: where it ends, and whether it reached rows too
+# young for any window (younger than $3 s), past which nothing can be old enough: the walk stops there.
+SCAN_DELIVERIES = """
+SELECT max(id) AS last, coalesce(bool_or(created_at >= now() - make_interval(secs => $3)), false) AS young
+FROM (SELECT id, created_at FROM ecommerce.webhook_deliveries WHERE id > $1 ORDER BY id LIMIT $2) AS chunk
+"""
+
+# The finished deliveries of ids ($1, $2] past their window, with their attempt logs. What finished them
+# dates them: delivered_at, the last attempt of a dead one (next_attempt_at is set to it), the creation
+# of a cancelled one. Pending and sending deliveries are never touched; SKIP LOCKED leaves any row a
+# dispatcher or a redelivery holds for the next pass.
+PRUNE_DELIVERIES = """
+WITH doomed AS (
+    SELECT id FROM ecommerce.webhook_deliveries
+    WHERE id > $1 AND id <= $2
+      AND ((status = 'delivered' AND delivered_at < now() - make_interval(secs => $3))
+           OR (status = 'cancelled' AND created_at < now() - make_interval(secs => $3))
+           OR (status = 'dead' AND next_attempt_at < now() - make_interval(secs => $4)))
+    FOR UPDATE SKIP LOCKED
+), attempts AS (
+    DELETE FROM ecommerce.webhook_attempts a USING doomed WHERE a.delivery_id = doomed.id
+)
+DELETE FROM ecommerce.webhook_deliveries d USING doomed WHERE d.id = doomed.id
+"""
+
+
+async def scan_deliveries(conn: Connection, after: int, limit: int, young_s: float) -> tuple[int | None, bool]:
+    row = await conn.fetchrow(SCAN_DELIVERIES, after, limit, young_s)
+    return row["last"], row["young"]
+
+
+async def prune_deliveries(conn: Connection, after: int, through: int, delivered_s: float, dead_s: float) -> int:
+    """Delete the finished deliveries of ids (after, through] past their windows; how many."""
+    return int((await conn.execute(PRUNE_DELIVERIES, after, through, delivered_s, dead_s)).split()[-1])
+
+
+async def oldest_delivery_age_s(db: Pool | Connection) -> float | None:
+    return await db.fetchval(
+        "SELECT extract(epoch FROM now() - created_at)::float8 FROM ecommerce.webhook_deliveries ORDER BY id LIMIT 1")

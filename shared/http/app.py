@@ -12,6 +12,7 @@ from shared.auth import KeyCache
 from shared.db import create_pool
 from shared.errors import ServiceUnavailable
 from shared.event_stream import EventHub
+from shared.housekeeping import Job, core_jobs, housekeeping_context
 from shared.http.api import Api, Call
 from shared.http.connection_guard import guarded_request
 from shared.http.deadline import within_deadline
@@ -65,8 +66,10 @@ def create_service_app(
     migrations: list[MigrationSet],
     event_hub: bool = False,
     contexts: list[CleanupContext] | None = None,
+    housekeeping: list[Job] | None = None,
 ) -> web.Application:
-    """Wire a service: settings, pool, migrations, auth, optional event hub, then `contexts`."""
+    """Wire a service: settings, pool, migrations, auth, optional event hub, then `contexts`; the
+    housekeeping loop prunes the shared tables and the service's own `housekeeping` jobs."""
     dsn = service_dsn(settings, service)  # raises when there is no URL at all (the CLI starts the embedded database)
     add_system_routes(api)
     # guarded_request first: the connection guard must know a request has arrived before anything else runs.
@@ -120,4 +123,5 @@ def create_service_app(
     if event_hub:
         app.cleanup_ctx.append(hub)
     app.cleanup_ctx.extend(contexts or [])
+    app.cleanup_ctx.append(housekeeping_context([*core_jobs(settings), *(housekeeping or [])], settings))
     return app

@@ -8,25 +8,24 @@ from collections.abc import Callable
 from aiohttp import web
 
 from shared.errors import ValidationFailed
-from shared.event_stream import sse_frame
+from shared.event_stream import resume_point, sse_frame
 from shared.http.keys import HUB, SETTINGS
-from shared.outbox import Event, Position, position_of
+from shared.outbox import Event, Position
 
 KEEPALIVE = b": keepalive\n\n"
 WRITE_TIMEOUT_S = 30.0  # a client that accepts nothing for this long is gone; drop it
 
 
-async def resume_position(request: web.Request) -> Position:
-    """Where a stream starts: after Last-Event-ID (header, or `last_event_id` query for curl), else now."""
+async def resume_position(request: web.Request, families: list[str]) -> Position:
+    """Where a stream starts: after Last-Event-ID (header, or `last_event_id` query for curl), else now;
+    410 `stream-resync-required` for an id past the outbox's retention window (shared/event_stream.py)."""
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     hub = request.app[HUB]
     if raw is None or raw == "":
         return hub.head
     if not raw.isdigit() or len(raw) > 19:
         raise ValidationFailed([{"field": "Last-Event-ID", "problem": "must be an event id (a positive integer)"}])
-    if int(raw) == 0:
-        return (0, 0)
-    position = await position_of(hub.pool, int(raw))
+    position = await resume_point(hub.pool, int(raw), families)
     if position is None:
         raise ValidationFailed([{"field": "Last-Event-ID", "problem": f"no event with id {raw}"}])
     return position
@@ -39,7 +38,7 @@ async def stream_events(
     keep: Callable[[Event], bool],
     render: Callable[[Event], bytes],
 ) -> web.StreamResponse:
-    start = await resume_position(request)
+    start = await resume_position(request, families)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache",
