@@ -15,6 +15,7 @@ from shared.db import Connection, Pool
 Position = tuple[int, int]  # (txid, id)
 START: Position = (0, 0)
 MAX_EVENT_ID = 2**63 - 1
+END: Position = (MAX_EVENT_ID, MAX_EVENT_ID)  # after every event
 
 READ_AFTER_SQL = """
 SELECT id, txid, topic, key, payload, created_at
@@ -76,12 +77,15 @@ async def head_position(pool: Pool | Connection) -> Position:
 
 # --- retention (shared/housekeeping.py) -------------------------------------------------------------
 
-# The oldest events in position order up to `through` (the oldest durable cursor), each with whether it
-# is past the window. Through events_position: a pass reads only what it is about to delete, plus one.
+# The oldest events in position order up to `through` (what every durable consumer has passed), each
+# with whether it is past the window. Only stable ones, as readers take them: a transaction still running
+# may yet commit an event before any later position, and the pruned part must stay a prefix. Through
+# events_position: a pass reads only what it is about to delete, plus one.
 OUTBOX_HEAD_SQL = """
 SELECT txid, id, created_at < now() - make_interval(secs => $4) AS expired
 FROM core.events
 WHERE (txid, id) <= ($1, $2)
+  AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 ORDER BY txid, id
 LIMIT $3
 """
@@ -99,6 +103,14 @@ RESUME_SQL = """
 SELECT (SELECT txid FROM core.events WHERE id = $1) AS txid,
        (SELECT max_pruned_id FROM core.outbox_horizon) AS max_pruned_id
 """
+
+
+async def next_of(db: Pool | Connection, position: Position, families: list[str]) -> Position | None:
+    """The first committed event of `families` after `position`: what a consumer there reads next."""
+    row = await db.fetchrow(
+        "SELECT txid, id FROM core.events WHERE (txid, id) > ($1, $2) AND split_part(topic, '.', 1) = ANY($3::text[])"
+        " ORDER BY txid, id LIMIT 1", position[0], position[1], families)
+    return None if row is None else (row["txid"], row["id"])
 
 
 async def outbox_head(conn: Connection, through: Position, limit: int,

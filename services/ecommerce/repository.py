@@ -43,10 +43,10 @@ async def cursor_of(db: Pool | Connection, name: str) -> Position:
     return (row["txid"], row["event_id"])
 
 
-async def oldest_cursor(db: Pool | Connection) -> Position:
-    """The position every consumer here has passed (housekeeping prunes the outbox up to it)."""
-    row = await db.fetchrow("SELECT txid, event_id FROM ecommerce.cursors ORDER BY txid, event_id LIMIT 1")
-    return (0, 0) if row is None else (row["txid"], row["event_id"])
+async def cursors(db: Pool | Connection) -> dict[str, Position]:
+    """Every consumer's cursor, by name (housekeeping prunes only what all of them have passed)."""
+    rows = await db.fetch("SELECT name, txid, event_id FROM ecommerce.cursors")
+    return {r["name"]: (r["txid"], r["event_id"]) for r in rows}
 
 
 # --- projection: refreshing the mirrors -----------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import prometheus_client
 
-from services.ecommerce import repository as ecommerce_repo
+from services.ecommerce.retention import passed_by_all
 from shared.db import create_pool
 from shared.housekeeping import IdempotencyRecords, OutboxEvents, prunable_prefix, prune, run_pass
 from shared.outbox import publish_many
@@ -29,12 +29,12 @@ async def _keys(pool: asyncpg.Pool) -> set[str]:
     return {r["key"] for r in await pool.fetch("SELECT key FROM core.idempotency_keys WHERE scope = 'test|admin'")}
 
 
-async def _events(pool: asyncpg.Pool, ages_s: list[float]) -> list[int]:
+async def _events(pool: asyncpg.Pool, ages_s: list[float], topic: str = "stock.changed") -> list[int]:
     """Events in position order (one transaction each), each `ages_s[i]` seconds old; their ids."""
     ids = []
     for age in ages_s:
         async with pool.acquire() as conn, conn.transaction():
-            await publish_many(conn, [("stock.changed", "TEE-M", {"sku": "TEE-M", "location_id": "store-a"})])
+            await publish_many(conn, [(topic, "TEE-M", {"sku": "TEE-M", "location_id": "store-a"})])
             ids.append(await conn.fetchval(
                 "UPDATE core.events SET created_at = clock_timestamp() - make_interval(secs => $1)"
                 " WHERE id = (SELECT max(id) FROM core.events) RETURNING id", age))
@@ -52,7 +52,7 @@ async def _remaining(pool: asyncpg.Pool, ids: list[int]) -> list[int]:
 
 
 def _outbox(retention_s: float = HOUR) -> OutboxEvents:
-    return OutboxEvents(retention_s, ecommerce_repo.oldest_cursor)
+    return OutboxEvents(retention_s, passed_by_all)
 
 
 # --- idempotency records ------------------------------------------------------------------------------
@@ -121,14 +121,25 @@ def test_only_a_leading_run_of_expired_events_is_prunable() -> None:
 
 async def test_old_events_leave_only_once_every_consumer_has_passed_them(pool: asyncpg.Pool) -> None:
     ids = await _events(pool, [5 * HOUR] * 6)
-    await _passed(pool, ids[2])
-    # The fan-out lags behind the projector: the oldest cursor decides.
+    await _passed(pool, ids[-1])
+    # The projector (which reads stock events) lags behind: its cursor decides.
     await pool.execute("UPDATE ecommerce.cursors SET txid = e.txid, event_id = e.id FROM core.events e"
-                       " WHERE e.id = $1 AND name = 'availability'", ids[4])
+                       " WHERE e.id = $1 AND name = 'availability'", ids[2])
     assert await prune(pool, _outbox(), limit=2) == 3
-    assert await _remaining(pool, ids) == ids[3:]  # old, but not yet passed by the webhook fan-out
+    assert await _remaining(pool, ids) == ids[3:]  # old, but not yet applied to the projection
     horizon = await pool.fetchrow("SELECT event_id, max_pruned_id FROM core.outbox_horizon")
     assert (horizon["event_id"], horizon["max_pruned_id"]) == (ids[2], ids[2])
+
+
+async def test_events_no_consumer_reads_leave_although_no_cursor_moved_over_them(pool: asyncpg.Pool) -> None:
+    """A consumer moves its cursor on the events it reads only: order events (nobody's) and the ones
+    before its next event have been passed all the same; its next event and all after it stay."""
+    await pool.execute("UPDATE ecommerce.cursors SET txid = 0, event_id = 0")
+    orders = await _events(pool, [5 * HOUR] * 3, topic="order.placed")
+    stock = await _events(pool, [5 * HOUR] * 2)
+    more_orders = await _events(pool, [5 * HOUR] * 2, topic="order.placed")
+    assert await prune(pool, _outbox(), limit=100) == 3
+    assert await _remaining(pool, orders + stock + more_orders) == stock + more_orders
 
 
 async def test_events_inside_the_window_stay_even_when_every_consumer_has_passed_them(pool: asyncpg.Pool) -> None:
@@ -142,7 +153,8 @@ async def test_events_inside_the_window_stay_even_when_every_consumer_has_passed
 async def test_a_fresh_consumer_cursor_keeps_the_whole_outbox(pool: asyncpg.Pool) -> None:
     ids = await _events(pool, [5 * HOUR] * 3)
     await _passed(pool, ids[-1])
-    await pool.execute("UPDATE ecommerce.cursors SET txid = 0, event_id = 0 WHERE name = 'webhooks'")
+    # A projector that starts over (it rebuilds, then reads on) has passed none of these stock events.
+    await pool.execute("UPDATE ecommerce.cursors SET txid = 0, event_id = 0 WHERE name = 'availability'")
     assert await prune(pool, _outbox(), limit=100) == 0
     assert await _remaining(pool, ids) == ids
 
