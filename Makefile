@@ -37,7 +37,8 @@ clean:
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=200 $(BIN)/pytest -q tests/test_fuzz.py
 
-# Reliability: kill -9 and PostgreSQL restarts under traffic (benchmarks/drills/), then the memory soak.
+# Reliability: kill -9 and PostgreSQL restarts under traffic (benchmarks/drills/), then the soak (memory, and
+# table sizes under a short retention window: SOAK_RETENTION_S, SOAK_HOUSEKEEPING_S).
 .PHONY: drill soak
 drill: $(STAMP)
 	$(BIN)/python -m benchmarks.drills

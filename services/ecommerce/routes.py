@@ -69,7 +69,8 @@ def _render(event: Event) -> bytes:
 
 
 # Registered before /v1/availability/{sku}, so "stream" is this route, not a SKU.
-@api.get("/v1/availability/stream", query=StreamQuery, produces="text/event-stream")
+@api.get("/v1/availability/stream", query=StreamQuery, produces="text/event-stream",
+         extra_responses={410: "stream-resync-required: Last-Event-ID from before the retention window"})
 async def get_availability_stream(call: Call[None, StreamQuery]) -> web.StreamResponse:
     """Availability changes (and low/out/back-in-stock) as Server-Sent Events; Last-Event-ID resumes."""
     skus = frozenset(call.query.sku) if call.query.sku else None

@@ -138,7 +138,8 @@ def _render(event: Event) -> bytes:
     return orjson.dumps({"id": event.id, "topic": event.topic, "created_at": event.created_at, **event.payload})
 
 
-@api.get("/v1/events", query=EventsQuery, produces="text/event-stream")
+@api.get("/v1/events", query=EventsQuery, produces="text/event-stream",
+         extra_responses={410: "stream-resync-required: Last-Event-ID from before the retention window"})
 async def get_events(call: Call[None, EventsQuery]) -> web.StreamResponse:
     """Stock changes as Server-Sent Events; send Last-Event-ID to resume with nothing lost."""
     sku, location_id = call.query.sku, call.query.location_id
