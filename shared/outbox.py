@@ -80,11 +80,12 @@ async def head_position(pool: Pool | Connection) -> Position:
 # The oldest events in position order up to `through` (what every durable consumer has passed), each
 # with whether it is past the window. Only stable ones, as readers take them: a transaction still running
 # may yet commit an event before any later position, and the pruned part must stay a prefix. Through
-# events_position: a pass reads only what it is about to delete, plus one.
+# events_position, from just after the horizon: everything before it is deleted, and starting at the
+# index's beginning would step over every entry deleted since the last vacuum, batch after batch.
 OUTBOX_HEAD_SQL = """
 SELECT txid, id, created_at < now() - make_interval(secs => $4) AS expired
 FROM core.events
-WHERE (txid, id) <= ($1, $2)
+WHERE (txid, id) > ($5, $6) AND (txid, id) <= ($1, $2)
   AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 ORDER BY txid, id
 LIMIT $3
@@ -115,7 +116,9 @@ async def next_of(db: Pool | Connection, position: Position, families: list[str]
 
 async def outbox_head(conn: Connection, through: Position, limit: int,
                       retention_s: float) -> list[tuple[int, int, bool]]:
-    rows = await conn.fetch(OUTBOX_HEAD_SQL, through[0], through[1], limit, retention_s)
+    horizon = await conn.fetchrow("SELECT txid, event_id FROM core.outbox_horizon")
+    rows = await conn.fetch(OUTBOX_HEAD_SQL, through[0], through[1], limit, retention_s,
+                            horizon["txid"], horizon["event_id"])
     return [(r["txid"], r["id"], r["expired"]) for r in rows]
 
 
