@@ -128,7 +128,8 @@ async def import_staged(conn: Connection, staged: int, source: str, actor: str,
             SELECT bad.*, firsts.first_line FROM bad LEFT JOIN firsts USING (provider, external_id)
              ORDER BY bad.line""", batch_id)
     await conn.execute("""
-        UPDATE finance.import_batches SET received = $2, inserted = $3, already = $2 - $3 - $4, skipped_voided = $4
+        UPDATE finance.import_batches SET received = $2::int, inserted = $3::int, already = $2::int - $3::int - $4::int,
+                                          skipped_voided = $4::int
          WHERE id = $1""", batch_id, staged - repeats, inserted, skipped)
     return batch_id, inserted, skipped, repeats, problems
 
