@@ -50,18 +50,13 @@ async def create_staging(conn: Connection) -> None:
         " ON COMMIT DROP")
 
 
-def _copy_text(value: str) -> str:
-    # COPY's text format: free text holds no tab, newline or CR (shared/text.py refuses them), so a
-    # backslash is the one character to escape.
-    return value.replace("\\", "\\\\") if "\\" in value else value
-
-
 def staging_copy(batch: Sequence[tuple[int, tuple[str, ...]]]) -> bytes:
     """COPY text of checked rows (settlement_file.StagedRow) for finance_staging's STAGING_COLUMNS."""
-    return "".join(
-        f"{line}\t{_copy_text(provider)}\t{_copy_text(external_id)}\t{_copy_text(order_ref)}\t{kind}\t{amount}\t"
-        f"{fee}\t{currency}\t{settled_at}\n"
-        for line, (provider, external_id, order_ref, kind, amount, fee, currency, settled_at) in batch).encode()
+    text = "".join(f"{line}\t{provider}\t{external_id}\t{order}\t{kind}\t{amount}\t{fee}\t{currency}\t{settled_at}\n"
+                   for line, (provider, external_id, order, kind, amount, fee, currency, settled_at) in batch)
+    # COPY's text format: free text holds no tab, newline or CR (shared/text.py refuses them) and the
+    # other values no backslash, so doubling every backslash is all the escaping there is to do.
+    return (text.replace("\\", "\\\\") if "\\" in text else text).encode()
 
 
 async def copy_staging(conn: Connection, source: AsyncIterable[bytes]) -> None:

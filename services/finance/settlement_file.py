@@ -18,8 +18,9 @@ import codecs
 import csv
 import re
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from datetime import UTC
+from operator import itemgetter
 from typing import Any, Literal
 
 import orjson
@@ -39,6 +40,7 @@ REQUIRED = tuple(name for name, info in SettlementIn.model_fields.items() if inf
 Kind = Literal["csv", "jsonl", "json"]
 # JSON lines has two names in use (neither registered): both are taken, and answered the same.
 MEDIA_TYPES: dict[str, Kind] = {"text/csv": "csv", "application/x-ndjson": "jsonl", "application/jsonl": "jsonl"}
+_CSV_ORDER = ("provider", "external_id", "order_id", "amount", "fee", "type", "currency", "settled_at")
 SUFFIXES: dict[str, Kind] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
 # (provider, external_id, order_id, type, amount, fee, currency, settled_at): text as the staging
@@ -76,36 +78,49 @@ _MONEY = re.compile(MONEY_PATTERN.removeprefix("^-?").removesuffix("$"))
 _CURRENCY = re.compile("[A-Z]{3}")
 _TEXT_MAX = 128
 _TYPES = ("capture", "refund")
-_OPTIONAL = len(SETTLEMENT_FIELDS) - len(REQUIRED)
+# A time PostgreSQL reads exactly as Python does goes to the COPY as sent (once Python has read it, for
+# the date's validity and the year's range); any other is sent as its UTC instant. PostgreSQL takes
+# offsets up to 15:59, Python up to 23:59.
+_OFFSET_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-](?:0\d|1[0-5]):[0-5]\d)")
+_currencies: set[str] = set()  # the codes seen to keep the rule: at most 26^3
 
 
-def _text(value: Any) -> bool:
-    return type(value) is str and 0 < len(value) <= _TEXT_MAX and REFUSED.search(value) is None
+def _quick_values(provider: str, external_id: str, order_id: str, amount: str, fee: str, kind: str, currency: str,
+                  settled_at: str) -> StagedRow | None:
+    """The row as staged, if its values (all str) plainly keep SettlementIn's rules; None to let it decide."""
+    if not (0 < len(provider) <= _TEXT_MAX and 0 < len(external_id) <= _TEXT_MAX and 0 < len(order_id) <= _TEXT_MAX):
+        return None
+    if REFUSED.search(provider + external_id + order_id) is not None:
+        return None
+    if _MONEY.fullmatch(amount) is None or _MONEY.fullmatch(fee) is None or kind not in _TYPES:
+        return None
+    if currency not in _currencies:
+        if _CURRENCY.fullmatch(currency) is None:
+            return None
+        _currencies.add(currency)
+    try:
+        when = aware_datetime(settled_at)
+    except ValueError:
+        return None
+    if _OFFSET_TIME.fullmatch(settled_at) is None:
+        settled_at = when.astimezone(UTC).isoformat()
+    return provider, external_id, order_id, kind, amount, fee, currency, settled_at
 
 
 def _quick(raw: dict[str, Any]) -> StagedRow | None:
-    """The row as staged, if it plainly keeps SettlementIn's rules; None to let SettlementIn decide."""
+    """A JSON object's row as staged, if it plainly keeps SettlementIn's rules; None to let it decide."""
     try:
         provider, external_id, order_id = raw["provider"], raw["external_id"], raw["order_id"]
         amount, currency, settled_at = raw["amount"], raw["currency"], raw["settled_at"]
     except KeyError:
         return None
     fee, kind = raw.get("fee", "0.00"), raw.get("type", "capture")
-    if len(raw) > len(REQUIRED) + _OPTIONAL or not (_text(provider) and _text(external_id) and _text(order_id)):
-        return None
-    if not (type(amount) is str and _MONEY.fullmatch(amount) and type(fee) is str and _MONEY.fullmatch(fee)):
-        return None
-    if not (type(currency) is str and _CURRENCY.fullmatch(currency) and type(kind) is str and kind in _TYPES):
-        return None
-    if type(settled_at) is not str:
-        return None
-    try:
-        when = aware_datetime(settled_at)
-    except ValueError:
-        return None
     if len(raw) != len(REQUIRED) + ("fee" in raw) + ("type" in raw):
         return None  # a field SettlementIn does not know
-    return provider, external_id, order_id, kind, amount, fee, currency, when.astimezone(UTC).isoformat()
+    if not (type(provider) is str and type(external_id) is str and type(order_id) is str and type(amount) is str
+            and type(fee) is str and type(kind) is str and type(currency) is str and type(settled_at) is str):
+        return None
+    return _quick_values(provider, external_id, order_id, amount, fee, kind, currency, settled_at)
 
 
 def check_row(line: int, raw: Any, errors: RowErrors) -> StagedRow | None:
@@ -194,6 +209,8 @@ class SettlementFile:
         self.errors = errors
         self.rows = 0
         self._batch: Batch = []
+        self._names: list[str] | None = None  # a CSV's columns, from its header
+        self._pick: Callable[[list[str]], tuple[str, ...]] = tuple  # set by the CSV header
 
     async def batches(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[Batch]:
         """Batches of checked rows (up to BATCH_ROWS each) while the file is free of problems; the rest
@@ -266,43 +283,58 @@ class SettlementFile:
         decoder = codecs.getincrementaldecoder("utf-8-sig")()
         lines = _Lines()
         reader = csv.reader(lines)
-        names: list[str] | None = None
         tail, readable = "", True
         async for chunk in chunks:
             if readable:
                 try:
-                    text = decoder.decode(chunk)
+                    text = tail + decoder.decode(chunk)
                 except UnicodeDecodeError as exc:
                     line = lines.line + len(lines.pending) + tail.count("\n") + chunk[:exc.start].count(b"\n") + 1
                     self._not_utf8(line, exc)
                     readable = False
                     continue
-                complete, tail = split_lines(tail + text, final=False)
+                complete, tail = split_lines(text, final=False)
                 if len(tail) > MAX_RECORD_CHARS:
                     self.errors.add(lines.line + len(lines.pending) + len(complete) + 1, "row",
                                     f"a line over {MAX_RECORD_CHARS} characters; the file was read no further")
                     readable = False
                     continue
-                lines.pending.extend(complete)
-                readable, names = self._csv_records(reader, lines, names)
+                if not lines.pending and self._names is not None and '"' not in text:
+                    readable = self._csv_unquoted(complete, lines)  # the usual case, without the feeder
+                else:
+                    lines.pending.extend(complete)
+                    readable = self._csv_records(reader, lines)
             yield None
         if readable:
             try:
-                text = decoder.decode(b"", final=True)
+                text = tail + decoder.decode(b"", final=True)
             except UnicodeDecodeError as exc:
                 self._not_utf8(lines.line + len(lines.pending) + 1, exc)
                 return
-            complete, _ = split_lines(tail + text, final=True)
+            complete, _ = split_lines(text, final=True)
             lines.pending.extend(complete)
             lines.ended = True
-            self._csv_records(reader, lines, names)
+            self._csv_records(reader, lines)
         yield None
 
     def _not_utf8(self, line: int, exc: UnicodeDecodeError) -> None:
         self.errors.add(line, "body", f"not UTF-8: {exc.reason}")
 
-    def _csv_records(self, reader: Any, lines: _Lines, names: list[str] | None) -> tuple[bool, list[str] | None]:
-        """Read every complete record that has arrived: (whether to go on reading, the header's names)."""
+    def _csv_unquoted(self, complete: list[str], lines: _Lines) -> bool:
+        """Lines without a quote, each a record: read by the csv module straight from the list."""
+        base = lines.line
+        try:
+            for line, cells in enumerate(csv.reader(complete), start=base + 1):
+                lines.line = line
+                self._csv_record(line, cells)
+        except csv.Error as exc:
+            self.errors.add(lines.line + 1, "row", str(exc))
+            return False
+        lines.line = base + len(complete)
+        return True
+
+    def _csv_records(self, reader: Any, lines: _Lines) -> bool:
+        """Read every complete record that has arrived; whether to go on reading."""
         while True:
             lines.taken.clear()
             try:
@@ -311,33 +343,43 @@ class SettlementFile:
                 if sum(map(len, lines.taken)) > MAX_RECORD_CHARS:
                     self.errors.add(lines.line, "row", f"a record over {MAX_RECORD_CHARS} characters (a quote left "
                                                        "open?); the file was read no further")
-                    return False, names
+                    return False
                 lines.put_back()
-                return True, names
+                return True
             except StopIteration:
-                return False, names
+                return False
             except csv.Error as exc:
                 self.errors.add(lines.line, "row", str(exc))
-                return False, names
-            if names is None:
-                names = self._header(cells)
-                if names is None:
-                    return False, names
+                return False
+            if self._names is None:
+                if not self._header(cells):
+                    return False
                 continue
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) != len(names):
-                self.rows += 1
-                self.errors.add(lines.line, "row", f"{len(cells)} cells, the header has {len(names)}")
-                continue
-            raw = {}
-            for name, cell in zip(names, cells, strict=True):
-                cell = cell.strip()
-                if cell or name in REQUIRED:  # an empty optional cell takes the default
-                    raw[name] = cell
-            self._row(lines.line, raw)
+            self._csv_record(lines.line, cells)
 
-    def _header(self, header: list[str]) -> list[str] | None:
+    def _csv_record(self, line: int, cells: list[str]) -> None:
+        names = self._names
+        assert names is not None
+        if not "".join(cells).strip():
+            return
+        if len(cells) != len(names):
+            self.rows += 1
+            self.errors.add(line, "row", f"{len(cells)} cells, the header has {len(names)}")
+            return
+        cells.append("")
+        values = list(map(str.strip, self._pick(cells)))
+        values[4] = values[4] or "0.00"  # an empty optional cell takes the default
+        values[5] = values[5] or "capture"
+        staged = _quick_values(*values)
+        if staged is None:
+            stripped = zip(names, map(str.strip, cells), strict=False)  # cells has one more, the ""
+            self._row(line, {name: cell for name, cell in stripped if cell or name in REQUIRED})
+            return
+        self.rows += 1
+        if not self.errors.total:
+            self._batch.append((line, staged))
+
+    def _header(self, header: list[str]) -> bool:
         names = [h.strip().lower() for h in header]
         before = self.errors.total
         for name in names:
@@ -348,4 +390,9 @@ class SettlementFile:
                 self.errors.add(1, name, "missing column")
         if len(set(names)) != len(names):
             self.errors.add(1, "header", "a column is named twice")
-        return None if self.errors.total > before else names
+        if self.errors.total > before:
+            return False
+        self._names = names
+        # The columns in _quick_values' order; a missing optional one reads the "" appended to each row.
+        self._pick = itemgetter(*(names.index(f) if f in names else len(names) for f in _CSV_ORDER))
+        return True
