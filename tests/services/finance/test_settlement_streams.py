@@ -237,3 +237,16 @@ async def test_an_idempotency_key_on_a_streamed_file_replays_its_first_answer(bo
     assert await books.pool.fetchval("SELECT count(*) FROM finance.settlements") == 3000
     as_lines = await stream(books.finance, settlement_jsonl(3000), "application/x-ndjson", idem="day-1")
     assert_problem(as_lines[0], as_lines[1], 409)  # another body under the same key
+
+
+async def test_backslashes_and_offsets_are_stored_as_the_file_says(books: Books) -> None:
+    body = (HEADER + b"stream,c:\\new\\table\\,ORD-1,1.00,0,EUR,2024-05-01T23:30:00-05:00,capture\n"
+            + b"stream,\\N,ORD-2,2.00,0,EUR,2024-05-01 10:00:00,refund\n"
+            + b"stream,s3,ORD-3,3.00,0,EUR,2024-05-01T10:00:00.000001+15:30,capture\n")
+    status, out, _ = await stream(books.finance, body, "text/csv")
+    assert status == 201, out
+    rows = await books.pool.fetch("SELECT external_id, settled_at, type FROM finance.settlements ORDER BY id")
+    assert [(r["external_id"], r["settled_at"].isoformat(), r["type"]) for r in rows] == [
+        ("c:\\new\\table\\", "2024-05-02T04:30:00+00:00", "capture"),
+        ("\\N", "2024-05-01T10:00:00+00:00", "refund"),  # not COPY's NULL; no offset means UTC
+        ("s3", "2024-04-30T18:30:00.000001+00:00", "capture")]  # +15:30, PostgreSQL's widest offset
