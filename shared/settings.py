@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     # A reconciliation run or settlement import of a million rows is one long statement stream (~30 s on
     # 2 cores); finance's database calls get this budget instead of db_command_timeout_s.
     finance_command_timeout_s: float = Field(default=600.0, gt=0)
+    # A settlement file (POST /v1/settlements as text/csv or JSON lines) streams into the database as it
+    # arrives, so it has a body limit and a clock of its own; every other body keeps max_body_bytes and
+    # body_timeout_s. A provider's daily file of a million rows is ~130 MB; 600 s is 512 MiB at ~7 Mbit/s,
+    # and ends before long_request_timeout_s so the client hears 408, not the deadline's 503.
+    settlement_max_body_bytes: int = Field(default=512 * 2**20, ge=1024)
+    settlement_body_timeout_s: float = Field(default=600.0, gt=0)
 
     # Ledger: a signed checkpoint at least every N entries (cut inside the append that reaches N) or
     # every T seconds (a timer, only if the tree grew); exports are capped so one request stays bounded.

@@ -9,7 +9,6 @@ from typing import Any
 import asyncpg
 
 from services.finance.domain import Item, Scope
-from services.finance.schemas import SettlementIn
 from shared.db import Connection, Pool
 
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -43,23 +42,42 @@ def _values(alias: str) -> str:
     return SETTLEMENT_VALUES.replace("%s", alias)
 
 
-async def import_settlements(conn: Connection, rows: Sequence[tuple[int, SettlementIn]], source: str,
-                             actor: str, reimport_voided: bool) -> tuple[int, int, int, list[asyncpg.Record]]:
-    """Stage the rows with COPY, insert the new ones in one statement, and return (batch id, inserted,
-    skipped as repeats of a voided settlement, rows that cannot go in: another live value under their
-    key, or none at all because it was voided while this file went in)."""
+async def create_staging(conn: Connection) -> None:
+    """The table a file is COPYed into, in the import's transaction (and gone with it)."""
     await conn.execute(
         "CREATE TEMP TABLE finance_staging (line int, provider text, external_id text, order_ref text, type text,"
         " amount numeric(14,2), fee numeric(14,2), currency text, settled_at timestamptz, voided_id bigint)"
         " ON COMMIT DROP")
-    await conn.copy_records_to_table(
-        "finance_staging", schema_name="pg_temp", columns=STAGING_COLUMNS,
-        records=((line, r.provider, r.external_id, r.order_id, r.type, r.amount, r.fee, r.currency, r.settled_at)
-                 for line, r in rows))
+
+
+def staging_copy(batch: Sequence[tuple[int, tuple[str, ...]]]) -> bytes:
+    """COPY text of checked rows (settlement_file.StagedRow) for finance_staging's STAGING_COLUMNS."""
+    text = "".join(f"{line}\t{provider}\t{external_id}\t{order}\t{kind}\t{amount}\t{fee}\t{currency}\t{settled_at}\n"
+                   for line, (provider, external_id, order, kind, amount, fee, currency, settled_at) in batch)
+    # COPY's text format: free text holds no tab, newline or CR (shared/text.py refuses them) and the
+    # other values no backslash, so doubling every backslash is all the escaping there is to do.
+    return (text.replace("\\", "\\\\") if "\\" in text else text).encode()
+
+
+async def copy_staging(conn: Connection, source: AsyncIterable[bytes]) -> None:
+    await conn.copy_to_table("finance_staging", schema_name="pg_temp", columns=STAGING_COLUMNS, source=source)
+
+
+async def import_staged(conn: Connection, staged: int, source: str, actor: str,
+                        reimport_voided: bool) -> tuple[int, int, int, int, list[asyncpg.Record]]:
+    """Insert the new rows of finance_staging (`staged` rows) in one statement, and return (batch id,
+    inserted, skipped as repeats of a voided settlement, rows that repeat an earlier line of the file
+    with the same values, rows that cannot go in: another live value under their key, or none at all
+    because it was voided while this file went in). Problem rows carry `this_file` (the other value
+    came from an earlier line of the same file) and `first_line` (that line)."""
     batch_id = await conn.fetchval(
         "INSERT INTO finance.import_batches (source, received, inserted, already, imported_by)"
-        " VALUES ($1, $2, 0, 0, $3) RETURNING id", source, len(rows), actor)
+        " VALUES ($1, $2, 0, 0, $3) RETURNING id", source, staged, actor)
     skipped = 0
+    # No ORDER BY line below (a sort of a million rows spills to disk): the staging table is read in
+    # the order the COPY wrote it, which is the file's (a temp table is scanned by this session alone,
+    # never in parallel nor from the middle; the UPDATE moves only the rows the INSERT leaves out). So
+    # ids follow the file, and of a key given twice the first line goes in.
     if not reimport_voided:
         status = await conn.execute(f"""
             UPDATE pg_temp.finance_staging st SET voided_id = v.id
@@ -77,23 +95,41 @@ async def import_settlements(conn: Connection, rows: Sequence[tuple[int, Settlem
                st.type, st.amount, st.fee, st.currency, st.settled_at, $1
           FROM pg_temp.finance_staging st
          WHERE st.voided_id IS NULL
-         ORDER BY st.line
         ON CONFLICT (provider, external_id) WHERE voided_at IS NULL DO NOTHING""", batch_id)
     inserted = int(status.split()[-1])
-    # Checked after the insert, so a concurrent import of the same keys has committed (or rolled back)
-    # by now: whatever is live under a key is what the key means. A key with no live row at all was
-    # voided after the insert found its live row; it was not imported, so it is reported, not lost.
-    problems = await conn.fetch(f"""
-        SELECT st.line, st.provider, st.external_id, s.id AS live_id
-          FROM pg_temp.finance_staging st
-          LEFT JOIN finance.settlements s
-            ON s.provider = st.provider AND s.external_id = st.external_id AND s.voided_at IS NULL
-         WHERE st.voided_id IS NULL AND (s.id IS NULL OR {_values('s')} IS DISTINCT FROM {_values('st')})
-         ORDER BY st.line LIMIT 1000""")
+    repeats, problems = 0, []
+    if staged > inserted + skipped:
+        # Some rows met a live row under their key: the same values (imported before, or an earlier
+        # line of this file) or others. Checked after the insert, so a concurrent import of the same
+        # keys has committed (or rolled back) by now: whatever is live under a key is what the key
+        # means. A key with no live row at all was voided after the insert found its live row; it was
+        # not imported, so it is reported, not lost. A file of new rows only never gets here.
+        repeats = await conn.fetchval(f"""
+            SELECT count(*) FROM pg_temp.finance_staging st
+              JOIN finance.settlements s
+                ON s.provider = st.provider AND s.external_id = st.external_id AND s.voided_at IS NULL
+             WHERE st.voided_id IS NULL AND s.batch_id = $1
+               AND {_values('s')} IS NOT DISTINCT FROM {_values('st')}""", batch_id) - inserted
+        problems = await conn.fetch(f"""
+            WITH bad AS (
+                SELECT st.line, st.provider, st.external_id, s.id AS live_id, s.batch_id = $1 AS this_file
+                  FROM pg_temp.finance_staging st
+                  LEFT JOIN finance.settlements s
+                    ON s.provider = st.provider AND s.external_id = st.external_id AND s.voided_at IS NULL
+                 WHERE st.voided_id IS NULL AND (s.id IS NULL OR {_values('s')} IS DISTINCT FROM {_values('st')})
+                 ORDER BY st.line LIMIT 1000),
+            firsts AS (  -- one pass over the staged file for all of them (it has no index)
+                SELECT f.provider, f.external_id, min(f.line) AS first_line
+                  FROM pg_temp.finance_staging f
+                  JOIN bad ON bad.this_file AND bad.provider = f.provider AND bad.external_id = f.external_id
+                 GROUP BY f.provider, f.external_id)
+            SELECT bad.*, firsts.first_line FROM bad LEFT JOIN firsts USING (provider, external_id)
+             ORDER BY bad.line""", batch_id)
     await conn.execute("""
-        UPDATE finance.import_batches SET inserted = $2, already = received - $2 - $3, skipped_voided = $3
-         WHERE id = $1""", batch_id, inserted, skipped)
-    return batch_id, inserted, skipped, problems
+        UPDATE finance.import_batches SET received = $2::int, inserted = $3::int, already = $2::int - $3::int - $4::int,
+                                          skipped_voided = $4::int
+         WHERE id = $1""", batch_id, staged - repeats, inserted, skipped)
+    return batch_id, inserted, skipped, repeats, problems
 
 
 async def voided_repeats(conn: Connection, limit: int) -> list[asyncpg.Record]:

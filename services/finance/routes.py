@@ -46,10 +46,12 @@ from services.finance.schemas import (
     VoidIn,
     VoidOut,
 )
-from services.finance.settlement_file import RowErrors, csv_rows, decode_csv, json_rows
+from services.finance.settlement_file import MEDIA_TYPES, RowErrors, SettlementFile
 from shared.db import Connection, transaction
 from shared.errors import MalformedJson, UnsupportedMediaType
-from shared.http.api import Api, Call, Reply, validation_errors
+from shared.http.api import Api, Call, Reply, StreamedBody, validation_errors
+from shared.idempotency import request_hash
+from shared.settings import Settings
 
 # The ledger commit appends to (a ledger.port.Ledger); None until a backend is wired in.
 LEDGER = web.AppKey("finance_ledger", object)
@@ -83,19 +85,34 @@ def commit_body(call: Call[Any, Any]) -> CommitIn:
         raise validation_errors(exc) from None
 
 
+def _settlement_limits(settings: Settings) -> tuple[int, float]:
+    return settings.settlement_max_body_bytes, settings.settlement_body_timeout_s
+
+
 @api.post("/v1/settlements", body=SettlementBatch, query=ImportQuery, response=ImportOut, status=201, also=(200,),
-          roles=WRITERS, raw_body_types=("text/csv",), long_running=True,
-          extra_responses={422: "bad rows, each as {line, field, problem}; nothing was imported"})
+          roles=WRITERS, long_running=True, streamed_body=StreamedBody(tuple(MEDIA_TYPES), _settlement_limits),
+          extra_responses={422: "bad rows, each as {line, field, problem}; nothing was imported",
+                           409: "the Idempotency-Key (optional) was used with another file"})
 async def import_settlements(call: Call[SettlementBatch, ImportQuery]) -> Reply:
-    """Import payment settlements (a JSON list or text/csv); all or nothing; rows seen before are skipped."""
-    errors = RowErrors()
-    if call.body is None:
-        rows, source = csv_rows(decode_csv(call.raw_body), errors), "csv"
+    """Import payment settlements: a JSON list, or a file streamed as text/csv or JSON lines
+    (application/x-ndjson, application/jsonl); all or nothing; rows seen before are skipped."""
+    if call.stream is not None:
+        kind = MEDIA_TYPES[call.request.content_type]
+        file = SettlementFile(kind, RowErrors())
+        batches = file.batches(call.stream.chunks())
     else:
-        rows, source = json_rows(call.body.root), "json"
-    result = await use_cases.import_settlements(call.pool, rows, errors, source, call.principal.subject,
-                                                call.query.reimport_voided)
-    return Reply(201 if result.inserted else 200, result)
+        kind = "json"
+        file = SettlementFile(kind, RowErrors())
+        batches = file.listed(call.body.root)
+    once = None
+    if call.request.headers.get("Idempotency-Key") is not None:
+        scope, key, listed = call.idempotency()
+        stream, asked = call.stream, f"{kind}?{call.request.query_string}".encode()
+        # A streamed file is fingerprinted as it is read (every byte), so only once it has ended.
+        once = use_cases.ImportKey(scope, key, lambda: request_hash(asked + (stream.digest() if stream else listed)))
+    result = await use_cases.import_settlements(call.pool, file, batches, kind, call.principal.subject,
+                                                call.query.reimport_voided, once)
+    return Reply(result.status, result.body, {"Idempotent-Replayed": "true"} if result.replayed else {})
 
 
 @api.get("/v1/settlements", query=SettlementQuery, response=SettlementList, roles=READERS)

@@ -23,7 +23,7 @@ Text = Annotated[FreeText, StringConstraints(min_length=1, max_length=128)]
 Reason = Annotated[FreeText, StringConstraints(min_length=1, max_length=500, pattern=r"\S")]
 
 
-def _aware_datetime(value: object) -> object:
+def aware_datetime(value: object) -> datetime:
     """RFC 3339 text; a time without an offset is taken as UTC (providers' CSVs often omit it)."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -44,7 +44,7 @@ def _iso_date(value: object) -> object:
     return date.fromisoformat(value)
 
 
-SettledAt = Annotated[datetime, BeforeValidator(_aware_datetime),
+SettledAt = Annotated[datetime, BeforeValidator(aware_datetime),
                       WithJsonSchema({"type": "string", "format": "date-time"})]
 IsoDate = Annotated[date, BeforeValidator(_iso_date), WithJsonSchema({"type": "string", "format": "date"})]
 

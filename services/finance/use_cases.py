@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -36,7 +37,6 @@ from services.finance.schemas import (
     RunList,
     RunOut,
     RunQuery,
-    SettlementIn,
     SettlementList,
     SettlementOut,
     SettlementQuery,
@@ -44,9 +44,10 @@ from services.finance.schemas import (
     VoidedRepeat,
     VoidOut,
 )
-from services.finance.settlement_file import RowErrors, check_rows
+from services.finance.settlement_file import Batch, RowErrors, SettlementFile
 from shared.db import Connection, Pool, transaction
 from shared.errors import Conflict, NotFound, field_error
+from shared.idempotency import run_once
 from shared.paging import decode_cursor, encode_cursor
 from shared.settings import Settings
 
@@ -72,38 +73,83 @@ class _NothingNew(Exception):
         self.result = result
 
 
-async def import_settlements(pool: Pool, rows: Iterable[tuple[int, dict[str, Any]]], errors: RowErrors,
-                             source: str, actor: str, reimport_voided: bool = False) -> ImportOut:
-    """All or nothing: every row is checked first; rows imported before are skipped (same values as the
-    live row of their provider and external_id) or refused (other values); rows identical to a voided
-    settlement are skipped unless `reimport_voided`."""
-    checked: list[tuple[int, SettlementIn]] = list(check_rows(rows, errors))
-    errors.raise_if_any()
-    received = len(checked)
-    if not checked:
-        return ImportOut(batch_id=None, received=0, inserted=0, already_imported=0)
+@dataclass(frozen=True)
+class ImportKey:
+    """An Idempotency-Key claim on a streamed file: its fingerprint (a hash of the body) is known only
+    once the body has been read, so the key is claimed after the COPY, in the same transaction."""
+
+    scope: str
+    key: str
+    fingerprint: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Imported:
+    status: int  # 201 with something new, else 200
+    body: dict[str, Any]  # ImportOut, as JSON
+    replayed: bool = False  # the stored answer of an earlier request with the same Idempotency-Key
+
+
+async def import_settlements(pool: Pool, file: SettlementFile, batches: AsyncIterable[Batch], source: str,
+                             actor: str, reimport_voided: bool = False, once: ImportKey | None = None) -> Imported:
+    """All or nothing, in one transaction: the file's checked rows are COPYed into a staging table as
+    they arrive (`batches`, from `file`); a bad row anywhere refuses the file (422, every bad row
+    listed) and rolls back what was staged, as does a body refused on the way (413, 408, 400). Rows
+    imported before are skipped (same values as the live row of their provider and external_id) or
+    refused (other values); rows identical to a voided settlement are skipped unless `reimport_voided`."""
     try:
         async with transaction(pool) as conn:
-            batch_id, inserted, skipped, problems = await repo.import_settlements(conn, checked, source, actor,
-                                                                                  reimport_voided)
-            for row in problems:
-                key = f"({row['provider']}, {row['external_id']})"
-                if row["live_id"] is None:
-                    errors.add(row["line"], "external_id",
-                               f"{key} was voided while this file was being imported; send the file again")
-                else:
-                    errors.add(row["line"], "external_id",
-                               f"{key} was imported before with other values (settlement {row['live_id']});"
-                               " void that settlement to import these")
-            errors.raise_if_any()
-            repeats = [VoidedRepeat(**dict(r)) for r in await repo.voided_repeats(conn, MAX_REPEATS)] if skipped else []
-            result = ImportOut(batch_id=batch_id, received=received, inserted=inserted,
-                               already_imported=received - inserted - skipped, skipped_voided=skipped,
-                               voided_repeats=repeats)
-            if inserted == 0:
-                raise _NothingNew(result.model_copy(update={"batch_id": None}))
+            await repo.create_staging(conn)
+            staged = 0
+
+            async def copy_data() -> AsyncIterator[bytes]:
+                nonlocal staged
+                async for batch in batches:
+                    staged += len(batch)
+                    yield repo.staging_copy(batch)
+
+            await repo.copy_staging(conn, copy_data())
+            file.errors.raise_if_any()
+
+            async def work() -> tuple[int, Any]:
+                result = await _merge(conn, staged, file.errors, source, actor, reimport_voided)
+                return (201, result.model_dump(mode="json"))
+
+            if once is None:
+                status, body = await work()
+                return Imported(status, body)
+            stored = await run_once(conn, once.scope, once.key, once.fingerprint(), work)
+            return Imported(stored.status, stored.body, stored.replayed)
     except _NothingNew as nothing:
-        return nothing.result
+        return Imported(200, nothing.result.model_dump(mode="json"))
+
+
+async def _merge(conn: Connection, staged: int, errors: RowErrors, source: str, actor: str,
+                 reimport_voided: bool) -> ImportOut:
+    """The staged file into finance.settlements (see import_settlements)."""
+    if not staged:
+        raise _NothingNew(ImportOut(batch_id=None, received=0, inserted=0, already_imported=0))
+    batch_id, inserted, skipped, repeats, problems = await repo.import_staged(conn, staged, source, actor,
+                                                                              reimport_voided)
+    for row in problems:
+        key = f"({row['provider']}, {row['external_id']})"
+        if row["live_id"] is None:
+            errors.add(row["line"], "external_id",
+                       f"{key} was voided while this file was being imported; send the file again")
+        elif row["this_file"]:
+            errors.add(row["line"], "external_id", f"repeats line {row['first_line']} {key} with different values")
+        else:
+            errors.add(row["line"], "external_id",
+                       f"{key} was imported before with other values (settlement {row['live_id']});"
+                       " void that settlement to import these")
+    errors.raise_if_any()
+    received = staged - repeats
+    repeated_voided = [VoidedRepeat(**dict(r)) for r in await repo.voided_repeats(conn, MAX_REPEATS)] if skipped else []
+    result = ImportOut(batch_id=batch_id, received=received, inserted=inserted,
+                       already_imported=received - inserted - skipped, skipped_voided=skipped,
+                       voided_repeats=repeated_voided)
+    if inserted == 0:
+        raise _NothingNew(result.model_copy(update={"batch_id": None}))
     return result
 
 

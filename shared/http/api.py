@@ -25,7 +25,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from shared.auth import Principal
 from shared.db import Connection, Pool, transaction
 from shared.errors import MalformedJson, UnsupportedMediaType, ValidationFailed
-from shared.http.body import receive_body
+from shared.http.body import BodyStream, receive_body
 from shared.http.deadline import within_deadline
 from shared.http.keys import KEY_CACHE, POOL, PRINCIPAL, SETTINGS
 from shared.idempotency import check_key, request_hash, run_once
@@ -43,6 +43,16 @@ class Reply:
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamedBody:
+    """Bodies of these media types reach the handler unread, as `Call.stream` (shared/http/body.py), with
+    a size limit and a clock of their own, `limits(settings)` = (bytes, seconds): files far bigger than
+    the default limit, which the handler consumes as they arrive."""
+
+    types: tuple[str, ...]
+    limits: Callable[[Settings], tuple[int, float]]
 
 
 @dataclass
@@ -64,6 +74,7 @@ class Route:
     also: tuple[int, ...] = ()  # other success statuses with the same body (e.g. 201 for a PUT that creates)
     extra_responses: dict[int, str] = field(default_factory=dict)  # problem statuses beyond the usual ones
     long_running: bool = False  # deadline long_request_timeout_s instead of request_timeout_s
+    streamed_body: StreamedBody | None = None
 
     @property
     def streaming(self) -> bool:
@@ -80,6 +91,7 @@ class Call(Generic[B, Q]):
     body: B
     query: Q
     raw_body: bytes
+    stream: BodyStream | None = None  # a body of one of the route's streamed_body types, unread
 
     @property
     def pool(self) -> Pool:
@@ -173,10 +185,11 @@ def parse_body(request: web.Request, route: Route, raw: bytes) -> Any:
     if route.body is None:
         return None
     ctype = request.content_type
-    if ctype in route.raw_body_types:
+    if ctype in route.raw_body_types or (route.streamed_body and ctype in route.streamed_body.types):
         return None
     if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
-        accepted = ", ".join(("application/json", *route.raw_body_types))
+        accepted = ", ".join(("application/json", *route.raw_body_types,
+                              *(route.streamed_body.types if route.streamed_body else ())))
         raise UnsupportedMediaType(f"send {accepted}, not {ctype}")
     if not raw.strip():
         raise ValidationFailed([{"field": "body", "problem": "a JSON body is required"}])
@@ -267,6 +280,10 @@ def _endpoint(
         seconds = settings.long_request_timeout_s if route.long_running else settings.request_timeout_s
         if not request.can_read_body:
             return await within_deadline(serve_bodiless(request), seconds)
+        if route.streamed_body is not None and request.content_type in route.streamed_body.types:
+            # Read while the handler works, so the body's clock runs inside the deadline's (the route's
+            # limits must end first: shared/settings.py).
+            return await within_deadline(serve_streamed(request, route.streamed_body), seconds)
         if request.content.is_eof():
             # The whole body came with the headers (the usual small POST): reading it waits for nothing
             # the client does, so one deadline task covers the lot (a second one cost ~9 us a request).
@@ -285,6 +302,12 @@ def _endpoint(
         principal, query = await admit(request)  # still first: a refused key's body is never parsed
         return await handle(request, principal, query, await read_body(request))
 
+    async def serve_streamed(request: web.Request, streamed: StreamedBody) -> web.StreamResponse:
+        principal, query = await admit(request)  # first: a refused key's body is never read
+        limit, timeout_s = streamed.limits(request.app[SETTINGS])
+        stream = BodyStream(request, limit, timeout_s, hashed=request.headers.get("Idempotency-Key") is not None)
+        return await handle(request, principal, query, b"", stream)
+
     async def admit(request: web.Request) -> tuple[Principal, Any]:
         """Path, key, role and query checked: who asks, and for what."""
         check_path(dict(request.match_info), path_types)
@@ -298,9 +321,10 @@ def _endpoint(
             principal.require_role(*route.roles)
         return principal, parse_query(request, route.query) if route.query else None
 
-    async def handle(request: web.Request, principal: Principal, query: Any, raw: bytes) -> web.StreamResponse:
+    async def handle(request: web.Request, principal: Principal, query: Any, raw: bytes,
+                     stream: BodyStream | None = None) -> web.StreamResponse:
         body = parse_body(request, route, raw)
-        result = await route.handler(Call(request, route, principal, body, query, raw))
+        result = await route.handler(Call(request, route, principal, body, query, raw, stream))
         if isinstance(result, web.StreamResponse):
             return result
         if isinstance(result, Reply):

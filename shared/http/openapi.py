@@ -76,7 +76,7 @@ def _operation(api: Api, route: Route, schemas: _Schemas) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "parameters": parameters}
     if route.body is not None:
         content = {"application/json": {"schema": schemas.ref(route.body, "validation")}}
-        for raw in route.raw_body_types:
+        for raw in (*route.raw_body_types, *(route.streamed_body.types if route.streamed_body else ())):
             content[raw] = {"schema": {"type": "string"}}
         op["requestBody"] = {"required": True, "content": content}
     ok: dict[str, Any] = {"description": "success"}

@@ -4,10 +4,11 @@ A CSV cut at its first write once went in as 1,000 rows with row 1,000's amount 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
-from tests.conftest import assert_problem
+from tests.conftest import ServiceFactory, assert_problem
 from tests.services.finance.conftest import Books, payment
 from tests.wire import LAST_CHUNK, Wire, chunk, exchange, head
 
@@ -67,11 +68,14 @@ async def test_a_700_kb_json_list_in_three_writes_imports_every_row(books: Books
     assert await stored_amounts(books) == {f"j{i}": Decimal(amount_of(i)) for i in range(1, 4101)}
 
 
-async def test_an_over_limit_chunked_csv_is_413_and_nothing_is_imported(books: Books) -> None:
-    body = settlement_csv(20_000)  # ~1.4 MB, over the 1 MiB default
-    wire = await Wire.open(books.finance)
+async def test_an_over_limit_chunked_csv_is_413_and_nothing_is_imported(books: Books, service: ServiceFactory,
+                                                                        make_key: Any) -> None:
+    # A settlement file has a limit of its own (OMNISTOCK_SETTLEMENT_MAX_BODY_BYTES), set to 1 MiB here.
+    finance = (await service("finance", settlement_max_body_bytes=1_048_576)).as_key(await make_key("finance"))
+    body = settlement_csv(20_000)  # ~1.4 MB
+    wire = await Wire.open(finance)
     try:
-        await wire.send(head("POST", "/v1/settlements", books.finance, CSV, chunked=True))
+        await wire.send(head("POST", "/v1/settlements", finance, CSV, chunked=True))
         await wire.send_while_open(*(chunk(body[i:i + 65536]) for i in range(0, len(body), 65536)), LAST_CHUNK)
         answer = await wire.answer()
     finally:
