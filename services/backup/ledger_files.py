@@ -69,8 +69,10 @@ def copy_into_backup(data_dir: Path, backup_root: Path) -> int:
     if not source.is_dir():
         return 0
     for path in _kept_files(source):
-        target = backup_root / LEDGER_DIR / path.relative_to(source)
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        relative = path.relative_to(source)
+        target = backup_root / LEDGER_DIR / relative
+        for depth in range(len(relative.parts)):  # each folder 0700 (mkdir(parents=True) would leave parents 0755)
+            (backup_root / LEDGER_DIR).joinpath(*relative.parts[:depth]).mkdir(mode=0o700, exist_ok=True)
         _copy(path, target, _mode_for(path.name, path.stat().st_mode))
         count += 1
     return count

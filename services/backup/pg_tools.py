@@ -57,6 +57,10 @@ async def dump(pg_dump: Path, target: LibpqTarget, snapshot_id: str, out_dir: Pa
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"pg_dump failed ({proc.returncode}): {_tail(err)}")
+    # pg_dump creates its files through the umask; the backup directory (0700) kept everyone else out
+    # meanwhile, and now the files themselves say so too.
+    for path in out_dir.iterdir():
+        path.chmod(0o600)
 
 
 async def restore(pg_restore: Path, psql: Path, target: LibpqTarget, dump_dir: Path, clearing: list[str]) -> None:
