@@ -1,0 +1,175 @@
+"""`omnistock backup` and `omnistock restore` refusing what would be wrong, with nothing changed.
+
+(The drill that restores a whole business into a fresh data directory: tests/drills/test_backup_drill.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ledger import identity
+from services.backup.manifest import BackupRefused, Manifest, Migration, load_manifest, migration_problems
+from services.backup.use_cases import plan_restore
+from shared.settings import Settings
+from tests.drills.backup_facts import table_digests
+from tests.test_cli import cli_env, run_cli
+
+
+async def _add_location(url: str, location_id: str) -> None:
+    conn = await asyncpg.connect(url)  # closed at once: restore refuses while omnistock connections are open
+    try:
+        await conn.execute("INSERT INTO inventory.locations (id, name, kind, lat, lon, ship, pickup)"
+                           " VALUES ($1, $1, 'store', 52.0, 4.0, true, true)", location_id)
+    finally:
+        await conn.close()
+
+
+async def _locations(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [r["id"] for r in await conn.fetch("SELECT id FROM inventory.locations ORDER BY id")]
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def backup_dir(database_url: str, database_env: dict[str, str], tmp_path: Path) -> Path:
+    """A backup of the test's database with one location, and its data directory's identities."""
+    await _add_location(database_url, "kept")
+    identity.init_identities(tmp_path / "source")
+    env = cli_env(tmp_path, database_env)
+    env["OMNISTOCK_DATA_DIR"] = str(tmp_path / "source")
+    made = run_cli("backup", str(tmp_path / "backup"), env=env)
+    assert made.returncode == 0, made.stderr
+    return tmp_path / "backup"
+
+
+def _restore_env(tmp_path: Path, database_env: dict[str, str], name: str) -> dict[str, str]:
+    env = cli_env(tmp_path, database_env)
+    env["OMNISTOCK_DATA_DIR"] = str(tmp_path / name)
+    return env
+
+
+def _flip_a_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def _tampered(pristine: Path, into: Path, tamper: str) -> Path:
+    backup = shutil.copytree(pristine, into)
+    if tamper == "dump":
+        _flip_a_byte(max((backup / "db").iterdir(), key=lambda p: p.stat().st_size))
+    elif tamper == "certificate":
+        _flip_a_byte(backup / "ledger" / "msp" / "finance" / "ca.pem")
+    elif tamper == "extra CA":  # a CA slipped in would vouch for whatever it signs
+        shutil.copy(backup / "ledger" / "msp" / "ops" / "ca.pem", backup / "ledger" / "msp" / "ops" / "b.pem")
+    elif tamper == "missing":
+        (backup / "db" / "toc.dat").unlink()
+    return backup
+
+
+async def test_a_tampered_backup_is_refused_and_nothing_is_restored(
+        backup_dir: Path, database_url: str, database_env: dict[str, str], tmp_path: Path) -> None:
+    target = await _emptied(database_url)
+    dump = _tampered(backup_dir, tmp_path / "tampered-dump", "dump")
+    result = run_cli("restore", "--force", str(dump), env=_restore_env(tmp_path, database_env, "target"))
+    assert result.returncode == 1
+    assert "checksum does not match" in result.stderr and "nothing was restored" in result.stderr, result.stderr
+    assert await table_digests(database_url) == target  # the database as it was
+    assert not (tmp_path / "target").exists()  # and no data directory made
+    # The other ways, through the same check the command makes before it starts a database.
+    settings = Settings(_env_file=None, data_dir=tmp_path / "target")  # type: ignore[call-arg]
+    for tamper, named in (("certificate", "ledger/msp/finance/ca.pem: checksum does not match"),
+                          ("extra CA", "ledger/msp/ops/b.pem: not in the manifest"),
+                          ("missing", "db/toc.dat: missing")):
+        with pytest.raises(BackupRefused, match=named):
+            plan_restore(settings, _tampered(backup_dir, tmp_path / tamper, tamper), force=True)
+    assert plan_restore(settings, backup_dir, force=False).manifest.ledger["tree_size"] == 0  # untouched: fine
+
+
+async def _emptied(url: str) -> dict[str, tuple[int, str]]:
+    """Drop every schema of the test's database, as a new server's database would be, and read it."""
+    conn = await asyncpg.connect(url)
+    try:
+        for schema in ("core", "inventory", "orders", "ecommerce", "finance", "ledger"):
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.execute("DROP TABLE public.omnistock_migrations")
+    finally:
+        await conn.close()
+    return await table_digests(url)
+
+
+async def test_restore_over_a_non_empty_database_needs_force_and_force_replaces_it(
+        backup_dir: Path, database_url: str, database_env: dict[str, str], tmp_path: Path) -> None:
+    await _add_location(database_url, "after-the-backup")
+    env = _restore_env(tmp_path, database_env, "target")
+    refused = run_cli("restore", str(backup_dir), env=env)
+    assert refused.returncode == 1 and "not empty" in refused.stderr and "--force" in refused.stderr, refused.stderr
+    assert await _locations(database_url) == ["after-the-backup", "kept"]
+
+    service = await asyncpg.connect(database_url, server_settings={"application_name": "omnistock-orders"})
+    try:  # a running service: not even --force restores under it
+        busy = run_cli("restore", "--force", str(backup_dir), env=env)
+    finally:
+        await service.close()
+    assert busy.returncode == 1 and "stop the services first" in busy.stderr, busy.stderr
+    assert await _locations(database_url) == ["after-the-backup", "kept"]
+
+    offline = tmp_path / "target" / "ledger" / "offline-ca"
+    offline.mkdir(parents=True)
+    (offline / "ca.key").write_text("stays where it is")
+    identity.init_identities(tmp_path / "target", ["ops"])  # trust material of another installation
+    replaced = run_cli("restore", "--force", str(backup_dir), env=env)
+    assert replaced.returncode == 0, replaced.stderr
+    assert await _locations(database_url) == ["kept"]
+    source_ca = (tmp_path / "source" / "ledger" / "msp" / "ops" / "ca.pem").read_bytes()
+    assert (tmp_path / "target" / "ledger" / "msp" / "ops" / "ca.pem").read_bytes() == source_ca
+    assert (offline / "ca.key").read_text() == "stays where it is"
+
+
+def test_a_backup_newer_than_the_code_is_refused(backup_dir: Path, tmp_path: Path) -> None:
+    manifest = json.loads((backup_dir / "manifest.json").read_text())
+    manifest["migrations"].append({"schema": "orders", "version": "9999_from_the_future.sql", "checksum": "00"})
+    (backup_dir / "manifest.json").write_text(json.dumps(manifest))
+    settings = Settings(_env_file=None, data_dir=tmp_path / "target")  # type: ignore[call-arg]
+    with pytest.raises(BackupRefused, match="upgrade omnistock first:\n  orders/9999_from_the_future.sql"):
+        plan_restore(settings, backup_dir, force=True)
+
+
+def test_backup_refuses_a_directory_that_is_not_empty(database_env: dict[str, str], tmp_path: Path) -> None:
+    target = tmp_path / "backup"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    result = run_cli("backup", str(target), env=cli_env(tmp_path, database_env))
+    assert result.returncode == 1 and "new or empty directory" in result.stderr, result.stderr
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+def test_backup_without_a_database_to_back_up_starts_none(tmp_path: Path) -> None:
+    result = run_cli("backup", str(tmp_path / "backup"), env=cli_env(tmp_path, None))
+    assert result.returncode == 1 and "nothing to back up" in result.stderr, result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "backup").exists()
+
+
+def test_a_manifest_naming_a_file_outside_the_backup_is_refused(tmp_path: Path) -> None:
+    manifest = Manifest("0.1.0", "2026-01-01T00:00:00Z", {}, [], {})
+    raw = json.loads(manifest.to_json())
+    raw["files"] = {"ledger/../../etc/passwd": {"sha256": "00", "size": 1, "mode": "0644"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BackupRefused, match="outside db/ and ledger/"):
+        load_manifest(tmp_path)
+
+
+def test_older_backups_restore_and_changed_or_unknown_migrations_do_not() -> None:
+    known = {("core", "0001_core.sql"): "a", ("core", "0002_events.sql"): "b"}
+    assert migration_problems([Migration("core", "0001_core.sql", "a")], known) == []
+    problems = migration_problems([Migration("core", "0001_core.sql", "x"), Migration("core", "0003_new.sql", "c")],
+                                  known)
+    assert problems == ["core/0001_core.sql: differs from this omnistock's file of that name",
+                        "core/0003_new.sql: applied in the backup, unknown to this omnistock (newer)"]
