@@ -14,6 +14,7 @@ import pytest
 
 from ledger import identity
 from services.backup.manifest import BackupRefused, Manifest, Migration, load_manifest, migration_problems
+from services.backup.pg_tools import check_versions
 from services.backup.use_cases import plan_restore
 from shared.settings import Settings
 from tests.drills.backup_facts import table_digests
@@ -173,3 +174,14 @@ def test_older_backups_restore_and_changed_or_unknown_migrations_do_not() -> Non
                                   known)
     assert problems == ["core/0001_core.sql: differs from this omnistock's file of that name",
                         "core/0003_new.sql: applied in the backup, unknown to this omnistock (newer)"]
+
+
+def test_tools_older_than_the_server_or_missing_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    check_versions(server_major=16, dump_major=18, what="pg_dump")  # newer tools dump older servers
+    with pytest.raises(BackupRefused, match="OMNISTOCK_PG_BIN_DIR"):
+        check_versions(server_major=19, dump_major=18, what="pg_dump")
+    env = cli_env(tmp_path, None)
+    env["OMNISTOCK_PG_BIN_DIR"] = str(tmp_path / "no-postgres-here")
+    result = run_cli("backup", str(tmp_path / "backup"), env=env)
+    assert result.returncode == 1 and "pg_dump is needed" in result.stderr and "OMNISTOCK_PG_BIN_DIR" in result.stderr
+    assert not (tmp_path / "backup").exists()

@@ -57,9 +57,13 @@ async def dump(pg_dump: Path, target: LibpqTarget, snapshot_id: str, out_dir: Pa
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"pg_dump failed ({proc.returncode}): {_tail(err)}")
-    # pg_dump creates its files through the umask; the backup directory (0700) kept everyone else out
-    # meanwhile, and now the files themselves say so too.
-    for path in out_dir.iterdir():
+    _make_private(out_dir)
+
+
+def _make_private(folder: Path) -> None:
+    """pg_dump creates its files through the umask; the backup directory (0700) kept everyone else out
+    meanwhile, and now the files themselves say so too."""
+    for path in folder.iterdir():
         path.chmod(0o600)
 
 

@@ -80,8 +80,16 @@ def _owner_url(settings: Settings) -> str:
     return settings.database_url
 
 
+def _tool(name: str, settings: Settings) -> Path:
+    try:
+        return client_tool(name, settings.pg_bin_dir)
+    except FileNotFoundError as exc:
+        raise BackupRefused(f"{name} is needed: {exc}") from None
+
+
 def check_source(settings: Settings) -> None:
     """Without DATABASE_URL, back up only an embedded cluster that exists (rather than start a new one)."""
+    _tool("pg_dump", settings)
     pgdata = settings.data_dir / "pg"
     if not settings.database_url and not configured_logins(settings) and not (pgdata / "PG_VERSION").exists():
         raise BackupRefused(f"no embedded database in {pgdata.resolve()} and no DATABASE_URL: nothing to back up"
@@ -104,7 +112,7 @@ def prepare_target(directory: Path) -> Path:
 
 async def backup(settings: Settings, directory: Path, jobs: int) -> BackupReport:
     url = _owner_url(settings)
-    pg_dump = client_tool("pg_dump", settings.pg_bin_dir)
+    pg_dump = _tool("pg_dump", settings)
     dump_major = tool_major_version(pg_dump)
     try:
         conn = await asyncpg.connect(url, server_settings={"application_name": BACKUP_APP})
@@ -157,7 +165,7 @@ def plan_restore(settings: Settings, source: Path, force: bool) -> RestorePlan:
     if problems:
         raise BackupRefused(f"the backup (omnistock {manifest.omnistock_version}) has migrations this omnistock"
                             f" ({version('omnistock')}) does not; upgrade omnistock first:\n  " + "\n  ".join(problems))
-    pg_restore, psql = client_tool("pg_restore", settings.pg_bin_dir), client_tool("psql", settings.pg_bin_dir)
+    pg_restore, psql = _tool("pg_restore", settings), _tool("psql", settings)
     restore_major, dump_major = tool_major_version(pg_restore), int(manifest.database["pg_dump_major"])
     if restore_major < dump_major:
         raise BackupRefused(f"the dump was written by pg_dump {dump_major}; pg_restore ({pg_restore}) is"
