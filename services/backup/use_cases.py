@@ -87,11 +87,19 @@ def _tool(name: str, settings: Settings) -> Path:
         raise BackupRefused(f"{name} is needed: {exc}") from None
 
 
+def _require_owner(settings: Settings) -> None:
+    """Service URLs alone (a container's) may not dump, drop or grant: that is the owner's work."""
+    if not settings.database_url and configured_logins(settings):
+        raise BackupRefused("backup and restore work as the database owner: set DATABASE_URL (the owner's URL)"
+                            " beside the services' OMNISTOCK_<SERVICE>_DATABASE_URL")
+
+
 def check_source(settings: Settings) -> None:
     """Without DATABASE_URL, back up only an embedded cluster that exists (rather than start a new one)."""
+    _require_owner(settings)
     _tool("pg_dump", settings)
     pgdata = settings.data_dir / "pg"
-    if not settings.database_url and not configured_logins(settings) and not (pgdata / "PG_VERSION").exists():
+    if not settings.database_url and not (pgdata / "PG_VERSION").exists():
         raise BackupRefused(f"no embedded database in {pgdata.resolve()} and no DATABASE_URL: nothing to back up"
                             " (is OMNISTOCK_DATA_DIR the services' one?)")
 
@@ -156,6 +164,7 @@ async def backup(settings: Settings, directory: Path, jobs: int) -> BackupReport
 
 def plan_restore(settings: Settings, source: Path, force: bool) -> RestorePlan:
     """Every check that needs no database, before one is started (a fresh data dir stays untouched)."""
+    _require_owner(settings)
     source = source.expanduser().resolve()
     manifest = load_manifest(source)
     problems = file_problems(source, manifest)
