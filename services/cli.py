@@ -181,7 +181,7 @@ def seed(stores: int, skus: int, density: float) -> None:
 def backup_command(directory: Path, jobs: int) -> None:
     """Write a consistent backup of the database and the ledger's trust material into DIRECTORY (new or empty)."""
     from services.backup import use_cases as backups
-    from services.backup.manifest import BackupRefused
+    from services.backup.manifest import BackupFailed, BackupRefused
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -190,7 +190,7 @@ def backup_command(directory: Path, jobs: int) -> None:
         target = backups.prepare_target(directory)
         with runtime.database(settings) as ready:
             report = _asyncio_run(backups.backup(ready, target, jobs))
-    except BackupRefused as exc:
+    except (BackupRefused, BackupFailed) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"backup written to {report.directory}: {report.files} files, {report.size / 1e6:.1f} MB;"
                f" PostgreSQL {report.server_version}, {report.migrations} migrations;"
@@ -206,7 +206,7 @@ def backup_command(directory: Path, jobs: int) -> None:
 def restore_command(directory: Path, force: bool) -> None:
     """Restore a backup made by `omnistock backup` (checksums verified first); refuses a non-empty target."""
     from services.backup import use_cases as backups
-    from services.backup.manifest import BackupRefused
+    from services.backup.manifest import BackupFailed, BackupRefused
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -216,6 +216,8 @@ def restore_command(directory: Path, force: bool) -> None:
             report = _asyncio_run(backups.restore(ready, plan))
     except BackupRefused as exc:
         raise click.ClickException(f"{exc}\nnothing was restored") from None
+    except BackupFailed as exc:
+        raise click.ClickException(str(exc)) from None
     made = plan.manifest
     click.echo(f"restored the backup of {made.created_at} (omnistock {made.omnistock_version}) into database"
                f" {report.database}" + (f", replacing schemas {', '.join(report.replaced)}" if report.replaced else "")

@@ -13,9 +13,11 @@ import asyncpg
 import pytest
 
 from ledger import identity
-from services.backup.manifest import BackupRefused, Manifest, Migration, load_manifest, migration_problems
+from services.backup import pg_tools
+from services.backup.manifest import BackupFailed, BackupRefused, Manifest, Migration, load_manifest, migration_problems
 from services.backup.pg_tools import check_versions
 from services.backup.use_cases import plan_restore
+from shared.embedded_db import client_tool
 from shared.settings import Settings
 from tests.drills.backup_facts import table_digests
 from tests.test_cli import cli_env, run_cli
@@ -185,3 +187,30 @@ def test_tools_older_than_the_server_or_missing_are_refused_with_what_to_do(tmp_
     result = run_cli("backup", str(tmp_path / "backup"), env=env)
     assert result.returncode == 1 and "pg_dump is needed" in result.stderr and "OMNISTOCK_PG_BIN_DIR" in result.stderr
     assert not (tmp_path / "backup").exists()
+
+
+async def test_a_restore_that_fails_half_way_changes_nothing_even_with_force(
+        backup_dir: Path, database_url: str, database_env: dict[str, str], tmp_path: Path) -> None:
+    target = await _emptied(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:  # what --force drops (a schema with a row), and a type the dump's table cannot be created beside
+        await conn.execute("CREATE SCHEMA precious; CREATE TABLE precious.t (x int); INSERT INTO precious.t VALUES (1)")
+        await conn.execute("CREATE TYPE public.omnistock_migrations AS (x int)")
+    finally:
+        await conn.close()
+    before = await table_digests(database_url)
+    assert before != target and "precious.t" in before
+    failed = run_cli("restore", "--force", str(backup_dir), env=_restore_env(tmp_path, database_env, "target"))
+    assert failed.returncode == 1 and "nothing restored" in failed.stderr, failed.stderr
+    assert await table_digests(database_url) == before
+    assert not (tmp_path / "target" / "ledger").exists()  # the staged trust material went too
+
+    # pg_restore itself dying half-way (a table's data cut short): psql reaches the end of its input,
+    # and still nothing commits.
+    broken = shutil.copytree(backup_dir, tmp_path / "broken")
+    data = max((broken / "db").glob("*.dat.gz"), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(BackupFailed, match="pg_restore failed"):
+        await pg_tools.restore(client_tool("pg_restore"), client_tool("psql"), pg_tools.libpq_target(database_url, "t"),
+                               broken / "db", clearing=["DROP SCHEMA precious CASCADE"])
+    assert await table_digests(database_url) == before

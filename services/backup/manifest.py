@@ -29,6 +29,10 @@ class BackupRefused(Exception):
     """A backup or restore that would be wrong, refused before it changed anything; the message says why."""
 
 
+class BackupFailed(Exception):
+    """pg_dump, pg_restore or psql failed; the message carries the end of what it said."""
+
+
 @dataclass(frozen=True)
 class FileRecord:
     sha256: str

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from services.backup.manifest import BackupRefused
+from services.backup.manifest import BackupFailed, BackupRefused
 
 RESTORE_GUC = "omnistock.restore"
 # Runs after the script in the same transaction: pg_restore's output reached its end (the trailer
@@ -56,7 +56,7 @@ async def dump(pg_dump: Path, target: LibpqTarget, snapshot_id: str, out_dir: Pa
         env=target.env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"pg_dump failed ({proc.returncode}): {_tail(err)}")
+        raise BackupFailed(f"pg_dump failed ({proc.returncode}): {_tail(err)}")
     _make_private(out_dir)
 
 
@@ -106,9 +106,9 @@ async def restore(pg_restore: Path, psql: Path, target: LibpqTarget, dump_dir: P
         await reader.wait()
         await writer.wait()
     if reader.returncode != 0 and not killed:
-        raise RuntimeError(f"pg_restore failed ({reader.returncode}), nothing restored: {_tail(await reader_err)}")
+        raise BackupFailed(f"pg_restore failed ({reader.returncode}), nothing restored: {_tail(await reader_err)}")
     if writer.returncode != 0:
-        raise RuntimeError(f"psql refused the restore ({writer.returncode}), nothing restored: "
+        raise BackupFailed(f"psql refused the restore ({writer.returncode}), nothing restored: "
                            f"{_tail(await writer_err)}")
 
 

@@ -28,6 +28,7 @@ from services.backup.manifest import (
     DB_DIR,
     LEDGER_DIR,
     MANIFEST,
+    BackupFailed,
     BackupRefused,
     Manifest,
     code_migrations,
@@ -223,6 +224,6 @@ async def restore(settings: Settings, plan: RestorePlan) -> RestoreReport:
     finally:
         await conn.close()
     if tree_size != int(manifest.ledger["tree_size"]):
-        raise RuntimeError(f"restored ledger tree size {tree_size} differs from the backup's"
+        raise BackupFailed(f"restored, but the ledger tree size {tree_size} differs from the backup's"
                            f" {manifest.ledger['tree_size']}")
     return RestoreReport(database, occupied, applied, len(ledger_files.in_use(settings.data_dir)), tree_size)
