@@ -214,3 +214,10 @@ async def test_a_restore_that_fails_half_way_changes_nothing_even_with_force(
         await pg_tools.restore(client_tool("pg_restore"), client_tool("psql"), pg_tools.libpq_target(database_url, "t"),
                                broken / "db", clearing=["DROP SCHEMA precious CASCADE"])
     assert await table_digests(database_url) == before
+
+
+def test_the_tools_get_the_password_through_the_environment_not_the_command_line() -> None:
+    target = pg_tools.libpq_target("postgresql://owner:s%40cret@db.example:5433/omnistock?sslmode=require", "x")
+    assert target.conninfo == "postgresql://owner@db.example:5433/omnistock?sslmode=require"
+    assert target.env["PGPASSWORD"] == "s@cret" and target.env["PGAPPNAME"] == "x"
+    assert "PGPASSWORD" not in pg_tools.libpq_target("postgresql://owner@db.example/omnistock", "x").env
