@@ -20,6 +20,7 @@ from services.backup.use_cases import plan_restore
 from shared.embedded_db import client_tool
 from shared.settings import Settings
 from tests.drills.backup_facts import table_digests
+from tests.ledger.test_ledger_cli import _fill
 from tests.test_cli import cli_env, run_cli
 
 
@@ -221,3 +222,15 @@ def test_the_tools_get_the_password_through_the_environment_not_the_command_line
     assert target.conninfo == "postgresql://owner@db.example:5433/omnistock?sslmode=require"
     assert target.env["PGPASSWORD"] == "s@cret" and target.env["PGAPPNAME"] == "x"
     assert "PGPASSWORD" not in pg_tools.libpq_target("postgresql://owner@db.example/omnistock", "x").env
+
+
+async def test_backup_refuses_ledger_entries_without_their_identities_and_a_database_without_omnistock(
+        settings: Settings, database_url: str, database_env: dict[str, str], tmp_path: Path) -> None:
+    await _fill(settings)  # 30 entries, signed with the identities under settings.data_dir
+    env = cli_env(tmp_path / "elsewhere", database_env)  # a data directory without them
+    wrong_dir = run_cli("backup", str(tmp_path / "b1"), env=env)
+    assert wrong_dir.returncode == 1 and "30 ledger entries" in wrong_dir.stderr, wrong_dir.stderr
+    assert list((tmp_path / "b1").iterdir()) == []  # what it had begun is gone
+    await _emptied(database_url)
+    empty = run_cli("backup", str(tmp_path / "b2"), env=env)
+    assert empty.returncode == 1 and "holds no omnistock schema" in empty.stderr, empty.stderr
