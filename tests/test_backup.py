@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -12,13 +13,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from benchmarks.drills.checks import stock_findings
 from ledger import identity
 from services.backup import pg_tools
 from services.backup.manifest import BackupFailed, BackupRefused, Manifest, Migration, load_manifest, migration_problems
 from services.backup.pg_tools import check_versions
 from services.backup.use_cases import plan_restore
+from services.inventory import repository as inventory_repo
+from services.inventory import use_cases as inventory
 from shared.embedded_db import client_tool
 from shared.settings import Settings
+from tests.conftest import role_url, with_database
 from tests.drills.backup_facts import table_digests
 from tests.ledger.test_ledger_cli import _fill
 from tests.test_cli import cli_env, run_cli
@@ -234,3 +239,58 @@ async def test_backup_refuses_ledger_entries_without_their_identities_and_a_data
     await _emptied(database_url)
     empty = run_cli("backup", str(tmp_path / "b2"), env=env)
     assert empty.returncode == 1 and "holds no omnistock schema" in empty.stderr, empty.stderr
+
+
+async def test_a_backup_taken_under_writes_is_one_moment(
+        pool: asyncpg.Pool, server_url: str, role_passwords: dict[str, str], database_env: dict[str, str],
+        tmp_path: Path) -> None:
+    """Levels and movements are dumped by different pg_dump workers while writers change both: the
+    restored levels still equal their movements, at a moment between the first and the last write."""
+    await inventory.seed(pool, 2, 20)
+    rows = await pool.fetch("SELECT sku, location_id FROM inventory.stock_levels ORDER BY 1, 2")
+    levels = [(r["sku"], r["location_id"]) for r in rows]
+    start = await pool.fetchval("SELECT count(*) FROM inventory.stock_movements")
+    stop, warmed_up, written = asyncio.Event(), asyncio.Event(), [0]
+
+    async def write(n: int) -> None:
+        while not stop.is_set():
+            sku, location_id = levels[(written[0] * 7 + n) % len(levels)]
+            async with pool.acquire() as conn, conn.transaction():
+                await inventory_repo.apply_movement(conn, sku, location_id, "receipt", 1, actor="writer")
+            written[0] += 1
+            if written[0] >= 20:
+                warmed_up.set()
+
+    writers = [asyncio.create_task(write(n)) for n in range(3)]
+    try:
+        await warmed_up.wait()
+        env = cli_env(tmp_path, database_env)
+        env["OMNISTOCK_DATA_DIR"] = str(tmp_path / "source")
+        made = await asyncio.to_thread(run_cli, "backup", "--jobs", "2", str(tmp_path / "backup"), env=env)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    assert made.returncode == 0, made.stderr
+    final = await pool.fetchval("SELECT count(*) FROM inventory.stock_movements")
+
+    name = f"restored_{tmp_path.name[-20:]}".replace("-", "_").lower()
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = with_database(server_url, name)
+        target = {"DATABASE_URL": url, **{f"OMNISTOCK_{s.upper()}_DATABASE_URL": role_url(url, s, pw)
+                                          for s, pw in role_passwords.items()}}
+        restored = await asyncio.to_thread(run_cli, "restore", str(tmp_path / "backup"),
+                                           env=_restore_env(tmp_path, target, "target"))
+        assert restored.returncode == 0, restored.stderr
+        conn = await asyncpg.connect(url)
+        try:
+            assert await stock_findings(conn) == {k: [] for k in ("levels_off_movements", "reserved_off_open_orders",
+                                                                  "oversold_levels")}
+            moved = await conn.fetchval("SELECT count(*) FROM inventory.stock_movements")
+        finally:
+            await conn.close()
+        assert start + 20 <= moved < final, (start, moved, final)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
