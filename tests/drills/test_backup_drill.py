@@ -93,7 +93,9 @@ async def test_a_backup_restored_into_a_fresh_data_directory_is_the_same_busines
     assert stat.S_IMODE(backup.stat().st_mode) == 0o700
     assert not list(backup.rglob("offline-ca")) and not list(backup.rglob(SECRETS_FILE))
     keys = list(backup.rglob("*.key"))
-    assert len(keys) == 8 and all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    assert keys and all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    trust_material = _files(settings.data_dir / "ledger")
+    assert _files(backup / "ledger") == trust_material
 
     env = cli_env(fresh, None)  # fresh/data does not exist: the restore starts a new cluster in it
     port = free_port()
@@ -102,8 +104,9 @@ async def test_a_backup_restored_into_a_fresh_data_directory_is_the_same_busines
     assert restored.returncode == 0, restored.stderr
     assert "ledger tree size 4" in restored.stdout
     data = fresh / "data"
-    assert not (data / "ledger" / "offline-ca").exists()
+    assert _files(data / "ledger") == trust_material and not (data / "ledger" / "offline-ca").exists()
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in (data / "ledger").rglob("*.key"))
+    assert stat.S_IMODE((data / "pg" / SECRETS_FILE).stat().st_mode) == 0o600  # the new cluster's own passwords
 
     server = EmbeddedPostgres(data / "pg", port)
     server.start()  # the restore stopped the cluster it started; compare on it again
@@ -125,23 +128,26 @@ async def test_a_backup_restored_into_a_fresh_data_directory_is_the_same_busines
         server.stop()
 
 
+def _files(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Relative path -> (content, mode) of every file under `root` but the offline CA folder."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(root.rglob("*")) if p.is_file() and "offline-ca" not in p.relative_to(root).parts}
+
+
 async def _services_work_as_their_roles(settings: Settings, server: EmbeddedPostgres, data: Path) -> None:
-    """Inventory and orders on the restored cluster with only their roles' URLs (no owner to grant
-    anything): a placed order runs inventory's published functions, so their owner and EXECUTE grants
-    came back; the bootstrap admin key of the source is a restored row."""
+    """The orders service on the restored cluster with only its role's URL (no owner to grant anything):
+    placing an order runs inventory's published functions, so their owner and EXECUTE grants came back;
+    the source's bootstrap admin key is a restored row."""
     restored = settings.model_copy(update={"database_url": None, "data_dir": data, **embedded_service_urls(server)})
-    clients = [TestClient(ServiceTestServer(registry.load(name).create_app(restored))) for name in ("orders",)]
-    for client in clients:
-        await client.start_server()
+    client = TestClient(ServiceTestServer(registry.load("orders").create_app(restored)))
+    await client.start_server()
     try:
-        orders = Api(clients[0], ADMIN_KEY)
         body = {"channel": "online", "currency": "EUR", "lines": [{"sku": "TEE", "qty": 1, "unit_price": SKUS["TEE"]}],
                 "fulfillment": {"type": "ship", "location_id": "wh-1", "ship_to": LONDON}}
-        status, order, _ = await orders.post("/v1/orders", json=body, idem="after-restore")
+        status, order, _ = await Api(client, ADMIN_KEY).post("/v1/orders", json=body, idem="after-restore")
         assert status == 201, order
     finally:
-        for client in clients:
-            await client.close()
+        await client.close()
     conn = await asyncpg.connect(server.dsn)
     try:
         assert await conn.fetchval("SELECT status FROM orders.orders WHERE id = $1", order["id"]) == "placed"
