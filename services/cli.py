@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import click
@@ -168,6 +169,60 @@ def seed(stores: int, skus: int, density: float) -> None:
 
     locations, catalog, levels = _run(go)
     click.echo(f"seeded {locations} locations, {catalog} SKUs, {levels} stock levels")
+
+
+# --- backup and restore (services/backup/) -------------------------------------------------------
+
+
+@main.command("backup")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(1, 32),
+              help="Tables pg_dump dumps at a time (one connection each).")
+def backup_command(directory: Path, jobs: int) -> None:
+    """Write a consistent backup of the database and the ledger's trust material into DIRECTORY (new or empty)."""
+    from services.backup import use_cases as backups
+    from services.backup.manifest import BackupFailed, BackupRefused
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        backups.check_source(settings)
+        target = backups.prepare_target(directory)
+        with runtime.database(settings) as ready:
+            report = _asyncio_run(backups.backup(ready, target, jobs))
+    except (BackupRefused, BackupFailed) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backup written to {report.directory}: {report.files} files, {report.size / 1e6:.1f} MB;"
+               f" PostgreSQL {report.server_version}, {report.migrations} migrations;"
+               f" ledger tree size {report.tree_size}, {report.ledger_files} identity files"
+               " (offline CA keys not included)")
+
+
+@main.command("restore")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Replace a database that is not empty (every schema it holds is dropped, in the restore's"
+                   " own transaction) and the ledger's trust material under OMNISTOCK_DATA_DIR.")
+def restore_command(directory: Path, force: bool) -> None:
+    """Restore a backup made by `omnistock backup` (checksums verified first); refuses a non-empty target."""
+    from services.backup import use_cases as backups
+    from services.backup.manifest import BackupFailed, BackupRefused
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        plan = backups.plan_restore(settings, directory, force)
+        with runtime.database(settings) as ready:
+            report = _asyncio_run(backups.restore(ready, plan))
+    except BackupRefused as exc:
+        raise click.ClickException(f"{exc}\nnothing was restored") from None
+    except BackupFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    made = plan.manifest
+    click.echo(f"restored the backup of {made.created_at} (omnistock {made.omnistock_version}) into database"
+               f" {report.database}" + (f", replacing schemas {', '.join(report.replaced)}" if report.replaced else "")
+               + f"; ledger tree size {report.tree_size}, {report.ledger_files} identity files;"
+               f" {len(report.applied)} newer migrations applied; service logins and grants re-applied")
 
 
 main.add_command(ecommerce_commands)

