@@ -12,6 +12,8 @@ problem before the handler runs) and renders the handler's result as JSON.
 from __future__ import annotations
 
 import functools
+import math
+import time
 import types
 import typing
 from collections.abc import Awaitable, Callable
@@ -27,7 +29,8 @@ from shared.db import Connection, Pool, transaction
 from shared.errors import MalformedJson, UnsupportedMediaType, ValidationFailed
 from shared.http.body import receive_body
 from shared.http.deadline import within_deadline
-from shared.http.keys import KEY_CACHE, POOL, PRINCIPAL, SETTINGS
+from shared.http.keys import BUCKETS, KEY_CACHE, POOL, PRINCIPAL, SETTINGS, TOKENS_LEFT
+from shared.http.rate_limit import rate_headers
 from shared.idempotency import check_key, request_hash, run_once
 from shared.settings import Settings
 
@@ -198,6 +201,16 @@ async def read_body(request: web.Request) -> bytes:
     return await receive_body(request, settings.max_body_bytes, settings.body_timeout_s)
 
 
+def with_rate_headers(request: web.Request, principal: Principal, response: web.Response) -> web.Response:
+    """RateLimit-* on a keyed route's answer, so a client can slow down before it meets a 429."""
+    tokens = request.get(TOKENS_LEFT)
+    if tokens is not None and tokens != math.inf:
+        limit = request.app[BUCKETS].limit_of(principal.role)
+        if limit is not None:
+            response.headers.update(rate_headers(limit, tokens))
+    return response
+
+
 MAX_PATH_PARAM = 200
 
 
@@ -294,17 +307,20 @@ def _endpoint(
             else await request.app[KEY_CACHE].authenticate(request.headers.get("Authorization"))
         )
         request[PRINCIPAL] = principal
-        if route.roles is not None and not route.public:
-            principal.require_role(*route.roles)
+        if not route.public:
+            # After the key, before the role: a key hammering routes it may not call is throttled too.
+            request[TOKENS_LEFT] = request.app[BUCKETS].take(principal.key_id, principal.role, time.monotonic())
+            if route.roles is not None:
+                principal.require_role(*route.roles)
         return principal, parse_query(request, route.query) if route.query else None
 
     async def handle(request: web.Request, principal: Principal, query: Any, raw: bytes) -> web.StreamResponse:
         body = parse_body(request, route, raw)
         result = await route.handler(Call(request, route, principal, body, query, raw))
         if isinstance(result, web.StreamResponse):
-            return result
+            return result  # an event stream's headers are sent already; a raw response is the handler's
         if isinstance(result, Reply):
-            return json_response(result.body, result.status, result.headers)
-        return json_response(result, route.status)
+            return with_rate_headers(request, principal, json_response(result.body, result.status, result.headers))
+        return with_rate_headers(request, principal, json_response(result, route.status))
 
     return endpoint

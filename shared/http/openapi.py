@@ -92,6 +92,8 @@ def _operation(api: Api, route: Route, schemas: _Schemas) -> dict[str, Any]:
     if not route.public:
         responses["401"] = _problem("missing or unknown API key")
         responses["403"] = _problem("the key's role may not do this")
+        responses["429"] = _problem("this key's request rate (Retry-After says when to retry)"
+                                    + (" or live streams" if route.streaming else "") + " exceeded")
     if route.body is not None or route.query is not None or "{" in route.path:
         responses["422"] = _problem("invalid input, naming the field")
     if route.body is not None:

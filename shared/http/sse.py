@@ -1,4 +1,9 @@
-"""Server-Sent Events over the event hub: resumable from Last-Event-ID, with heartbeats."""
+"""Server-Sent Events over the event hub: resumable from Last-Event-ID, with heartbeats.
+
+Each stream holds one of its key's stream slots (shared/http/rate_limit.py) from before its first byte
+until it ends, whatever ends it: past the key's cap the request is a 429 `too-many-streams` instead.
+A client that vanishes without closing is noticed at the next write, a heartbeat at the latest.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from aiohttp import web
 
 from shared.errors import ValidationFailed
 from shared.event_stream import sse_frame
-from shared.http.keys import HUB, SETTINGS
+from shared.http.keys import HUB, PRINCIPAL, SETTINGS, STREAMS
 from shared.outbox import Event, Position, position_of
 
 KEEPALIVE = b": keepalive\n\n"
@@ -40,20 +45,22 @@ async def stream_events(
     render: Callable[[Event], bytes],
 ) -> web.StreamResponse:
     start = await resume_position(request)
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-    })
-    await response.prepare(request)
-    heartbeat_s = request.app[SETTINGS].sse_heartbeat_s
-    try:
-        await response.write(b"retry: 2000\n\n")
-        # One write per batch the hub hands over: a write per event cost a syscall (and a task) each.
-        async for batch in request.app[HUB].follow_batches(start, families, heartbeat_s):
-            frames = b"".join(sse_frame(event, render) for event in batch if keep(event)) if batch else KEEPALIVE
-            if frames:
-                await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
-    except (ConnectionResetError, TimeoutError):
-        pass
+    principal = request[PRINCIPAL]
+    with request.app[STREAMS].held(principal.key_id, principal.role):
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        })
+        await response.prepare(request)
+        heartbeat_s = request.app[SETTINGS].sse_heartbeat_s
+        try:
+            await response.write(b"retry: 2000\n\n")
+            # One write per batch the hub hands over: a write per event cost a syscall (and a task) each.
+            async for batch in request.app[HUB].follow_batches(start, families, heartbeat_s):
+                frames = b"".join(sse_frame(event, render) for event in batch if keep(event)) if batch else KEEPALIVE
+                if frames:
+                    await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
+        except (ConnectionResetError, TimeoutError):
+            pass
     return response
