@@ -67,6 +67,7 @@ class Route:
     also: tuple[int, ...] = ()  # other success statuses with the same body (e.g. 201 for a PUT that creates)
     extra_responses: dict[int, str] = field(default_factory=dict)  # problem statuses beyond the usual ones
     long_running: bool = False  # deadline long_request_timeout_s instead of request_timeout_s
+    accepted: type[BaseModel] | None = None  # a 202 with this body: the work goes on in the background
 
     @property
     def streaming(self) -> bool:
