@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar, Union
 
 import orjson
 from aiohttp import web
+from multidict import istr
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.auth import Principal
@@ -30,7 +31,6 @@ from shared.errors import MalformedJson, UnsupportedMediaType, ValidationFailed
 from shared.http.body import receive_body
 from shared.http.deadline import within_deadline
 from shared.http.keys import BUCKETS, KEY_CACHE, POOL, PRINCIPAL, SETTINGS, TOKENS_LEFT
-from shared.http.rate_limit import rate_headers
 from shared.idempotency import check_key, request_hash, run_once
 from shared.settings import Settings
 
@@ -202,13 +202,17 @@ async def read_body(request: web.Request) -> bytes:
     return await receive_body(request, settings.max_body_bytes, settings.body_timeout_s)
 
 
+RATE_LIMIT_POLICY, RATE_LIMIT = istr("RateLimit-Policy"), istr("RateLimit")
+
+
 def with_rate_headers(request: web.Request, principal: Principal, response: web.Response) -> web.Response:
     """RateLimit-* on a keyed route's answer, so a client can slow down before it meets a 429."""
     tokens = request.get(TOKENS_LEFT)
     if tokens is not None and tokens != math.inf:
-        limit = request.app[BUCKETS].limit_of(principal.role)
-        if limit is not None:
-            response.headers.update(rate_headers(limit, tokens))
+        values = request.app[BUCKETS].headers(principal.role, tokens)
+        if values is not None:
+            headers = response.headers
+            headers[RATE_LIMIT_POLICY], headers[RATE_LIMIT] = values
     return response
 
 

@@ -43,21 +43,26 @@ class TooManyStreams(Problem):
     status, code, title = 429, "too-many-streams", "Too many live event streams for this API key"
 
 
-def rate_headers(limit: KeyLimit, tokens: float) -> dict[str, str]:
-    """RateLimit-* (draft-ietf-httpapi-ratelimit-headers, the -06 fields): the burst, whole tokens left,
-    and the seconds until the bucket is full again."""
-    return {
-        "RateLimit-Limit": str(limit.burst),
-        "RateLimit-Remaining": str(int(tokens)),
-        "RateLimit-Reset": str(math.ceil((limit.burst - tokens) / limit.per_s)),
-    }
+def policy_header(limit: KeyLimit) -> str:
+    """RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers): the burst, and the seconds a drained
+    bucket takes to fill again."""
+    return f'"per-key";q={limit.burst};w={math.ceil(limit.burst / limit.per_s)}'
+
+
+def rate_headers(limit: KeyLimit, tokens: float, policy: str | None = None) -> dict[str, str]:
+    """RateLimit-Policy, and RateLimit: whole requests left now and the seconds until the bucket is full."""
+    return {"RateLimit-Policy": policy or policy_header(limit),
+            "RateLimit": f'"per-key";r={int(tokens)};t={math.ceil((limit.burst - tokens) / limit.per_s)}'}
 
 
 class TokenBuckets:
     """One token bucket per API key id; `take` on every authenticated request (a few hundred ns)."""
 
     def __init__(self, limits: Mapping[str, KeyLimit], max_buckets: int = MAX_BUCKETS) -> None:
-        self._limits = dict(limits)
+        self._limits = {role: limit for role, limit in limits.items() if limit.per_s > 0}
+        # The hot path reads plain floats, not model attributes.
+        self._rates = {role: (limit.per_s, float(limit.burst)) for role, limit in self._limits.items()}
+        self._policies = {role: policy_header(limit) for role, limit in self._limits.items()}
         self._max = max_buckets
         self._buckets: OrderedDict[int, list[float]] = OrderedDict()  # key id -> [tokens, refilled at]
 
@@ -66,30 +71,38 @@ class TokenBuckets:
 
     def limit_of(self, role: str) -> KeyLimit | None:
         """The role's limit, None where it has none (per_s 0)."""
-        limit = self._limits.get(role)
-        return limit if limit is not None and limit.per_s > 0 else None
+        return self._limits.get(role)
+
+    def headers(self, role: str, tokens: float) -> tuple[str, str] | None:
+        """(RateLimit-Policy, RateLimit) for a response to a key of `role` with `tokens` left; None
+        without a limit. Built here rather than by rate_headers: this runs on every response."""
+        rate = self._rates.get(role)
+        if rate is None:
+            return None
+        return self._policies[role], f'"per-key";r={int(tokens)};t={math.ceil((rate[1] - tokens) / rate[0])}'
 
     def take(self, key_id: int, role: str, now: float) -> float:
         """Take a token from the key's bucket and return the tokens left (inf without a limit);
         RateLimited, taking nothing, when less than one is there."""
-        limit = self._limits.get(role)
-        if limit is None or limit.per_s <= 0:
+        rate = self._rates.get(role)
+        if rate is None:
             return math.inf
+        per_s, burst = rate
         buckets = self._buckets
         bucket = buckets.get(key_id)
         if bucket is None:
             if len(buckets) >= self._max:
                 buckets.popitem(last=False)
-            bucket = buckets[key_id] = [float(limit.burst), now]
+            bucket = buckets[key_id] = [burst, now]
         else:
             buckets.move_to_end(key_id)
-            tokens = bucket[0] + (now - bucket[1]) * limit.per_s
-            bucket[0] = tokens if tokens < limit.burst else float(limit.burst)
+            tokens = bucket[0] + (now - bucket[1]) * per_s
+            bucket[0] = tokens if tokens < burst else burst
             bucket[1] = now
         if bucket[0] >= 1.0:
             bucket[0] -= 1.0
             return bucket[0]
-        raise RateLimited(max(1, math.ceil((1.0 - bucket[0]) / limit.per_s)), limit)
+        raise RateLimited(max(1, math.ceil((1.0 - bucket[0]) / per_s)), self._limits[role])
 
 
 class StreamSlots:

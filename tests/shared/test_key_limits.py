@@ -55,7 +55,8 @@ async def test_an_order_past_the_keys_burst_is_429_with_retry_after_and_places_n
     for n in range(3):
         status, body, resp = await shop.post("/v1/orders", json=order_body(), idem=f"ok-{n}")
         assert status == 201, body
-        assert resp.headers["RateLimit-Limit"] == "3" and resp.headers["RateLimit-Remaining"] == str(2 - n)
+        assert resp.headers["RateLimit-Policy"] == '"per-key";q=3;w=3000'
+        assert resp.headers["RateLimit"].startswith(f'"per-key";r={2 - n};')
     before = await orders_placed(pool)
     status, body, resp = await shop.post("/v1/orders", json=order_body(), idem="one-too-many")
     assert_problem(status, body, 429, "rate-limited")
@@ -96,7 +97,7 @@ async def test_unknown_keys_are_401_and_get_no_bucket_and_health_checks_are_neve
         for _ in range(3):
             status, body, resp = await inv.as_key(None).get(path)
             assert status == 200, (path, body)
-            assert "RateLimit-Limit" not in resp.headers
+            assert "RateLimit" not in resp.headers
     assert len(inv.client.app[BUCKETS]) == 0
     assert (await inv.get("/v1/locations"))[0] == 200  # the admin's one token, untouched by all of the above
     assert (await inv.get("/v1/locations"))[0] == 429

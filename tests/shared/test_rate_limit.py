@@ -20,7 +20,8 @@ def test_a_burst_past_the_bucket_is_refused_with_the_whole_seconds_until_a_token
         buckets.take(1, "shop", 100.0)
     assert refused.value.retry_after_s == 1  # 1 token at 2/s is 0.5 s: rounded up, never 0
     assert refused.value.headers["Retry-After"] == "1"
-    assert refused.value.headers["RateLimit-Remaining"] == "0"
+    assert refused.value.headers["RateLimit"] == '"per-key";r=0;t=2'  # 3 tokens at 2/s: 1.5 s to full
+    assert refused.value.headers["RateLimit-Policy"] == '"per-key";q=3;w=2'
     assert refused.value.status == 429 and refused.value.code == "rate-limited"
 
 
@@ -57,7 +58,13 @@ def test_each_key_has_its_own_bucket() -> None:
 def test_a_role_without_a_rate_is_not_limited_and_gets_no_bucket() -> None:
     buckets = TokenBuckets(LIMITS)
     assert all(buckets.take(5, "ops", 0.0) == float("inf") for _ in range(1000))
-    assert len(buckets) == 0 and buckets.limit_of("ops") is None
+    assert len(buckets) == 0 and buckets.limit_of("ops") is None and buckets.headers("ops", 1.0) is None
+
+
+def test_the_headers_say_what_is_left_and_when_the_bucket_is_full() -> None:
+    buckets = TokenBuckets(LIMITS)
+    left = buckets.take(1, "shop", 0.0)
+    assert buckets.headers("shop", left) == ('"per-key";q=3;w=2', '"per-key";r=2;t=1')
 
 
 def test_buckets_are_bounded_and_the_least_recently_used_goes_first() -> None:
