@@ -47,20 +47,25 @@ async def stream_events(
     start = await resume_position(request)
     principal = request[PRINCIPAL]
     with request.app[STREAMS].held(principal.key_id, principal.role):
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        })
-        await response.prepare(request)
-        heartbeat_s = request.app[SETTINGS].sse_heartbeat_s
-        try:
-            await response.write(b"retry: 2000\n\n")
-            # One write per batch the hub hands over: a write per event cost a syscall (and a task) each.
-            async for batch in request.app[HUB].follow_batches(start, families, heartbeat_s):
-                frames = b"".join(sse_frame(event, render) for event in batch if keep(event)) if batch else KEEPALIVE
-                if frames:
-                    await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
-        except (ConnectionResetError, TimeoutError):
-            pass
+        return await _stream(request, start, families, keep, render)
+
+
+async def _stream(request: web.Request, start: Position, families: list[str], keep: Callable[[Event], bool],
+                  render: Callable[[Event], bytes]) -> web.StreamResponse:
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    heartbeat_s = request.app[SETTINGS].sse_heartbeat_s
+    try:
+        await response.write(b"retry: 2000\n\n")
+        # One write per batch the hub hands over: a write per event cost a syscall (and a task) each.
+        async for batch in request.app[HUB].follow_batches(start, families, heartbeat_s):
+            frames = b"".join(sse_frame(event, render) for event in batch if keep(event)) if batch else KEEPALIVE
+            if frames:
+                await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
+    except (ConnectionResetError, TimeoutError):
+        pass
     return response
