@@ -25,6 +25,11 @@ class Problem(Exception):
     def type(self) -> str:
         return PROBLEM_BASE + self.code
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers this problem carries besides its body (e.g. Retry-After)."""
+        return {}
+
     def to_dict(self, instance: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "type": self.type,

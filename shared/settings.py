@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["inventory", "orders", "ecommerce", "finance", "ledger"]
@@ -17,6 +17,30 @@ DEFAULT_PORTS: dict[str, int] = {
     "ecommerce": 8083,
     "finance": 8084,
     "ledger": 8085,
+}
+
+
+class KeyLimit(BaseModel):
+    """What one API key of a role may do at once, per service process (shared/http/rate_limit.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_s: float = Field(ge=0)  # requests per second, refilled continuously; 0 = no limit
+    burst: int = Field(ge=1)  # requests a key may send at once after being idle
+    streams: int = Field(ge=0)  # live event streams at once; 0 = no cap
+
+
+# Sized to each role's real traffic with room to spare: the shop is the whole online channel (a flash
+# sale is ~2,000 orders/s); ops run warehouse tools and imports; a store key serves one store's tills;
+# finance and admin send few, large requests; auditors read proofs one by one, bulk goes by export.
+# The store's streams: a display per till. README "Limits" has the table.
+DEFAULT_KEY_LIMITS: dict[str, KeyLimit] = {
+    "admin": KeyLimit(per_s=500, burst=1000, streams=8),
+    "ops": KeyLimit(per_s=500, burst=1000, streams=8),
+    "store": KeyLimit(per_s=50, burst=200, streams=16),
+    "shop": KeyLimit(per_s=2000, burst=4000, streams=8),
+    "finance": KeyLimit(per_s=100, burst=200, streams=8),
+    "auditor": KeyLimit(per_s=20, burst=100, streams=8),
 }
 
 
@@ -76,6 +100,9 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     event_poll_interval_s: float = Field(default=0.02, gt=0)  # outbox poll; see shared/event_stream.py
+    # Per key and role, per service process: JSON, each role's fields over its defaults, e.g.
+    # OMNISTOCK_KEY_LIMITS='{"shop": {"per_s": 5000, "burst": 10000}, "store": {"streams": 32}}'.
+    key_limits: dict[str, KeyLimit] = Field(default_factory=lambda: dict(DEFAULT_KEY_LIMITS))
 
     # Housekeeping (shared/housekeeping.py): transient rows leave once their window has passed, in
     # batches of housekeeping_batch_rows, one short transaction each, every housekeeping_interval_s.
@@ -148,6 +175,26 @@ class Settings(BaseSettings):
     ledger_checkpoint_every: int = Field(default=10_000, ge=1)
     ledger_checkpoint_interval_s: float = Field(default=10.0, gt=0)
     ledger_max_export_entries: int = Field(default=100_000, ge=1)
+    # The full audit runs as one background job (ledger/service/audit_job.py). Its result is served for
+    # the tree size it checked; past this age it is checked again even if the tree did not grow (rows
+    # changed behind the ledger's back keep the size). 0: every request starts (or joins) a run.
+    ledger_audit_max_age_s: float = Field(default=900.0, ge=0)
+    # How long GET /v1/ledger/audit waits for a run before answering 202 with the job's status.
+    ledger_audit_wait_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("key_limits", mode="before")
+    @classmethod
+    def _limits_over_defaults(cls, value: Any) -> Any:
+        """Each role named keeps the defaults of the fields it does not name; an unknown role is refused."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = dict(DEFAULT_KEY_LIMITS)
+        for role, given in value.items():
+            if role not in DEFAULT_KEY_LIMITS:
+                raise ValueError(f"unknown role {role!r}; roles: {', '.join(DEFAULT_KEY_LIMITS)}")
+            fields = given.model_dump() if isinstance(given, KeyLimit) else given
+            merged[role] = {**DEFAULT_KEY_LIMITS[role].model_dump(), **fields} if isinstance(fields, dict) else fields
+        return merged
 
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

@@ -517,6 +517,7 @@ LEDGER = [
     Row("ledger", "GET", "/v1/ledger/identities", LOG_READERS, const("GET", "/v1/ledger/identities")),
     Row("ledger", "GET", "/v1/ledger/export", BOOKS, const("GET", "/v1/ledger/export", params={"from": 0, "to": 1})),
     Row("ledger", "GET", "/v1/ledger/audit", BOOKS, const("GET", "/v1/ledger/audit")),
+    Row("ledger", "GET", "/v1/ledger/audit/job", BOOKS, const("GET", "/v1/ledger/audit/job")),
     Row("ledger", "GET", "/v1/ledger/revenue", BOOKS,
         const("GET", "/v1/ledger/revenue", params={"from": "2024-05-01", "to": "2024-05-31"})),
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
+from benchmarks.stack import LOAD_KEY_LIMITS
 from shared.embedded_db import free_port
 
 SERVE = [sys.executable, "-m", "services.cli", "serve"]
@@ -27,6 +28,7 @@ def service_env(database_url: str, data_dir: Path, admin_key: str, **extra: str)
         "OMNISTOCK_DATA_DIR": str(data_dir),
         "OMNISTOCK_BOOTSTRAP_ADMIN_KEY": admin_key,
         "OMNISTOCK_LOG_LEVEL": "warning",
+        "OMNISTOCK_KEY_LIMITS": LOAD_KEY_LIMITS,  # the drill's writers are one key each, at full speed
     })
     env.update(extra)
     return env

@@ -12,6 +12,8 @@ from shared.db import Connection
 # Every appender and checkpoint cutter of every process takes this transaction-level advisory lock
 # first, so seqs are handed out one batch at a time with no gaps and checkpoints are cut in order.
 APPEND_LOCK_KEY = 7_277_006
+# Held (session level) by the one full audit running across every ledger process (service/audit_job.py).
+AUDIT_LOCK_KEY = 7_277_008
 
 Record = asyncpg.Record
 
@@ -179,3 +181,15 @@ async def entry_count_and_end(conn: Connection) -> tuple[int, int]:
     row = await conn.fetchrow("SELECT count(*) AS n, coalesce(max(seq) + 1, 0) AS end_seq FROM ledger.entries")
     assert row is not None
     return row["n"], row["end_seq"]
+
+
+async def try_lock_audit(conn: Connection) -> bool:
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", AUDIT_LOCK_KEY))
+
+
+async def lock_audit(conn: Connection) -> None:
+    await conn.execute("SELECT pg_advisory_lock($1)", AUDIT_LOCK_KEY)
+
+
+async def unlock_audit(conn: Connection) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", AUDIT_LOCK_KEY)

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ledger.postgres import MIGRATIONS
-from ledger.service.routes import LEDGER, api
+from ledger.service.audit_job import AuditJobs
+from ledger.service.routes import AUDIT, LEDGER, api
 from ledger.service.use_cases import log, open_ledger
 from shared.http.app import create_service_app
 from shared.settings import Settings
@@ -22,8 +23,10 @@ def create_app(settings: Settings) -> web.Application:
         # After the shared database context: the migrations (and so the restricted role) exist by now.
         async with open_ledger(settings) as ledger:
             app[LEDGER] = ledger
+            app[AUDIT] = AuditJobs(ledger, settings.ledger_audit_max_age_s, settings.ledger_audit_wait_s)
             timer = asyncio.create_task(_cut_checkpoints(app, settings.ledger_checkpoint_interval_s))
             yield
+            await app[AUDIT].close()
             timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timer

@@ -14,9 +14,11 @@ from aiohttp import web
 from ledger import policy
 from ledger.postgres.backend import PostgresLedger
 from ledger.service import use_cases
+from ledger.service.audit_job import STATUS_PATH, AuditJobs
 from ledger.service.schemas import (
     AppendIn,
     AppendOut,
+    AuditJobOut,
     AuditOut,
     CheckpointOut,
     ConsistencyOut,
@@ -32,6 +34,7 @@ from ledger.service.schemas import (
 from shared.http.api import Api, Call, Reply
 
 LEDGER = web.AppKey("ledger", PostgresLedger)
+AUDIT = web.AppKey("audit", AuditJobs)
 FORBIDDEN = {403: "not allowed by the ledger policy for this role"}
 
 api = Api("ledger", path_types={"seq": Seq})
@@ -96,11 +99,24 @@ async def get_export(call: Call[None, ExportQuery]) -> dict[str, Any]:
     return await use_cases.export(_ledger(call), call.principal.role, call.principal.subject, q.from_, q.to, q.since)
 
 
-@api.get("/v1/ledger/audit", long_running=True, response=AuditOut, extra_responses=FORBIDDEN)
-async def get_audit(call: Call[None, None]) -> dict[str, Any]:
-    """Re-check the whole stored log against its checkpoints and batch signatures (finance, auditor)."""
+@api.get("/v1/ledger/audit", long_running=True, response=AuditOut, accepted=AuditJobOut, extra_responses=FORBIDDEN)
+async def get_audit(call: Call[None, None]) -> AuditOut | Reply:
+    """The whole stored log re-checked against its checkpoints and batch signatures (finance, auditor):
+    the stored result for the current tree size, else a background run's (202 while it runs)."""
     use_cases.authorize(call.principal.subject, policy.require_export, call.principal.role)
-    return use_cases.audit_json(await _ledger(call).audit())
+    jobs = call.request.app[AUDIT]
+    result, current = await jobs.result()
+    if result is not None:
+        return AuditOut.model_validate(result.as_json(current))
+    status = AuditJobOut.model_validate(await jobs.status())
+    return Reply(202, status, {"Retry-After": str(jobs.retry_after_s()), "Location": STATUS_PATH})
+
+
+@api.get(STATUS_PATH, response=AuditJobOut, extra_responses=FORBIDDEN)
+async def get_audit_job(call: Call[None, None]) -> AuditJobOut:
+    """The background audit: idle, waiting or running, and the latest result (starts nothing)."""
+    use_cases.authorize(call.principal.subject, policy.require_export, call.principal.role)
+    return AuditJobOut.model_validate(await call.request.app[AUDIT].status())
 
 
 @api.get("/v1/ledger/revenue", long_running=True, query=RevenueQuery, response=RevenueOut, extra_responses=FORBIDDEN)

@@ -11,7 +11,7 @@ the models check the fields the ledger itself relies on and let every other fiel
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -174,3 +174,18 @@ class AuditOut(BaseModel):
     batches_checked: int
     first_bad_seq: int | None
     failures: list[FailureOut]
+    checked_at: datetime  # the run's snapshot of the log was taken then (ledger/service/audit_job.py)
+    finished_at: datetime
+    duration_s: float
+    current: bool  # checked the log's current tree size, within OMNISTOCK_LEDGER_AUDIT_MAX_AGE_S
+
+
+class AuditJobOut(BaseModel):
+    """The audit job: 202 from GET /v1/ledger/audit while it runs, and GET /v1/ledger/audit/job."""
+
+    state: Literal["idle", "waiting", "running"]  # waiting: for another replica's audit to end
+    tree_size: int | None  # the log's size when the running job was asked for
+    requested_at: datetime | None
+    started_at: datetime | None
+    last: AuditOut | None  # the latest finished run, `current: false` once the log grew or it aged
+    last_error: str | None  # why the latest run failed, if it did

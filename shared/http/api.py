@@ -12,6 +12,8 @@ problem before the handler runs) and renders the handler's result as JSON.
 from __future__ import annotations
 
 import functools
+import math
+import time
 import types
 import typing
 from collections.abc import Awaitable, Callable
@@ -20,6 +22,7 @@ from typing import Any, Generic, TypeVar, Union
 
 import orjson
 from aiohttp import web
+from multidict import istr
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.auth import Principal
@@ -27,7 +30,7 @@ from shared.db import Connection, Pool, transaction
 from shared.errors import MalformedJson, UnsupportedMediaType, ValidationFailed
 from shared.http.body import BodyStream, receive_body
 from shared.http.deadline import within_deadline
-from shared.http.keys import KEY_CACHE, POOL, PRINCIPAL, SETTINGS
+from shared.http.keys import BUCKETS, KEY_CACHE, POOL, PRINCIPAL, SETTINGS, TOKENS_LEFT
 from shared.idempotency import check_key, request_hash, run_once
 from shared.settings import Settings
 
@@ -75,6 +78,7 @@ class Route:
     extra_responses: dict[int, str] = field(default_factory=dict)  # problem statuses beyond the usual ones
     long_running: bool = False  # deadline long_request_timeout_s instead of request_timeout_s
     streamed_body: StreamedBody | None = None
+    accepted: type[BaseModel] | None = None  # a 202 with this body: the work goes on in the background
 
     @property
     def streaming(self) -> bool:
@@ -211,6 +215,20 @@ async def read_body(request: web.Request) -> bytes:
     return await receive_body(request, settings.max_body_bytes, settings.body_timeout_s)
 
 
+RATE_LIMIT_POLICY, RATE_LIMIT = istr("RateLimit-Policy"), istr("RateLimit")
+
+
+def with_rate_headers(request: web.Request, principal: Principal, response: web.Response) -> web.Response:
+    """RateLimit-* on a keyed route's answer, so a client can slow down before it meets a 429."""
+    tokens = request.get(TOKENS_LEFT)
+    if tokens is not None and tokens != math.inf:
+        values = request.app[BUCKETS].headers(principal.role, tokens)
+        if values is not None:
+            headers = response.headers
+            headers[RATE_LIMIT_POLICY], headers[RATE_LIMIT] = values
+    return response
+
+
 MAX_PATH_PARAM = 200
 
 
@@ -317,8 +335,11 @@ def _endpoint(
             else await request.app[KEY_CACHE].authenticate(request.headers.get("Authorization"))
         )
         request[PRINCIPAL] = principal
-        if route.roles is not None and not route.public:
-            principal.require_role(*route.roles)
+        if not route.public:
+            # After the key, before the role: a key hammering routes it may not call is throttled too.
+            request[TOKENS_LEFT] = request.app[BUCKETS].take(principal.key_id, principal.role, time.monotonic())
+            if route.roles is not None:
+                principal.require_role(*route.roles)
         return principal, parse_query(request, route.query) if route.query else None
 
     async def handle(request: web.Request, principal: Principal, query: Any, raw: bytes,
@@ -326,9 +347,9 @@ def _endpoint(
         body = parse_body(request, route, raw)
         result = await route.handler(Call(request, route, principal, body, query, raw, stream))
         if isinstance(result, web.StreamResponse):
-            return result
+            return result  # an event stream's headers are sent already; a raw response is the handler's
         if isinstance(result, Reply):
-            return json_response(result.body, result.status, result.headers)
-        return json_response(result, route.status)
+            return with_rate_headers(request, principal, json_response(result.body, result.status, result.headers))
+        return with_rate_headers(request, principal, json_response(result, route.status))
 
     return endpoint

@@ -16,9 +16,10 @@ from shared.housekeeping import Job, core_jobs, housekeeping_context
 from shared.http.api import Api, Call
 from shared.http.connection_guard import guarded_request
 from shared.http.deadline import within_deadline
-from shared.http.keys import HUB, KEY_CACHE, POOL, SERVICE, SETTINGS
+from shared.http.keys import BUCKETS, HUB, KEY_CACHE, POOL, SERVICE, SETTINGS, STREAMS
 from shared.http.middleware import observe
 from shared.http.openapi import build_openapi
+from shared.http.rate_limit import StreamSlots, TokenBuckets
 from shared.migrations import CORE_MIGRATIONS, MigrationSet
 from shared.roles import prepare_database, require_migrated, service_dsn
 from shared.settings import Settings
@@ -76,6 +77,8 @@ def create_service_app(
     app = web.Application(middlewares=[guarded_request, observe], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[SERVICE] = service
+    app[BUCKETS] = TokenBuckets(settings.key_limits)
+    app[STREAMS] = StreamSlots(settings.key_limits)
     api.mount(app)
 
     async def database(app: web.Application) -> AsyncIterator[None]:

@@ -64,6 +64,7 @@ def problem_response(problem: Problem, instance: str | None = None) -> web.Respo
         body=orjson.dumps(problem.to_dict(instance)),
         status=problem.status,
         content_type="application/problem+json",
+        headers=problem.headers or None,
     )
 
 

@@ -89,9 +89,14 @@ def _operation(api: Api, route: Route, schemas: _Schemas) -> dict[str, Any]:
     else:
         ok["content"] = {"application/json": {"schema": {"type": "object"}}}
     responses: dict[str, Any] = {str(status): ok for status in (route.status, *route.also)}
+    if route.accepted is not None:
+        responses["202"] = {"description": "accepted: still at work; Retry-After, and Location of the status",
+                            "content": {"application/json": {"schema": schemas.ref(route.accepted, "serialization")}}}
     if not route.public:
         responses["401"] = _problem("missing or unknown API key")
         responses["403"] = _problem("the key's role may not do this")
+        responses["429"] = _problem("this key's request rate (Retry-After says when to retry)"
+                                    + (" or live streams" if route.streaming else "") + " exceeded")
     if route.body is not None or route.query is not None or "{" in route.path:
         responses["422"] = _problem("invalid input, naming the field")
     if route.body is not None:

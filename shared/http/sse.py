@@ -1,4 +1,9 @@
-"""Server-Sent Events over the event hub: resumable from Last-Event-ID, with heartbeats."""
+"""Server-Sent Events over the event hub: resumable from Last-Event-ID, with heartbeats.
+
+Each stream holds one of its key's stream slots (shared/http/rate_limit.py) from before its first byte
+until it ends, whatever ends it: past the key's cap the request is a 429 `too-many-streams` instead.
+A client that vanishes without closing is noticed at the next write, a heartbeat at the latest.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from aiohttp import web
 
 from shared.errors import ValidationFailed
 from shared.event_stream import resume_point, sse_frame
-from shared.http.keys import HUB, SETTINGS
+from shared.http.keys import HUB, PRINCIPAL, SETTINGS, STREAMS
 from shared.outbox import Event, Position
 
 KEEPALIVE = b": keepalive\n\n"
@@ -39,6 +44,13 @@ async def stream_events(
     render: Callable[[Event], bytes],
 ) -> web.StreamResponse:
     start = await resume_position(request, families)
+    principal = request[PRINCIPAL]
+    with request.app[STREAMS].held(principal.key_id, principal.role):
+        return await _stream(request, start, families, keep, render)
+
+
+async def _stream(request: web.Request, start: Position, families: list[str], keep: Callable[[Event], bool],
+                  render: Callable[[Event], bytes]) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache",
