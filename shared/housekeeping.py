@@ -2,9 +2,9 @@
 
 Each job deletes a few thousand rows per statement (`housekeeping_batch_rows`), each batch in its own
 short transaction, found through an index in age or position order, rows locked with SKIP LOCKED where
-a writer may hold one, and rests between batches as long as the last one took. A writer never waits for
-the pruner: deleting takes row locks on the rows deleted only (which no writer touches: they are past
-their window), never a table lock, and inserts go elsewhere.
+a writer may hold one, and rests between batches as long as the last one took. A writer never waits
+for the pruner: deleting takes row locks on the rows deleted only (which no writer touches: they are
+past their window), never a table lock, and inserts go elsewhere.
 Partitions would drop old rows for free, but core.events' order is its position (txid, id), not time,
 and a partition may only be dropped once every row in it has been passed by every consumer; a DETACH
 also takes a lock that queues behind (and then in front of) every writer. Batches need neither.
