@@ -106,8 +106,11 @@ class Writer:
     path: str = "/"
     ok_status: int = 201
 
-    def __init__(self, base_url: str, api_key: str, *, concurrency: int, timeout_s: float, seed: int = 1) -> None:
+    def __init__(self, base_url: str, api_key: str, *, concurrency: int, timeout_s: float, seed: int = 1,
+                 replicas: tuple[str, ...] = ()) -> None:
         self.base_url = base_url
+        self.urls = (base_url, *replicas)  # requests go round robin, as behind a load balancer
+        self._turn = 0
         self.api_key = api_key
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -137,17 +140,17 @@ class Writer:
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         connector = aiohttp.TCPConnector(limit=self.concurrency)
-        async with aiohttp.ClientSession(self.base_url, headers=headers, timeout=timeout,
-                                         connector=connector) as session:
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
             await asyncio.gather(*(self._client(session, stop) for _ in range(self.concurrency)))
         return self.log
 
     async def _client(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         while not stop.is_set():
             key, body = uuid.uuid4().hex, self.make_body()
+            url, self._turn = self.urls[self._turn % len(self.urls)], self._turn + 1
             started = time.monotonic()
             try:
-                async with session.post(self.path, data=body, headers={"Idempotency-Key": key}) as response:
+                async with session.post(url + self.path, data=body, headers={"Idempotency-Key": key}) as response:
                     payload = await response.json(content_type=None)
                     status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -1,0 +1,244 @@
+"""The replicas drill: two instances of every service on one database, under the mixed order load.
+
+    start N instances of each service (own ports, one database, one data dir) -> seed -> subscribe two
+    webhooks -> SSE readers on every inventory and e-commerce instance -> traffic round robin across
+    the instances: orders (some sent to both instances with one key), fulfils and cancels through the
+    other instance, unpaid orders left to expire (short TTL: every sweeper competes), ledger appends,
+    reconciliation commits through every finance instance at once -> stop -> let the background work
+    finish -> check (benchmarks/drills/replica_checks.py)
+
+What it proves is that the services keep no state of their own that matters: whichever instance
+answers, every acknowledged order exists once, nothing is oversold, each expired order is released
+once, the projection and the webhook fan-out are worked by one consumer at a time, dispatchers never
+send one delivery or one SKU's queue twice at once, the ledger's appends form one order, and every
+SSE reader sees every change in order whichever instance it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from benchmarks.drills import checks
+from benchmarks.drills import replica_checks as rc
+from benchmarks.drills.processes import Services, service_env
+from benchmarks.drills.replica_traffic import FinanceCommits, OrderLifecycle, SseReader, WebhookReceiver
+from benchmarks.drills.report import DrillReport, create_key
+from benchmarks.drills.traffic import Catalog, LedgerWriter, TrafficLog, seed_catalog
+from services import registry
+from services.ecommerce.domain import AVAILABILITY_TOPICS
+from services.runtime import embedded_service_env
+from shared.embedded_db import EmbeddedPostgres
+
+WEBHOOK_SECRET = "replica-drill-" + uuid.uuid4().hex
+# Events a stream delivers, by reader family: the outbox family and the route, per service.
+STREAMS = {"stock": ("inventory", "/v1/events"), "availability": ("ecommerce", "/v1/availability/stream")}
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    instances: int = 2
+    concurrency: int = 8  # order clients
+    ledger_concurrency: int = 2
+    traffic_s: float = 5.0
+    client_timeout_s: float = 15.0
+    # Unpaid orders expire after this, and every orders instance sweeps this often: they compete.
+    reservation_ttl_s: int = 1
+    sweep_interval_s: float = 0.2
+    commit_every_s: float = 1.0
+    webhook_fail_every: int = 5
+    settle_s: float = 60.0  # how long the background work may take to finish after the traffic
+    catalog: Catalog = field(default_factory=lambda: Catalog(locations=3, skus=6, stock=10_000, hot_stock=15))
+
+
+def instance_names(config: ReplicaConfig) -> dict[str, list[str]]:
+    return {name: [f"{name}-{i + 1}" for i in range(config.instances)] for name in registry.service_names()}
+
+
+def replica_env(database_url: str, root: Path, admin_key: str, config: ReplicaConfig,
+                pg: EmbeddedPostgres | None) -> dict[str, str]:
+    return service_env(
+        database_url, root / "data", admin_key, **(embedded_service_env(pg) if pg is not None else {}),
+        OMNISTOCK_RESERVATION_TTL_S=str(config.reservation_ttl_s),
+        OMNISTOCK_RESERVATION_SWEEP_INTERVAL_S=str(config.sweep_interval_s),
+        OMNISTOCK_WEBHOOK_ALLOW_HOSTS='["127.0.0.1"]',
+        OMNISTOCK_WEBHOOK_BACKOFF_BASE_S="0.05", OMNISTOCK_WEBHOOK_BACKOFF_MAX_S="0.2",
+        OMNISTOCK_WEBHOOK_POLL_INTERVAL_S="0.2", OMNISTOCK_PROJECTION_POLL_INTERVAL_S="0.2",
+        # Checkpoints cut inside appends and by every ledger instance's timer, all under the appenders' lock.
+        OMNISTOCK_LEDGER_CHECKPOINT_EVERY="25", OMNISTOCK_LEDGER_CHECKPOINT_INTERVAL_S="0.5")
+
+
+async def run_replicas(database_url: str, root: Path, admin_key: str, config: ReplicaConfig,
+                       pg: EmbeddedPostgres | None = None) -> DrillReport:
+    report = DrillReport("replicas")
+    env = replica_env(database_url, root, admin_key, config, pg)
+    services = Services(env, root)
+    names = instance_names(config)
+    for name, instances in names.items():
+        for instance in instances:
+            services.add(instance, serves=name)
+    urls = {name: [services[i].url for i in instances] for name, instances in names.items()}
+    receiver = WebhookReceiver(WEBHOOK_SECRET, fail_every=config.webhook_fail_every)
+    conn = await asyncpg.connect(database_url)
+    try:
+        # Finance after the ledger instances: they create the ledger identities finance signs with.
+        await services.start([i for name, instances in names.items() if name != "finance" for i in instances])
+        await services.start(names["finance"])
+        report.figures["instances"] = {name: len(instances) for name, instances in names.items()}
+        await seed_catalog(urls["inventory"][0], admin_key, config.catalog)
+        await receiver.start()
+        await _settle(conn, config.settle_s)  # the seed's events fanned out before anyone subscribes
+        await _subscribe(urls["ecommerce"], admin_key, receiver)
+        start_id = await conn.fetchval("SELECT id FROM core.events ORDER BY txid DESC, id DESC LIMIT 1")
+        readers = {f"{family}@{i + 1}": SseReader(f"{url}{path}", admin_key, start_id)
+                   for family, (service, path) in STREAMS.items() for i, url in enumerate(urls[service])}
+        finance_key = await create_key(database_url, "finance")
+        await _traffic_and_checks(report, conn, database_url, urls, admin_key, finance_key, readers, receiver,
+                                  config)
+        clean, summary = await asyncio.to_thread(checks.ledger_audit, env)
+        report.figures["ledger audit"] = summary.splitlines()[-1] if summary else ""
+        if not clean:
+            report.problems.append(f"ledger audit failed: {summary[-3000:]}")
+    finally:
+        await conn.close()
+        await receiver.stop()
+        services.stop_all()
+    return report
+
+
+async def _traffic_and_checks(report: DrillReport, conn: asyncpg.Connection, database_url: str,
+                              urls: dict[str, list[str]], admin_key: str, finance_key: str,
+                              readers: dict[str, SseReader], receiver: WebhookReceiver, config: ReplicaConfig) -> None:
+    stop, stop_readers = asyncio.Event(), asyncio.Event()
+    reading = [asyncio.create_task(reader.run(stop_readers)) for reader in readers.values()]
+    orders = OrderLifecycle(urls["orders"], admin_key, config.catalog, concurrency=config.concurrency,
+                            timeout_s=config.client_timeout_s)
+    ledger = LedgerWriter(urls["ledger"][0], finance_key, concurrency=config.ledger_concurrency,
+                          timeout_s=config.client_timeout_s, seed=3, replicas=tuple(urls["ledger"][1:]))
+    commits = FinanceCommits(urls["finance"], finance_key, every_s=config.commit_every_s,
+                             timeout_s=config.client_timeout_s)
+    began = time.monotonic()
+    tasks = [asyncio.create_task(orders.run(stop)), asyncio.create_task(ledger.run(stop)),
+             asyncio.create_task(commits.run(stop))]
+    await asyncio.sleep(config.traffic_s)
+    stop.set()
+    order_log, ledger_log, commit_log = await asyncio.gather(*tasks)
+    seconds = time.monotonic() - began
+    report.figures["traffic s"] = round(seconds, 1)
+    report.figures["orders placed per s (all instances)"] = round(len(order_log.orders.acks) / seconds, 1)
+    report.figures["ledger appends acknowledged"] = len(ledger_log.acks)
+    report.problems += _errors("orders", order_log.orders) + _errors("ledger", ledger_log)
+    report.problems += [f"order action answered {what}" for what in order_log.actions
+                        if what.split()[-1].startswith("5") or "Error" in what]
+    retried = await _retry_in_doubt(urls["orders"], admin_key, order_log.orders)
+    settled = time.monotonic()
+    if any(left := await _settle(conn, config.settle_s)):
+        report.problems.append(f"background work unfinished {config.settle_s:.0f}s after the traffic: {left}")
+    expected = {family: await _stream_ids(conn, family, readers[f"{family}@1"].after_id) for family in STREAMS}
+    await _await_readers(readers, expected, config.settle_s)
+    stop_readers.set()
+    await asyncio.gather(*reading)
+    report.figures["background work settled in s"] = round(time.monotonic() - settled, 1)
+    found = {str(r["id"]) for r in await conn.fetch("SELECT id FROM orders.orders")}
+    events = await conn.fetch("SELECT id, txid, payload FROM core.events WHERE topic LIKE 'availability.%'"
+                              " ORDER BY txid, id")
+    stock = await checks.stock_findings(conn)
+    report.problems += [f"{checks.PROBLEM[k]}: {dict(r)}" for k in ("levels_off_movements", "reserved_off_open_orders")
+                        for r in stock[k]]
+    for problems, figures in [rc.orders_once(found, order_log, retried), await rc.released_once(conn),
+                              rc.availability_chain(events), await rc.webhooks_once(conn, receiver),
+                              rc.sse_in_order(readers, expected), await rc.ledger_in_one_order(conn, commit_log),
+                              await checks.check_projection(database_url, catch_up_s=config.settle_s),
+                              await _replays(urls, admin_key, finance_key, order_log.orders, ledger_log)]:
+        report.problems += problems
+        report.figures.update(figures)
+
+
+def _errors(what: str, log: TrafficLog) -> list[str]:
+    problems = []
+    if timeouts := log.timeouts():
+        problems.append(f"{what}: {timeouts} requests outlived the client timeout")
+    if errors := [o for o in log.outcomes if o.status is not None and o.status >= 500]:
+        problems.append(f"{what}: {len(errors)} answers were 5xx, e.g. {errors[:3]}")
+    return problems
+
+
+async def _subscribe(ecommerce: list[str], admin_key: str, receiver: WebhookReceiver) -> None:
+    """One subscription through each instance: every topic, and only the snapshots and sell-outs."""
+    topic_sets = [list(AVAILABILITY_TOPICS), ["availability.changed", "availability.out_of_stock"]]
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_key}"}) as session:
+        for index, (url, topics) in enumerate(zip(ecommerce, topic_sets * len(ecommerce), strict=False)):
+            body = {"url": receiver.url(f"shop-{index + 1}"), "events": topics, "secret": WEBHOOK_SECRET}
+            async with session.post(f"{url}/v1/webhooks", json=body) as response:
+                if response.status != 201:
+                    raise RuntimeError(f"subscribing through {url}: {response.status} {await response.text()}")
+
+
+async def _retry_in_doubt(orders: list[str], admin_key: str, log: TrafficLog) -> dict[str, str]:
+    """Placements that got no answer, retried through the other instance: the order each key names."""
+    found: dict[str, str] = {}
+    headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for index, (key, body) in enumerate(log.in_doubt):
+            url = orders[(index + 1) % len(orders)]
+            async with session.post(f"{url}/v1/orders", data=body, headers={"Idempotency-Key": key}) as response:
+                payload = await response.json(content_type=None)
+                if response.status in (200, 201):
+                    found[key] = str(payload["id"])
+    return found
+
+
+async def _replays(urls: dict[str, list[str]], admin_key: str, finance_key: str, orders: TrafficLog,
+                   ledger: TrafficLog) -> rc.Findings:
+    """Every acknowledged write replayed with its key through every instance: the same answer each time."""
+    problems: list[str] = []
+    for url in urls["orders"]:
+        problems += await checks.check_acks(url, admin_key, "/v1/orders", orders.acks, checks.order_exists)
+    for url in urls["ledger"]:
+        problems += await checks.check_acks(url, finance_key, "/v1/ledger/entries", ledger.acks,
+                                            checks.ledger_entry_exists)
+    return problems[:40], {"replays through every instance": len(urls["orders"]) * len(orders.acks)
+                           + len(urls["ledger"]) * len(ledger.acks)}
+
+
+SETTLED = """
+SELECT (SELECT count(*) FROM orders.orders WHERE status = 'placed') AS unpaid,
+       (SELECT count(*) FROM ecommerce.webhook_deliveries WHERE status IN ('pending', 'sending')) AS unsent,
+       (SELECT count(*) FROM core.events e, ecommerce.cursors c
+        WHERE c.name = ANY($1::text[]) AND (e.txid, e.id) > (c.txid, c.event_id)
+          AND split_part(e.topic, '.', 1) = ANY(CASE c.name WHEN 'webhooks' THEN '{availability}'::text[]
+                                                ELSE '{stock,location,channel}'::text[] END)) AS behind
+"""
+
+
+async def _settle(conn: asyncpg.Connection, within_s: float) -> dict[str, int]:
+    """Wait until no order is left unpaid (the sweepers expired them), the projection and the webhook
+    fan-out have read every event, and every delivery was sent."""
+    deadline = time.monotonic() + within_s
+    while True:
+        row = dict(await conn.fetchrow(SETTLED, ["availability", "webhooks"]))
+        if not any(row.values()) or time.monotonic() > deadline:
+            return {k: v for k, v in row.items() if v}
+        await asyncio.sleep(0.2)
+
+
+async def _stream_ids(conn: asyncpg.Connection, family: str, after_id: int) -> list[int]:
+    rows = await conn.fetch(
+        "SELECT e.id FROM core.events e, core.events s WHERE s.id = $2 AND (e.txid, e.id) > (s.txid, s.id)"
+        " AND split_part(e.topic, '.', 1) = $1 ORDER BY e.txid, e.id", family, after_id)
+    return [r["id"] for r in rows]
+
+
+async def _await_readers(readers: dict[str, SseReader], expected: dict[str, list[int]], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if all(len(r.ids) >= len(expected[name.split("@")[0]]) for name, r in readers.items()):
+            return
+        await asyncio.sleep(0.1)
+
