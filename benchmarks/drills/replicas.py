@@ -24,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import orjson
 
 from benchmarks.drills import checks
 from benchmarks.drills import replica_checks as rc
@@ -129,7 +130,25 @@ async def run_replicas(database_url: str, root: Path, admin_key: str, config: Re
         await conn.close()
         await receiver.stop()
         services.stop_all()
+    report.problems += logged_errors(root)
     return report
+
+
+def logged_errors(log_dir: Path, per_instance: int = 3) -> list[str]:
+    """Errors the instances logged (a failed sweep, fan-out or projection batch, a deadlock between two
+    instances, a 500): nothing in this drill should cause one."""
+    problems = []
+    for log in sorted(log_dir.glob("*.log")):
+        found = []
+        for line in log.read_bytes().splitlines():
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+                found.append(f"{log.stem} logged {entry.get('event')!r}: {str(entry.get('exception', ''))[-600:]}")
+        problems += found[:per_instance]
+    return problems
 
 
 async def _traffic_and_checks(report: DrillReport, conn: asyncpg.Connection, database_url: str,
