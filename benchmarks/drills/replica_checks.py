@@ -110,7 +110,8 @@ def sse_in_order(readers: dict[str, SseReader], expected: dict[str, list[int]]) 
                          min(len(got), len(want)))
             problems.append(f"SSE {name}: saw {len(got)} events, expected {len(want)} (first difference at #{first},"
                             f" {len(missing)} missing, {extra} repeated){'; ' + reader.error if reader.error else ''}")
-    return problems, {"SSE events seen per reader": seen}
+    moves = {name: reader.connections for name, reader in readers.items() if len(reader.urls) > 1}
+    return problems, {"SSE events seen per reader": seen, "SSE switching readers' connections": moves}
 
 
 DELIVERIES = """

@@ -172,12 +172,14 @@ class FinanceCommits:
 
 
 class SseReader:
-    """One event stream from one instance, resumed after `after_id`; the ids it delivered, in order."""
+    """One event stream resumed after `after_id`; the ids it delivered, in order. With several URLs it
+    hangs up every `switch_every` events and resumes on the next instance from its Last-Event-ID, as a
+    client behind a load balancer without sticky sessions does."""
 
-    def __init__(self, url: str, api_key: str, after_id: int) -> None:
-        self.url, self.api_key, self.after_id = url, api_key, after_id
+    def __init__(self, urls: list[str], api_key: str, after_id: int, switch_every: int = 0) -> None:
+        self.urls, self.api_key, self.after_id, self.switch_every = urls, api_key, after_id, switch_every
         self.ids: list[int] = []
-        self.reconnects = 0
+        self.connections = 0
         self.error: str | None = None
 
     async def run(self, stop: asyncio.Event) -> SseReader:
@@ -185,17 +187,18 @@ class SseReader:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
             while not stop.is_set():
+                url = self.urls[self.connections % len(self.urls)]
+                self.connections += 1
                 last = self.ids[-1] if self.ids else self.after_id
                 try:
-                    async with session.get(self.url, headers={"Last-Event-ID": str(last)}) as response:
+                    async with session.get(url, headers={"Last-Event-ID": str(last)}) as response:
                         if response.status != 200:
-                            self.error = f"{self.url}: {response.status} {await response.text()}"
+                            self.error = f"{url}: {response.status} {await response.text()}"
                             return self
                         await self._read(response, stop)
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    self.error = f"{self.url}: {type(exc).__name__}"
-                self.reconnects += 1
-                await asyncio.sleep(0.1)
+                    self.error = f"{url}: {type(exc).__name__}"
+                    await asyncio.sleep(0.1)
         return self
 
     async def _read(self, response: aiohttp.ClientResponse, stop: asyncio.Event) -> None:
@@ -208,9 +211,13 @@ class SseReader:
             await reading
 
     async def _lines(self, response: aiohttp.ClientResponse) -> None:
+        count = 0
         async for raw in response.content:
             if raw.startswith(b"id: "):
                 self.ids.append(int(raw[4:].strip()))
+                count += 1
+                if count == self.switch_every:
+                    return  # hang up; run() resumes on the next instance
 
 
 @dataclass

@@ -57,6 +57,7 @@ class ReplicaConfig:
     sweep_interval_s: float = 0.2
     commit_every_s: float = 1.0
     webhook_fail_every: int = 5
+    sse_switch_every: int = 7  # the switching readers hang up after this many events and resume elsewhere
     settle_s: float = 60.0  # how long the background work may take to finish after the traffic
     catalog: Catalog = field(default_factory=lambda: Catalog(locations=3, skus=6, stock=10_000, hot_stock=15))
 
@@ -121,8 +122,12 @@ async def run_replicas(database_url: str, root: Path, admin_key: str, config: Re
         await _settle(conn, config.settle_s)  # the seed's events fanned out before anyone subscribes
         await _subscribe(urls["ecommerce"], admin_key, receiver)
         start_id = await conn.fetchval("SELECT id FROM core.events ORDER BY txid DESC, id DESC LIMIT 1")
-        readers = {f"{family}@{i + 1}": SseReader(f"{url}{path}", admin_key, start_id)
+        readers = {f"{family}@{i + 1}": SseReader([f"{url}{path}"], admin_key, start_id)
                    for family, (service, path) in STREAMS.items() for i, url in enumerate(urls[service])}
+        # And one per stream that moves to the other instance every few events, resuming by Last-Event-ID.
+        readers.update({f"{family}@switching": SseReader([f"{url}{path}" for url in urls[service]], admin_key,
+                                                         start_id, switch_every=config.sse_switch_every)
+                        for family, (service, path) in STREAMS.items()})
         finance_key = await create_key(database_url, "finance")
         await _traffic_and_checks(report, conn, database_url, urls, admin_key, finance_key, readers, receiver,
                                   config, owner_env)

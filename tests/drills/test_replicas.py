@@ -36,4 +36,6 @@ async def test_two_instances_of_every_service_keep_every_promise(own_postgres: E
     assert figures["finance runs committed through both instances"] > 0
     assert len(figures["placements per instance"]) == CONFIG.instances
     assert all(seen > 0 for seen in figures["SSE events seen per reader"].values())
+    # The switching readers really moved between instances (resuming by Last-Event-ID each time).
+    assert all(connections > 2 for connections in figures["SSE switching readers' connections"].values())
     assert figures["ledger audit"].startswith("OK"), figures["ledger audit"]
