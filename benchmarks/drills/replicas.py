@@ -178,6 +178,11 @@ async def _traffic_and_checks(report: DrillReport, conn: asyncpg.Connection, dat
     report.figures["traffic s"] = round(seconds, 1)
     report.figures["orders placed per s (all instances)"] = round(len(order_log.orders.acks) / seconds, 1)
     report.figures["ledger appends acknowledged"] = len(ledger_log.acks)
+    for what, log in (("order placement", order_log.orders), ("ledger append", ledger_log)):
+        latencies = sorted(o.latency_s for o in log.outcomes if o.status is not None)
+        if latencies:
+            report.figures[f"{what} p50 / max s"] = (round(latencies[len(latencies) // 2], 3),
+                                                     round(latencies[-1], 3))
     report.problems += _errors("orders", order_log.orders) + _errors("ledger", ledger_log)
     report.problems += [f"order action answered {what}" for what in order_log.actions
                         if what.split()[-1].startswith("5") or "Error" in what]
