@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 import uuid
 from collections import Counter
@@ -46,15 +45,19 @@ class LifecycleLog:
 
 
 class OrderLifecycle:
-    """Closed-loop clients: place an order on the next instance, then act on it through the other."""
+    """Closed-loop clients: place an order on the next instance, then act on it through the other.
+
+    What each placement does follows its turn, not chance, so even a short run has every kind: every
+    fifth is sent to both instances at once with one key; of ten in a row three are fulfilled, one is
+    cancelled and six are left unpaid for the sweepers."""
+
+    TWIN_EVERY = 5
+    FULFIL, CANCEL = {1, 4, 7}, {9}
 
     def __init__(self, urls: list[str], api_key: str, catalog: Catalog, *, concurrency: int, timeout_s: float,
-                 twin_share: float = 0.2, fulfill_share: float = 0.3, cancel_share: float = 0.1,
                  seed: int = 7) -> None:
         self.urls, self.api_key, self.concurrency = urls, api_key, concurrency
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.shares = (twin_share, fulfill_share, cancel_share)
-        self.rng = random.Random(seed)
         self.bodies = OrderWriter(urls[0], api_key, catalog, concurrency=1, timeout_s=timeout_s, seed=seed)
         self.log = LifecycleLog()
         self._turn = 0
@@ -66,13 +69,12 @@ class OrderLifecycle:
         return self.log
 
     async def _client(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        twin_share, fulfill_share, cancel_share = self.shares
         while not stop.is_set():
-            first = self._turn % len(self.urls)
-            self._turn += 1
+            turn, self._turn = self._turn, self._turn + 1
+            first = turn % len(self.urls)
             other = self.urls[(first + 1) % len(self.urls)]
             key, body = uuid.uuid4().hex, self.bodies.make_body()
-            targets = self.urls if self.rng.random() < twin_share else [self.urls[first]]
+            targets = self.urls if turn % self.TWIN_EVERY == 0 else [self.urls[first]]
             answers = await asyncio.gather(*(self._place(session, url, key, body) for url in targets))
             ids = [order_id for order_id in answers if order_id is not None]
             if len(targets) > 1:
@@ -80,10 +82,9 @@ class OrderLifecycle:
             if not ids:
                 await asyncio.sleep(0.02)
                 continue
-            roll = self.rng.random()
-            if roll < fulfill_share:
+            if turn % 10 in self.FULFIL:
                 await self._act(session, other, ids[0], "fulfill")
-            elif roll < fulfill_share + cancel_share:
+            elif turn % 10 in self.CANCEL:
                 await self._act(session, other, ids[0], "cancel")
             else:
                 self.log.actions["left to expire"] += 1
@@ -235,7 +236,7 @@ class Received:
 
 class WebhookReceiver:
     """The shop's endpoint for every subscription (one path per subscription). Fails the first attempt of
-    every `fail_every`-th delivery with a 503: those, and only those, may arrive more than once."""
+    `fail_every`-th delivery (the first included) with a 503: those, and only those, may arrive more than once."""
 
     def __init__(self, secret: str, *, fail_every: int = 5, hold_s: float = 0.005) -> None:
         self.secret, self.fail_every, self.hold_s = secret, fail_every, hold_s
@@ -258,7 +259,7 @@ class WebhookReceiver:
             await self._runner.cleanup()
 
     def failed_on_purpose(self, delivery_id: int, attempt: int) -> bool:
-        return attempt == 1 and delivery_id % self.fail_every == 0
+        return attempt == 1 and delivery_id % self.fail_every == 1
 
     async def _handle(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()

@@ -17,7 +17,7 @@ from tests.conftest import ADMIN_KEY
 from tests.drills.test_drill import own_postgres  # noqa: F401 - the fixture: a cluster of the test's own
 
 CONFIG = ReplicaConfig(instances=2, concurrency=6, ledger_concurrency=2, traffic_s=4.0, commit_every_s=1.0,
-                       catalog=Catalog(locations=3, skus=6, stock=10_000, hot_stock=15))
+                       sse_switch_every=3, catalog=Catalog(locations=3, skus=6, stock=10_000, hot_stock=15))
 
 
 async def test_two_instances_of_every_service_keep_every_promise(own_postgres: EmbeddedPostgres) -> None:  # noqa: F811
