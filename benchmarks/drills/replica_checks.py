@@ -170,7 +170,8 @@ async def webhooks_once(conn: asyncpg.Connection, receiver: WebhookReceiver) -> 
     if bad := sum(1 for r in receiver.received if not r.signed):
         problems.append(f"{bad} webhook requests carried a signature that does not verify")
     return problems[:40], {"webhook deliveries": len(deliveries), "webhook requests received": len(receiver.received),
-                           "webhook retries (each after a 503 the receiver chose)": retries}
+                           "webhook retries (each after a 503 the receiver chose)": retries,
+                           "webhook requests per sending instance": dict(receiver.senders)}
 
 
 def _overlaps(groups: dict[Any, list[Received]], what: str) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psutil
 from aiohttp import web
 
 from benchmarks.drills.traffic import Ack, Catalog, OrderWriter, Outcome, TrafficLog
@@ -242,6 +243,9 @@ class WebhookReceiver:
         self.secret, self.fail_every, self.hold_s = secret, fail_every, hold_s
         self.port = free_port()
         self.received: list[Received] = []
+        self.instances: dict[str, int] = {}  # e-commerce instance name -> pid, to tell who sent what
+        self.senders: Counter[str] = Counter()
+        self._owners: dict[int, str] = {}  # the sender's local port -> instance name
         self._runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -261,8 +265,21 @@ class WebhookReceiver:
     def failed_on_purpose(self, delivery_id: int, attempt: int) -> bool:
         return attempt == 1 and delivery_id % self.fail_every == 1
 
+    def sender_of(self, port: int) -> str:
+        """Which instance holds the connection from `port` (keep-alive: looked up once per connection)."""
+        if port not in self._owners:
+            for name, pid in self.instances.items():
+                with contextlib.suppress(psutil.Error):
+                    for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                        if conn.raddr and conn.raddr.port == self.port:
+                            self._owners[conn.laddr.port] = name
+        return self._owners.get(port, "unknown")
+
     async def _handle(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            self.senders[self.sender_of(peer[1])] += 1
         body = await request.read()
         headers = request.headers
         delivery_id, attempt = int(headers["X-Omnistock-Delivery-Id"]), int(headers["X-Omnistock-Attempt"])

@@ -119,6 +119,8 @@ async def run_replicas(database_url: str, root: Path, admin_key: str, config: Re
         report.figures["instances ready s"] = round(time.monotonic() - began, 1)
         await seed_catalog(urls["inventory"][0], admin_key, config.catalog)
         await receiver.start()
+        receiver.instances = {i: services[i].process.pid for i in names["ecommerce"]
+                              if services[i].process is not None}
         await _settle(conn, config.settle_s)  # the seed's events fanned out before anyone subscribes
         await _subscribe(urls["ecommerce"], admin_key, receiver)
         start_id = await conn.fetchval("SELECT id FROM core.events ORDER BY txid DESC, id DESC LIMIT 1")
