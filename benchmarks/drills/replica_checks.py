@@ -21,13 +21,13 @@ from benchmarks.drills.replica_traffic import CommitLog, LifecycleLog, Received,
 Findings = tuple[list[str], dict[str, Any]]
 
 
-def orders_once(found_ids: set[str], log: LifecycleLog, retried: dict[str, str]) -> Findings:
+def orders_once(found_ids: set[str], log: LifecycleLog) -> Findings:
     """Every acknowledged order exists once; one key named one order, whichever instance answered."""
     problems = []
     by_key: dict[str, set[str]] = defaultdict(set)
     for ack in log.orders.acks:
         by_key[ack.key].add(ack.result_id)
-    for key, order_id in retried.items():
+    for key, order_id in log.retried.items():
         by_key[key].add(order_id)
     problems += [f"key {key} answered with several orders: {sorted(ids)}"
                  for key, ids in by_key.items() if len(ids) > 1]

@@ -43,6 +43,7 @@ class LifecycleLog:
     twins: dict[str, list[str]] = field(default_factory=dict)
     actions: Counter[str] = field(default_factory=Counter)  # "fulfill 200", "cancel 409", "left to expire"
     placed_by: Counter[str] = field(default_factory=Counter)  # acknowledgements per instance URL
+    retried: dict[str, str] = field(default_factory=dict)  # in-doubt key -> the order its retry named
 
 
 class OrderLifecycle:

@@ -29,7 +29,14 @@ import orjson
 from benchmarks.drills import checks
 from benchmarks.drills import replica_checks as rc
 from benchmarks.drills.processes import Services, service_env
-from benchmarks.drills.replica_traffic import FinanceCommits, OrderLifecycle, SseReader, WebhookReceiver
+from benchmarks.drills.replica_traffic import (
+    CommitLog,
+    FinanceCommits,
+    LifecycleLog,
+    OrderLifecycle,
+    SseReader,
+    WebhookReceiver,
+)
 from benchmarks.drills.report import DrillReport, create_key
 from benchmarks.drills.traffic import Catalog, LedgerWriter, TrafficLog, seed_catalog
 from services import registry
@@ -92,53 +99,142 @@ async def migrate_once(conn: asyncpg.Connection, admin_key: str, pg: EmbeddedPos
                            logins={s: pg.role_dsn(r) for s, r in ROLE_OF.items()})
 
 
+@dataclass
+class Drill:
+    """One run's moving parts, handed from step to step."""
+
+    report: DrillReport
+    config: ReplicaConfig
+    conn: asyncpg.Connection  # the owner's: seeding keys, waiting for the background work, checks
+    database_url: str
+    owner_env: dict[str, str]  # for `omnistock ledger audit`
+    urls: dict[str, list[str]]  # service -> its instances' base URLs
+    admin_key: str
+    receiver: WebhookReceiver
+    readers: dict[str, SseReader] = field(default_factory=dict)
+    start_id: int = 0  # the event every SSE reader resumes after
+    finance_key: str = ""
+
+
 async def run_replicas(database_url: str, root: Path, admin_key: str, config: ReplicaConfig,
                        pg: EmbeddedPostgres | None = None) -> DrillReport:
-    report = DrillReport("replicas")
     env = replica_env(database_url, root, admin_key, config, pg)
-    owner_env = dict(env, DATABASE_URL=database_url)  # for `omnistock ledger audit`
     services = Services(env, root)
     names = instance_names(config)
     for name, instances in names.items():
         for instance in instances:
             services.add(instance, serves=name)
-    urls = {name: [services[i].url for i in instances] for name, instances in names.items()}
-    receiver = WebhookReceiver(WEBHOOK_SECRET, fail_every=config.webhook_fail_every)
     conn = await asyncpg.connect(database_url)
     await init_connection(conn)  # jsonb as Python objects
+    drill = Drill(DrillReport("replicas"), config, conn, database_url, dict(env, DATABASE_URL=database_url),
+                  {name: [services[i].url for i in instances] for name, instances in names.items()}, admin_key,
+                  WebhookReceiver(WEBHOOK_SECRET, fail_every=config.webhook_fail_every))
     try:
         if pg is not None:
             await migrate_once(conn, admin_key, pg)
-        began = time.monotonic()
-        # Finance after the ledger instances: they create the ledger identities finance signs with.
-        # Ten interpreters importing the services at once on a small machine: give them time.
-        await services.start([i for name, instances in names.items() if name != "finance" for i in instances],
-                             timeout_s=180)
-        await services.start(names["finance"], timeout_s=180)
-        report.figures["instances"] = {name: len(instances) for name, instances in names.items()}
-        report.figures["instances ready s"] = round(time.monotonic() - began, 1)
-        await seed_catalog(urls["inventory"][0], admin_key, config.catalog)
-        await receiver.start()
-        receiver.instances = {i: services[i].process.pid for i in names["ecommerce"]
-                              if services[i].process is not None}
-        await _settle(conn, config.settle_s)  # the seed's events fanned out before anyone subscribes
-        await _subscribe(urls["ecommerce"], admin_key, receiver)
-        start_id = await conn.fetchval("SELECT id FROM core.events ORDER BY txid DESC, id DESC LIMIT 1")
-        readers = {f"{family}@{i + 1}": SseReader([f"{url}{path}"], admin_key, start_id)
-                   for family, (service, path) in STREAMS.items() for i, url in enumerate(urls[service])}
-        # And one per stream that moves to the other instance every few events, resuming by Last-Event-ID.
-        readers.update({f"{family}@switching": SseReader([f"{url}{path}" for url in urls[service]], admin_key,
-                                                         start_id, switch_every=config.sse_switch_every)
-                        for family, (service, path) in STREAMS.items()})
-        finance_key = await create_key(database_url, "finance")
-        await _traffic_and_checks(report, conn, database_url, urls, admin_key, finance_key, readers, receiver,
-                                  config, owner_env)
+        await _start(drill, services, names)
+        logs = await _traffic(drill)
+        await _checks(drill, *logs)
     finally:
         await conn.close()
-        await receiver.stop()
+        await drill.receiver.stop()
         services.stop_all()
-    report.problems += logged_errors(root)
-    return report
+    drill.report.problems += logged_errors(root)
+    return drill.report
+
+
+async def _start(drill: Drill, services: Services, names: dict[str, list[str]]) -> None:
+    """Every instance, the catalogue, the webhook receiver and its subscriptions, the SSE readers."""
+    began = time.monotonic()
+    # Finance after the ledger instances: they create the ledger identities finance signs with.
+    # Ten interpreters importing the services at once on a small machine: give them time.
+    await services.start([i for name, instances in names.items() if name != "finance" for i in instances],
+                         timeout_s=180)
+    await services.start(names["finance"], timeout_s=180)
+    drill.report.figures["instances"] = {name: len(instances) for name, instances in names.items()}
+    drill.report.figures["instances ready s"] = round(time.monotonic() - began, 1)
+    await seed_catalog(drill.urls["inventory"][0], drill.admin_key, drill.config.catalog)
+    await drill.receiver.start()
+    drill.receiver.instances = {i: services[i].pid or 0 for i in names["ecommerce"]}
+    await _settle(drill.conn, drill.config.settle_s)  # the seed's events fanned out before anyone subscribes
+    await _subscribe(drill.urls["ecommerce"], drill.admin_key, drill.receiver)
+    drill.start_id = start_id = await drill.conn.fetchval(
+        "SELECT id FROM core.events ORDER BY txid DESC, id DESC LIMIT 1")
+    drill.readers = {f"{family}@{i + 1}": SseReader([f"{url}{path}"], drill.admin_key, start_id)
+                     for family, (service, path) in STREAMS.items() for i, url in enumerate(drill.urls[service])}
+    # And one per stream that moves to the other instance every few events, resuming by Last-Event-ID.
+    drill.readers.update({
+        f"{family}@switching": SseReader([f"{url}{path}" for url in drill.urls[service]], drill.admin_key,
+                                         start_id, switch_every=drill.config.sse_switch_every)
+        for family, (service, path) in STREAMS.items()})
+    drill.finance_key = await create_key(drill.database_url, "finance")
+
+
+async def _traffic(drill: Drill) -> tuple[LifecycleLog, TrafficLog, CommitLog, dict[str, list[int]]]:
+    """The clients for `traffic_s`, then the background work until it is done; what the readers must
+    have seen."""
+    config, urls, figures = drill.config, drill.urls, drill.report.figures
+    stop, stop_readers = asyncio.Event(), asyncio.Event()
+    reading = [asyncio.create_task(reader.run(stop_readers)) for reader in drill.readers.values()]
+    orders = OrderLifecycle(urls["orders"], drill.admin_key, config.catalog, concurrency=config.concurrency,
+                            timeout_s=config.client_timeout_s)
+    ledger = LedgerWriter(urls["ledger"][0], drill.finance_key, concurrency=config.ledger_concurrency,
+                          timeout_s=config.client_timeout_s, seed=3, replicas=tuple(urls["ledger"][1:]))
+    commits = FinanceCommits(urls["finance"], drill.finance_key, every_s=config.commit_every_s,
+                             timeout_s=config.client_timeout_s)
+    began = time.monotonic()
+    tasks = [asyncio.create_task(orders.run(stop)), asyncio.create_task(ledger.run(stop)),
+             asyncio.create_task(commits.run(stop))]
+    await asyncio.sleep(config.traffic_s)
+    stop.set()
+    order_log, ledger_log, commit_log = await asyncio.gather(*tasks)
+    seconds = time.monotonic() - began
+    figures["traffic s"] = round(seconds, 1)
+    figures["orders placed per s (all instances)"] = round(len(order_log.orders.acks) / seconds, 1)
+    figures["ledger appends acknowledged"] = len(ledger_log.acks)
+    for what, log in (("order placement", order_log.orders), ("ledger append", ledger_log)):
+        latencies = sorted(o.latency_s for o in log.outcomes if o.status is not None)
+        if latencies:
+            figures[f"{what} p50 / max s"] = (round(latencies[len(latencies) // 2], 3), round(latencies[-1], 3))
+    drill.report.problems += _errors("orders", order_log.orders) + _errors("ledger", ledger_log)
+    drill.report.problems += [f"order action answered {what}" for what in order_log.actions
+                              if what.split()[-1].startswith("5") or "Error" in what]
+    order_log.retried = await _retry_in_doubt(urls["orders"], drill.admin_key, order_log.orders)
+    settled = time.monotonic()
+    if any(left := await _settle(drill.conn, config.settle_s)):
+        drill.report.problems.append(f"background work unfinished {config.settle_s:.0f}s after the traffic: {left}")
+    expected = {family: await _stream_ids(drill.conn, family, drill.start_id) for family in STREAMS}
+    await _await_readers(drill.readers, expected, config.settle_s)
+    stop_readers.set()
+    await asyncio.gather(*reading)
+    figures["background work settled in s"] = round(time.monotonic() - settled, 1)
+    return order_log, ledger_log, commit_log, expected
+
+
+async def _checks(drill: Drill, order_log: LifecycleLog, ledger_log: TrafficLog, commit_log: CommitLog,
+                  expected: dict[str, list[int]]) -> None:
+    conn, report = drill.conn, drill.report
+    checked = time.monotonic()
+    audit = asyncio.create_task(asyncio.to_thread(checks.ledger_audit, drill.owner_env))  # a process of its own
+    found = {str(r["id"]) for r in await conn.fetch("SELECT id FROM orders.orders")}
+    events = await conn.fetch("SELECT id, txid, payload FROM core.events WHERE topic LIKE 'availability.%'"
+                              " ORDER BY txid, id")
+    stock = await checks.stock_findings(conn)
+    report.problems += [f"{checks.PROBLEM[k]}: {dict(r)}" for k in ("levels_off_movements", "reserved_off_open_orders")
+                        for r in stock[k]]
+    for problems, figures in [rc.orders_once(found, order_log), await rc.released_once(conn),
+                              rc.availability_chain(events), await rc.webhooks_once(conn, drill.receiver),
+                              rc.sse_in_order(drill.readers, expected),
+                              await rc.ledger_in_one_order(conn, commit_log),
+                              await checks.check_projection(drill.database_url, catch_up_s=drill.config.settle_s),
+                              await _replays(drill, order_log.orders, ledger_log)]:
+        report.problems += problems
+        report.figures.update(figures)
+    clean, summary = await audit
+    report.figures["ledger audit"] = summary.splitlines()[-1] if summary else ""
+    if not clean:
+        report.problems.append(f"ledger audit failed: {summary[-3000:]}")
+    report.figures["checks s"] = round(time.monotonic() - checked, 1)
 
 
 def logged_errors(log_dir: Path, per_instance: int = 3) -> list[str]:
@@ -156,67 +252,6 @@ def logged_errors(log_dir: Path, per_instance: int = 3) -> list[str]:
                 found.append(f"{log.stem} logged {entry.get('event')!r}: {str(entry.get('exception', ''))[-600:]}")
         problems += found[:per_instance]
     return problems
-
-
-async def _traffic_and_checks(report: DrillReport, conn: asyncpg.Connection, database_url: str,
-                              urls: dict[str, list[str]], admin_key: str, finance_key: str,
-                              readers: dict[str, SseReader], receiver: WebhookReceiver, config: ReplicaConfig,
-                              owner_env: dict[str, str]) -> None:
-    stop, stop_readers = asyncio.Event(), asyncio.Event()
-    reading = [asyncio.create_task(reader.run(stop_readers)) for reader in readers.values()]
-    orders = OrderLifecycle(urls["orders"], admin_key, config.catalog, concurrency=config.concurrency,
-                            timeout_s=config.client_timeout_s)
-    ledger = LedgerWriter(urls["ledger"][0], finance_key, concurrency=config.ledger_concurrency,
-                          timeout_s=config.client_timeout_s, seed=3, replicas=tuple(urls["ledger"][1:]))
-    commits = FinanceCommits(urls["finance"], finance_key, every_s=config.commit_every_s,
-                             timeout_s=config.client_timeout_s)
-    began = time.monotonic()
-    tasks = [asyncio.create_task(orders.run(stop)), asyncio.create_task(ledger.run(stop)),
-             asyncio.create_task(commits.run(stop))]
-    await asyncio.sleep(config.traffic_s)
-    stop.set()
-    order_log, ledger_log, commit_log = await asyncio.gather(*tasks)
-    seconds = time.monotonic() - began
-    report.figures["traffic s"] = round(seconds, 1)
-    report.figures["orders placed per s (all instances)"] = round(len(order_log.orders.acks) / seconds, 1)
-    report.figures["ledger appends acknowledged"] = len(ledger_log.acks)
-    for what, log in (("order placement", order_log.orders), ("ledger append", ledger_log)):
-        latencies = sorted(o.latency_s for o in log.outcomes if o.status is not None)
-        if latencies:
-            report.figures[f"{what} p50 / max s"] = (round(latencies[len(latencies) // 2], 3),
-                                                     round(latencies[-1], 3))
-    report.problems += _errors("orders", order_log.orders) + _errors("ledger", ledger_log)
-    report.problems += [f"order action answered {what}" for what in order_log.actions
-                        if what.split()[-1].startswith("5") or "Error" in what]
-    retried = await _retry_in_doubt(urls["orders"], admin_key, order_log.orders)
-    settled = time.monotonic()
-    if any(left := await _settle(conn, config.settle_s)):
-        report.problems.append(f"background work unfinished {config.settle_s:.0f}s after the traffic: {left}")
-    expected = {family: await _stream_ids(conn, family, readers[f"{family}@1"].after_id) for family in STREAMS}
-    await _await_readers(readers, expected, config.settle_s)
-    stop_readers.set()
-    await asyncio.gather(*reading)
-    report.figures["background work settled in s"] = round(time.monotonic() - settled, 1)
-    checked = time.monotonic()
-    audit = asyncio.create_task(asyncio.to_thread(checks.ledger_audit, owner_env))  # a process of its own
-    found = {str(r["id"]) for r in await conn.fetch("SELECT id FROM orders.orders")}
-    events = await conn.fetch("SELECT id, txid, payload FROM core.events WHERE topic LIKE 'availability.%'"
-                              " ORDER BY txid, id")
-    stock = await checks.stock_findings(conn)
-    report.problems += [f"{checks.PROBLEM[k]}: {dict(r)}" for k in ("levels_off_movements", "reserved_off_open_orders")
-                        for r in stock[k]]
-    for problems, figures in [rc.orders_once(found, order_log, retried), await rc.released_once(conn),
-                              rc.availability_chain(events), await rc.webhooks_once(conn, receiver),
-                              rc.sse_in_order(readers, expected), await rc.ledger_in_one_order(conn, commit_log),
-                              await checks.check_projection(database_url, catch_up_s=config.settle_s),
-                              await _replays(urls, admin_key, finance_key, order_log.orders, ledger_log)]:
-        report.problems += problems
-        report.figures.update(figures)
-    clean, summary = await audit
-    report.figures["ledger audit"] = summary.splitlines()[-1] if summary else ""
-    if not clean:
-        report.problems.append(f"ledger audit failed: {summary[-3000:]}")
-    report.figures["checks s"] = round(time.monotonic() - checked, 1)
 
 
 def _errors(what: str, log: TrafficLog) -> list[str]:
@@ -253,15 +288,14 @@ async def _retry_in_doubt(orders: list[str], admin_key: str, log: TrafficLog) ->
     return found
 
 
-async def _replays(urls: dict[str, list[str]], admin_key: str, finance_key: str, orders: TrafficLog,
-                   ledger: TrafficLog) -> rc.Findings:
+async def _replays(drill: Drill, orders: TrafficLog, ledger: TrafficLog) -> rc.Findings:
     """Every acknowledged write replayed with its key, the instances taking turns (placements went round
     robin too, so about half replay on the instance that did not answer first): the same answer."""
     problems: list[str] = []
-    for what, key, path, log, exists in (("orders", admin_key, "/v1/orders", orders, checks.order_exists),
-                                         ("ledger", finance_key, "/v1/ledger/entries", ledger,
-                                          checks.ledger_entry_exists)):
-        instances = urls[what]
+    for what, key, path, log, exists in (
+            ("orders", drill.admin_key, "/v1/orders", orders, checks.order_exists),
+            ("ledger", drill.finance_key, "/v1/ledger/entries", ledger, checks.ledger_entry_exists)):
+        instances = drill.urls[what]
         for turn, url in enumerate(instances):
             share = log.acks[(turn + 1) % len(instances)::len(instances)]
             problems += await checks.check_acks(url, key, path, share, exists)

@@ -13,7 +13,7 @@ import asyncpg
 
 from benchmarks.drills import replica_checks as rc
 from benchmarks.drills.replica_traffic import CommitLog, LifecycleLog, Received, SseReader, WebhookReceiver
-from benchmarks.drills.traffic import Ack
+from benchmarks.drills.traffic import Ack, TrafficLog
 
 
 def event(id_: int, txid: int, sku: str, previous: int, available: int) -> dict[str, Any]:
@@ -36,10 +36,10 @@ def test_the_availability_chain_refuses_a_change_published_twice() -> None:
 def test_orders_once_refuses_a_key_naming_two_orders_and_an_order_nobody_acknowledged() -> None:
     log = LifecycleLog()
     log.orders.acks += [Ack("k1", b"{}", "o1"), Ack("k1", b"{}", "o2"), Ack("k2", b"{}", "o3")]
-    problems, _ = rc.orders_once({"o1", "o2", "o3", "o4"}, log, retried={})
+    problems, _ = rc.orders_once({"o1", "o2", "o3", "o4"}, log)
     assert any("k1 answered with several orders" in p for p in problems)
     assert any("o4 in the database was never acknowledged" in p for p in problems)
-    problems, _ = rc.orders_once({"o1"}, LifecycleLog(orders=log.orders.__class__(acks=log.orders.acks[:1])), {})
+    problems, _ = rc.orders_once({"o1"}, LifecycleLog(orders=TrafficLog(acks=log.orders.acks[:1])))
     assert problems == []
 
 
