@@ -112,3 +112,31 @@ async def test_ledger_in_one_order_refuses_a_gap_in_the_seqs(pool: asyncpg.Pool)
         problems, _ = await rc.ledger_in_one_order(conn, CommitLog())
     assert any("gaps" in p for p in problems)
     assert any("expected to start at 0" in p for p in problems)
+
+
+async def test_webhooks_once_allows_a_retry_only_after_a_failed_attempt(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        sub = await conn.fetchval(
+            "INSERT INTO ecommerce.webhook_subscriptions (url, events, secret, created_by)"
+            " VALUES ('http://127.0.0.1:1/shop-1', '{availability.changed}', 'a-secret-of-16-chars', 'test')"
+            " RETURNING id")
+        receiver = WebhookReceiver("secret", fail_every=1000)  # the receiver chooses no failure
+        for sku, first_error in (("A", "TimeoutError"), ("B", None)):
+            event_id = await conn.fetchval("INSERT INTO core.events (topic, key, payload)"
+                                           " VALUES ('availability.changed', $1, '{}') RETURNING id", sku)
+            delivery = await conn.fetchval(
+                "INSERT INTO ecommerce.webhook_deliveries (subscription_id, event_id, topic, key, body, status,"
+                " attempts) VALUES ($1, $2, 'availability.changed', $3, '{}', 'delivered', 2) RETURNING id",
+                sub, event_id, sku)
+            # Attempt 1 failed at the sender (A) or was answered 200 and sent again anyway (B).
+            await conn.execute(
+                "INSERT INTO ecommerce.webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code,"
+                " error) VALUES ($1, 1, now(), 5000, $2, $3), ($1, 2, now(), 5, 200, NULL)",
+                delivery, None if first_error else 200, first_error)
+            if first_error is None:
+                receiver.received.append(received(delivery, 1, 0.0, 0.1, sku))
+            receiver.received.append(received(delivery, 2, 1.0, 1.1, sku))
+        problems, figures = await rc.webhooks_once(conn, receiver)
+    doubled = [p for p in problems if "sent again" in p or "answered 200" in p]
+    assert len(doubled) == 2 and all(f"delivery {delivery}" in p for p in doubled), problems  # B only
+    assert figures["webhook retries after a failure on the sender's side (timeouts)"] == 1
