@@ -133,7 +133,7 @@ FROM ecommerce.webhook_subscriptions s
 
 
 ATTEMPTS = """
-SELECT delivery_id, attempt, coalesce(status_code BETWEEN 200 AND 299, false) AS ok, error
+SELECT delivery_id, attempt, coalesce(status_code BETWEEN 200 AND 299, false) AS ok, status_code, error
 FROM ecommerce.webhook_attempts
 """
 
@@ -150,8 +150,8 @@ async def webhooks_once(conn: asyncpg.Connection, receiver: WebhookReceiver) -> 
             problems.append(f"subscription {row['id']}: {row['doubled']} events enqueued twice (fan-out worked twice)")
     deliveries = {r["id"]: r for r in await conn.fetch(DELIVERIES)}
     logged = {(r["delivery_id"], r["attempt"]): r for r in await conn.fetch(ATTEMPTS)}
-    # A request the dispatcher gave up on (it logged an error) may still reach the receiver late.
-    abandoned = {key for key, r in logged.items() if not r["ok"] and r["error"] is not None}
+    # A request the dispatcher gave up on without an answer (a timeout) may still reach the receiver late.
+    abandoned = {key for key, r in logged.items() if r["status_code"] is None}
     live = [r for r in sorted(receiver.received, key=lambda r: r.arrived)
             if (r.delivery_id, r.attempt) not in abandoned]
     by_delivery: dict[int, list[Received]] = defaultdict(list)
@@ -172,7 +172,7 @@ async def webhooks_once(conn: asyncpg.Connection, receiver: WebhookReceiver) -> 
         for attempt in range(1, row["attempts"]):
             failed = logged.get((delivery_id, attempt))
             chosen = receiver.failed_on_purpose(delivery_id, attempt)
-            if failed is None or failed["ok"] or not (chosen or failed["error"] is not None):
+            if failed is None or failed["ok"] or not (chosen or failed["status_code"] is None):
                 problems.append(f"delivery {delivery_id} sent again after attempt {attempt}, which did not fail")
     problems += _overlaps(by_delivery, "delivery") + _overlaps(by_queue, "queue")
     for queue, found in by_queue.items():
