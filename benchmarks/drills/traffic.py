@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -46,28 +47,33 @@ async def seed_catalog(inventory_url: str, admin_key: str, catalog: Catalog) -> 
         for i, location in enumerate(catalog.location_ids):
             body = {"name": location, "kind": "warehouse", "lat": 51.0 + i / 10, "lon": -0.1 * i,
                     "ship": True, "pickup": False}
-            await _expect(session.put(f"/v1/locations/{location}", json=body), (200, 201))
+            await _expect(partial(session.put, f"/v1/locations/{location}", json=body), (200, 201))
         for sku in catalog.sku_ids:
-            await _expect(session.put(f"/v1/skus/{sku}", json={"name": sku, "price": "10.00", "currency": "EUR"}),
-                          (200, 201))
+            await _expect(partial(session.put, f"/v1/skus/{sku}", json={"name": sku, "price": "10.00",
+                                                                       "currency": "EUR"}), (200, 201))
         receipts = [{"sku": sku, "location_id": location, "kind": "receipt", "qty": catalog.stock_of(sku)}
                     for sku in catalog.sku_ids for location in catalog.location_ids]
         gate = asyncio.Semaphore(16)  # hundreds at once on a busy machine ran past the request deadline
 
         async def receive(body: dict[str, Any]) -> None:
             async with gate:
-                await _expect(session.post("/v1/stock/movements", json=body, headers={
+                await _expect(partial(session.post, "/v1/stock/movements", json=body, headers={
                     "Idempotency-Key": f"seed-{body['sku']}-{body['location_id']}"}), (201,))
 
         await asyncio.gather(*(receive(body) for body in receipts))
 
 
-async def _expect(request: Any, statuses: tuple[int, ...]) -> Any:
-    async with request as response:
-        body = await response.json(content_type=None)
-        if response.status not in statuses:
-            raise RuntimeError(f"{response.method} {response.url}: {response.status} {body}")
-        return body
+async def _expect(request: Any, statuses: tuple[int, ...], attempts: int = 5) -> Any:
+    """Send `request()` until it answers one of `statuses`; a 503 (a deadline passed on a busy machine)
+    is retried as a client would, the same key and body again."""
+    for attempt in range(1, attempts + 1):
+        async with request() as response:
+            body = await response.json(content_type=None)
+            if response.status in statuses:
+                return body
+            if response.status != 503 or attempt == attempts:
+                raise RuntimeError(f"{response.method} {response.url}: {response.status} {body}")
+        await asyncio.sleep(0.2 * attempt)
 
 
 @dataclass(frozen=True)
