@@ -14,8 +14,11 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if name not in ("postgres", "migrate")}
+APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items()
+                if name not in ("postgres", "migrate", "gateway")}
 MIGRATE = COMPOSE["services"]["migrate"]
+GATEWAY = COMPOSE["services"]["gateway"]
+GATEWAY_CONFIG = COMPOSE["configs"]["gateway"]["content"]
 OWNER_URL = ("postgresql://omnistock:${OMNISTOCK_POSTGRES_PASSWORD:?set OMNISTOCK_POSTGRES_PASSWORD}"
              "@postgres:5432/omnistock")
 SETTING_VARIABLES = {f"OMNISTOCK_{name.upper()}" for name in Settings.model_fields} | {"DATABASE_URL"}
@@ -50,8 +53,46 @@ def test_ports_match_the_settings_and_the_health_check() -> None:
         env: dict[str, Any] = spec["environment"]
         port = int(env[f"OMNISTOCK_{name.upper()}_PORT"])
         assert port == defaults.port_for(name)
-        assert spec["ports"] == [f"{port}:{port}"]
+        # Exposed to the gateway only: replicas of one service would contend for one published host port.
+        assert spec["expose"] == [str(port)] and "ports" not in spec, name
         assert f"127.0.0.1:{port}/readyz" in " ".join(spec["healthcheck"]["test"])
+
+
+def test_every_stateless_service_takes_the_replicas_setting_and_nothing_else_does() -> None:
+    for name, spec in APP_SERVICES.items():
+        assert spec["deploy"]["replicas"] == "${OMNISTOCK_REPLICAS:-1}", name
+        assert "container_name" not in spec, name  # a fixed name allows one container
+    for name in ("postgres", "migrate", "gateway"):
+        assert "deploy" not in COMPOSE["services"][name], name
+
+
+def test_the_gateway_publishes_each_service_port_and_balances_it_over_the_replicas() -> None:
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    published = []
+    for name in APP_SERVICES:
+        port = defaults.port_for(name)
+        published.append(f"{port}:{port}")
+        assert GATEWAY["depends_on"][name]["condition"] == "service_healthy"
+        # Every replica behind the service's DNS name, found again as replicas come and go.
+        assert f"upstream {name} {{ zone {name} 64k; server {name}:{port} resolve;" in GATEWAY_CONFIG
+        assert f"server {{ listen {port}; location / {{ proxy_pass http://{name}; }} }}" in GATEWAY_CONFIG
+    assert GATEWAY["ports"] == published
+    assert GATEWAY["configs"] == [{"source": "gateway", "target": "/etc/nginx/nginx.conf"}]
+    # `resolve` on an upstream server needs nginx 1.27.3 or later.
+    major, minor = (int(part) for part in GATEWAY["image"].removeprefix("nginx:").split("-")[0].split("."))
+    assert (major, minor) >= (1, 28)
+
+
+def test_the_gateway_streams_events_and_caps_connections_per_client_in_place_of_the_services() -> None:
+    assert "proxy_buffering off;" in GATEWAY_CONFIG  # SSE frames reach the client as they are written
+    assert "proxy_read_timeout 700s;" in GATEWAY_CONFIG  # past the long-running routes' deadline
+    assert Settings.model_fields["long_request_timeout_s"].default < 700
+    assert "limit_conn per_client 256;" in GATEWAY_CONFIG
+    assert Settings.model_fields["max_connections_per_client"].default == 256
+    # Compose interpolates `$name`: every nginx variable must be written `$$name`.
+    assert "$" not in GATEWAY_CONFIG.replace("$$", "")
+    for spec in APP_SERVICES.values():
+        assert spec["environment"]["OMNISTOCK_MAX_CONNECTIONS_PER_CLIENT"] == "0"
 
 
 def test_every_environment_variable_is_a_setting_the_code_reads() -> None:

@@ -41,6 +41,10 @@ class Service:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    serves: str = ""  # the omnistock service it runs (`name` unless a replica, e.g. "orders-2")
+
+    def __post_init__(self) -> None:
+        self.serves = self.serves or self.name
 
     @property
     def url(self) -> str:
@@ -62,16 +66,16 @@ class Services:
     def __getitem__(self, name: str) -> Service:
         return self.services[name]
 
-    def add(self, name: str) -> Service:
-        service = Service(name, free_port(), self.root / f"{name}.log")
+    def add(self, name: str, serves: str = "") -> Service:
+        service = Service(name, free_port(), self.root / f"{name}.log", serves=serves)
         self.services[name] = service
         return service
 
     def spawn(self, name: str) -> None:
         service = self.services[name]
-        env = dict(self.env, **{f"OMNISTOCK_{name.upper()}_PORT": str(service.port)})
+        env = dict(self.env, **{f"OMNISTOCK_{service.serves.upper()}_PORT": str(service.port)})
         with service.log.open("ab") as out:
-            service.process = subprocess.Popen([*SERVE, name], env=env, stdout=out, stderr=out)
+            service.process = subprocess.Popen([*SERVE, service.serves], env=env, stdout=out, stderr=out)
         service.starts += 1
 
     async def start(self, names: list[str], timeout_s: float = 60) -> None:

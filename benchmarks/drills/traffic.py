@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -46,24 +47,33 @@ async def seed_catalog(inventory_url: str, admin_key: str, catalog: Catalog) -> 
         for i, location in enumerate(catalog.location_ids):
             body = {"name": location, "kind": "warehouse", "lat": 51.0 + i / 10, "lon": -0.1 * i,
                     "ship": True, "pickup": False}
-            await _expect(session.put(f"/v1/locations/{location}", json=body), (200, 201))
+            await _expect(partial(session.put, f"/v1/locations/{location}", json=body), (200, 201))
         for sku in catalog.sku_ids:
-            await _expect(session.put(f"/v1/skus/{sku}", json={"name": sku, "price": "10.00", "currency": "EUR"}),
-                          (200, 201))
+            await _expect(partial(session.put, f"/v1/skus/{sku}", json={"name": sku, "price": "10.00",
+                                                                       "currency": "EUR"}), (200, 201))
         receipts = [{"sku": sku, "location_id": location, "kind": "receipt", "qty": catalog.stock_of(sku)}
                     for sku in catalog.sku_ids for location in catalog.location_ids]
-        await asyncio.gather(*(
-            _expect(session.post("/v1/stock/movements", json=body,
-                                 headers={"Idempotency-Key": f"seed-{body['sku']}-{body['location_id']}"}), (201,))
-            for body in receipts))
+        gate = asyncio.Semaphore(16)  # hundreds at once on a busy machine ran past the request deadline
+
+        async def receive(body: dict[str, Any]) -> None:
+            async with gate:
+                await _expect(partial(session.post, "/v1/stock/movements", json=body, headers={
+                    "Idempotency-Key": f"seed-{body['sku']}-{body['location_id']}"}), (201,))
+
+        await asyncio.gather(*(receive(body) for body in receipts))
 
 
-async def _expect(request: Any, statuses: tuple[int, ...]) -> Any:
-    async with request as response:
-        body = await response.json(content_type=None)
-        if response.status not in statuses:
-            raise RuntimeError(f"{response.method} {response.url}: {response.status} {body}")
-        return body
+async def _expect(request: Any, statuses: tuple[int, ...], attempts: int = 5) -> Any:
+    """Send `request()` until it answers one of `statuses`; a 503 (a deadline passed on a busy machine)
+    is retried as a client would, the same key and body again."""
+    for attempt in range(1, attempts + 1):
+        async with request() as response:
+            body = await response.json(content_type=None)
+            if response.status in statuses:
+                return body
+            if response.status != 503 or attempt == attempts:
+                raise RuntimeError(f"{response.method} {response.url}: {response.status} {body}")
+        await asyncio.sleep(0.2 * attempt)
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,11 @@ class Writer:
     path: str = "/"
     ok_status: int = 201
 
-    def __init__(self, base_url: str, api_key: str, *, concurrency: int, timeout_s: float, seed: int = 1) -> None:
+    def __init__(self, base_url: str, api_key: str, *, concurrency: int, timeout_s: float, seed: int = 1,
+                 replicas: tuple[str, ...] = ()) -> None:
         self.base_url = base_url
+        self.urls = (base_url, *replicas)  # requests go round robin, as behind a load balancer
+        self._turn = 0
         self.api_key = api_key
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -137,17 +150,17 @@ class Writer:
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         connector = aiohttp.TCPConnector(limit=self.concurrency)
-        async with aiohttp.ClientSession(self.base_url, headers=headers, timeout=timeout,
-                                         connector=connector) as session:
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
             await asyncio.gather(*(self._client(session, stop) for _ in range(self.concurrency)))
         return self.log
 
     async def _client(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         while not stop.is_set():
             key, body = uuid.uuid4().hex, self.make_body()
+            url, self._turn = self.urls[self._turn % len(self.urls)], self._turn + 1
             started = time.monotonic()
             try:
-                async with session.post(self.path, data=body, headers={"Idempotency-Key": key}) as response:
+                async with session.post(url + self.path, data=body, headers={"Idempotency-Key": key}) as response:
                     payload = await response.json(content_type=None)
                     status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -136,7 +136,8 @@ async def commit_run(pool: Pool, ledger: Appender | None, identity: IdentityLoad
             total = await repo.commit_count(pool, run_id)
         finally:
             await repo.unlock_run_commit(lock_conn, run_id)
-    return CommitOut(run_id=run_id, status="committed", written=written, already=total - written,
+    # max: sales a newer run of the day committed meanwhile are recorded under that run (repo.record_commits).
+    return CommitOut(run_id=run_id, status="committed", written=written, already=max(0, total - written),
                      override_reason=override)
 
 

@@ -516,8 +516,12 @@ async def committed(db: Pool, entry_key: str) -> bool:
 
 
 async def record_commits(conn: Connection, run_id: int, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+    # A key already recorded was recorded by a newer run of the day that committed the same sale while
+    # this commit was between the ledger's write and this one: the ledger holds each fact once, so both
+    # hold the one receipt, and the first record stands.
     await conn.executemany(
-        "INSERT INTO finance.ledger_commits (entry_key, run_id, kind, receipt) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO finance.ledger_commits (entry_key, run_id, kind, receipt) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (entry_key) DO NOTHING",
         [(key, run_id, kind, receipt) for key, kind, receipt in rows])
 
 

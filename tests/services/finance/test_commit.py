@@ -5,6 +5,7 @@ The ledger here is mostly a stand-in that keeps entries in memory and applies th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -191,4 +192,51 @@ async def test_a_commit_cut_off_after_the_ledger_wrote_resumes_without_writing_t
             entry = await real.entry(row["receipt"]["seq"])
             assert entry["entry"]["entry_key"] == row["entry_key"]
             assert entry["leaf_hash"] == row["receipt"]["leaf_hash"]
+        assert (await real.audit()).ok
+
+
+class PauseAfterAppend:
+    """The real embedded ledger; the first append, once the ledger has committed it, waits for `go`
+    before finance hears the receipts (a slow network, a busy finance instance)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.appended, self.go, self.calls = real, asyncio.Event(), asyncio.Event(), 0
+
+    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> Any:
+        receipts = await self.real.append(entries, identity)
+        self.calls += 1
+        if self.calls == 1:
+            self.appended.set()
+            await self.go.wait()
+        return receipts
+
+
+async def test_a_newer_run_committed_while_an_older_ones_commit_is_in_flight_records_each_sale_once(
+        books: Books, settings: Settings, make_key: Any) -> None:
+    """Two finance instances (or users): run 1's commit has put its sales on the ledger but not yet recorded
+    the receipts when run 2 of the same day supersedes it and commits the same sales. Both finish; each
+    sale is on the ledger and in finance's record once, under the receipt the ledger gave it."""
+    for lines in ({"TEE": 1}, {"CAP": 2}):
+        order = await books.sell_online(lines)
+        await books.settle(payment(order["id"], order["total"]))
+    day = await books.day_of("wh-1")
+    first_run = await books.run(day)
+    async with open_ledger(settings) as real:
+        slow = PauseAfterAppend(real)
+        async with TestClient(TestServer(create_app(settings, ledger=slow))) as one, \
+                TestClient(TestServer(create_app(settings, ledger=real))) as two:
+            key = await make_key("finance")
+            first = asyncio.create_task(Api(one, key).post(f"/v1/reconciliations/{first_run['id']}/commit"))
+            await asyncio.wait_for(slow.appended.wait(), 10)
+            second_run = await books.run(day)
+            status, out, _ = await Api(two, key).post(f"/v1/reconciliations/{second_run['id']}/commit")
+            assert status == 200, out
+            slow.go.set()
+            status, out, _ = await first
+            assert status == 200 and out["already"] >= 0, out
+        recorded = await books.pool.fetch("SELECT entry_key, receipt FROM finance.ledger_commits")
+        sales = [r for r in recorded if r["entry_key"].startswith("sale:")]
+        assert len(sales) == 2
+        for row in recorded:
+            assert (await real.entry(row["receipt"]["seq"]))["entry"]["entry_key"] == row["entry_key"]
         assert (await real.audit()).ok
