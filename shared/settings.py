@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     ledger_checkpoint_every: int = Field(default=10_000, ge=1)
     ledger_checkpoint_interval_s: float = Field(default=10.0, gt=0)
     ledger_max_export_entries: int = Field(default=100_000, ge=1)
+    # Each organisation signs where it runs (ledger/identity.py): the folder of the org's member key,
+    # read only by that org's service. Unset: <data_dir>/ledger/keys/<org>.
+    ledger_key_dir: Path | None = None
+    finance_key_dir: Path | None = None
+    # A submitter's signed timestamp may be this far from the ledger's clock, either way.
+    ledger_max_clock_skew_s: float = Field(default=120.0, gt=0)
+    # Finance co-signs the newest checkpoint (after checking it extends the last one it co-signed) this often.
+    finance_cosign_interval_s: float = Field(default=5.0, gt=0)
 
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))
