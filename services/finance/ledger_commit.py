@@ -27,8 +27,9 @@ import asyncpg
 from ledger.encoding import format_timestamp
 from ledger.identity import Identity, IdentityMissing, load_identity
 from ledger.policy import RECONCILED_SALE, RECONCILIATION_SUMMARY
-from ledger.port import AlreadyAppended, DuplicateEntryKey, StaleSignature
-from ledger.signing import SignatureRefused, Submission, sign_submission
+from ledger.port import AlreadyAppended, DuplicateEntryKey
+from ledger.signing import SignatureRefused, StaleSignature, Submission
+from ledger.submit import sign_and_append
 from services.finance import domain
 from services.finance import repository as repo
 from services.finance.schemas import CommitIn, CommitOut
@@ -39,7 +40,6 @@ from shared.settings import Settings
 
 BATCH = 2000
 FINANCE_ORG = "finance"
-RESIGN_ATTEMPTS = 5  # a batch signed just before another commit's landed: sign again, a few times at most
 
 
 class Receipt(Protocol):
@@ -175,15 +175,13 @@ async def _append(pool: Pool, ledger: Appender, signer: Identity, run_id: int, e
 
 
 async def _append_signed(ledger: Appender, signer: Identity, entries: list[dict[str, Any]]) -> list[Receipt]:
-    for attempt in range(RESIGN_ATTEMPTS):
-        try:
-            return await ledger.append(entries, sign_submission(signer, entries))
-        except StaleSignature:
-            if attempt == RESIGN_ATTEMPTS - 1:
-                raise ServiceUnavailable("the ledger kept refusing finance's signatures as stale; retry") from None
-        except SignatureRefused as exc:  # e.g. finance's member certificate revoked or expired
-            raise ServiceUnavailable(f"the ledger refused finance's signature: {exc}") from None
-    raise AssertionError("unreachable")
+    try:
+        receipts: list[Receipt] = await sign_and_append(ledger, signer, entries)
+    except StaleSignature:
+        raise ServiceUnavailable("the ledger kept refusing finance's signatures as stale; retry") from None
+    except SignatureRefused as exc:  # e.g. finance's member certificate revoked or expired
+        raise ServiceUnavailable(f"the ledger refused finance's signature: {exc}") from None
+    return receipts
 
 
 async def _record(pool: Pool, run_id: int, written: list[tuple[dict[str, Any], Receipt]]) -> None:
