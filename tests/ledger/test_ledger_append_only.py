@@ -19,7 +19,11 @@ CHANGES = [
     "DELETE FROM ledger.batches",
     "UPDATE ledger.checkpoints SET tree_size = 0",
     "DELETE FROM ledger.checkpoints",
-    "TRUNCATE ledger.checkpoints",
+    "TRUNCATE ledger.checkpoints CASCADE",
+    "UPDATE ledger.cosignatures SET org = 'audit'",
+    "DELETE FROM ledger.cosignatures",
+    "TRUNCATE ledger.cosignatures",
+    "UPDATE ledger.batches SET statement = 'batch'",
 ]
 
 

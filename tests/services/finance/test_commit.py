@@ -1,22 +1,25 @@
 """Commit writes each reconciled sale and a run summary through the ledger port, signed as finance, once.
 
-The ledger here is mostly a stand-in that keeps entries in memory and applies the real append policy
-(the ledger's own backends have their own contract tests); the end-to-end tests use the embedded one."""
+The ledger here is mostly a stand-in that keeps entries in memory and checks what a real backend checks
+of a submission: finance's own signature over exactly these entries, and the append policy (the
+ledger's own backends have their own contract tests); the end-to-end tests use the embedded one."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from ledger.encoding import canonical_bytes
-from ledger.identity import Identity, init_identities
+from ledger import signing
+from ledger.identity import TrustStore, init_identities, msp_dir
 from ledger.policy import require_append
-from ledger.service.use_cases import open_ledger
+from ledger.service.use_cases import member_identity, open_ledger
+from ledger.signing import Submission
 from services.finance.app import create_app
 from shared.settings import Settings
 from tests.conftest import Api, ServiceFactory, assert_problem
@@ -31,17 +34,18 @@ class StubReceipt:
 
 
 class MemoryLedger:
-    def __init__(self) -> None:
+    def __init__(self, trust: TrustStore) -> None:
+        self.trust = trust
         self.entries: list[tuple[str, dict[str, Any]]] = []
         self.batches = 0
 
-    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> list[StubReceipt]:
+    async def append(self, entries: list[dict[str, Any]], submission: Submission) -> list[StubReceipt]:
         receipts = []
+        signing.check_submission(self.trust, submission, signing.entry_leaves(entries), datetime.now(UTC), 120)
         self.batches += 1
         for entry in entries:
-            require_append(identity.org, entry["kind"])
-            canonical_bytes(entry)  # what a real backend hashes: no floats, JSON only
-            self.entries.append((identity.org, entry))
+            require_append(submission.org, entry["kind"])
+            self.entries.append((submission.org, entry))
             receipts.append(StubReceipt(len(self.entries) - 1, "00" * 32, self.batches))
         return receipts
 
@@ -49,7 +53,7 @@ class MemoryLedger:
 @pytest.fixture
 async def committing(books: Books, settings: Settings, make_key: Any) -> AsyncIterator[tuple[Api, MemoryLedger]]:
     init_identities(settings.data_dir, ["finance"])
-    ledger = MemoryLedger()
+    ledger = MemoryLedger(TrustStore.from_dir(msp_dir(settings.data_dir)))
     client = TestClient(TestServer(create_app(settings, ledger=ledger)))
     await client.start_server()
     yield Api(client, await make_key("finance")), ledger
@@ -157,8 +161,8 @@ class CrashAfterAppend:
     def __init__(self, real: Any, crash_on: int) -> None:
         self.real, self.crash_on, self.calls = real, crash_on, 0
 
-    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> Any:
-        receipts = await self.real.append(entries, identity)
+    async def append(self, entries: list[dict[str, Any]], submission: Submission) -> Any:
+        receipts = await self.real.append(entries, submission)
         self.calls += 1
         if self.calls == self.crash_on:
             raise ConnectionResetError("finance lost its connection right after the ledger committed")
@@ -172,7 +176,7 @@ async def test_a_commit_cut_off_after_the_ledger_wrote_resumes_without_writing_t
         order = await books.sell_online(lines)
         await books.settle(payment(order["id"], order["total"]))
     run = await books.run(await books.day_of("wh-1"))
-    async with open_ledger(settings) as real:
+    async with open_ledger(settings, checkpoint_signer=member_identity(settings, "ledger")) as real:
         ledger = CrashAfterAppend(real, crash_on)
         async with TestClient(TestServer(create_app(settings, ledger=ledger))) as client:
             first = Api(client, await make_key("finance"))
