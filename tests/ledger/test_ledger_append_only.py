@@ -9,7 +9,7 @@ import pytest
 from ledger.identity import load_identity
 from ledger.service.use_cases import create_ledger_pool
 from shared.settings import Settings
-from tests.ledger.conftest import append, ledger_port, sale
+from tests.ledger.conftest import append, cosign, ledger_port, sale
 
 CHANGES = [
     "UPDATE ledger.entries SET kind = 'reconciliation_summary'",
@@ -30,8 +30,10 @@ CHANGES = [
 @pytest.fixture
 async def filled(ledger_settings: Settings) -> Settings:
     async with ledger_port(ledger_settings, 2) as backend:
-        await append(backend, [sale(i) for i in range(5)], load_identity(ledger_settings.data_dir, "finance"))
+        finance = load_identity(ledger_settings.data_dir, "finance")
+        await append(backend, [sale(i) for i in range(5)], finance)
         await backend.cut_checkpoint()
+        await cosign(backend, finance, ledger_settings)
     return ledger_settings
 
 
