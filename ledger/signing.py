@@ -235,9 +235,12 @@ def check_submission(trust: TrustStore, submission: Submission, leaves: Sequence
         at = parse_timestamp(submission.timestamp)
     except ValueError as exc:
         raise TimestampRefused(f"submission timestamp: {exc}") from None
-    skew = abs((at - now).total_seconds())
-    if skew > max_skew_s:
-        raise TimestampRefused(f"submission signed at {submission.timestamp}, {skew:.0f} s from the ledger's clock "
-                               f"({format_timestamp(now)}); at most {max_skew_s:.0f} s allowed")
+    skew = (at - now).total_seconds()
+    if abs(skew) > max_skew_s:
+        # Signed too long ago (a retry of an old body, say) is the submitter's cue to sign again, like a
+        # batch overtaken by a later one; dated ahead of the clock is a broken clock.
+        kind = StaleSignature if skew < 0 else TimestampRefused
+        raise kind(f"submission signed at {submission.timestamp}, {abs(skew):.0f} s from the ledger's clock "
+                   f"({format_timestamp(now)}); at most {max_skew_s:.0f} s allowed: sign again")
     statement = submission_statement(submission.org, merkle.root(list(leaves)), len(leaves), submission.timestamp)
     check_signature(trust, submission.org, submission.cert_pem, statement, submission.signature, at)

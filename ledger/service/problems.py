@@ -27,7 +27,7 @@ class SignerNotAllowed(Forbidden):
 
 
 class StaleSignature(Conflict):
-    code, title = "stale-signature", "Signed before the log's latest batch: sign again"
+    code, title = "stale-signature", "Signed too long ago, or before the log's latest batch: sign again"
 
 
 class EntriesAlreadyInLog(Conflict):

@@ -135,9 +135,10 @@ async def test_a_valid_member_of_an_organisation_the_policy_does_not_allow_is_re
 async def test_timestamps_far_from_the_clock_or_behind_the_log_are_refused(
         finance_api: Api, pool: asyncpg.Pool, settings: Settings) -> None:
     finance, now = member(settings, "finance"), datetime.now(UTC)
-    for moment in (now - timedelta(hours=1), now + timedelta(hours=1)):
+    for moment, status, code in ((now - timedelta(hours=1), 409, "stale-signature"),
+                                 (now + timedelta(hours=1), 422, "signature-timestamp-refused")):
         late = signing.sign_submission(finance, [sale(1)], format_timestamp(moment))
-        await refused(finance_api, pool, body([sale(1)], late), 422, "signature-timestamp-refused")
+        await refused(finance_api, pool, body([sale(1)], late), status, code)
     misspelt = signing.sign_submission(finance, [sale(1)], now.isoformat())
     await refused(finance_api, pool, body([sale(1)], misspelt), 422, "signature-timestamp-refused")
     # (Certificates were issued a moment ago, so "earlier" is now and "later" a few seconds ahead.)
