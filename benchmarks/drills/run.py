@@ -129,7 +129,9 @@ async def run_drill(database_url: str, root: Path, admin_key: str, config: Drill
             from ledger.identity import init_identities
 
             init_identities(Path(env["OMNISTOCK_DATA_DIR"]))
-        await services.start(names)
+        await services.start([name for name in names if name != "finance"])
+        if "finance" in names:
+            await services.start(["finance"])
         await seed_catalog(services["inventory"].url, admin_key, config.catalog)
         traffic = await start_traffic(services, names, database_url, admin_key, config)
         kills: list[float] = []

@@ -6,6 +6,7 @@ ledger's own backends have their own contract tests); the end-to-end tests use t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from ledger.identity import TrustStore, init_identities, msp_dir
 from ledger.policy import require_append
 from ledger.service.use_cases import member_identity, open_ledger
 from ledger.signing import Submission
+from ledger.verify import verify_bundle
 from services.finance.app import create_app
 from shared.settings import Settings
 from tests.conftest import Api, ServiceFactory, assert_problem
@@ -196,3 +198,29 @@ async def test_a_commit_cut_off_after_the_ledger_wrote_resumes_without_writing_t
             assert entry["entry"]["entry_key"] == row["entry_key"]
             assert entry["leaf_hash"] == row["receipt"]["leaf_hash"]
         assert (await real.audit()).ok
+
+
+async def test_finance_signs_its_commits_and_co_signs_the_ledgers_checkpoints_in_its_own_process(
+        books: Books, service: ServiceFactory, make_key: Any, settings: Settings) -> None:
+    """Finance's default wiring: each batch signed with finance's key in finance's process; the ledger
+    service cuts a checkpoint on its timer; finance's background task co-signs it; the export verifies."""
+    order = await books.sell_online({"TEE": 1})
+    await books.settle(payment(order["id"], order["total"]))
+    run = await books.run(await books.day_of("wh-1"))
+    status, out, _ = await books.finance.post(f"/v1/reconciliations/{run['id']}/commit")
+    assert status == 200 and out["written"] == 2, out
+    batch = await books.pool.fetchrow("SELECT org, statement FROM ledger.batches")
+    assert (batch["org"], batch["statement"]) == ("finance", "submission")
+    auditor = (await service("ledger", ledger_checkpoint_interval_s=0.1)).as_key(await make_key("auditor"))
+    await service("finance", finance_cosign_interval_s=0.1)  # another finance instance, quick to co-sign
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        status, checkpoint, _ = await auditor.get("/v1/ledger/checkpoint")
+        if status == 200 and checkpoint["tree_size"] == 2 and not checkpoint["missing_signers"]:
+            break
+        assert asyncio.get_running_loop().time() < deadline, checkpoint
+        await asyncio.sleep(0.1)
+    assert [s["org"] for s in checkpoint["signatures"]] == ["ledger", "finance"]
+    status, bundle, _ = await auditor.get("/v1/ledger/export", params={"from": 0, "to": 1})
+    assert status == 200, bundle
+    assert verify_bundle(bundle, TrustStore.from_dir(msp_dir(settings.data_dir))).ok
