@@ -229,8 +229,9 @@ def check_signature(trust: TrustStore, org: str, cert_pem: str, statement: bytes
 
 
 def check_submission(trust: TrustStore, submission: Submission, leaves: Sequence[bytes], now: datetime,
-                     max_skew_s: float) -> None:
-    """A submission over exactly these leaves, by a trusted member, dated within max_skew_s of `now`."""
+                     max_skew_s: float) -> bytes:
+    """A submission over exactly these leaves, by a trusted member, dated within max_skew_s of `now`;
+    returns the batch root it covers."""
     try:
         at = parse_timestamp(submission.timestamp)
     except ValueError as exc:
@@ -242,5 +243,7 @@ def check_submission(trust: TrustStore, submission: Submission, leaves: Sequence
         kind = StaleSignature if skew < 0 else TimestampRefused
         raise kind(f"submission signed at {submission.timestamp}, {abs(skew):.0f} s from the ledger's clock "
                    f"({format_timestamp(now)}); at most {max_skew_s:.0f} s allowed: sign again")
-    statement = submission_statement(submission.org, merkle.root(list(leaves)), len(leaves), submission.timestamp)
+    batch_root = merkle.root(list(leaves))
+    statement = submission_statement(submission.org, batch_root, len(leaves), submission.timestamp)
     check_signature(trust, submission.org, submission.cert_pem, statement, submission.signature, at)
+    return batch_root

@@ -123,7 +123,8 @@ class PostgresLedger:
         encoded = encode_entries(entries)
         keys = [entry_key_of(entry, position) for position, entry in enumerate(entries)]
         leaves = [merkle.leaf_hash(data) for _, data in encoded]
-        signing.check_submission(self.trust.current(), submission, leaves, datetime.now(UTC), self.max_clock_skew_s)
+        batch_root = signing.check_submission(self.trust.current(), submission, leaves, datetime.now(UTC),
+                                              self.max_clock_skew_s)
         for kind, _ in encoded:  # the signer is who it says: may its organisation append these kinds?
             policy.require_append(submission.org, kind)
         async with transaction(self.pool) as conn:
@@ -141,7 +142,7 @@ class PostgresLedger:
             frontier = await self._frontier_at(conn, head["tree_size"])
             first, batch_id = frontier.size, head["next_batch_id"]
             batch = {"org": submission.org, "first_seq": first, "last_seq": first + len(leaves) - 1,
-                     "timestamp": submission.timestamp, "batch_root": merkle.root(leaves).hex(),
+                     "timestamp": submission.timestamp, "batch_root": batch_root.hex(),
                      "cert_pem": submission.cert_pem, "signature": submission.signature,
                      "statement": signing.SUBMISSION}
             await repo.insert_batch(conn, batch_id, batch)
