@@ -457,22 +457,31 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 class TrustCache:
-    """A TrustStore re-read whenever a certificate or revoked.json under its directory changes (a
-    revocation or rotation counts from the next call on, without a restart); a stat per file per call."""
+    """A TrustStore re-read whenever the trust directory changes (a revocation or rotation counts from
+    the next call on, without a restart). Every writer here replaces files by rename or link, which
+    changes their folder's mtime, so a few stats per call tell: each folder, and each revoked.json
+    (the one file an operator might edit in place)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._seen: tuple[tuple[str, int, int], ...] | None = None
         self._store: TrustStore | None = None
 
-    def current(self) -> TrustStore:
-        files = []
+    def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        found = []
         if self.directory.is_dir():
-            for path in sorted(self.directory.rglob("*")):
-                if path.suffix == ".pem" or path.name == "revoked.json":
-                    info = path.stat()
-                    files.append((str(path), info.st_mtime_ns, info.st_size))
-        seen = tuple(files)
+            folders = [self.directory, *sorted(p for p in self.directory.iterdir() if p.is_dir())]
+            for folder in folders:
+                for path in (folder, folder / "revoked.json"):
+                    try:
+                        info = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    found.append((str(path), info.st_mtime_ns, info.st_size))
+        return tuple(found)
+
+    def current(self) -> TrustStore:
+        seen = self._signature()
         if self._store is None or seen != self._seen:
             self._store, self._seen = TrustStore.from_dir(self.directory), seen
         return self._store
