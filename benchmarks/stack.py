@@ -101,6 +101,8 @@ class Stack:
 
     def start_services(self, names: list[str], timeout_s: float = 60) -> None:
         """Start every named service not already running, then wait until each answers /readyz."""
+        if {"ledger", "finance"} & set(names):
+            self.omnistock("ledger", "init")  # each organisation's keys exist before its service reads them
         for name in names:
             if name in self.services:
                 continue

@@ -24,9 +24,12 @@ def entry_record(seq: int, entry: Mapping[str, Any], inclusion_proof: Sequence[b
 
 
 def batch_record(signed_batch: Mapping[str, Any], leaf_hashes: Sequence[bytes] | None = None) -> dict[str, Any]:
-    """A batch as signing.sign_batch returned it (and a backend stored it), plus its leaf hashes."""
+    """A batch as a backend stored it, plus its leaf hashes. `statement` names what the signature covers
+    (ledger.signing: "submission", or "batch" for batches signed before submitters signed their own)."""
     keys = ("org", "first_seq", "last_seq", "timestamp", "batch_root", "cert_pem", "signature")
     record = {key: signed_batch[key] for key in keys}
+    if "statement" in signed_batch:
+        record["statement"] = signed_batch["statement"]
     if leaf_hashes is not None:
         record["leaf_hashes"] = [h.hex() for h in leaf_hashes]
     return record

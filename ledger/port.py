@@ -9,10 +9,17 @@ they are and a Fabric backend can be swapped in without touching routes or use c
                  "checkpoint": the signed checkpoint of size `second`, if one exists}
     export      a bundle that ledger.verify checks offline (format in ledger/verify.py)
 
-Entries are JSON objects with a "kind" (ledger.policy.ENTRY_KINDS). Appending checks the policy
-(may `identity.org` append this kind?) and raises ledger.policy.PermissionDenied; reading policy
-(who may see which kind) is the caller's business (ledger.service.use_cases), because a backend does
-not know who is asking.
+Entries are JSON objects with a "kind" (ledger.policy.ENTRY_KINDS). Each organisation signs where it
+runs: an append carries the submitter's own signature (ledger.signing.Submission, made with
+ledger.signing.sign_submission before any seq is known) and the backend never signs for anyone. It
+verifies the signature over exactly these entries against the trust store (CA, validity at the
+signed time, revocation), checks the policy for the signer's org and every kind
+(ledger.policy.PermissionDenied), refuses a timestamp too far from its clock or older than the log's
+latest batch, and only then stores it. Checkpoints are signed by the backend's ledger identity, when it
+holds one (the ledger service does; finance's in-process port does not); co-signatures are made by
+their organisation elsewhere and stored through `cosign`, verified the same way. Reading policy (who
+may see which kind) is the caller's business (ledger.service.use_cases), because a backend does not
+know who is asking.
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ledger.identity import Identity
+from ledger.signing import BadSignature, SignatureRefused, StaleSignature, Submission, TimestampRefused, UntrustedSigner
 from ledger.verify import VerificationReport
+
+__all__ = ["AlreadyAppended", "BadRange", "BadSignature", "CheckpointNotFound", "DuplicateEntryKey", "Entry",
+           "EntryNotFound", "EntryVisitor", "Json", "Ledger", "NotCosigned", "Receipt", "SignatureRefused",
+           "StaleSignature", "Submission", "TimestampRefused", "UntrustedSigner"]
 
 Entry = Mapping[str, Any]
 Json = dict[str, Any]
@@ -41,8 +52,26 @@ class DuplicateEntryKey(ValueError):
         self.existing = existing
 
 
+class AlreadyAppended(ValueError):
+    """Some (not all) of the entries are in the log already with the same content (a retry after lost
+    receipts): the signature covers all of them, so none is written. `existing` has, per position, the
+    receipt the log holds; submit the others again, signed anew."""
+
+    def __init__(self, message: str, existing: dict[int, Receipt]) -> None:
+        super().__init__(message)
+        self.existing = existing
+
+
 class BadRange(ValueError):
     """A tree size or seq range the log cannot answer for (e.g. beyond its latest checkpoint)."""
+
+
+class NotCosigned(BadRange):
+    """No checkpoint signed by every organisation the policy requires covers the range yet."""
+
+
+class CheckpointNotFound(LookupError):
+    """No checkpoint of that tree size."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +85,15 @@ class Receipt:
 
 @runtime_checkable
 class Ledger(Protocol):
-    async def append(self, entries: Sequence[Entry], identity: Identity) -> list[Receipt]:
-        """Append entries in order as one signed batch; all or nothing.
+    async def append(self, entries: Sequence[Entry], submission: Submission) -> list[Receipt]:
+        """Append entries in order as one batch signed by its submitter; all or nothing.
 
-        An entry with an `entry_key` is in the log at most once per kind: appending the same entry again
-        returns its existing receipt (and an append of nothing but such entries writes no batch);
-        appending other content under a key already used raises DuplicateEntryKey."""
+        Raises SignatureRefused (its subclasses say why) or ledger.policy.PermissionDenied and writes
+        nothing unless `submission` is a valid signature over exactly `entries` by a trusted member of an
+        org that may append every kind. An entry with an `entry_key` is in the log at most once per kind:
+        appending entries that are all in the log already returns their receipts and writes nothing; a
+        mix of stored and new ones raises AlreadyAppended; other content under a key already used raises
+        DuplicateEntryKey; a key repeated inside one append is a ValueError."""
         ...
 
     async def entry(self, seq: int) -> Json:
@@ -73,7 +105,21 @@ class Ledger(Protocol):
         ...
 
     async def cut_checkpoint(self) -> Json | None:
-        """Sign a checkpoint of the current tree if it grew since the last one; return the latest."""
+        """Sign a checkpoint of the current tree if it grew since the last one; return the latest.
+        Only a backend holding the ledger identity cuts; any other returns the latest unchanged."""
+        ...
+
+    async def checkpoint_of_size(self, tree_size: int) -> Json:
+        """The checkpoint of that size with all its signatures; CheckpointNotFound if there is none."""
+        ...
+
+    async def latest_cosigned(self, org: str) -> Json | None:
+        """The latest checkpoint that carries a signature by `org` (unverified: the caller checks it)."""
+        ...
+
+    async def cosign(self, tree_size: int, signature: Mapping[str, str]) -> Json:
+        """Store a co-signature {org, cert_pem, signature} over the checkpoint of that size, once per org;
+        verified like an append (trust, policy.CHECKPOINT_COSIGNERS). Returns the checkpoint."""
         ...
 
     async def consistency(self, first: int, second: int | None = None) -> Json:

@@ -46,7 +46,7 @@ from ledger.encoding import canonical_bytes, parse_timestamp
 from ledger.identity import TrustStore, UntrustedCertificate
 
 BUNDLE_FORMAT = "omnistock-ledger-bundle/1"
-CHECKPOINT_SIGNERS = ("ledger", "finance")
+CHECKPOINT_SIGNERS = policy.CHECKPOINT_SIGNERS  # a bundle's checkpoints need every one of them
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -68,6 +68,9 @@ class VerificationReport:
     tree_size: int | None = None
     entries_checked: int = 0
     batches_checked: int = 0
+    checkpoint_signers: list[str] = field(default_factory=list)  # valid signers of the (latest) checkpoint
+    required_signers: list[str] = field(default_factory=lambda: list(CHECKPOINT_SIGNERS))
+    cosigned_size: int | None = None  # audit: the latest checkpoint every required org signed
 
     @property
     def ok(self) -> bool:
@@ -81,8 +84,12 @@ class VerificationReport:
         self.failures.append(Failure(message, seq))
 
     def summary(self) -> str:
+        signers = (f"; checkpoint signed by {', '.join(self.checkpoint_signers) or 'nobody'}"
+                   f" (policy requires {', '.join(self.required_signers)}),"
+                   f" latest signed by all: size {self.cosigned_size}")
         if self.ok:
-            return f"OK: {self.entries_checked} entries, {self.batches_checked} batches, tree size {self.tree_size}"
+            return (f"OK: {self.entries_checked} entries, {self.batches_checked} batches, tree size {self.tree_size}"
+                    + signers)
         lines = [f"FAILED: {len(self.failures)} problem(s), first bad seq: {self.first_bad_seq}"]
         lines += [f"  seq {f.seq}: {f.message}" if f.seq is not None else f"  {f.message}" for f in self.failures]
         return "\n".join(lines)
@@ -128,19 +135,25 @@ def _verify(bundle: Any, trust: TrustStore, report: VerificationReport) -> None:
         raise Malformed(f"unknown format {top['format']!r}, expected {BUNDLE_FORMAT!r}")
     size, root, when = _checkpoint(top["checkpoint"], "checkpoint", trust, report)
     report.tree_size = size
+    report.cosigned_size = size if report.ok else None
     leaves, kinds = _entries(top["entries"], size, root, report)
     covered = _batches(top["batches"], size, when, leaves, kinds, trust, report)
     for seq in sorted(leaves.keys() - covered):
         report.fail("entry is not covered by any signed batch", seq)
     if "earlier" in top:
         earlier = _fields(top["earlier"], "earlier", {"checkpoint", "consistency_proof"})
+        signers = report.checkpoint_signers
         old_size, old_root, old_when = _checkpoint(earlier["checkpoint"], "earlier checkpoint", trust, report)
+        report.checkpoint_signers = signers
         proof = _hexes(earlier["consistency_proof"])
         if old_when > when or not merkle.verify_consistency(old_size, size, proof, old_root, root):
             report.fail(f"checkpoint of size {size} is not consistent with earlier size {old_size}")
 
 
-def _checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationReport) -> tuple[int, bytes, datetime]:
+def _checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationReport,
+                required: tuple[str, ...] = CHECKPOINT_SIGNERS) -> tuple[int, bytes, datetime]:
+    """Check every signature on a checkpoint; each org in `required` must be among the valid ones.
+    The valid signers go to report.checkpoint_signers."""
     cp = _fields(value, label, {"tree_size", "root_hash", "timestamp", "signatures"})
     size, root = _int(cp["tree_size"], "tree_size"), _hex(cp["root_hash"], "root_hash")
     when = _time(cp["timestamp"])
@@ -153,9 +166,10 @@ def _checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationR
             report.fail(f"{label}: signature of {sig['org']!r}: {problem}")
         else:
             signed_by.add(sig["org"])
-    for org in CHECKPOINT_SIGNERS:
+    for org in required:
         if org not in signed_by:
             report.fail(f"{label}: no valid signature by {org!r}")
+    report.checkpoint_signers = sorted(signed_by)
     return size, root, when
 
 
@@ -203,7 +217,7 @@ def _batches(
             item,
             "batch",
             {"org", "first_seq", "last_seq", "timestamp", "batch_root", "cert_pem", "signature"},
-            {"leaf_hashes"},
+            {"leaf_hashes", "statement"},
         )
         first, last = _int(b["first_seq"], "first_seq"), _int(b["last_seq"], "last_seq")
         if not previous_last < first <= last < size:
@@ -256,8 +270,12 @@ def _batch_problems(
     when = _time(b["timestamp"])
     if when > checkpoint_time:
         problems.append(("batch is dated after the checkpoint that includes it", first))
-    # A bad signature or signer leaves the whole batch unproven, hence its first seq.
-    statement = signing.batch_statement(b["org"], first, seqs[-1], batch_root, b["timestamp"])
+    # A bad signature or signer leaves the whole batch unproven, hence its first seq. A batch names the
+    # statement its submitter signed (absent: the older "batch" form, which names seqs).
+    form = b.get("statement", signing.LEGACY_BATCH)
+    if form not in signing.STATEMENTS:
+        raise Malformed(f"batch {first}..{seqs[-1]}: unknown statement {form!r}", first)
+    statement = signing.stored_batch_statement(form, b["org"], first, seqs[-1], batch_root, b["timestamp"])
     signer_problem = _signer_problem(b, statement, when, trust)
     if signer_problem:
         problems.append((signer_problem, first))

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ledger.cli import ledger as ledger_commands
+from ledger.identity import init_identities
 from services import registry, runtime
 from services.ecommerce.cli import ecommerce as ecommerce_commands
 from services.finance.cli import import_group, reconcile
@@ -60,6 +61,9 @@ def up(demo: bool) -> None:
     """Run every service until SIGINT/SIGTERM."""
 
     async def go(settings: Settings) -> None:
+        # Every service in this one process, so every organisation's member key is in it too (and the
+        # CA keys are created here on a first start): the separation is per `omnistock serve NAME`.
+        init_identities(settings.data_dir)
         ready = asyncio.Event()
         server = asyncio.create_task(runtime.serve(settings, registry.service_names(), ready))
         await ready.wait()

@@ -182,6 +182,15 @@ class Settings(BaseSettings):
     # How long GET /v1/ledger/audit waits for a run before answering 202 with the job's status.
     ledger_audit_wait_s: float = Field(default=5.0, ge=0)
 
+    # Each organisation signs where it runs (ledger/identity.py): the folder of the org's member key,
+    # read only by that org's service. Unset: <data_dir>/ledger/keys/<org>.
+    ledger_key_dir: Path | None = None
+    finance_key_dir: Path | None = None
+    # A submitter's signed timestamp may be this far from the ledger's clock, either way.
+    ledger_max_clock_skew_s: float = Field(default=120.0, gt=0)
+    # Finance co-signs the newest checkpoint (after checking it extends the last one it co-signed) this often.
+    finance_cosign_interval_s: float = Field(default=5.0, gt=0)
+
     @field_validator("key_limits", mode="before")
     @classmethod
     def _limits_over_defaults(cls, value: Any) -> Any:

@@ -26,6 +26,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from ledger.identity import init_identities
 from services import registry
 from shared.auth import create_api_key
 from shared.db import create_pool, init_connection
@@ -206,6 +207,8 @@ async def service(settings: Settings) -> AsyncIterator[ServiceFactory]:
 
     async def start(name: str, **overrides: Any) -> Api:
         app_settings = settings.model_copy(update=overrides) if overrides else settings
+        if name in ("ledger", "finance"):  # as an operator runs `omnistock ledger init` before serving them
+            init_identities(app_settings.data_dir)
         client = TestClient(ServiceTestServer(registry.load(name).create_app(app_settings)))
         await client.start_server()
         clients.append(client)

@@ -29,6 +29,10 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from ledger.cosign import Cosigner
+from ledger.identity import TrustCache, init_identities, load_identity, msp_dir
+from ledger.service.use_cases import open_ledger
+from ledger.signing import sign_submission
 from services import registry
 from services.inventory import repository as inventory
 from shared.http.api import Api as RouteTable
@@ -77,6 +81,7 @@ class World:
     apis: dict[str, Api]  # each service, as admin
     pool: asyncpg.Pool
     keys: dict[str, str | None]  # column -> API key
+    data_dir: Path  # the organisations' identities (`omnistock ledger init`)
     counter: itertools.count = field(default_factory=lambda: itertools.count(1))  # type: ignore[type-arg]
 
     def uid(self, prefix: str = "u") -> str:
@@ -499,10 +504,16 @@ SALE_SEQ, SUMMARY_SEQ = 0, 1
 LOG_READERS = ("admin", "ops", "finance", "auditor")
 
 
+def finance_signed(data_dir: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """An append body as finance's tools send it: the entries and finance's own signature."""
+    submission = sign_submission(load_identity(data_dir, "finance"), entries)
+    return {"entries": entries, "submission": submission.as_json()}
+
+
 async def append(world: World, column: str) -> Req:
-    return Req("POST", "/v1/ledger/entries", idem=True, json={"entries": [
+    return Req("POST", "/v1/ledger/entries", idem=True, json=finance_signed(world.data_dir, [
         {"kind": "reconciliation_summary", "business_day": "2024-05-02", "sales_total": "1.00",
-         "entry_key": world.uid("run:")}]})
+         "entry_key": world.uid("run:")}]))
 
 
 LEDGER = [
@@ -565,8 +576,9 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def world(service: ServiceFactory, pool: asyncpg.Pool,
-                make_key: Callable[..., Awaitable[str]]) -> AsyncIterator[World]:
+async def world(service: ServiceFactory, pool: asyncpg.Pool, make_key: Callable[..., Awaitable[str]],
+                settings: Settings) -> AsyncIterator[World]:
+    init_identities(settings.data_dir)
     apis = {name: await service(name) for name in ROUTE_MODULES}
     for location_id, body in LOCATIONS.items():
         status, resp, _ = await apis["inventory"].put(f"/v1/locations/{location_id}", json=body)
@@ -583,12 +595,18 @@ async def world(service: ServiceFactory, pool: asyncpg.Pool,
                                    "store (other)": await make_key("store", OTHER)}
     for role in ("ops", "shop", "finance", "auditor"):
         keys[role] = await make_key(role)
-    world = World(apis, pool, keys)
-    status, body, _ = await apis["ledger"].as_key(keys["finance"]).post("/v1/ledger/entries", idem="seed", json={
-        "entries": [{"kind": "reconciled_sale", "business_day": "2024-05-01", "channel": "online",
-                     "location_id": None, "sales_total": "1.00", "currency": "EUR", "order_id": "o-1"},
-                    {"kind": "reconciliation_summary", "business_day": "2024-05-01", "sales_total": "1.00"}]})
+    world = World(apis, pool, keys, settings.data_dir)
+    finance_ledger = apis["ledger"].as_key(keys["finance"])
+    status, body, _ = await finance_ledger.post("/v1/ledger/entries", idem="seed", json=finance_signed(
+        settings.data_dir,
+        [{"kind": "reconciled_sale", "business_day": "2024-05-01", "channel": "online",
+          "location_id": None, "sales_total": "1.00", "currency": "EUR", "order_id": "o-1"},
+         {"kind": "reconciliation_summary", "business_day": "2024-05-01", "sales_total": "1.00"}]))
     assert status == 201, body
+    assert (await finance_ledger.get("/v1/ledger/checkpoint"))[0] == 200  # cut on read
+    async with open_ledger(settings, max_size=1, service="finance") as port:  # finance co-signs, exports can use it
+        trust = TrustCache(msp_dir(settings.data_dir))
+        assert await Cosigner(port, load_identity(settings.data_dir, "finance"), trust).cosign_latest()
     yield world
 
 

@@ -8,14 +8,16 @@ from typing import Any
 import yaml
 from click.testing import CliRunner
 
+from ledger import identity
 from services import registry
 from services.cli import main
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items()
-                if name not in ("postgres", "migrate", "gateway")}
+ONE_SHOT = ("postgres", "migrate", "ledger-init")
+APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if name not in (*ONE_SHOT, "gateway")}
+LEDGER_INIT = COMPOSE["services"]["ledger-init"]
 MIGRATE = COMPOSE["services"]["migrate"]
 GATEWAY = COMPOSE["services"]["gateway"]
 GATEWAY_CONFIG = COMPOSE["configs"]["gateway"]["content"]
@@ -107,11 +109,45 @@ def test_every_environment_variable_is_a_setting_the_code_reads() -> None:
         assert settings.host == "0.0.0.0"
 
 
-def test_finance_and_ledger_share_the_ledger_identities() -> None:
-    """Finance signs its appends with the finance identity the ledger service created under /data."""
-    volumes = {name: APP_SERVICES[name].get("volumes", []) for name in ("finance", "ledger")}
-    assert "ledgerdata:/data" in volumes["finance"] and "ledgerdata:/data" in volumes["ledger"]
-    assert APP_SERVICES["finance"]["environment"]["OMNISTOCK_DATA_DIR"] == "/data"
+def mounts(spec: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """volume -> (path in the container, mode)."""
+    found = {}
+    for item in spec.get("volumes", []):
+        volume, path, *mode = item.split(":")
+        found[volume] = (path, mode[0] if mode else "rw")
+    return found
+
+
+def test_each_organisation_has_a_key_volume_only_its_own_service_mounts() -> None:
+    """Each organisation signs where it runs: the ledger container holds the ledger's key, finance's
+    holds finance's, and both read the public certificates; CA keys reach no service at all."""
+    own_key = {"ledger": "ledger-key", "finance": "finance-key"}
+    for name, spec in APP_SERVICES.items():
+        volumes = mounts(spec)
+        if name in own_key:
+            assert set(volumes) == {own_key[name], "ledger-certs"}, name
+            path, mode = volumes[own_key[name]]
+            assert mode == "ro" and path == f"/data/ledger/keys/{name}"
+            assert spec["environment"][f"OMNISTOCK_{name.upper()}_KEY_DIR"] == path
+            assert volumes["ledger-certs"] == ("/data/ledger/msp", "ro")
+            assert spec["depends_on"]["ledger-init"]["condition"] == "service_completed_successfully"
+        else:
+            assert not volumes, name  # stateless, and no ledger material at all
+        assert spec["environment"]["OMNISTOCK_DATA_DIR"] == "/data"
+    assert "ledger-ca" not in {v for spec in APP_SERVICES.values() for v in mounts(spec)}
+
+
+def test_ledger_init_writes_each_identity_into_its_own_volume() -> None:
+    assert LEDGER_INIT["command"] == ["ledger", "init"] and LEDGER_INIT["restart"] == "no"
+    volumes = mounts(LEDGER_INIT)
+    data = Path("/data")
+    assert volumes["ledger-ca"] == (str(data / identity.OFFLINE_CA), "rw")
+    assert volumes["ledger-certs"] == (str(identity.msp_dir(data)), "rw")
+    assert volumes["ledger-key"][0] == str(identity.key_dir(data, "ledger"))
+    assert volumes["finance-key"][0] == str(identity.key_dir(data, "finance"))
+    assert set(LEDGER_INIT["environment"]) <= SETTING_VARIABLES
+    assert "DATABASE_URL" not in LEDGER_INIT["environment"]  # it needs no database
+    assert set(COMPOSE["volumes"]) >= {"ledger-ca", "ledger-certs", "ledger-key", "finance-key"}
 
 
 def role_url(name: str) -> str:

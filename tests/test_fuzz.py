@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.identity import init_identities
 from services import registry
 from shared.embedded_db import free_port
 from tests.conftest import ADMIN_KEY
@@ -49,6 +50,8 @@ def test_service_survives_schemathesis(name: str, database_env: dict[str, str], 
         "OMNISTOCK_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "OMNISTOCK_LOG_LEVEL": "error",
         "OMNISTOCK_DATA_DIR": str(tmp_path / "data"),
     })
+    if name in ("ledger", "finance"):
+        init_identities(tmp_path / "data")  # `omnistock ledger init`, before their services start
     log = tmp_path / "service.log"
     with log.open("wb") as log_file:
         service = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name], env=env,

@@ -102,9 +102,12 @@ async def start_traffic(services: Services, names: list[str], database_url: str,
     writers: list[Writer] = [OrderWriter(services["orders"].url, admin_key, config.catalog,
                                          concurrency=config.concurrency, timeout_s=timeout_s)]
     if "ledger" in names:
+        from ledger.identity import load_identity
+
         finance_key = await create_key(database_url, "finance")
+        signer = load_identity(Path(services.env["OMNISTOCK_DATA_DIR"]), "finance")
         writers.append(LedgerWriter(services["ledger"].url, finance_key, concurrency=max(1, config.concurrency // 4),
-                                    timeout_s=timeout_s, seed=2))
+                                    timeout_s=timeout_s, seed=2, signer=signer))
     stop = asyncio.Event()
     return Traffic(writers, stop, [asyncio.create_task(writer.run(stop)) for writer in writers],
                    {name: asyncio.create_task(probe_readiness(services[name].url, stop, timeout_s=timeout_s))
@@ -122,7 +125,10 @@ async def run_drill(database_url: str, root: Path, admin_key: str, config: Drill
                       OMNISTOCK_REQUEST_TIMEOUT_S=str(config.request_timeout_s), **roles)
     services = Services(env, root)
     try:
-        # Finance after the ledger: the first of them to start creates the ledger identities they share.
+        if "ledger" in names:  # `omnistock ledger init`: each organisation's keys, before its service reads them
+            from ledger.identity import init_identities
+
+            init_identities(Path(env["OMNISTOCK_DATA_DIR"]))
         await services.start([name for name in names if name != "finance"])
         if "finance" in names:
             await services.start(["finance"])

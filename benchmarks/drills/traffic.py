@@ -205,19 +205,23 @@ class OrderWriter(Writer):
 
 
 class LedgerWriter(Writer):
-    """Small batches of reconciliation summaries appended as finance (the only organisation that may)."""
+    """Small batches of reconciliation summaries appended as finance (the only organisation that may),
+    each signed here with finance's member key, as finance's own tools sign theirs."""
 
     path = "/v1/ledger/entries"
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
+    def __init__(self, *args: Any, signer: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.signer = signer  # ledger.identity.Identity of finance
         self.sent = 0
 
     def make_body(self) -> bytes:
+        from ledger.signing import sign_submission
+
         self.sent += 1
         entries = [{"kind": "reconciliation_summary", "business_day": "2026-01-01", "drill_batch": self.sent,
                     "part": part} for part in range(self.rng.randint(1, 3))]
-        return orjson.dumps({"entries": entries})
+        return orjson.dumps({"entries": entries, "submission": sign_submission(self.signer, entries).as_json()})
 
     def result_id(self, response: Any) -> str:
         return ",".join(str(r["seq"]) for r in response["receipts"])

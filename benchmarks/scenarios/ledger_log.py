@@ -30,19 +30,22 @@ def sale_entry(n: int) -> dict[str, Any]:
 
 
 async def fill_and_audit(dsn: str, data_dir: Path, entries: int) -> dict[str, float]:
-    from ledger.identity import load_identity
-    from ledger.service.use_cases import open_ledger
+    from ledger.identity import init_identities, load_identity
+    from ledger.service.use_cases import member_identity, open_ledger
+    from ledger.submit import sign_and_append
     from shared.settings import Settings
 
     settings = Settings(_env_file=None, database_url=dsn, data_dir=data_dir)  # type: ignore[call-arg]
-    async with open_ledger(settings, max_size=4) as ledger:
+    init_identities(data_dir)
+    # The ledger service's port (it holds the checkpoint key); each batch signed as finance signs its own.
+    async with open_ledger(settings, max_size=4, checkpoint_signer=member_identity(settings, "ledger")) as ledger:
         finance = load_identity(data_dir, "finance")
         existing = (await ledger.checkpoint() or {"tree_size": 0})["tree_size"]
         started = time.perf_counter()
         appended = 0
         while existing + appended < entries:
             n = min(BATCH, entries - existing - appended)
-            await ledger.append([sale_entry(existing + appended + i) for i in range(n)], finance)
+            await sign_and_append(ledger, finance, [sale_entry(existing + appended + i) for i in range(n)])
             appended += n
         append_s = time.perf_counter() - started
         await ledger.cut_checkpoint()

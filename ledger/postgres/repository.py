@@ -63,10 +63,10 @@ async def leaf_hashes(conn: Connection, first: int, last: int) -> list[bytes]:
 
 async def insert_batch(conn: Connection, batch_id: int, batch: dict[str, Any]) -> None:
     await conn.execute(
-        "INSERT INTO ledger.batches (id, org, first_seq, last_seq, signed_at, batch_root, cert_pem, signature)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO ledger.batches (id, org, first_seq, last_seq, signed_at, batch_root, cert_pem, signature,"
+        " statement) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         batch_id, batch["org"], batch["first_seq"], batch["last_seq"], batch["timestamp"],
-        bytes.fromhex(batch["batch_root"]), batch["cert_pem"], batch["signature"],
+        bytes.fromhex(batch["batch_root"]), batch["cert_pem"], batch["signature"], batch["statement"],
     )
 
 
@@ -100,29 +100,59 @@ async def insert_checkpoint(conn: Connection, checkpoint: dict[str, Any]) -> Non
     )
 
 
-CHECKPOINT_COLUMNS = "tree_size, root_hash, signed_at, signatures"
+# A checkpoint's signatures: the ones stored with it (the ledger's; before co-signatures had a table of
+# their own, finance's too), then its co-signatures in org order.
+SIGNATURES = (
+    "cp.signatures || coalesce((SELECT jsonb_agg(jsonb_build_object('org', c.org, 'cert_pem', c.cert_pem,"
+    " 'signature', c.signature) ORDER BY c.org) FROM ledger.cosignatures c WHERE c.tree_size = cp.tree_size),"
+    " '[]'::jsonb) AS signatures"
+)
+CHECKPOINT_COLUMNS = f"cp.tree_size, cp.root_hash, cp.signed_at, {SIGNATURES}"
 
 
 async def latest_checkpoint(conn: Connection | asyncpg.Pool) -> Record | None:
     return await conn.fetchrow(
-        f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints ORDER BY tree_size DESC LIMIT 1"
+        f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints cp ORDER BY cp.tree_size DESC LIMIT 1"
     )
 
 
-async def checkpoint_of_size(conn: Connection, tree_size: int) -> Record | None:
-    return await conn.fetchrow(f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints WHERE tree_size = $1", tree_size)
+async def checkpoint_of_size(conn: Connection | asyncpg.Pool, tree_size: int) -> Record | None:
+    return await conn.fetchrow(f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints cp WHERE cp.tree_size = $1",
+                               tree_size)
+
+
+async def latest_signed_by(conn: Connection | asyncpg.Pool, org: str) -> Record | None:
+    """The latest checkpoint carrying a signature of `org`, stored with it or as a co-signature."""
+    return await conn.fetchrow(
+        f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints cp"
+        " WHERE EXISTS (SELECT 1 FROM ledger.cosignatures c WHERE c.tree_size = cp.tree_size AND c.org = $1)"
+        "    OR cp.signatures @> jsonb_build_array(jsonb_build_object('org', $1::text))"
+        " ORDER BY cp.tree_size DESC LIMIT 1",
+        org,
+    )
+
+
+async def insert_cosignature(conn: Connection | asyncpg.Pool, tree_size: int, signature: dict[str, str]) -> bool:
+    """False if the org had co-signed this checkpoint already (the first co-signature stands)."""
+    done = await conn.execute(
+        "INSERT INTO ledger.cosignatures (tree_size, org, cert_pem, signature) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (tree_size, org) DO NOTHING",
+        tree_size, signature["org"], signature["cert_pem"], signature["signature"],
+    )
+    return bool(done.endswith(" 1"))
 
 
 async def all_checkpoints(conn: Connection) -> list[Record]:
-    return await conn.fetch(f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints ORDER BY tree_size")
+    return await conn.fetch(f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints cp ORDER BY cp.tree_size")
 
 
 async def entry_with_checkpoint(conn: Connection | asyncpg.Pool, seq: int) -> Record | None:
     """One entry and the latest checkpoint, in one round trip (the hot read of GET /entries/{seq})."""
     return await conn.fetchrow(
-        "SELECT e.seq, e.canonical, e.leaf_hash, cp.tree_size, cp.root_hash, cp.signed_at, cp.signatures"
+        "SELECT e.seq, e.canonical, e.leaf_hash, l.tree_size, l.root_hash, l.signed_at, l.signatures"
         " FROM ledger.entries e"
-        " LEFT JOIN LATERAL (SELECT * FROM ledger.checkpoints ORDER BY tree_size DESC LIMIT 1) cp ON true"
+        f" LEFT JOIN LATERAL (SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints cp"
+        "                    ORDER BY cp.tree_size DESC LIMIT 1) l ON true"
         " WHERE e.seq = $1",
         seq,
     )
@@ -136,9 +166,12 @@ async def entries_between(conn: Connection, first: int, last: int) -> list[Recor
     )
 
 
+BATCH_COLUMNS = "id, org, first_seq, last_seq, signed_at, batch_root, cert_pem, signature, statement"
+
+
 async def batches_overlapping(conn: Connection, first: int, last: int) -> list[Record]:
     return await conn.fetch(
-        "SELECT id, org, first_seq, last_seq, signed_at, batch_root, cert_pem, signature FROM ledger.batches"
+        f"SELECT {BATCH_COLUMNS} FROM ledger.batches"
         " WHERE first_seq <= $2 AND last_seq >= $1 ORDER BY first_seq",
         first, last,
     )
@@ -146,7 +179,7 @@ async def batches_overlapping(conn: Connection, first: int, last: int) -> list[R
 
 async def all_batches(conn: Connection) -> list[Record]:
     return await conn.fetch(
-        "SELECT id, org, first_seq, last_seq, signed_at, batch_root, cert_pem, signature FROM ledger.batches"
+        f"SELECT {BATCH_COLUMNS} FROM ledger.batches"
         " ORDER BY first_seq, id"
     )
 

@@ -2,7 +2,9 @@
 
 Every route takes any API key and lets ledger.policy decide, so each denial is the same logged 403:
 stores and the shop read nothing; ops (and admin) read summaries, checkpoints and proofs; finance and
-auditors read everything and export; only finance appends reconciled sales and summaries.
+auditors read everything and export; only finance appends reconciled sales and summaries, and only
+with a batch its own member signed (the finance API key alone is not enough: this service holds no
+key but its checkpoint key).
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ from aiohttp import web
 
 from ledger import policy
 from ledger.postgres.backend import PostgresLedger
-from ledger.service import use_cases
+from ledger.service import problems, use_cases
 from ledger.service.audit_job import STATUS_PATH, AuditJobs
 from ledger.service.schemas import (
     AppendIn,
     AppendOut,
     AuditJobOut,
     AuditOut,
-    CheckpointOut,
     ConsistencyOut,
     ConsistencyQuery,
     EntryOut,
     ExportQuery,
     IdentitiesOut,
+    LatestCheckpointOut,
     ReceiptOut,
     RevenueOut,
     RevenueQuery,
@@ -45,30 +47,41 @@ def _ledger(call: Call[Any, Any]) -> PostgresLedger:
 
 
 @api.post("/v1/ledger/entries", body=AppendIn, response=AppendOut, status=201, idempotent=True,
-          extra_responses={**FORBIDDEN, 409: "Idempotency-Key reused with another body, or an entry_key "
-                                                           "already in the log with other content"})
+          extra_responses={403: "not allowed by the ledger policy for this role, or for the signer's organisation",
+                           409: "Idempotency-Key reused with another body, an entry_key already in the log "
+                                "with other content, some entries already in the log, or signed before the "
+                                "log's latest batch",
+                           422: "unsigned, a signature that does not verify over these entries, an untrusted, "
+                                "expired or revoked certificate, or a timestamp too far from the ledger's clock"})
 async def post_entries(call: Call[AppendIn, None]) -> Reply:
-    """Append entries as one batch signed by the caller's organisation (finance only)."""
+    """Append entries as one batch signed by its submitter (`submission`: finance's member, signing where
+    finance runs, e.g. `omnistock ledger sign`); finance keys only."""
     entries = call.body.raw_entries()
     for entry in entries:  # refuse before the idempotency claim, so a denial stores nothing
         use_cases.authorize(call.principal.subject, policy.require_role_append, call.principal.role, entry["kind"])
+    if call.body.submission is None:
+        raise problems.UnsignedBatch("`submission` is missing: sign the entries with the submitting organisation's "
+                                     "member key (omnistock ledger sign) and send the signature with them")
+    submission = call.body.submission.submission()
 
     async def work(conn: Any) -> tuple[int, AppendOut]:
         # The append commits in the ledger's own transaction (its restricted pool) while the
         # Idempotency-Key claim holds its row lock here, so concurrent retries wait and replay. A crash
         # between the two commits lets a retry through; entries with an entry_key are then found in
         # the log, not written again (entries without one would be).
-        receipts = await use_cases.append_entries(_ledger(call), call.settings, call.principal.role, entries,
-                                                  call.principal.subject)
+        receipts = await use_cases.append_signed(_ledger(call), call.principal.role, entries, submission,
+                                                 call.principal.subject)
         return 201, AppendOut(receipts=[ReceiptOut(seq=r.seq, leaf_hash=r.leaf_hash, batch_id=r.batch_id)
                                         for r in receipts])
 
     return await call.once(work)
 
 
-@api.get("/v1/ledger/checkpoint", response=CheckpointOut, extra_responses={**FORBIDDEN, 404: "no checkpoint yet"})
+@api.get("/v1/ledger/checkpoint", response=LatestCheckpointOut,
+         extra_responses={**FORBIDDEN, 404: "no checkpoint yet"})
 async def get_checkpoint(call: Call[None, None]) -> dict[str, Any]:
-    """The latest checkpoint: tree size, root hash, time, the ledger's signature and finance's co-signature."""
+    """The latest checkpoint: tree size, root hash, time, every signature it carries (the ledger's, and
+    finance's co-signature once made), the signers the policy requires and those still missing."""
     return await use_cases.checkpoint(_ledger(call), call.principal.role, call.principal.subject)
 
 
@@ -92,7 +105,8 @@ async def get_identities(call: Call[None, None]) -> IdentitiesOut:
     return IdentitiesOut.model_validate({"items": items})
 
 
-@api.get("/v1/ledger/export", long_running=True, query=ExportQuery, extra_responses=FORBIDDEN)
+@api.get("/v1/ledger/export", long_running=True, query=ExportQuery,
+         extra_responses={**FORBIDDEN, 409: "no checkpoint co-signed by every organisation covers `to` yet"})
 async def get_export(call: Call[None, ExportQuery]) -> dict[str, Any]:
     """A bundle for seqs from..to that `omnistock ledger verify BUNDLE --trust DIR` checks offline."""
     q = call.query

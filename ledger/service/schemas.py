@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from ledger.signing import Submission
 from shared.text import FreeText
 
 DAY = r"^\d{4}-\d{2}-\d{2}$"
@@ -53,9 +54,24 @@ class ReconciliationSummary(BaseModel):
 LedgerEntry = Annotated[ReconciledSale | ReconciliationSummary, Field(discriminator="kind")]
 
 
+class SubmissionIn(BaseModel):
+    """The submitter's signature over the entries (ledger.signing.Submission; make it with
+    `omnistock ledger sign` or ledger.signing.sign_submission)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    org: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    cert_pem: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    timestamp: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    signature: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+    def submission(self) -> Submission:
+        return Submission(self.org, self.cert_pem, self.timestamp, self.signature)
+
+
 class AppendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     entries: Annotated[list[LedgerEntry], Field(min_length=1, max_length=10_000)]
+    submission: SubmissionIn | None = None  # required: its absence is refused as unsigned-batch
 
     def raw_entries(self) -> list[dict[str, Any]]:
         # exclude_unset: an entry is signed as sent, without defaults the client never wrote.
@@ -83,6 +99,11 @@ class CheckpointOut(BaseModel):
     root_hash: str  # lowercase hex
     timestamp: str  # RFC 3339 UTC, the exact text that was signed
     signatures: list[SignatureOut]
+
+
+class LatestCheckpointOut(CheckpointOut):
+    required_signers: list[str]  # the organisations the policy wants on a complete checkpoint
+    missing_signers: list[str]  # of those, who has not signed this one yet (finance co-signs within seconds)
 
 
 class EntryOut(BaseModel):
@@ -174,6 +195,9 @@ class AuditOut(BaseModel):
     batches_checked: int
     first_bad_seq: int | None
     failures: list[FailureOut]
+    checkpoint_signers: list[str] = []  # valid signers of the latest checkpoint
+    required_signers: list[str] = []  # what the policy requires on a complete checkpoint
+    cosigned_size: int | None = None  # the latest checkpoint signed by all of them
     checked_at: datetime  # the run's snapshot of the log was taken then (ledger/service/audit_job.py)
     finished_at: datetime
     duration_s: float

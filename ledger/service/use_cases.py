@@ -1,11 +1,15 @@
 """What the ledger API and CLI do, one function per use case, each through the port (ledger.port).
 
 Who may do what is ledger.policy; a denial becomes a 403 Forbidden and one warning log line naming
-the principal and the action. The finance service appends in-process with `append_entries` (role
-"finance"), over a port it opens with `open_ledger(settings)`:
+the principal and the action. Appends carry their submitter's signature (ledger.signing.Submission);
+the backend refuses anything else and `append_signed` turns its refusals into problems
+(ledger.service.problems). The finance service signs with its own member key and appends in-process,
+over a port it opens with `open_ledger(settings, service="finance")` (no checkpoint key there):
 
-    async with open_ledger(settings) as ledger:
-        receipts = await append_entries(ledger, settings, "finance", entries)
+    async with open_ledger(settings, service="finance") as ledger:
+        receipts = await ledger.append(entries, sign_submission(finance_identity, entries))
+
+Only the ledger service opens the port with `checkpoint_signer=member_identity(settings, "ledger")`.
 
 The embedded backend works through its own pool, logged in as the ledger's role (or, in finance's
 process, finance's, which is a member of it: shared/roles.py), whose connections all `SET ROLE
@@ -22,12 +26,23 @@ from typing import Any
 
 import asyncpg
 
-from ledger import policy
-from ledger.identity import describe_identities, load_identity
-from ledger.port import BadRange, DuplicateEntryKey, EntryNotFound, Json, Ledger, Receipt
+from ledger import policy, signing
+from ledger.identity import Identity, describe_identities, load_identity
+from ledger.port import (
+    AlreadyAppended,
+    BadRange,
+    DuplicateEntryKey,
+    EntryNotFound,
+    Json,
+    Ledger,
+    NotCosigned,
+    Receipt,
+    Submission,
+)
 from ledger.postgres import LEDGER_ROLE
 from ledger.postgres.backend import PostgresLedger
 from ledger.revenue import FinanceRevenueSource, RevenueTally, compare
+from ledger.service import problems
 from ledger.verify import VerificationReport
 from shared.db import init_connection
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed, field_error
@@ -63,14 +78,22 @@ async def create_ledger_pool(settings: Settings, max_size: int | None = None,
     return pool
 
 
+def member_identity(settings: Settings, org: str) -> Identity:
+    """`org`'s signing member, its key read from that org's own folder (settings.<org>_key_dir)."""
+    return load_identity(settings.data_dir, org, getattr(settings, f"{org}_key_dir", None))
+
+
 @asynccontextmanager
-async def open_ledger(settings: Settings, max_size: int | None = None,
-                      service: str = "ledger") -> AsyncIterator[PostgresLedger]:
-    """The embedded backend over a restricted pool; identities are created under data_dir if missing."""
+async def open_ledger(settings: Settings, max_size: int | None = None, service: str = "ledger",
+                      checkpoint_signer: Identity | None = None) -> AsyncIterator[PostgresLedger]:
+    """The embedded backend over a restricted pool. Identities are not created here (`omnistock ledger
+    init` does that); only a port given the ledger identity cuts checkpoints."""
     pool = await create_ledger_pool(settings, max_size, service)
     try:
-        yield PostgresLedger(pool, settings.data_dir, checkpoint_every=settings.ledger_checkpoint_every,
-                             max_export_entries=settings.ledger_max_export_entries)
+        yield PostgresLedger(pool, settings.data_dir, checkpoint_signer=checkpoint_signer,
+                             checkpoint_every=settings.ledger_checkpoint_every,
+                             max_export_entries=settings.ledger_max_export_entries,
+                             max_clock_skew_s=settings.ledger_max_clock_skew_s)
     finally:
         await pool.close()
 
@@ -88,19 +111,48 @@ def authorize(principal: str, check: Any, *args: Any) -> Any:
         raise _denied(principal, exc) from None
 
 
-async def append_entries(ledger: Ledger, settings: Settings, role: str, entries: Sequence[Mapping[str, Any]],
-                         principal: str | None = None) -> list[Receipt]:
-    """Append as the organisation of `role` (finance -> the finance identity), if policy allows every kind."""
+async def append_signed(ledger: Ledger, role: str, entries: Sequence[Mapping[str, Any]], submission: Submission,
+                        principal: str | None = None) -> list[Receipt]:
+    """Append entries its submitter signed, if `role` may append every kind and the ledger accepts the
+    signature (the backend checks signer, signature, time and the signer's policy)."""
     who = principal or role
-    orgs = {authorize(who, policy.require_role_append, role, str(entry.get("kind"))) for entry in entries}
-    (org,) = orgs  # every kind maps a role to its one organisation
+    for entry in entries:
+        authorize(who, policy.require_role_append, role, str(entry.get("kind")))
     try:
-        return await ledger.append(entries, load_identity(settings.data_dir, org))
+        return await ledger.append(entries, submission)
+    except policy.PermissionDenied as exc:
+        log.warning("ledger signer refused", principal=who, signer=submission.org, action=exc.action)
+        raise problems.SignerNotAllowed(f"signed by {submission.org!r}: {exc.action}: {exc.detail}") from None
+    except signing.SignatureRefused as exc:
+        log.warning("ledger signature refused", principal=who, signer=submission.org, reason=str(exc))
+        raise _signature_problem(exc) from None
+    except AlreadyAppended as exc:
+        raise problems.EntriesAlreadyInLog(str(exc), existing=_positions(exc.existing)) from None
     except DuplicateEntryKey as exc:
-        seqs = {f"entries.{i}": r.seq for i, r in sorted(exc.existing.items())}
-        raise Conflict(f"{exc}; the log holds them at seqs {seqs}") from None
+        raise Conflict(f"{exc}; the log holds them at seqs {_positions(exc.existing)}") from None
     except ValueError as exc:  # e.g. a float inside an extra field: no canonical encoding
         raise field_error("entries", str(exc)) from None
+
+
+def _positions(existing: Mapping[int, Receipt]) -> dict[str, int]:
+    return {f"entries.{i}": r.seq for i, r in sorted(existing.items())}
+
+
+def _signature_problem(exc: signing.SignatureRefused) -> Exception:
+    if isinstance(exc, signing.StaleSignature):
+        return problems.StaleSignature(str(exc))
+    if isinstance(exc, signing.TimestampRefused):
+        return problems.SignatureTimestampRefused(str(exc))
+    if isinstance(exc, signing.UntrustedSigner):
+        return problems.UntrustedSigner(str(exc))
+    return problems.BadBatchSignature(str(exc))
+
+
+def checkpoint_view(checkpoint: Json) -> Json:
+    """A checkpoint with what the policy requires of its signers (GET /v1/ledger/checkpoint)."""
+    signed_by = {s["org"] for s in checkpoint["signatures"]}
+    return {**checkpoint, "required_signers": list(policy.CHECKPOINT_SIGNERS),
+            "missing_signers": policy.missing_signers(signed_by)}
 
 
 async def checkpoint(ledger: Ledger, role: str, principal: str) -> Json:
@@ -109,7 +161,7 @@ async def checkpoint(ledger: Ledger, role: str, principal: str) -> Json:
     latest = await ledger.checkpoint() or await ledger.cut_checkpoint()
     if latest is None:
         raise NotFound("the ledger has no checkpoint yet (nothing appended)")
-    return latest
+    return checkpoint_view(latest)
 
 
 async def entry(ledger: Ledger, role: str, principal: str, seq: int) -> Json:
@@ -140,6 +192,8 @@ async def export(ledger: Ledger, role: str, principal: str, first: int, last: in
     authorize(principal, policy.require_export, role)
     try:
         return await ledger.export(first, last, since)
+    except NotCosigned as exc:
+        raise problems.CheckpointNotCosigned(str(exc), required_signers=list(policy.CHECKPOINT_SIGNERS)) from None
     except BadRange as exc:
         raise ValidationFailed([{"field": "to", "problem": str(exc)}]) from None
 
@@ -149,6 +203,8 @@ def audit_json(report: VerificationReport) -> Json:
         "ok": report.ok, "tree_size": report.tree_size, "entries_checked": report.entries_checked,
         "batches_checked": report.batches_checked, "first_bad_seq": report.first_bad_seq,
         "failures": [{"seq": f.seq, "message": f.message} for f in report.failures],
+        "checkpoint_signers": report.checkpoint_signers, "required_signers": report.required_signers,
+        "cosigned_size": report.cosigned_size,
     }
 
 

@@ -1,5 +1,6 @@
 """Commit: a run's reconciled sales and its summary onto the ledger through the ledger port
-(ledger.port.Ledger), signed with the finance identity.
+(ledger.port.Ledger), each batch signed here, in finance's process, with finance's own member key
+(settings.finance_key_dir); the ledger verifies the signature and never signs for finance.
 
 Idempotent: finance.ledger_commits records every entry written, by key (`sale:<order>:<business day>`,
 `run:<run id>`), and only keys not recorded yet are appended, so committing twice writes nothing new
@@ -7,7 +8,9 @@ and a commit cut short resumes where it stopped. A session advisory lock per run
 one run from interleaving. Entries go in batches; each batch is one signed, all-or-nothing append
 whose receipts are recorded right after it. If a crash loses the receipts at exactly that point, the
 retry appends the same entries again and the ledger, which holds each (kind, entry_key) once, hands
-back the receipts of what it already has (ledger.port.Ledger.append): nothing is written twice.
+back the receipts of what it already has (ledger.port.Ledger.append): nothing is written twice. When
+only part of a batch is in the log (AlreadyAppended), or another batch was signed later and landed
+first (StaleSignature), the rest is signed again and appended.
 
 Which ledger: `app[LEDGER]`, set by finance's create_app: the embedded backend by default (tests pass
 another ledger.port.Ledger). A missing finance identity answers 503 and the run stays uncommitted.
@@ -17,21 +20,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import date
-from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
 
 from ledger.encoding import format_timestamp
-from ledger.identity import Identity, load_identity
+from ledger.identity import Identity, IdentityMissing, load_identity
 from ledger.policy import RECONCILED_SALE, RECONCILIATION_SUMMARY
-from ledger.port import DuplicateEntryKey
+from ledger.port import AlreadyAppended, DuplicateEntryKey
+from ledger.signing import SignatureRefused, StaleSignature, Submission
+from ledger.submit import sign_and_append
 from services.finance import domain
 from services.finance import repository as repo
 from services.finance.schemas import CommitIn, CommitOut
 from services.finance.use_cases import unresolved_count
 from shared.db import Pool, transaction
 from shared.errors import NotFound, ServiceUnavailable
+from shared.settings import Settings
 
 BATCH = 2000
 FINANCE_ORG = "finance"
@@ -45,17 +50,18 @@ class Receipt(Protocol):
 class Appender(Protocol):
     """The part of ledger.port.Ledger that commit needs."""
 
-    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> list[Receipt]: ...
+    async def append(self, entries: list[dict[str, Any]], submission: Submission) -> list[Receipt]: ...
 
 
 IdentityLoader = Callable[[], Identity]
 
 
-def finance_identity(data_dir: Path) -> IdentityLoader:
+def finance_identity(settings: Settings) -> IdentityLoader:
+    """Finance's member, its key from finance's own folder (settings.finance_key_dir), read on use."""
     def load() -> Identity:
         try:
-            return load_identity(data_dir, FINANCE_ORG)
-        except (FileNotFoundError, ValueError) as exc:
+            return load_identity(settings.data_dir, FINANCE_ORG, settings.finance_key_dir)
+        except (IdentityMissing, FileNotFoundError, ValueError) as exc:
             raise ServiceUnavailable(f"the finance ledger identity is not available: {exc}") from None
 
     return load
@@ -156,8 +162,8 @@ async def _refuse_stale(pool: Pool, run: asyncpg.Record) -> None:
 
 async def _append(pool: Pool, ledger: Appender, signer: Identity, run_id: int, entries: list[dict[str, Any]]) -> None:
     try:
-        receipts = await ledger.append(entries, signer)
-    except DuplicateEntryKey as exc:
+        receipts = await _append_signed(ledger, signer, entries)
+    except (DuplicateEntryKey, AlreadyAppended) as exc:
         # A commit cut short between the ledger's write and ours, retried after the entry changed (another
         # finance user's name on the summary, say): the log's first statement of the fact stands. Record
         # its receipt, and append the rest.
@@ -167,6 +173,16 @@ async def _append(pool: Pool, ledger: Appender, signer: Identity, run_id: int, e
             await _append(pool, ledger, signer, run_id, rest)
         return
     await _record(pool, run_id, list(zip(entries, receipts, strict=True)))
+
+
+async def _append_signed(ledger: Appender, signer: Identity, entries: list[dict[str, Any]]) -> list[Receipt]:
+    try:
+        receipts: list[Receipt] = await sign_and_append(ledger, signer, entries)
+    except StaleSignature:
+        raise ServiceUnavailable("the ledger kept refusing finance's signatures as stale; retry") from None
+    except SignatureRefused as exc:  # e.g. finance's member certificate revoked or expired
+        raise ServiceUnavailable(f"the ledger refused finance's signature: {exc}") from None
+    return receipts
 
 
 async def _record(pool: Pool, run_id: int, written: list[tuple[dict[str, Any], Receipt]]) -> None:

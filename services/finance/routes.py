@@ -198,7 +198,7 @@ async def resolve_item(call: Call[ResolutionIn, None]) -> ItemOut:
 async def commit_run(call: Call[None, None]) -> CommitOut:
     """Write the run's reconciled sales and summary to the ledger (optional body {override_reason})."""
     return await ledger_commit.commit_run(
-        call.pool, call.request.app[LEDGER], ledger_commit.finance_identity(call.settings.data_dir),  # type: ignore[arg-type]
+        call.pool, call.request.app[LEDGER], ledger_commit.finance_identity(call.settings),  # type: ignore[arg-type]
         run_id(call), commit_body(call), call.principal.subject)
 
 

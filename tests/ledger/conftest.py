@@ -1,4 +1,5 @@
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -6,8 +7,11 @@ from typing import Any
 import pytest
 
 from ledger import identity
-from ledger.port import Ledger
-from ledger.service.use_cases import open_ledger
+from ledger.cosign import Cosigner
+from ledger.port import Json, Ledger, Receipt
+from ledger.postgres.backend import PostgresLedger
+from ledger.service.use_cases import member_identity, open_ledger
+from ledger.signing import sign_submission
 from shared.settings import Settings
 
 
@@ -36,10 +40,21 @@ def ledger_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"ledger_checkpoint_every": CHECKPOINT_EVERY})
 
 
+@asynccontextmanager
+async def ledger_port(settings: Settings, max_size: int = 4) -> AsyncIterator[PostgresLedger]:
+    """The embedded backend as the ledger service opens it (identities created first, as `ledger init` does)."""
+    identity.init_identities(settings.data_dir)
+    async with open_ledger(settings, max_size=max_size, checkpoint_signer=member_identity(settings, "ledger")) as port:
+        yield port
+
+
 @pytest.fixture(params=BACKENDS)
 async def ledger(request: pytest.FixtureRequest, ledger_settings: Settings) -> AsyncIterator[Ledger]:
+    """The ledger service's port: it holds the ledger identity (checkpoint key) and no other."""
+    identity.init_identities(ledger_settings.data_dir)
     if request.param == "postgres":
-        async with open_ledger(ledger_settings, max_size=8) as backend:
+        async with open_ledger(ledger_settings, max_size=8,
+                               checkpoint_signer=member_identity(ledger_settings, "ledger")) as backend:
             yield backend
     else:  # pragma: no cover - a backend listed above without a branch here
         raise NotImplementedError(request.param)
@@ -63,3 +78,13 @@ def finance_id(ledger: Ledger, ledger_settings: Settings) -> identity.Identity:
 @pytest.fixture
 def ledger_trust(ledger: Ledger, ledger_settings: Settings) -> identity.TrustStore:
     return identity.TrustStore.from_dir(identity.msp_dir(ledger_settings.data_dir))
+
+
+async def append(ledger: Ledger, entries: list[dict[str, Any]], signer: identity.Identity) -> list[Receipt]:
+    """Append as a submitter does: sign where it runs, send entries and signature."""
+    return await ledger.append(entries, sign_submission(signer, entries))
+
+
+async def cosign(ledger: Ledger, finance: identity.Identity, settings: Settings) -> Json | None:
+    """Finance's co-signature of the newest checkpoint, as its service makes it."""
+    return await Cosigner(ledger, finance, identity.TrustCache(identity.msp_dir(settings.data_dir))).cosign_latest()

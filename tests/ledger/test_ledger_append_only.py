@@ -7,9 +7,9 @@ import asyncpg
 import pytest
 
 from ledger.identity import load_identity
-from ledger.service.use_cases import create_ledger_pool, open_ledger
+from ledger.service.use_cases import create_ledger_pool
 from shared.settings import Settings
-from tests.ledger.conftest import sale
+from tests.ledger.conftest import append, cosign, ledger_port, sale
 
 CHANGES = [
     "UPDATE ledger.entries SET kind = 'reconciliation_summary'",
@@ -19,15 +19,21 @@ CHANGES = [
     "DELETE FROM ledger.batches",
     "UPDATE ledger.checkpoints SET tree_size = 0",
     "DELETE FROM ledger.checkpoints",
-    "TRUNCATE ledger.checkpoints",
+    "TRUNCATE ledger.checkpoints CASCADE",
+    "UPDATE ledger.cosignatures SET org = 'audit'",
+    "DELETE FROM ledger.cosignatures",
+    "TRUNCATE ledger.cosignatures",
+    "UPDATE ledger.batches SET statement = 'batch'",
 ]
 
 
 @pytest.fixture
 async def filled(ledger_settings: Settings) -> Settings:
-    async with open_ledger(ledger_settings, max_size=2) as backend:
-        await backend.append([sale(i) for i in range(5)], load_identity(ledger_settings.data_dir, "finance"))
+    async with ledger_port(ledger_settings, 2) as backend:
+        finance = load_identity(ledger_settings.data_dir, "finance")
+        await append(backend, [sale(i) for i in range(5)], finance)
         await backend.cut_checkpoint()
+        await cosign(backend, finance, ledger_settings)
     return ledger_settings
 
 

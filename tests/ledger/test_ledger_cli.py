@@ -9,28 +9,32 @@ import asyncpg
 
 from ledger import identity
 from ledger.bundle import dump_bundle
-from ledger.service.use_cases import open_ledger
 from shared.settings import Settings
-from tests.ledger.conftest import sale, summary
+from tests.ledger.conftest import append, cosign, ledger_port, sale, summary
 from tests.test_cli import cli_env, run_cli
 
 
 async def _fill(settings: Settings) -> None:
-    async with open_ledger(settings, max_size=2) as backend:
+    async with ledger_port(settings, 2) as backend:
         finance = identity.load_identity(settings.data_dir, "finance")
         for b in range(3):
-            await backend.append([summary()] + [sale(b * 10 + i) for i in range(1, 10)], finance)
+            await append(backend, [summary()] + [sale(b * 10 + i) for i in range(1, 10)], finance)
             await backend.cut_checkpoint()
+            await cosign(backend, finance, settings)
 
 
 def test_init_creates_identities_with_private_keys_readable_only_by_the_owner(tmp_path: Path) -> None:
     env = cli_env(tmp_path, None)
     result = run_cli("ledger", "init", env=env)
     assert result.returncode == 0, result.stderr
+    data = tmp_path / "data"
     for org in identity.ORGS:
         assert f"  {org} " in result.stdout
-        key = identity.msp_dir(tmp_path / "data") / org / "member.key"
-        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        for key in (identity.key_dir(data, org) / "member.key", identity.offline_ca_dir(data) / org / "ca.key"):
+            assert stat.S_IMODE(key.stat().st_mode) == 0o600
+            assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    # The trust directory every service and auditor reads holds no private key at all.
+    assert not list(identity.msp_dir(data).rglob("*.key"))
     again = run_cli("ledger", "init", env=env)
     assert again.stdout == result.stdout  # kept as they were
 
@@ -38,7 +42,7 @@ def test_init_creates_identities_with_private_keys_readable_only_by_the_owner(tm
 async def test_verify_passes_an_export_and_fails_a_flipped_byte_naming_the_seq(
         ledger_settings: Settings, tmp_path: Path) -> None:
     await _fill(ledger_settings)
-    async with open_ledger(ledger_settings, max_size=2) as backend:
+    async with ledger_port(ledger_settings, 2) as backend:
         raw = dump_bundle(await backend.export(5, 25, since=10))
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_bytes(raw)
@@ -81,7 +85,9 @@ async def test_a_revoked_member_certificate_fails_the_audit_of_what_it_signed(
     env = cli_env(tmp_path, database_env)
     env["OMNISTOCK_DATA_DIR"] = str(ledger_settings.data_dir)
     old_serial = identity.load_identity(ledger_settings.data_dir, "finance").cert.serial_number
-    rotated = run_cli("ledger", "rotate", "--org", "finance", env=env)
+    assert run_cli("ledger", "rotate", "--org", "finance", env=env).returncode == 2  # --ca-dir is required
+    ca_dir = identity.offline_ca_dir(ledger_settings.data_dir)
+    rotated = run_cli("ledger", "rotate", "--org", "finance", "--ca-dir", str(ca_dir), env=env)
     assert rotated.returncode == 0, rotated.stderr
     assert identity.load_identity(ledger_settings.data_dir, "finance").cert.serial_number != old_serial
     assert run_cli("ledger", "audit", env=env).returncode == 0  # rotation keeps old entries verifiable

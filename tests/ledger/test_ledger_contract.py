@@ -10,15 +10,16 @@ from ledger import merkle, signing
 from ledger.bundle import dump_bundle
 from ledger.identity import Identity, TrustStore, load_identity
 from ledger.policy import PermissionDenied
-from ledger.port import BadRange, DuplicateEntryKey, EntryNotFound, Ledger
+from ledger.port import AlreadyAppended, BadRange, DuplicateEntryKey, EntryNotFound, Ledger, NotCosigned
+from ledger.submit import sign_and_append
 from ledger.verify import verify_bundle, verify_bundle_bytes
 from shared.settings import Settings
-from tests.ledger.conftest import CHECKPOINT_EVERY, sale, summary
+from tests.ledger.conftest import CHECKPOINT_EVERY, append, cosign, sale, summary
 
 
 async def test_appends_get_consecutive_seqs_from_zero(ledger: Ledger, finance_id: Identity) -> None:
-    first = await ledger.append([sale(0), sale(1), summary()], finance_id)
-    second = await ledger.append([sale(3)], finance_id)
+    first = await append(ledger, [sale(0), sale(1), summary()], finance_id)
+    second = await append(ledger, [sale(3)], finance_id)
     assert [r.seq for r in first + second] == [0, 1, 2, 3]
     assert first[0].batch_id == first[2].batch_id != second[0].batch_id
     assert first[1].leaf_hash == merkle.leaf_hash(b'{"business_day":"2024-05-01","channel":"online",'
@@ -30,13 +31,15 @@ async def test_only_finance_may_append_sales_and_a_denied_batch_writes_nothing(
         ledger: Ledger, ledger_settings: Settings, finance_id: Identity) -> None:
     for org in ("ops", "audit", "ledger"):
         with pytest.raises(PermissionDenied):
-            await ledger.append([summary(), sale(1)], load_identity(ledger_settings.data_dir, org))
-    assert [r.seq for r in await ledger.append([sale(0)], finance_id)] == [0]
+            await append(ledger, [summary(), sale(1)], load_identity(ledger_settings.data_dir, org))
+    assert [r.seq for r in await append(ledger, [sale(0)], finance_id)] == [0]
 
 
 async def test_an_entry_comes_with_a_proof_to_a_signed_checkpoint(ledger: Ledger, finance_id: Identity,
-                                                                    ledger_trust: TrustStore) -> None:
-    await ledger.append([sale(i) for i in range(7)], finance_id)
+                                                                    ledger_settings: Settings) -> None:
+    await append(ledger, [sale(i) for i in range(7)], finance_id)
+    assert [s["org"] for s in (await ledger.cut_checkpoint())["signatures"]] == ["ledger"]  # the ledger's own
+    await cosign(ledger, finance_id, ledger_settings)  # finance's, made where finance runs
     for seq in range(7):
         found = await ledger.entry(seq)
         assert found["entry"] == sale(seq)
@@ -55,16 +58,16 @@ async def test_an_entry_comes_with_a_proof_to_a_signed_checkpoint(ledger: Ledger
 async def test_unknown_seq_is_not_found(ledger: Ledger, finance_id: Identity) -> None:
     with pytest.raises(EntryNotFound):
         await ledger.entry(0)
-    await ledger.append([sale(0)], finance_id)
+    await append(ledger, [sale(0)], finance_id)
     with pytest.raises(EntryNotFound):
         await ledger.entry(1)
 
 
 async def test_a_checkpoint_is_cut_every_n_entries(ledger: Ledger, finance_id: Identity) -> None:
     assert await ledger.checkpoint() is None
-    await ledger.append([sale(i) for i in range(CHECKPOINT_EVERY - 1)], finance_id)
+    await append(ledger, [sale(i) for i in range(CHECKPOINT_EVERY - 1)], finance_id)
     assert await ledger.checkpoint() is None
-    await ledger.append([sale(CHECKPOINT_EVERY)], finance_id)
+    await append(ledger, [sale(CHECKPOINT_EVERY)], finance_id)
     latest = await ledger.checkpoint()
     assert latest is not None and latest["tree_size"] == CHECKPOINT_EVERY
     assert latest["root_hash"] == merkle.root(
@@ -74,7 +77,7 @@ async def test_a_checkpoint_is_cut_every_n_entries(ledger: Ledger, finance_id: I
 
 async def test_cutting_without_growth_keeps_the_latest_checkpoint(ledger: Ledger, finance_id: Identity) -> None:
     assert await ledger.cut_checkpoint() is None  # an empty log has nothing to sign
-    await ledger.append([sale(0)], finance_id)
+    await append(ledger, [sale(0)], finance_id)
     first = await ledger.cut_checkpoint()
     assert first == await ledger.cut_checkpoint() == await ledger.checkpoint()
 
@@ -82,7 +85,7 @@ async def test_cutting_without_growth_keeps_the_latest_checkpoint(ledger: Ledger
 async def test_consistency_between_two_checkpoints_verifies(ledger: Ledger, finance_id: Identity) -> None:
     sizes, roots = [], []
     for n in (3, 5, 8, 1):
-        await ledger.append([sale(i) for i in range(n)], finance_id)
+        await append(ledger, [sale(i) for i in range(n)], finance_id)
         cp = await ledger.cut_checkpoint()
         assert cp is not None
         sizes.append(cp["tree_size"])
@@ -100,14 +103,19 @@ async def test_consistency_between_two_checkpoints_verifies(ledger: Ledger, fina
 
 
 async def test_an_export_verifies_offline_and_a_flipped_byte_does_not(
-        ledger: Ledger, finance_id: Identity, ledger_trust: TrustStore) -> None:
-    await ledger.append([sale(i) for i in range(10)], finance_id)
-    earlier = await ledger.cut_checkpoint()
-    await ledger.append([summary(), *[sale(i) for i in range(10, 20)]], finance_id)
+        ledger: Ledger, finance_id: Identity, ledger_trust: TrustStore, ledger_settings: Settings) -> None:
+    await append(ledger, [sale(i) for i in range(10)], finance_id)
+    await ledger.cut_checkpoint()
+    earlier = await cosign(ledger, finance_id, ledger_settings)
+    await append(ledger, [summary(), *[sale(i) for i in range(10, 20)]], finance_id)
+    with pytest.raises(NotCosigned):  # a bundle proves against a checkpoint every required org signed
+        await ledger.export(4, 14, since=earlier["tree_size"])
+    await cosign(ledger, finance_id, ledger_settings)
     bundle = await ledger.export(4, 14, since=earlier["tree_size"])
     report = verify_bundle(bundle, ledger_trust)
     assert report.ok, report.summary()
     assert report.entries_checked == 11 and bundle["checkpoint"]["tree_size"] == 21
+    assert report.checkpoint_signers == ["finance", "ledger"] and report.required_signers == ["ledger", "finance"]
     raw = dump_bundle(bundle)
     position = raw.index(b'"o-9"') + 3
     flipped = raw[:position] + bytes([raw[position] ^ 1]) + raw[position + 1:]
@@ -116,7 +124,7 @@ async def test_an_export_verifies_offline_and_a_flipped_byte_does_not(
 
 
 async def test_export_refuses_ranges_beyond_the_log(ledger: Ledger, finance_id: Identity) -> None:
-    await ledger.append([sale(0)], finance_id)
+    await append(ledger, [sale(0)], finance_id)
     with pytest.raises(BadRange):
         await ledger.export(0, 1)
     with pytest.raises(BadRange):
@@ -125,9 +133,9 @@ async def test_export_refuses_ranges_beyond_the_log(ledger: Ledger, finance_id: 
 
 async def test_an_honest_log_passes_the_audit(ledger: Ledger, finance_id: Identity) -> None:
     for n in range(1, 30, 7):
-        await ledger.append([sale(i) for i in range(n)], finance_id)
+        await append(ledger, [sale(i) for i in range(n)], finance_id)
         await ledger.cut_checkpoint()
-    await ledger.append([summary()], finance_id)  # not yet checkpointed: still covered by its batch
+    await append(ledger, [summary()], finance_id)  # not yet checkpointed: still covered by its batch
     report = await ledger.audit()
     assert report.ok, report.summary()
     assert report.entries_checked == report.tree_size == 1 + 8 + 15 + 22 + 29 + 1
@@ -135,7 +143,9 @@ async def test_an_honest_log_passes_the_audit(ledger: Ledger, finance_id: Identi
 
 
 async def test_concurrent_appenders_leave_no_gaps_and_the_log_audits(ledger: Ledger, finance_id: Identity) -> None:
-    results = await asyncio.gather(*[ledger.append([sale(i), sale(i + 1)], finance_id) for i in range(40)])
+    # Each signs where it runs; one overtaken by a later-signed batch signs again (ledger.submit).
+    results = await asyncio.gather(*[sign_and_append(ledger, finance_id, [sale(i), sale(i + 1)], attempts=50)
+                                     for i in range(40)])
     seqs = sorted(r.seq for receipts in results for r in receipts)
     assert seqs == list(range(80))
     for receipts in results:  # each batch got a contiguous run
@@ -145,8 +155,11 @@ async def test_concurrent_appenders_leave_no_gaps_and_the_log_audits(ledger: Led
 
 
 async def test_floats_have_no_canonical_form_and_are_refused(ledger: Ledger, finance_id: Identity) -> None:
+    with pytest.raises(ValueError):  # the submitter cannot even sign it
+        await append(ledger, [{**sale(0), "amount": 10.5}], finance_id)
+    honest = signing.sign_submission(finance_id, [sale(0)])
     with pytest.raises(ValueError):
-        await ledger.append([{**sale(0), "amount": 10.5}], finance_id)
+        await ledger.append([{**sale(0), "amount": 10.5}], honest)
     assert await ledger.cut_checkpoint() is None
 
 
@@ -156,16 +169,20 @@ def keyed(n: int, **changes: str) -> dict[str, object]:
 
 async def test_an_entry_key_is_written_once_and_a_retry_gets_the_same_receipts(
         ledger: Ledger, finance_id: Identity) -> None:
-    first = await ledger.append([keyed(0), keyed(1), sale(2)], finance_id)
-    # The retry after a crash that lost those receipts: keyed entries are found, unkeyed ones written again.
-    again = await ledger.append([keyed(0), keyed(1), sale(2)], finance_id)
-    assert again[:2] == first[:2]
-    assert again[2].seq == 3
-    # Nothing but known entries: no batch at all, the tree does not grow.
-    assert await ledger.append([keyed(1), keyed(0)], finance_id) == [first[1], first[0]]
-    # A new key next to a known one; a key repeated inside one append is written once.
-    mixed = await ledger.append([keyed(0), keyed(4), keyed(4)], finance_id)
-    assert mixed[0] == first[0] and mixed[1] == mixed[2] and mixed[1].seq == 4
+    first = await append(ledger, [keyed(0), keyed(1), sale(2)], finance_id)
+    # The retry after a crash that lost those receipts: nothing but known entries gets their receipts,
+    # and no batch at all: the tree does not grow.
+    assert await append(ledger, [keyed(1), keyed(0)], finance_id) == [first[1], first[0]]
+    # Known entries beside new ones: the signature covers all of them, so nothing is written; the
+    # submitter records the receipts it is handed and signs the rest anew.
+    with pytest.raises(AlreadyAppended) as partly:
+        await append(ledger, [keyed(0), keyed(4), sale(5)], finance_id)
+    assert partly.value.existing == {0: first[0]}
+    rest = await append(ledger, [keyed(4), sale(5)], finance_id)
+    assert [r.seq for r in rest] == [3, 4]
+    # A key repeated inside one append is refused (signed twice, stored once, it could not verify).
+    with pytest.raises(ValueError, match="repeats the entry_key"):
+        await append(ledger, [keyed(6), keyed(6)], finance_id)
     checkpoint = await ledger.cut_checkpoint()
     assert checkpoint is not None and checkpoint["tree_size"] == 5
     report = await ledger.audit()
@@ -174,13 +191,13 @@ async def test_an_entry_key_is_written_once_and_a_retry_gets_the_same_receipts(
 
 async def test_other_content_under_a_used_entry_key_is_refused_and_writes_nothing(
         ledger: Ledger, finance_id: Identity) -> None:
-    [stored] = await ledger.append([keyed(0)], finance_id)
+    [stored] = await append(ledger, [keyed(0)], finance_id)
     with pytest.raises(DuplicateEntryKey) as refused:
-        await ledger.append([keyed(5), keyed(0, sales_total="99.00")], finance_id)
+        await append(ledger, [keyed(5), keyed(0, sales_total="99.00")], finance_id)
     assert refused.value.existing == {1: stored}
     with pytest.raises(ValueError, match="repeats the entry_key"):
-        await ledger.append([keyed(6), keyed(6, sales_total="1.00")], finance_id)
+        await append(ledger, [keyed(6), keyed(6, sales_total="1.00")], finance_id)
     with pytest.raises(ValueError, match="entry_key must be a string"):
-        await ledger.append([{**sale(7), "entry_key": 7}], finance_id)
+        await append(ledger, [{**sale(7), "entry_key": 7}], finance_id)
     checkpoint = await ledger.cut_checkpoint()
     assert checkpoint is not None and checkpoint["tree_size"] == 1

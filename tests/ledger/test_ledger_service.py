@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from ledger import merkle
+from ledger import identity, merkle
+from ledger.cosign import Cosigner
 from ledger.identity import TrustStore, msp_dir
+from ledger.service.use_cases import open_ledger
+from ledger.signing import sign_submission
 from ledger.verify import verify_bundle
 from shared.settings import Settings
 from tests.conftest import Api, assert_problem
@@ -19,18 +22,34 @@ ROLES = ("admin", "ops", "store", "shop", "finance", "auditor")
 SALE_SEQ, SUMMARY_SEQ = 0, 2
 
 
+def signed(entries: list[dict[str, Any]], settings: Settings, org: str = "finance") -> dict[str, Any]:
+    """The body finance's tools send: the entries and finance's own signature over them."""
+    member = identity.load_identity(settings.data_dir, org)
+    return {"entries": entries, "submission": sign_submission(member, entries).as_json()}
+
+
 @pytest.fixture
 async def ledger_api(service: Callable[[str], Awaitable[Api]], make_key: Callable[..., Awaitable[str]],
-                     pool: Any) -> tuple[Api, dict[str, Api]]:
+                     pool: Any, settings: Settings) -> tuple[Api, dict[str, Api]]:
+    identity.init_identities(settings.data_dir)  # `omnistock ledger init`, before the service starts
     api = await service("ledger")
     await pool.execute("INSERT INTO inventory.locations (id, name, kind, lat, lon, ship, pickup)"
                        " VALUES ('s1', 'Store 1', 'store', 52.0, 4.0, true, true)")
     keys = {role: await make_key(role, "s1" if role == "store" else None) for role in ROLES}
     as_role = {role: api.as_key(key) for role, key in keys.items()}
     status, body, _ = await as_role["finance"].post("/v1/ledger/entries", idem="seed",
-                                                    json={"entries": [sale(0), sale(1), summary()]})
+                                                    json=signed([sale(0), sale(1), summary()], settings))
     assert status == 201, body
+    assert (await as_role["finance"].get("/v1/ledger/checkpoint"))[0] == 200  # cut on read
+    await cosign_as_finance(settings)
     return api, as_role
+
+
+async def cosign_as_finance(settings: Settings) -> None:
+    """What the finance service does every few seconds, in finance's process (its own port, its own key)."""
+    async with open_ledger(settings, max_size=1, service="finance") as port:
+        trust = identity.TrustCache(identity.msp_dir(settings.data_dir))
+        await Cosigner(port, identity.load_identity(settings.data_dir, "finance"), trust).cosign_latest()
 
 
 def expected(role: str, readers: tuple[str, ...]) -> int:
@@ -66,12 +85,13 @@ async def test_every_role_against_every_read_endpoint(ledger_api: tuple[Api, dic
 
 
 @pytest.mark.parametrize("role", ROLES)
-async def test_every_role_against_the_append_endpoint(ledger_api: tuple[Api, dict[str, Api]], role: str) -> None:
+async def test_every_role_against_the_append_endpoint(ledger_api: tuple[Api, dict[str, Api]], role: str,
+                                                     settings: Settings) -> None:
     _, as_role = ledger_api
     for n, entry in enumerate((sale(10), summary())):
-        with capture_logs() as logs:
+        with capture_logs() as logs:  # a valid finance signature, sent with each role's key
             status, body, _ = await as_role[role].post("/v1/ledger/entries", idem=f"{role}-{n}",
-                                                       json={"entries": [entry]})
+                                                       json=signed([entry], settings))
         if role == "finance":
             assert status == 201, body
             assert body["receipts"][0]["seq"] >= 3
@@ -97,7 +117,9 @@ async def test_an_entry_read_over_http_proves_against_the_signed_checkpoint(
     assert merkle.verify_inclusion(bytes.fromhex(body["leaf_hash"]), 1, cp["tree_size"],
                                    [bytes.fromhex(h) for h in body["inclusion_proof"]], bytes.fromhex(cp["root_hash"]))
     status, latest, _ = await as_role["ops"].get("/v1/ledger/checkpoint")
-    assert status == 200 and latest == cp
+    assert status == 200
+    assert (latest.pop("required_signers"), latest.pop("missing_signers")) == (["ledger", "finance"], [])
+    assert latest == cp and [s["org"] for s in cp["signatures"]] == ["ledger", "finance"]
 
 
 async def test_an_http_export_verifies_offline(ledger_api: tuple[Api, dict[str, Api]], settings: Settings) -> None:
@@ -108,13 +130,15 @@ async def test_an_http_export_verifies_offline(ledger_api: tuple[Api, dict[str, 
     assert report.ok, report.summary()
 
 
-async def test_the_same_idempotency_key_appends_once(ledger_api: tuple[Api, dict[str, Api]]) -> None:
+async def test_the_same_idempotency_key_appends_once(ledger_api: tuple[Api, dict[str, Api]],
+                                                     settings: Settings) -> None:
     _, as_role = ledger_api
-    first = await as_role["finance"].post("/v1/ledger/entries", idem="k1", json={"entries": [sale(5)]})
-    again = await as_role["finance"].post("/v1/ledger/entries", idem="k1", json={"entries": [sale(5)]})
+    body = signed([sale(5)], settings)
+    first = await as_role["finance"].post("/v1/ledger/entries", idem="k1", json=body)
+    again = await as_role["finance"].post("/v1/ledger/entries", idem="k1", json=body)
     assert first[0] == 201 and again[0] == 201 and first[1] == again[1]
     assert again[2].headers["Idempotent-Replayed"] == "true"
-    status, body, _ = await as_role["finance"].post("/v1/ledger/entries", idem="k1", json={"entries": [sale(6)]})
+    status, body, _ = await as_role["finance"].post("/v1/ledger/entries", idem="k1", json=signed([sale(6)], settings))
     assert_problem(status, body, 409)
 
 
@@ -128,7 +152,9 @@ async def test_the_same_idempotency_key_appends_once(ledger_api: tuple[Api, dict
 async def test_bad_entries_are_422_and_append_nothing(ledger_api: tuple[Api, dict[str, Api]],
                                                       entries: list[Any], field: str) -> None:
     _, as_role = ledger_api
-    status, body, _ = await as_role["finance"].post("/v1/ledger/entries", idem="bad", json={"entries": entries})
+    junk = {"org": "finance", "cert_pem": "-", "timestamp": "-", "signature": "-"}  # entries are checked first
+    status, body, _ = await as_role["finance"].post("/v1/ledger/entries", idem="bad",
+                                                    json={"entries": entries, "submission": junk})
     assert_problem(status, body, 422)
     assert any(e["field"].startswith(field) for e in body["errors"]), body
     status, cp, _ = await as_role["finance"].get("/v1/ledger/entries/3")
@@ -147,12 +173,13 @@ async def test_bad_queries_are_4xx(ledger_api: tuple[Api, dict[str, Api]]) -> No
     assert (await finance.get("/v1/ledger/revenue", params={"from": "2024-05-02", "to": "2024-05-01"}))[0] == 422
 
 
-async def test_revenue_sums_verified_reconciled_sales(ledger_api: tuple[Api, dict[str, Api]]) -> None:
+async def test_revenue_sums_verified_reconciled_sales(ledger_api: tuple[Api, dict[str, Api]],
+                                                      settings: Settings) -> None:
     _, as_role = ledger_api
-    await as_role["finance"].post("/v1/ledger/entries", idem="more", json={"entries": [
+    await as_role["finance"].post("/v1/ledger/entries", idem="more", json=signed([
         sale(7, location_id="s1", channel="store", amount="2.50"), sale(8, location_id="s1", channel="store",
                                                                         amount="-1.25"),
-        sale(9, day="2024-06-01")]})
+        sale(9, day="2024-06-01")], settings))
     status, body, _ = await as_role["auditor"].get("/v1/ledger/revenue", params={"from": "2024-05-01",
                                                                                   "to": "2024-05-31"})
     assert status == 200 and body["verified"]

@@ -67,3 +67,33 @@ def test_finance_can_cosign_a_checkpoint_the_ledger_signed(data_dir: Path) -> No
     assert [s["org"] for s in cosigned["signatures"]] == ["ledger", "finance"]
     assert signing.verify(finance.cert, statement, cosigned["signatures"][1]["signature"])
     assert len(checkpoint["signatures"]) == 1  # the original is left as it was
+
+
+def test_a_submission_statement_names_no_seqs_and_is_never_a_batch_statement() -> None:
+    root = bytes(range(32))
+    assert signing.submission_statement("finance", root, 3, "2024-05-01T00:00:00.000000Z") == (
+        b'{"batch_root":"' + root.hex().encode() + b'","count":3,"kind":"submission","org":"finance",'
+        b'"timestamp":"2024-05-01T00:00:00.000000Z"}'
+    )
+    assert signing.stored_batch_statement("submission", "finance", 7, 9, root, "t") == \
+        signing.submission_statement("finance", root, 3, "t")
+    assert signing.stored_batch_statement("batch", "finance", 7, 9, root, "t") == \
+        signing.batch_statement("finance", 7, 9, root, "t")
+
+
+def test_a_submission_verifies_only_over_the_entries_it_signed(data_dir: Path, trust: identity.TrustStore) -> None:
+    from datetime import UTC, datetime
+
+    finance = identity.load_identity(data_dir, "finance")
+    entries = [{"kind": "reconciled_sale", "n": 1}, {"kind": "reconciled_sale", "n": 2}]
+    # (The session's identities were issued on 2024-01-01, valid for a year.)
+    submission = signing.sign_submission(finance, entries, "2024-06-01T00:00:00.000000Z")
+    now = datetime(2024, 6, 1, 0, 0, 30, tzinfo=UTC)
+    assert signing.check_submission(trust, submission, signing.entry_leaves(entries), now, 60) == \
+        merkle.root(signing.entry_leaves(entries))
+    for other in (entries[::-1], entries[:1], [*entries, {"kind": "reconciled_sale", "n": 3}]):
+        try:
+            signing.check_submission(trust, submission, signing.entry_leaves(other), now, 60)
+        except signing.BadSignature:
+            continue
+        raise AssertionError(f"accepted a signature over other entries: {other}")

@@ -10,9 +10,8 @@ import pytest
 
 from ledger.identity import load_identity
 from ledger.postgres.backend import PostgresLedger
-from ledger.service.use_cases import open_ledger
 from shared.settings import Settings
-from tests.ledger.conftest import sale, summary
+from tests.ledger.conftest import append, ledger_port, sale, summary
 
 BATCH = 10
 
@@ -20,10 +19,10 @@ BATCH = 10
 @pytest.fixture
 async def pg_ledger(ledger_settings: Settings) -> AsyncIterator[PostgresLedger]:
     """30 entries in three signed batches (0..9, 10..19, 20..29), a checkpoint after each."""
-    async with open_ledger(ledger_settings, max_size=4) as backend:
+    async with ledger_port(ledger_settings, 4) as backend:
         finance = load_identity(ledger_settings.data_dir, "finance")
         for b in range(3):
-            await backend.append([summary()] + [sale(b * BATCH + i) for i in range(1, BATCH)], finance)
+            await append(backend, [summary()] + [sale(b * BATCH + i) for i in range(1, BATCH)], finance)
             await backend.cut_checkpoint()
         report = await backend.audit()
         assert report.ok, report.summary()

@@ -11,7 +11,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ledger.identity import init_identities
 from services.inventory import repository as inventory
+from shared.settings import Settings
 from tests.conftest import Api, ServiceFactory
 
 LOCATIONS: dict[str, dict[str, Any]] = {
@@ -110,7 +112,8 @@ def only_item(run: dict[str, Any], order_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def books(service: ServiceFactory, pool: asyncpg.Pool, make_key: Any) -> Books:
+async def books(service: ServiceFactory, pool: asyncpg.Pool, make_key: Any, settings: Settings) -> Books:
+    init_identities(settings.data_dir)  # `omnistock ledger init`: finance signs its commits with its own key
     inv = await service("inventory")
     for location_id, body in LOCATIONS.items():
         status, resp, _ = await inv.put(f"/v1/locations/{location_id}", json=body)

@@ -1,23 +1,27 @@
 """Commit writes each reconciled sale and a run summary through the ledger port, signed as finance, once.
 
-The ledger here is mostly a stand-in that keeps entries in memory and applies the real append policy
-(the ledger's own backends have their own contract tests); the end-to-end tests use the embedded one."""
+The ledger here is mostly a stand-in that keeps entries in memory and checks what a real backend checks
+of a submission: finance's own signature over exactly these entries, and the append policy (the
+ledger's own backends have their own contract tests); the end-to-end tests use the embedded one."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from ledger.encoding import canonical_bytes
-from ledger.identity import Identity, init_identities
+from ledger import signing
+from ledger.identity import TrustStore, init_identities, msp_dir
 from ledger.policy import require_append
-from ledger.service.use_cases import open_ledger
+from ledger.service.use_cases import member_identity, open_ledger
+from ledger.signing import Submission
+from ledger.verify import verify_bundle
 from services.finance.app import create_app
 from shared.settings import Settings
 from tests.conftest import Api, ServiceFactory, assert_problem
@@ -32,17 +36,18 @@ class StubReceipt:
 
 
 class MemoryLedger:
-    def __init__(self) -> None:
+    def __init__(self, trust: TrustStore) -> None:
+        self.trust = trust
         self.entries: list[tuple[str, dict[str, Any]]] = []
         self.batches = 0
 
-    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> list[StubReceipt]:
+    async def append(self, entries: list[dict[str, Any]], submission: Submission) -> list[StubReceipt]:
         receipts = []
+        signing.check_submission(self.trust, submission, signing.entry_leaves(entries), datetime.now(UTC), 120)
         self.batches += 1
         for entry in entries:
-            require_append(identity.org, entry["kind"])
-            canonical_bytes(entry)  # what a real backend hashes: no floats, JSON only
-            self.entries.append((identity.org, entry))
+            require_append(submission.org, entry["kind"])
+            self.entries.append((submission.org, entry))
             receipts.append(StubReceipt(len(self.entries) - 1, "00" * 32, self.batches))
         return receipts
 
@@ -50,7 +55,7 @@ class MemoryLedger:
 @pytest.fixture
 async def committing(books: Books, settings: Settings, make_key: Any) -> AsyncIterator[tuple[Api, MemoryLedger]]:
     init_identities(settings.data_dir, ["finance"])
-    ledger = MemoryLedger()
+    ledger = MemoryLedger(TrustStore.from_dir(msp_dir(settings.data_dir)))
     client = TestClient(TestServer(create_app(settings, ledger=ledger)))
     await client.start_server()
     yield Api(client, await make_key("finance")), ledger
@@ -158,8 +163,8 @@ class CrashAfterAppend:
     def __init__(self, real: Any, crash_on: int) -> None:
         self.real, self.crash_on, self.calls = real, crash_on, 0
 
-    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> Any:
-        receipts = await self.real.append(entries, identity)
+    async def append(self, entries: list[dict[str, Any]], submission: Submission) -> Any:
+        receipts = await self.real.append(entries, submission)
         self.calls += 1
         if self.calls == self.crash_on:
             raise ConnectionResetError("finance lost its connection right after the ledger committed")
@@ -173,7 +178,7 @@ async def test_a_commit_cut_off_after_the_ledger_wrote_resumes_without_writing_t
         order = await books.sell_online(lines)
         await books.settle(payment(order["id"], order["total"]))
     run = await books.run(await books.day_of("wh-1"))
-    async with open_ledger(settings) as real:
+    async with open_ledger(settings, checkpoint_signer=member_identity(settings, "ledger")) as real:
         ledger = CrashAfterAppend(real, crash_on)
         async with TestClient(TestServer(create_app(settings, ledger=ledger))) as client:
             first = Api(client, await make_key("finance"))
@@ -202,8 +207,8 @@ class PauseAfterAppend:
     def __init__(self, real: Any) -> None:
         self.real, self.appended, self.go, self.calls = real, asyncio.Event(), asyncio.Event(), 0
 
-    async def append(self, entries: list[dict[str, Any]], identity: Identity) -> Any:
-        receipts = await self.real.append(entries, identity)
+    async def append(self, entries: list[dict[str, Any]], submission: Any) -> Any:
+        receipts = await self.real.append(entries, submission)
         self.calls += 1
         if self.calls == 1:
             self.appended.set()
@@ -240,3 +245,29 @@ async def test_a_newer_run_committed_while_an_older_ones_commit_is_in_flight_rec
         for row in recorded:
             assert (await real.entry(row["receipt"]["seq"]))["entry"]["entry_key"] == row["entry_key"]
         assert (await real.audit()).ok
+
+
+async def test_finance_signs_its_commits_and_co_signs_the_ledgers_checkpoints_in_its_own_process(
+        books: Books, service: ServiceFactory, make_key: Any, settings: Settings) -> None:
+    """Finance's default wiring: each batch signed with finance's key in finance's process; the ledger
+    service cuts a checkpoint on its timer; finance's background task co-signs it; the export verifies."""
+    order = await books.sell_online({"TEE": 1})
+    await books.settle(payment(order["id"], order["total"]))
+    run = await books.run(await books.day_of("wh-1"))
+    status, out, _ = await books.finance.post(f"/v1/reconciliations/{run['id']}/commit")
+    assert status == 200 and out["written"] == 2, out
+    batch = await books.pool.fetchrow("SELECT org, statement FROM ledger.batches")
+    assert (batch["org"], batch["statement"]) == ("finance", "submission")
+    auditor = (await service("ledger", ledger_checkpoint_interval_s=0.1)).as_key(await make_key("auditor"))
+    await service("finance", finance_cosign_interval_s=0.1)  # another finance instance, quick to co-sign
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        status, checkpoint, _ = await auditor.get("/v1/ledger/checkpoint")
+        if status == 200 and checkpoint["tree_size"] == 2 and not checkpoint["missing_signers"]:
+            break
+        assert asyncio.get_running_loop().time() < deadline, checkpoint
+        await asyncio.sleep(0.1)
+    assert [s["org"] for s in checkpoint["signatures"]] == ["ledger", "finance"]
+    status, bundle, _ = await auditor.get("/v1/ledger/export", params={"from": 0, "to": 1})
+    assert status == 200, bundle
+    assert verify_bundle(bundle, TrustStore.from_dir(msp_dir(settings.data_dir))).ok
