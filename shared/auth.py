@@ -213,6 +213,15 @@ class KeyCache:
     def trusted(self) -> bool:
         return self._trusted
 
+    def is_cached(self, key: str) -> bool:
+        """Whether `key` would be answered from memory now (for tests and diagnostics)."""
+        known = self._known.get(hash_key(key))
+        return self._trusted and known is not None and known[0] > time.monotonic()
+
+    def sizes(self) -> tuple[int, int]:
+        """(known keys, refused keys) held."""
+        return len(self._known), len(self._refused)
+
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._flush_forever(), name="key-cache-last-used"))
         if self._limits.ttl_s > 0:
