@@ -18,6 +18,7 @@ import hashlib
 import math
 import secrets
 import time
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,13 +91,22 @@ def estimated_bits(key: str) -> float:
     return per_char * len(key)
 
 
+def repeats_itself(key: str) -> bool:
+    """Whether deflate finds repeats in `key` ('passwordpassword…'): fixed Huffman codes spend 8 bits or
+    more on every literal, so only repeated runs shrink it, never a small alphabet such as hex."""
+    data = key.encode()
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_FIXED)
+    packed = len(packer.compress(data) + packer.flush()) - 2  # the block's own framing
+    return packed < 0.9 * len(data)
+
+
 def bootstrap_key_problem(key: str) -> str | None:
     """Why `key` may not be the bootstrap admin key (it never appears in the answer), or None."""
     if len(key) < MIN_BOOTSTRAP_LENGTH:
         return f"shorter than {MIN_BOOTSTRAP_LENGTH} characters"
     if any(not char.isprintable() or char.isspace() for char in key):
         return "holds spaces or control characters"
-    if len(set(key)) < 16 or estimated_bits(key) < MIN_BOOTSTRAP_BITS:
+    if len(set(key)) < 10 or estimated_bits(key) < MIN_BOOTSTRAP_BITS or repeats_itself(key):
         return (f"too predictable (under {MIN_BOOTSTRAP_BITS} bits estimated); make one with"
                 " `python -c 'import secrets; print(\"osk_\" + secrets.token_urlsafe(32))'`")
     return None
