@@ -198,3 +198,18 @@ async def revoke_key(conn: Pool | Connection, key_id: int, *, admin_key: str | N
     except asyncpg.PostgresError as exc:
         raise _problem(exc) from None
     return _record(row)
+
+
+BY_HASH = f"SELECT {COLUMNS}, now() AS now FROM core.api_keys WHERE key_hash = $1"
+ACTIVE_LABELLED = (f"SELECT {COLUMNS}, now() AS now FROM core.api_keys WHERE label = $1 AND revoked_at IS NULL"
+                   " AND (expires_at IS NULL OR expires_at > now()) ORDER BY id")
+
+
+async def record_of(conn: Pool | Connection, key: str) -> KeyRecord | None:
+    """The record of the key itself (to check a key kept somewhere is still good), or None."""
+    row = await conn.fetchrow(BY_HASH, hash_key(key))
+    return _record(row) if row else None
+
+
+async def active_labelled(conn: Pool | Connection, label: str) -> list[KeyRecord]:
+    return [_record(row) for row in await conn.fetch(ACTIVE_LABELLED, label)]
