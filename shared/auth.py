@@ -218,6 +218,7 @@ class KeyCache:
         self._used: dict[int, datetime] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._listening = asyncio.Event()
+        self._watchers: dict[int, set[asyncio.Event]] = {}
 
     @property
     def trusted(self) -> bool:
@@ -288,6 +289,46 @@ class KeyCache:
             self._known.put(digest, (now + self._limits.ttl_s, principal))
         return principal
 
+    # --- keys in long-lived use (event streams) ---------------------------------------------------
+
+    async def wait_invalid(self, principal: Principal) -> str:
+        """Return (the reason) once `principal`'s key is revoked or expires: an open stream ends then.
+        Woken by the key's notification; while the listener is down it asks the database each second."""
+        wake = asyncio.Event()
+        self._watchers.setdefault(principal.key_id, set()).add(wake)
+        try:
+            while True:
+                timeout: float | None = None
+                if principal.expires_at is not None:
+                    timeout = max(0.0, (principal.expires_at - datetime.now(UTC)).total_seconds())
+                if not self._trusted:
+                    timeout = min(timeout if timeout is not None else 1.0, 1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
+                woken, _ = wake.is_set(), wake.clear()
+                if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
+                    return "API key expired"
+                if (woken or not self._trusted) and not await self._still_active(principal.key_id):
+                    return "API key revoked"
+        finally:
+            watchers = self._watchers.get(principal.key_id, set())
+            watchers.discard(wake)
+            if not watchers:
+                self._watchers.pop(principal.key_id, None)
+
+    async def _still_active(self, key_id: int) -> bool:
+        try:
+            return bool(await self._pool.fetchval(
+                "SELECT revoked_at IS NULL FROM core.api_keys WHERE id = $1", key_id))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return True  # the database cannot say: keep serving, ask again at the next wake-up
+
+    def _wake(self, key_id: int | None = None) -> None:
+        for watched, events in self._watchers.items():
+            if key_id is None or watched == key_id:
+                for event in events:
+                    event.set()
+
     # --- invalidation -----------------------------------------------------------------------------
 
     def forget(self, key_id: int) -> None:
@@ -295,12 +336,14 @@ class KeyCache:
         self._epoch += 1
         self._known.drop_where(lambda entry: entry[1].key_id == key_id)
         self._refused.clear()
+        self._wake(key_id)
 
     def _distrust(self) -> None:
         self._trusted = False
         self._epoch += 1
         self._known.clear()
         self._refused.clear()
+        self._wake()
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
         try:

@@ -264,3 +264,23 @@ async def test_a_service_role_cannot_mint_or_revoke_without_an_admin_key(
     finally:
         await conn.close()
     assert await pool.fetchval("SELECT count(*) FROM core.api_keys WHERE key_hash = $1", hash_key("osk_planted")) == 0
+
+
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+async def test_an_open_event_stream_ends_when_its_key_is_revoked_or_expires(
+        service: ServiceFactory, pool: asyncpg.Pool, how: str) -> None:
+    inventory = await service("inventory", **CACHED)
+    expires_at = datetime.now(UTC) + timedelta(seconds=3) if how == "expired" else None
+    async with pool.acquire() as conn:
+        key = await create_api_key(conn, "shop", expires_at=expires_at)
+    resp = await inventory.client.get("/v1/events", headers={"Authorization": f"Bearer {key}"})
+    try:
+        assert resp.status == 200
+        assert await resp.content.readline() == b"retry: 2000\n"
+        if how == "revoked":
+            await pool.execute("UPDATE core.api_keys SET revoked_at = now() WHERE key_hash = $1", hash_key(key))
+        rest = await asyncio.wait_for(resp.content.read(), 10)  # to the end: the server closed it
+    finally:
+        resp.close()
+    assert f": API key {how}".encode() in rest
+    assert (await inventory.as_key(key).get("/v1/events"))[0] == 401
