@@ -84,9 +84,14 @@ def parse_duration(text: str) -> timedelta:
 def parse_expiry(text: str, now: datetime) -> datetime:
     """A duration from `now` ('30d') or an ISO 8601 time (UTC when it names no offset), in UTC."""
     try:
-        return now + parse_duration(text)
+        delta = parse_duration(text)
     except ValueError:
         pass
+    else:
+        try:
+            return now + delta
+        except OverflowError:
+            raise ValueError(f"{text!r} is past the year 9999") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -33,7 +33,8 @@ Status = Literal["active", "revoked", "expired"]
 
 class KeyIn(RequestModel):
     role: RoleName
-    location_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    # Inventory's location id shape (services/inventory/schemas.py), so a store key can be bound to it.
+    location_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
     label: Label | None = None
     expires_at: AwareDatetime | None = None
     expires_in: Duration | None = None  # 30d, 12h, 1d12h, 90m, 2w, 3600s

@@ -121,6 +121,8 @@ async def test_a_key_created_over_http_works_everywhere_with_its_role_and_expiry
     ({"role": "ops", "expires_at": "2999-01-01T00:00:00"}, "expires_at"),  # no offset: not a UTC time
     ({"role": "ops", "expires_in": "30 days"}, "expires_in"),
     ({"role": "ops", "expires_in": "0h"}, "expires_in"),
+    ({"role": "ops", "expires_in": "999999w999999w"}, "expires_in"),
+    ({"role": "store", "location_id": "store\x00a"}, "location_id"),
     ({"role": "ops", "expires_in": "1d", "expires_at": "2999-01-01T00:00:00Z"}, "body"),
     ({"role": "ops", "label": "till\x1b[2J"}, "label"),
     ({"role": "ops", "label": "x" * 201}, "label"),
