@@ -3,34 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import click
+import orjson
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ledger.cli import ledger as ledger_commands
 from ledger.identity import init_identities
 from services import registry, runtime
 from services.ecommerce.cli import ecommerce as ecommerce_commands
 from services.finance.cli import import_group, reconcile
-from shared.auth import ROLES, create_api_key
-from shared.db import create_pool
+from shared import keys as keys_use_cases
+from shared.auth import ROLES
+from shared.db import Connection, create_pool
+from shared.errors import Problem
 from shared.logging import configure_logging
 from shared.roles import service_dsn
 from shared.settings import Settings
+from shared.text import text_problem
 
 T = TypeVar("T")
 console = Console(stderr=True)
 DEMO_STORES, DEMO_SKUS = 25, 500
+DEMO_LABEL, DEMO_KEYS_FILE = "demo", "demo-keys.json"
 
 
 def _run(coro_fn: Callable[[Settings], Awaitable[T]], *, force_grants: bool = False) -> T:
     """Resolve the database (embedded when DATABASE_URL is unset), migrate, and run `coro_fn`."""
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     with runtime.database(settings) as ready:
 
@@ -39,6 +49,15 @@ def _run(coro_fn: Callable[[Settings], Awaitable[T]], *, force_grants: bool = Fa
             return await coro_fn(ready)
 
         return _asyncio_run(main())
+
+
+def load_settings() -> Settings:
+    """The settings, or a clear error naming each refused variable (its value is never repeated)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise click.ClickException(f"invalid settings: {problems}") from None
 
 
 def _asyncio_run(coro: Awaitable[T]) -> T:
@@ -56,7 +75,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--demo", is_flag=True, help="Seed demo data and print one API key per role.")
+@click.option("--demo", is_flag=True,
+              help="Seed demo data and print one API key per role (to stderr; the same keys on the next start).")
 def up(demo: bool) -> None:
     """Run every service until SIGINT/SIGTERM."""
 
@@ -77,7 +97,10 @@ def up(demo: bool) -> None:
     _run(go)
 
 
-async def _demo(settings: Settings) -> None:
+async def _demo(settings: Settings) -> dict[str, str]:
+    """Seed once, and hand out one key per role: the previous demo's keys again while they are still
+    good (kept in a 0600 file under the data directory), new ones for the rest, and every other
+    active demo key revoked. The keys go to the terminal (stderr), never to the log stream."""
     from services.inventory import repository as inventory_repo
     from services.inventory import use_cases as inventory
 
@@ -86,14 +109,51 @@ async def _demo(settings: Settings) -> None:
         if not await inventory_repo.list_locations(pool):
             await inventory.seed(pool, DEMO_STORES, DEMO_SKUS)
         first_store = (await inventory_repo.list_locations(pool))[0]["id"]
+        path = settings.data_dir / DEMO_KEYS_FILE
+        kept = _read_demo_keys(path)
+        handed: dict[str, str] = {}
+        ours: set[int] = set()
         async with pool.acquire() as conn:
             for role in ROLES:
                 location = first_store if role == "store" else None
-                key = await create_api_key(conn, role, location, label="demo")
-                where = f" ({location})" if location else ""
-                click.echo(f"{role + where:<24} {key}")
+                record = await keys_use_cases.record_of(conn, kept[role]) if role in kept else None
+                if record and record.status == "active" and (record.role, record.location_id) == (role, location):
+                    handed[role] = kept[role]
+                else:
+                    handed[role], record = await keys_use_cases.issue_key(
+                        conn, keys_use_cases.KeyRequest(role, location, DEMO_LABEL))
+                ours.add(record.id)
+            for stale in await keys_use_cases.active_labelled(conn, DEMO_LABEL):
+                if stale.id not in ours:
+                    await keys_use_cases.revoke_key(conn, stale.id)
+        _write_demo_keys(path, handed)
+        for role, key in handed.items():
+            where = f" ({first_store})" if role == "store" else ""
+            click.echo(f"{role + where:<24} {key}", err=True)
+        return handed
     finally:
         await pool.close()
+
+
+def _read_demo_keys(path: Path) -> dict[str, str]:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _write_demo_keys(path: Path, handed: dict[str, str]) -> None:
+    """Readable by this user alone, and whole or not at all (written aside, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    scratch = path.with_suffix(".tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(orjson.dumps(handed, option=orjson.OPT_INDENT_2))
+    os.chmod(scratch, 0o600)  # an older file of that name kept its mode through O_TRUNC
+    os.replace(scratch, path)
 
 
 @main.command()
@@ -126,29 +186,98 @@ def keys() -> None:
     """API keys."""
 
 
-@keys.command("create")
-@click.option("--role", required=True, type=click.Choice(ROLES))
-@click.option("--location", "location_id", default=None, help="The location a store key is bound to.")
-@click.option("--label", default=None)
-def keys_create(role: str, location_id: str | None, label: str | None) -> None:
-    """Create an API key; the key is the last word printed."""
-    if (role == "store") != (location_id is not None):
-        raise click.UsageError("--location is required for --role store, and only for it")
+def _with_owner_pool(work: Callable[[Connection], Awaitable[T]]) -> T:
+    """Run `work` on one connection as the database owner; a refused request exits with its reason."""
 
-    async def go(settings: Settings) -> str:
+    async def go(settings: Settings) -> T:
         pool = await create_pool(_owner_dsn(settings), min_size=1, max_size=1)
         try:
             async with pool.acquire() as conn:
-                if location_id is not None and not await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM inventory.locations WHERE id = $1)", location_id
-                ):
-                    raise click.UsageError(f"unknown location '{location_id}'")
-                return await create_api_key(conn, role, location_id, label)
+                return await work(conn)
+        except Problem as problem:
+            details = "; ".join(f"{e['field']}: {e['problem']}" for e in problem.extra.get("errors", []))
+            raise click.ClickException(details or problem.detail) from None
         finally:
             await pool.close()
 
-    key = _run(go)
+    return _run(go)
+
+
+def _expiry(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return keys_use_cases.parse_expiry(value, datetime.now(UTC))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from None
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--location", "location_id", default=None, help="The location a store key is bound to.")
+@click.option("--label", default=None, help="What the key is for (e.g. 'till 3, Soho').")
+@click.option("--expires", default=None,
+              help="A duration (30d, 12h, 1d12h, 90m) or an ISO 8601 time (UTC if it names no offset).")
+def keys_create(role: str, location_id: str | None, label: str | None, expires: str | None) -> None:
+    """Create an API key; the key is the last word printed."""
+    if (role == "store") != (location_id is not None):
+        raise click.UsageError("--location is required for --role store, and only for it")
+    if label is not None and (problem := text_problem(label)):
+        raise click.BadParameter(problem, param_hint="--label")
+    request = keys_use_cases.KeyRequest(role, location_id, label, _expiry(expires))
+
+    async def issue(conn: Connection) -> tuple[str, keys_use_cases.KeyRecord]:
+        return await keys_use_cases.issue_key(conn, request)
+
+    key, record = _with_owner_pool(issue)
+    until = f", expires {record.expires_at.isoformat()}" if record.expires_at else ""
+    click.echo(f"key id {record.id}{until}", err=True)
     click.echo(f"created {role} key{f' for {location_id}' if location_id else ''}: {key}")
+
+
+@keys.command("list")
+@click.option("--role", default=None, type=click.Choice(ROLES))
+@click.option("--status", default=None, type=click.Choice(keys_use_cases.STATUSES))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def keys_list(role: str | None, status: str | None, as_json: bool) -> None:
+    """Every API key, newest first, without its secret."""
+
+    async def collect(conn: Connection) -> list[keys_use_cases.KeyRecord]:
+        found, cursor = [], None
+        while True:
+            page = await keys_use_cases.list_keys(conn, role=role, status=status, cursor=cursor, limit=500)
+            found += page.items
+            if (cursor := page.next_cursor) is None:
+                return found
+
+    records = _with_owner_pool(collect)
+    if as_json:
+        for record in records:
+            click.echo(orjson.dumps(dataclasses.asdict(record)).decode())
+        return
+    table = Table("id", "role", "location", "label", "status", "created", "expires", "last used")
+    for r in records:
+        table.add_row(str(r.id), r.role, r.location_id or "", r.label or "", r.status, _when(r.created_at),
+                      _when(r.expires_at), _when(r.last_used_at))
+    # Piped (a script, a pager): wide enough for whole labels rather than rich's 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else ""
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=click.IntRange(1, 2**63 - 1))
+def keys_revoke(key_id: int) -> None:
+    """Revoke a key: every service refuses it within a second."""
+
+    async def revoke(conn: Connection) -> keys_use_cases.KeyRecord:
+        return await keys_use_cases.revoke_key(conn, key_id)
+
+    record = _with_owner_pool(revoke)
+    click.echo(f"revoked key {record.id} ({record.role}{f', {record.label}' if record.label else ''})"
+               f" at {record.revoked_at.isoformat() if record.revoked_at else ''}")
 
 
 @main.command()

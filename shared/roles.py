@@ -5,7 +5,8 @@ then `apply_grants`; each service connects as its own role (OMNISTOCK_<SERVICE>_
 owns nothing and may change only its own schema's rows:
 
 - every role reads `core.api_keys` (authentication) and writes the outbox and idempotency records;
-  no service role may create, revoke or edit an API key (only the owner: `omnistock keys create`);
+  no service role may create, revoke or edit an API key row; it records `last_used_at` and calls
+  the two functions that issue and revoke keys for a caller whose admin key the database checks;
 - `writes`: SELECT, INSERT, UPDATE, DELETE on the schema's tables; `appends`: SELECT and INSERT only
   (the ledger: no UPDATE or DELETE for its role, beside the trigger guard); `reads`: SELECT only
   (`read_tables`: on the tables named);
@@ -166,10 +167,13 @@ async def _grant_plan(conn: Connection) -> list[str]:
         plan += [f"REVOKE ALL ON SCHEMA {s} FROM PUBLIC, {roles}",
                  f"REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM PUBLIC, {roles}",
                  f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM PUBLIC, {roles}"]
+        if schema == "core":  # the key functions; services' own functions are PUBLISHED's business
+            plan.append(f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA core FROM {roles}")
     plan.append(f"GRANT SELECT ON public.omnistock_migrations TO {roles}")  # a start-up without the owner checks it
     if "core" in present:
         plan += [f"GRANT USAGE ON SCHEMA core TO {roles}",
                  f"GRANT SELECT ON core.api_keys TO {roles}",
+                 *await _key_lifecycle_plan(conn, roles),
                  f"GRANT SELECT, INSERT ON core.events TO {roles}",
                  # E-commerce holds the outbox's only durable cursors, so it prunes what they have passed.
                  f"GRANT DELETE ON core.events TO {_ident(ROLE_OF['ecommerce'])}",
@@ -200,6 +204,19 @@ async def _grant_plan(conn: Connection) -> list[str]:
                          f"GRANT SELECT ON {_ident(schema)}.{_ident(table)} TO {r}"]
     plan += await _published_function_plan(conn, present)
     return plan
+
+
+# Keys are issued and revoked over HTTP only through these, which check the caller's admin key in the
+# database (shared/migrations/0003); last_used_at is the one column a service writes (in batches).
+KEY_FUNCTIONS = ("core.admin_issue_api_key(text, text, text, text, timestamptz, bytea)",
+                 "core.admin_revoke_api_key(text, bigint)")
+
+
+async def _key_lifecycle_plan(conn: Connection, roles: str) -> list[str]:
+    if not await conn.fetchval("SELECT to_regprocedure($1) IS NOT NULL", KEY_FUNCTIONS[0]):
+        return []  # a database before the key lifecycle migration
+    return [f"GRANT UPDATE (last_used_at) ON core.api_keys TO {roles}",
+            *(f"GRANT EXECUTE ON FUNCTION {fn} TO {roles}" for fn in KEY_FUNCTIONS)]
 
 
 async def _published_function_plan(conn: Connection, present: set[str]) -> list[str]:

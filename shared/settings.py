@@ -45,7 +45,9 @@ DEFAULT_KEY_LIMITS: dict[str, KeyLimit] = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OMNISTOCK_", extra="ignore")
+    # hide_input_in_errors: a refused value (a weak bootstrap key, a URL with its password) is never
+    # echoed in the error that refuses it.
+    model_config = SettingsConfigDict(env_prefix="OMNISTOCK_", extra="ignore", hide_input_in_errors=True)
 
     # DATABASE_URL is the conventional name operators already set; OMNISTOCK_DATABASE_URL wins if both are.
     database_url: str | None = Field(
@@ -97,7 +99,15 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=60.0, gt=0)
     max_connections_per_client: int = Field(default=256, ge=0)
-    auth_cache_ttl_s: float = Field(default=30.0, ge=0)
+    # Authentication (shared/auth.py KeyCache). Changes to keys reach every cache by notification within
+    # milliseconds, so the TTL is only a backstop; 0 turns the cache (and its listener) off. Known keys
+    # and refused ones live in separate bounded LRUs, so a flood of made-up keys cannot evict real ones.
+    auth_cache_ttl_s: float = Field(default=300.0, ge=0)
+    auth_cache_max_keys: int = Field(default=10_000, ge=0)
+    auth_cache_max_refused: int = Field(default=1_000, ge=0)
+    auth_refused_ttl_s: float = Field(default=5.0, ge=0)
+    auth_listen_check_s: float = Field(default=2.0, gt=0)  # ping of the LISTEN connection
+    auth_last_used_flush_s: float = Field(default=5.0, gt=0)  # last_used_at written in batches this often
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     event_poll_interval_s: float = Field(default=0.02, gt=0)  # outbox poll; see shared/event_stream.py
     # Per key and role, per service process: JSON, each role's fields over its defaults, e.g.
@@ -204,6 +214,15 @@ class Settings(BaseSettings):
             fields = given.model_dump() if isinstance(given, KeyLimit) else given
             merged[role] = {**DEFAULT_KEY_LIMITS[role].model_dump(), **fields} if isinstance(fields, dict) else fields
         return merged
+
+    @field_validator("bootstrap_admin_key")
+    @classmethod
+    def _strong_bootstrap_key(cls, value: SecretStr | None) -> SecretStr | None:
+        from shared.auth import bootstrap_key_problem
+
+        if value is not None and (problem := bootstrap_key_problem(value.get_secret_value())):
+            raise ValueError(f"OMNISTOCK_BOOTSTRAP_ADMIN_KEY refused: {problem}")
+        return value
 
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

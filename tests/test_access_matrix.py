@@ -35,6 +35,7 @@ from ledger.service.use_cases import open_ledger
 from ledger.signing import sign_submission
 from services import registry
 from services.inventory import repository as inventory
+from shared.auth import create_api_key, hash_key
 from shared.http.api import Api as RouteTable
 from shared.settings import Settings
 from tests.conftest import ADMIN_KEY, Api, ServiceFactory
@@ -535,6 +536,27 @@ LEDGER = [
 
 SYSTEM = [Row(service, "GET", path, (), const("GET", path), cells=EVERYONE)
           for service in ROUTE_MODULES for path in SYSTEM_PATHS]
+
+
+# --- /v1/keys, mounted on every service by the app factory ----------------------------------------
+
+
+async def key_to_revoke(world: World, column: str) -> Req:
+    async with world.pool.acquire() as conn:
+        key = await create_api_key(conn, "shop", label="matrix")
+    key_id = await world.pool.fetchval("SELECT id FROM core.api_keys WHERE key_hash = $1", hash_key(key))
+    return Req("POST", f"/v1/keys/{key_id}/revoke")
+
+
+def key_rows(service: str) -> list[Row]:
+    return [Row(service, "GET", "/v1/keys", ("admin",), const("GET", "/v1/keys")),
+            Row(service, "POST", "/v1/keys", ("admin",),
+                const("POST", "/v1/keys", json={"role": "auditor", "label": "matrix"})),
+            Row(service, "POST", "/v1/keys/{key_id}/revoke", ("admin",), key_to_revoke)]
+
+
+KEY_PATHS = ("/v1/keys", "/v1/keys/{key_id}/revoke")
+KEY_ROWS = [row for service in ROUTE_MODULES for row in key_rows(service)]
 ROWS = [*INVENTORY, *ORDERS, *ECOMMERCE, *FINANCE_ROWS, *LEDGER]
 
 
@@ -546,6 +568,9 @@ def render() -> str:
     head = ["service", "call", "case", *COLUMNS]
     lines = [START, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in ROWS:
+        cells = row.expected()
+        lines.append("| " + " | ".join([row.service, row.call, row.case, *(cells[c] for c in COLUMNS)]) + " |")
+    for row in key_rows("every service"):
         cells = row.expected()
         lines.append("| " + " | ".join([row.service, row.call, row.case, *(cells[c] for c in COLUMNS)]) + " |")
     system = ", ".join(f"`GET {p}`" for p in SYSTEM_PATHS)
@@ -672,14 +697,21 @@ async def observe(world: World, row: Row) -> tuple[dict[str, str], list[str]]:
 @pytest.mark.parametrize("name", list(ROUTE_MODULES))
 async def test_every_route_answers_every_role_as_the_matrix_says(world: World, name: str) -> None:
     problems = []
-    for row in [r for r in ROWS + SYSTEM if r.service == name]:
+    for row in [r for r in ROWS + KEY_ROWS + SYSTEM if r.service == name]:
         problems += (await observe(world, row))[1]
     assert not problems, "\n".join(problems)
 
 
 def registered_routes(service: str) -> set[tuple[str, str]]:
     table: RouteTable = import_module(ROUTE_MODULES[service]).api
-    return {(r.method, r.path) for r in table.routes if r.path not in SYSTEM_PATHS}
+    return {(r.method, r.path) for r in table.routes if r.path not in SYSTEM_PATHS + KEY_PATHS}
+
+
+@pytest.mark.parametrize("name", list(ROUTE_MODULES))
+def test_every_service_app_mounts_the_key_routes(name: str, settings: Settings) -> None:
+    app = registry.load(name).create_app(settings)
+    mounted = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    assert {(r.method, r.path) for r in key_rows(name)} <= mounted
 
 
 @pytest.mark.parametrize("name", list(ROUTE_MODULES))

@@ -11,13 +11,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 from yarl import URL
 
+from services.cli import _demo
+from shared.auth import ROLES, create_api_key, hash_key
 from shared.embedded_db import SECRETS_FILE, EmbeddedPostgres, free_port
+from shared.settings import Settings
+from tests.conftest import ServiceFactory
+from tests.shared.test_keys import _refused_within
 
 SERVICES = ("inventory", "orders", "ecommerce", "finance", "ledger")
 
@@ -56,6 +63,81 @@ async def test_keys_create_prints_the_key_last_and_it_is_stored(database_url: st
     assert refused.returncode != 0 and "--location" in refused.stderr
     unknown = run_cli("keys", "create", "--role", "store", "--location", "nowhere", env=env)
     assert unknown.returncode != 0 and "unknown location" in unknown.stderr
+
+
+async def test_keys_list_revoke_and_create_with_expiry_and_label(database_url: str, database_env: dict[str, str],
+                                                                 tmp_path: Path, service: ServiceFactory) -> None:
+    env = cli_env(tmp_path, database_env)
+    orders = await service("orders", auth_cache_ttl_s=300.0)
+    made = run_cli("keys", "create", "--role", "ops", "--label", "till 3, Soho", "--expires", "12h", env=env)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.split()[-1]
+    assert key.startswith("osk_") and key not in made.stderr
+    tablet = orders.as_key(key)
+    assert (await tablet.get("/v1/orders"))[0] == 200  # cached by the running service now
+
+    listed = run_cli("keys", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    records = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    [mine] = [r for r in records if r["label"] == "till 3, Soho"]
+    expires = datetime.fromisoformat(mine["expires_at"])
+    assert timedelta(hours=11, minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=12)
+    assert mine["status"] == "active" and "key_hash" not in mine and key[4:] not in listed.stdout
+    table = run_cli("keys", "list", env=env)
+    assert table.returncode == 0 and "till 3, Soho" in table.stdout and key[4:] not in table.stdout
+
+    revoked = run_cli("keys", "revoke", str(mine["id"]), env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    await _refused_within(tablet, "/v1/orders", 1.0)  # by the other process, through the database
+    [after] = [orjson.loads(line) for line in run_cli("keys", "list", "--json", "--status", "revoked",
+                                                     env=env).stdout.splitlines()]
+    assert after["id"] == mine["id"] and after["revoked_at"]
+
+    admin_id = [r["id"] for r in records if r["role"] == "admin"]
+    for args, expected in [(("keys", "revoke", str(admin_id[0])), "last active admin key"),
+                           (("keys", "revoke", "987654"), "no such API key"),
+                           (("keys", "create", "--role", "ops", "--expires", "soon"), "--expires"),
+                           (("keys", "create", "--role", "ops", "--expires", "2001-01-01T00:00:00"), "future"),
+                           (("keys", "create", "--role", "ops", "--label", "bell\x07"), "--label")]:
+        refused = run_cli(*args, env=env)
+        assert refused.returncode != 0 and expected in refused.stderr, (args, refused.stderr)
+    assert len(run_cli("keys", "list", "--json", env=env).stdout.splitlines()) == len(records)
+
+
+async def test_a_second_demo_hands_out_the_same_keys_and_revokes_stray_ones(
+        settings: Settings, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]) -> None:
+    first = await _demo(settings)
+    shown = capsys.readouterr()
+    assert set(first) == set(ROLES) and all(key in shown.err for key in first.values())
+    assert "osk_" not in shown.out
+    keys_file = settings.data_dir / "demo-keys.json"
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    demo_count = "SELECT count(*) FROM core.api_keys WHERE label = 'demo'"
+    assert await pool.fetchval(demo_count) == len(ROLES)
+
+    assert await _demo(settings) == first  # the same keys, none minted
+    assert await pool.fetchval(demo_count) == len(ROLES)
+
+    # One demo key revoked meanwhile, and a demo key from elsewhere: the ops key is replaced, the stray revoked.
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE core.api_keys SET revoked_at = now() WHERE key_hash = $1", hash_key(first["ops"]))
+        stray = await create_api_key(conn, "shop", label="demo")
+    third = await _demo(settings)
+    assert third["ops"] != first["ops"] and {r: k for r, k in third.items() if r != "ops"} == {
+        r: k for r, k in first.items() if r != "ops"}
+    active = await pool.fetch("SELECT key_hash FROM core.api_keys WHERE label = 'demo' AND revoked_at IS NULL")
+    assert {r["key_hash"] for r in active} == {hash_key(k) for k in third.values()}
+    assert hash_key(stray) not in {r["key_hash"] for r in active}
+    assert orjson.loads(keys_file.read_bytes()) == third
+
+
+def test_a_weak_bootstrap_key_stops_the_cli_with_a_clear_error(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, "postgresql://nobody@127.0.0.1:1/none")
+    env["OMNISTOCK_BOOTSTRAP_ADMIN_KEY"] = "admin-admin-admin-admin-admin-admin"
+    result = run_cli("migrate", env=env)
+    assert result.returncode != 0
+    assert "OMNISTOCK_BOOTSTRAP_ADMIN_KEY refused" in result.stderr
+    assert "admin-admin" not in result.stderr and "Traceback" not in result.stderr
 
 
 async def test_seed_creates_locations_skus_and_stock_with_movements(database_url: str, database_env: dict[str, str],
@@ -116,7 +198,9 @@ def test_up_serves_and_stops_cleanly_on_sigterm(database_url: str, database_env:
             proc.kill()
     assert proc.returncode == 0, err
     assert "omnistock is up" in out
-    assert any(line.startswith("auditor") and line.split()[-1].startswith("osk_") for line in out.splitlines())
+    # The demo keys go to the terminal (stderr), not into stdout's stream of JSON log lines.
+    assert any(line.startswith("auditor") and line.split()[-1].startswith("osk_") for line in err.splitlines())
+    assert "osk_" not in out
 
 
 async def _logins(database_url: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
-from shared.auth import KeyCache
+from shared.auth import KeyCache, cache_limits
 from shared.db import create_pool
 from shared.errors import ServiceUnavailable
 from shared.event_stream import EventHub
@@ -16,6 +16,7 @@ from shared.housekeeping import Job, core_jobs, housekeeping_context
 from shared.http.api import Api, Call
 from shared.http.connection_guard import guarded_request
 from shared.http.deadline import within_deadline
+from shared.http.key_routes import add_key_routes
 from shared.http.keys import BUCKETS, HUB, KEY_CACHE, POOL, SERVICE, SETTINGS, STREAMS
 from shared.http.middleware import observe
 from shared.http.openapi import build_openapi
@@ -73,6 +74,7 @@ def create_service_app(
     housekeeping loop prunes the shared tables and the service's own `housekeeping` jobs."""
     dsn = service_dsn(settings, service)  # raises when there is no URL at all (the CLI starts the embedded database)
     add_system_routes(api)
+    add_key_routes(api)
     # guarded_request first: the connection guard must know a request has arrived before anything else runs.
     app = web.Application(middlewares=[guarded_request, observe], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
@@ -111,8 +113,11 @@ def create_service_app(
                 await pool.close()
                 raise
         app[POOL] = pool
-        app[KEY_CACHE] = KeyCache(pool, settings.auth_cache_ttl_s)
+        key_cache = KeyCache(pool, dsn, cache_limits(settings), name=f"omnistock-{service}")
+        await key_cache.start()
+        app[KEY_CACHE] = key_cache
         yield
+        await key_cache.stop()
         await pool.close()
 
     async def hub(app: web.Application) -> AsyncIterator[None]:

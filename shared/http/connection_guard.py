@@ -33,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from shared.errors import Problem, RequestTimeout, TooManyConnections
+from shared.http.quiet_errors import quiet_handler
 
 # How long a refused connection stays open after its 429, for the client to read it before the close
 # (closing with its request still unread would reset the connection and could lose the answer).
@@ -196,7 +197,7 @@ class GuardedFactory:
         self.gate = ClientGate(limits.max_per_client)
 
     def __call__(self) -> ConnectionGuard:
-        return ConnectionGuard(self.server, self.gate, self.limits)
+        return ConnectionGuard(lambda: quiet_handler(self.server), self.gate, self.limits)
 
 
 def guard_of(request: web.Request) -> ConnectionGuard | None:

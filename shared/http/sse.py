@@ -8,13 +8,15 @@ A client that vanishes without closing is noticed at the next write, a heartbeat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from shared.errors import ValidationFailed
 from shared.event_stream import resume_point, sse_frame
-from shared.http.keys import HUB, PRINCIPAL, SETTINGS, STREAMS
+from shared.http.keys import HUB, KEY_CACHE, PRINCIPAL, SETTINGS, STREAMS
 from shared.outbox import Event, Position
 
 KEEPALIVE = b": keepalive\n\n"
@@ -58,13 +60,40 @@ async def _stream(request: web.Request, start: Position, families: list[str], ke
     })
     await response.prepare(request)
     heartbeat_s = request.app[SETTINGS].sse_heartbeat_s
-    try:
-        await response.write(b"retry: 2000\n\n")
-        # One write per batch the hub hands over: a write per event cost a syscall (and a task) each.
-        async for batch in request.app[HUB].follow_batches(start, families, heartbeat_s):
-            frames = b"".join(sse_frame(event, render) for event in batch if keep(event)) if batch else KEEPALIVE
-            if frames:
-                await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
-    except (ConnectionResetError, TimeoutError):
-        pass
+
+    async def pump() -> None:
+        try:
+            await response.write(b"retry: 2000\n\n")
+            # One write per batch the hub hands over: a write per event cost a syscall (and a task) each.
+            async for batch in request.app[HUB].follow_batches(start, families, heartbeat_s):
+                frames = b"".join(sse_frame(event, render) for event in batch if keep(event)) if batch else KEEPALIVE
+                if frames:
+                    await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
+        except (ConnectionResetError, TimeoutError):
+            pass
+
+    await until_key_invalid(request, pump(), response)
     return response
+
+
+async def until_key_invalid(request: web.Request, work: Coroutine[Any, Any, None],
+                            response: web.StreamResponse) -> None:
+    """Run `work` (a stream) until it ends or the caller's key is revoked or expires; then the stream
+    ends with a comment saying why, and the client's reconnect is refused with 401."""
+    principal = request.get(PRINCIPAL)
+    streaming = asyncio.create_task(work)
+    if principal is None or principal.key_id == 0:
+        await streaming
+        return
+    invalid = asyncio.create_task(request.app[KEY_CACHE].wait_invalid(principal))
+    try:
+        await asyncio.wait({streaming, invalid}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (streaming, invalid):
+            task.cancel()
+        await asyncio.gather(streaming, invalid, return_exceptions=True)
+    if streaming.done() and not streaming.cancelled() and (failure := streaming.exception()) is not None:
+        raise failure
+    if invalid.done() and not invalid.cancelled() and invalid.exception() is None:
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            await asyncio.wait_for(response.write(f": {invalid.result()}\n\n".encode()), WRITE_TIMEOUT_S)
