@@ -41,6 +41,7 @@ from benchmarks.drills.replica_traffic import (
 )
 from benchmarks.drills.report import DrillReport, create_key
 from benchmarks.drills.traffic import Catalog, LedgerWriter, TrafficLog, seed_catalog
+from ledger.identity import init_identities, load_identity
 from services import registry
 from services.ecommerce.domain import AVAILABILITY_TOPICS
 from services.runtime import embedded_service_env
@@ -117,6 +118,7 @@ class Drill:
     readers: dict[str, SseReader] = field(default_factory=dict)
     start_id: int = 0  # the event every SSE reader resumes after
     finance_key: str = ""
+    finance_signer: Any = None  # ledger.identity.Identity of finance: the ledger writer signs with it
 
 
 async def run_replicas(database_url: str, root: Path, admin_key: str, config: ReplicaConfig,
@@ -165,7 +167,11 @@ def swept(log_dir: Path, instances: list[str]) -> dict[str, int]:
 async def _start(drill: Drill, services: Services, names: dict[str, list[str]]) -> None:
     """Every instance, the catalogue, the webhook receiver and its subscriptions, the SSE readers."""
     began = time.monotonic()
-    # Finance after the ledger instances: they create the ledger identities finance signs with.
+    # `omnistock ledger init` first: each organisation's keys, before its services read them.
+    data_dir = Path(services.env["OMNISTOCK_DATA_DIR"])
+    init_identities(data_dir)
+    drill.finance_signer = load_identity(data_dir, "finance")
+    # Finance after the ledger instances, as an operator starts them.
     # Ten interpreters importing the services at once on a small machine: give them time.
     await services.start([i for name, instances in names.items() if name != "finance" for i in instances],
                          timeout_s=180)
@@ -198,7 +204,8 @@ async def _traffic(drill: Drill) -> tuple[LifecycleLog, TrafficLog, CommitLog, d
     orders = OrderLifecycle(urls["orders"], drill.admin_key, config.catalog, concurrency=config.concurrency,
                             timeout_s=config.client_timeout_s)
     ledger = LedgerWriter(urls["ledger"][0], drill.finance_key, concurrency=config.ledger_concurrency,
-                          timeout_s=config.client_timeout_s, seed=3, replicas=tuple(urls["ledger"][1:]))
+                          timeout_s=config.client_timeout_s, seed=3, replicas=tuple(urls["ledger"][1:]),
+                          signer=drill.finance_signer)
     commits = FinanceCommits(urls["finance"], drill.finance_key, every_s=config.commit_every_s,
                              timeout_s=config.client_timeout_s)
     began = time.monotonic()

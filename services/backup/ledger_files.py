@@ -13,11 +13,12 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
+from ledger.identity import OFFLINE_CA
 from services.backup.manifest import LEDGER_DIR, BackupRefused, FileRecord
 
-# The organisations' CA private keys live offline (issue 12, item 2: ledger/identity.py names the folder
-# <data_dir>/ledger/offline-ca/): a backup never carries them, and a restore leaves the folder in place.
-OFFLINE_CA_DIR = "offline-ca"
+# The organisations' CA private keys live offline (ledger/identity.py OFFLINE_CA): a backup never
+# carries them, and a restore leaves the folder in place.
+OFFLINE_CA_DIR = OFFLINE_CA.name
 _CHUNK = 1 << 20
 
 

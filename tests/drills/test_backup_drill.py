@@ -27,6 +27,7 @@ from shared.embedded_db import SECRETS_FILE, EmbeddedPostgres, free_port
 from shared.settings import Settings
 from tests.conftest import ADMIN_KEY, Api, ServiceFactory, ServiceTestServer
 from tests.drills.backup_facts import database_facts, table_digests
+from tests.polling import eventually
 from tests.services.finance.conftest import LONDON, SKUS, Books, payment
 from tests.test_cli import cli_env, run_cli
 
@@ -55,9 +56,15 @@ async def _trade(books: Books, service: ServiceFactory, make_key: Any) -> dict[s
     status, body, _ = await books.finance.post(f"/v1/reconciliations/{run['id']}/commit")
     assert status == 200 and body["written"] == 4, body
     assert open_order["status"] == "placed"
-    auditor = (await service("ledger")).as_key(await make_key("auditor"))
-    status, checkpoint, _ = await auditor.get("/v1/ledger/checkpoint")
-    assert status == 200 and checkpoint["tree_size"] == 4, checkpoint
+    auditor = (await service("ledger", ledger_checkpoint_interval_s=0.1)).as_key(await make_key("auditor"))
+    await service("finance", finance_cosign_interval_s=0.1)  # co-signs the checkpoint, as finance does
+
+    async def cosigned() -> dict[str, Any] | None:
+        status, checkpoint, _ = await auditor.get("/v1/ledger/checkpoint")
+        done = status == 200 and checkpoint["tree_size"] == 4 and not checkpoint["missing_signers"]
+        return checkpoint if done else None
+
+    await eventually(cosigned)
     status, bundle, _ = await auditor.get("/v1/ledger/export", params={"from": 0, "to": 3})
     assert status == 200, bundle
     return bundle  # type: ignore[no-any-return]
@@ -77,10 +84,9 @@ async def test_a_backup_restored_into_a_fresh_data_directory_is_the_same_busines
         database_env: dict[str, str], tmp_path: Path, fresh: Path) -> None:
     bundle = await _trade(books, service, make_key)
     (tmp_path / "bundle.json").write_text(json.dumps(bundle))
-    identity.rotate_member(settings.data_dir, "ops")  # an archived member certificate travels too
-    offline = settings.data_dir / "ledger" / "offline-ca" / "finance"  # CA keys kept offline (item 2)
-    offline.mkdir(parents=True)
-    (offline / "ca.key").write_text("offline CA key: never in a backup")
+    offline = identity.offline_ca_dir(settings.data_dir)  # CA keys kept offline (item 2): never in a backup
+    identity.rotate_member(settings.data_dir, "ops", offline)  # an archived member certificate travels too
+    assert (offline / "finance" / identity.CA_KEY).is_file()
     before = await database_facts(database_url)
     digests = await table_digests(database_url)
 

@@ -16,6 +16,8 @@ from ledger.service.audit_job import STATUS_PATH, AuditJobs
 from ledger.service.routes import AUDIT
 from tests.conftest import Api, ServiceFactory, assert_problem
 from tests.ledger.conftest import sale, summary
+from shared.settings import Settings
+from tests.ledger.test_ledger_service import signed
 from tests.ledger.test_ledger_tamper import CHANGE_PAYLOAD_13, behind_the_back
 from tests.polling import eventually
 
@@ -23,8 +25,8 @@ MakeKey = Callable[..., Awaitable[str]]
 
 
 class Books:
-    def __init__(self, api: Api, finance: Api, auditor: Api) -> None:
-        self.api, self.finance, self.auditor = api, finance, auditor
+    def __init__(self, api: Api, finance: Api, auditor: Api, settings: Settings) -> None:
+        self.api, self.finance, self.auditor, self.settings = api, finance, auditor, settings
 
     @property
     def jobs(self) -> AuditJobs:
@@ -33,7 +35,7 @@ class Books:
     async def append(self, first: int, count: int) -> None:
         entries = [sale(first + i) for i in range(count)]
         status, body, _ = await self.finance.post("/v1/ledger/entries", idem=f"append-{first}",
-                                                  json={"entries": entries})
+                                                  json=signed(entries, self.settings))
         assert status == 201, body
 
     async def audit(self) -> tuple[int, Any, Any]:
@@ -41,12 +43,12 @@ class Books:
 
 
 @pytest.fixture
-def books_with(service: ServiceFactory, make_key: MakeKey) -> Callable[..., Awaitable[Books]]:
+def books_with(service: ServiceFactory, make_key: MakeKey, settings: Settings) -> Callable[..., Awaitable[Books]]:
     async def start(**overrides: Any) -> Books:
         api = await service("ledger", **overrides)
-        books = Books(api, api.as_key(await make_key("finance")), api.as_key(await make_key("auditor")))
+        books = Books(api, api.as_key(await make_key("finance")), api.as_key(await make_key("auditor")), settings)
         status, body, _ = await books.finance.post("/v1/ledger/entries", idem="seed",
-                                                   json={"entries": [summary()] + [sale(n) for n in range(1, 20)]})
+                                                   json=signed([summary()] + [sale(n) for n in range(1, 20)], settings))
         assert status == 201, body
         return books
 

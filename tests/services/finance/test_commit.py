@@ -226,7 +226,7 @@ async def test_a_newer_run_committed_while_an_older_ones_commit_is_in_flight_rec
         await books.settle(payment(order["id"], order["total"]))
     day = await books.day_of("wh-1")
     first_run = await books.run(day)
-    async with open_ledger(settings) as real:
+    async with open_ledger(settings, checkpoint_signer=member_identity(settings, "ledger")) as real:
         slow = PauseAfterAppend(real)
         async with TestClient(TestServer(create_app(settings, ledger=slow))) as one, \
                 TestClient(TestServer(create_app(settings, ledger=real))) as two:
