@@ -14,9 +14,9 @@ import pytest
 from ledger.postgres.repository import AUDIT_LOCK_KEY
 from ledger.service.audit_job import STATUS_PATH, AuditJobs
 from ledger.service.routes import AUDIT
+from shared.settings import Settings
 from tests.conftest import Api, ServiceFactory, assert_problem
 from tests.ledger.conftest import sale, summary
-from shared.settings import Settings
 from tests.ledger.test_ledger_service import signed
 from tests.ledger.test_ledger_tamper import CHANGE_PAYLOAD_13, behind_the_back
 from tests.polling import eventually
