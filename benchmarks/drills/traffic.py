@@ -234,16 +234,27 @@ class ReadinessLog:
 
 async def probe_readiness(url: str, stop: asyncio.Event, interval_s: float = 0.1,
                           timeout_s: float = 15.0) -> ReadinessLog:
-    """GET /readyz every `interval_s` until `stop`: what an orchestrator's readiness probe would see."""
+    """GET /readyz every `interval_s` until `stop`: what an orchestrator's readiness probe would see.
+    A probe starts on time even while an earlier one still waits for its answer (a readiness check
+    during a frozen database takes its deadline to say 503), so short outages always hold some."""
     found = ReadinessLog()
+
+    async def probe(session: aiohttp.ClientSession) -> None:
+        started = time.monotonic()
+        try:
+            async with session.get(f"{url}/readyz") as response:
+                await response.read()
+                found.samples.append(Outcome(started, time.monotonic() - started, response.status))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            found.samples.append(Outcome(started, time.monotonic() - started, None, type(exc).__name__))
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        probes: set[asyncio.Task[None]] = set()
         while not stop.is_set():
-            started = time.monotonic()
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    await response.read()
-                    found.samples.append(Outcome(started, time.monotonic() - started, response.status))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                found.samples.append(Outcome(started, time.monotonic() - started, None, type(exc).__name__))
+            task = asyncio.create_task(probe(session))
+            probes.add(task)
+            task.add_done_callback(probes.discard)
             await asyncio.sleep(interval_s)
+        await asyncio.gather(*probes)
+    found.samples.sort(key=lambda s: s.started)
     return found
