@@ -52,33 +52,34 @@ class Cosigner:
         return any(s["org"] == self.identity.org and s["cert_pem"] == self.identity.cert_pem
                    for s in checkpoint["signatures"])
 
-    def _check_ledger_signature(self, checkpoint: Json) -> None:
-        statement = _statement(checkpoint)
+    def _check_signatures_of(self, checkpoint: Json, org: str) -> int:
+        """Verify every signature of `org` on the checkpoint; how many there were. SignatureRefused if one fails."""
+        statement, found = _statement(checkpoint), 0
         for sig in checkpoint["signatures"]:
-            if sig["org"] != policy.CHECKPOINT_SIGNER:
-                continue
-            try:
+            if sig["org"] == org:
                 signing.check_signature(self.trust.current(), sig["org"], sig["cert_pem"], statement,
                                         sig["signature"], parse_timestamp(checkpoint["timestamp"]))
-            except signing.SignatureRefused as exc:
-                raise CosignRefused(f"checkpoint of size {checkpoint['tree_size']}: the ledger's signature: "
-                                    f"{exc}") from None
-            return
-        raise CosignRefused(f"checkpoint of size {checkpoint['tree_size']} carries no signature of the ledger")
+                found += 1
+        return found
+
+    def _check_ledger_signature(self, checkpoint: Json) -> None:
+        try:
+            found = self._check_signatures_of(checkpoint, policy.CHECKPOINT_SIGNER)
+        except signing.SignatureRefused as exc:
+            raise CosignRefused(f"checkpoint of size {checkpoint['tree_size']}: the ledger's signature: "
+                                f"{exc}") from None
+        if not found:
+            raise CosignRefused(f"checkpoint of size {checkpoint['tree_size']} carries no signature of the ledger")
 
     async def _last_cosigned_in_log(self) -> Json | None:
         found = await self.ledger.latest_cosigned(self.identity.org)
         if found is None:
             return None
-        statement = _statement(found)
-        for sig in found["signatures"]:
-            if sig["org"] == self.identity.org:
-                try:
-                    signing.check_signature(self.trust.current(), sig["org"], sig["cert_pem"], statement,
-                                            sig["signature"], parse_timestamp(found["timestamp"]))
-                except signing.SignatureRefused as exc:
-                    raise CosignRefused(f"the log shows our co-signature on the checkpoint of size "
-                                        f"{found['tree_size']}, and it is not ours: {exc}") from None
+        try:
+            self._check_signatures_of(found, self.identity.org)
+        except signing.SignatureRefused as exc:
+            raise CosignRefused(f"the log shows our co-signature on the checkpoint of size "
+                                f"{found['tree_size']}, and it is not ours: {exc}") from None
         return found
 
     async def _check_extends(self, previous: Json, latest: Json) -> None:

@@ -217,23 +217,29 @@ class SettlementFile:
         of the file is still read (and checked) to report every bad row, but nothing more is yielded."""
         read = self._csv(chunks) if self.kind == "csv" else self._json_lines(chunks)
         async for _ in read:
-            if self.errors.total:
-                self._batch.clear()  # the file is refused: the rest is read to report, not to import
-            elif len(self._batch) >= BATCH_ROWS:
-                yield self._take()
-        if self._batch and not self.errors.total:
-            yield self._take()
+            if (batch := self._full_batch()) is not None:
+                yield batch
+        if (batch := self._last_batch()) is not None:
+            yield batch
 
     async def listed(self, items: Iterable[Any]) -> AsyncIterator[Batch]:
         """The same for a JSON list already parsed (a small body): rows by position, first = 1."""
         for position, raw in enumerate(items, start=1):
             self._row(position, raw)
-            if self.errors.total:
-                self._batch.clear()  # the file is refused: the rest is read to report, not to import
-            elif len(self._batch) >= BATCH_ROWS:
-                yield self._take()
-        if self._batch and not self.errors.total:
-            yield self._take()
+            if (batch := self._full_batch()) is not None:
+                yield batch
+        if (batch := self._last_batch()) is not None:
+            yield batch
+
+    def _full_batch(self) -> Batch | None:
+        """After a row: a batch to hand on once BATCH_ROWS are ready, while the file is free of problems."""
+        if self.errors.total:
+            self._batch.clear()  # the file is refused: the rest is read to report, not to import
+            return None
+        return self._take() if len(self._batch) >= BATCH_ROWS else None
+
+    def _last_batch(self) -> Batch | None:
+        return self._take() if self._batch and not self.errors.total else None
 
     def _take(self) -> Batch:
         batch, self._batch = self._batch, []
