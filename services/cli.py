@@ -21,6 +21,7 @@ from rich.table import Table
 from ledger.cli import ledger as ledger_commands
 from ledger.identity import init_identities
 from services import registry, runtime
+from services.console import users as console_users
 from services.ecommerce.cli import ecommerce as ecommerce_commands
 from services.finance.cli import import_group, reconcile
 from shared import keys as keys_use_cases
@@ -278,6 +279,88 @@ def keys_revoke(key_id: int) -> None:
     record = _with_owner_pool(revoke)
     click.echo(f"revoked key {record.id} ({record.role}{f', {record.label}' if record.label else ''})"
                f" at {record.revoked_at.isoformat() if record.revoked_at else ''}")
+
+
+@main.group()
+def users() -> None:
+    """People who sign in to the console (each works through a short-lived key of their own)."""
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt("password", hide_input=True, confirmation_prompt=True, err=True))
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(console_users.USER_ROLES))
+@click.option("--location", "location_id", default=None, help="The store a store associate works at.")
+@click.option("--name", "display_name", default=None, help="The name pages show (default: the user name).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+def users_create(username: str, role: str, location_id: str | None, display_name: str | None,
+                 password_stdin: bool) -> None:
+    """Create a console user; the password is asked for twice (or read from stdin)."""
+    password = _password(password_stdin)
+
+    async def create(conn: Connection) -> console_users.User:
+        return await console_users.create_user(conn, username=username, display_name=display_name or username,
+                                               role=role, location_id=location_id, password=password)
+
+    user = _with_owner_pool(create)
+    click.echo(f"created {user.role} user {user.username}{f' at {user.location_id}' if user.location_id else ''}")
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def users_list(as_json: bool) -> None:
+    """Every console user, without password hashes."""
+    found = _with_owner_pool(console_users.list_users)
+    if as_json:
+        for user in found:
+            click.echo(orjson.dumps(dataclasses.asdict(user)).decode())
+        return
+    table = Table("user", "name", "role", "location", "created", "disabled")
+    for u in found:
+        table.add_row(u.username, u.display_name, u.role, u.location_id or "", _when(u.created_at),
+                      _when(u.disabled_at))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@users.command("disable")
+@click.argument("username")
+def users_disable(username: str) -> None:
+    """Disable a user: their sessions end and their keys are revoked at once."""
+
+    async def disable(conn: Connection) -> console_users.User:
+        return await console_users.disable_user(conn, username)
+
+    user = _with_owner_pool(disable)
+    click.echo(f"disabled {user.username}; open sessions ended, keys revoked")
+
+
+@users.command("enable")
+@click.argument("username")
+def users_enable(username: str) -> None:
+    """Let a disabled user sign in again."""
+
+    async def enable(conn: Connection) -> console_users.User:
+        return await console_users.enable_user(conn, username)
+
+    click.echo(f"enabled {_with_owner_pool(enable).username}")
+
+
+@users.command("set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+def users_set_password(username: str, password_stdin: bool) -> None:
+    """Give a user a new password (their open sessions go on until they sign out or expire)."""
+    password = _password(password_stdin)
+
+    async def change(conn: Connection) -> console_users.User:
+        return await console_users.set_password(conn, username, password)
+
+    click.echo(f"new password set for {_with_owner_pool(change).username}")
 
 
 @main.command()

@@ -14,6 +14,7 @@ SERVICE_MODULES: dict[str, str] = {
     "ecommerce": "services.ecommerce.app",
     "finance": "services.finance.app",
     "ledger": "ledger.service.app",
+    "console": "services.console.app",
 }
 
 

@@ -50,10 +50,12 @@ class Principal:
     role: str
     location_id: str | None = None
     expires_at: datetime | None = None
+    person: str | None = None  # the console user this key stands for (core/0004), None for a machine's key
 
     @property
     def subject(self) -> str:
-        return f"{self.role}:{self.key_id}"
+        """Who acts, as journals and histories record it: `role:key id`, and `:person` for a person's key."""
+        return f"{self.role}:{self.key_id}:{self.person}" if self.person else f"{self.role}:{self.key_id}"
 
     def require_role(self, *roles: str) -> None:
         if self.role not in roles:
@@ -190,7 +192,7 @@ class CacheLimits:
     connect_timeout_s: float = 5.0
 
 
-LOOKUP = "SELECT id, role, location_id, revoked_at, expires_at FROM core.api_keys WHERE key_hash = $1"
+LOOKUP = "SELECT id, role, location_id, revoked_at, expires_at, person FROM core.api_keys WHERE key_hash = $1"
 # Last-used times of many keys in one statement. SKIP LOCKED: a key being revoked this instant is left
 # for the next flush rather than making the revocation wait (a key in use is touched again anyway).
 TOUCH = """
@@ -284,7 +286,7 @@ class KeyCache:
             if cacheable:
                 self._refused.put(digest, (now + min(self._limits.refused_ttl_s, self._limits.ttl_s), reason))
             raise Unauthorized(reason)
-        principal = Principal(row["id"], row["role"], row["location_id"], row["expires_at"])
+        principal = Principal(row["id"], row["role"], row["location_id"], row["expires_at"], row["person"])
         if cacheable:
             self._known.put(digest, (now + self._limits.ttl_s, principal))
         return principal

@@ -39,7 +39,7 @@ from shared.logging import get_logger
 from shared.migrations import MIGRATION_LOCK_KEY, MigrationSet, apply_migrations
 from shared.settings import Settings
 
-SERVICES: tuple[str, ...] = ("inventory", "orders", "ecommerce", "finance", "ledger")
+SERVICES: tuple[str, ...] = ("inventory", "orders", "ecommerce", "finance", "ledger", "console")
 ROLE_OF: dict[str, str] = {service: f"omnistock_{service}" for service in SERVICES}
 
 
@@ -50,6 +50,7 @@ class Access:
     reads: tuple[str, ...] = ()
     read_tables: tuple[tuple[str, str], ...] = ()  # (schema, table): SELECT on just these
     members_of: tuple[str, ...] = ()
+    read_only: tuple[tuple[str, str], ...] = ()  # (schema, table) of a `writes` schema: SELECT only
 
 
 ACCESS: dict[str, Access] = {
@@ -59,6 +60,8 @@ ACCESS: dict[str, Access] = {
     "finance": Access(writes=("finance",), reads=("orders", "inventory"), members_of=("ledger",)),
     # The revenue audit compares the ledger with finance's revenue report, which sums orders.sales.
     "ledger": Access(appends=("ledger",), read_tables=(("orders", "sales"),)),
+    # People are the owner's to create and disable (`omnistock users`); the console signs them in.
+    "console": Access(writes=("console",), read_only=(("console", "users"),)),
 }
 
 # (schema, function name) -> the services that may call it. Every overload of the name is covered.
@@ -198,13 +201,22 @@ async def _grant_plan(conn: Connection) -> list[str]:
         for schema in access.reads:
             if schema in present:
                 plan.append(f"GRANT SELECT ON ALL TABLES IN SCHEMA {_ident(schema)} TO {r}")
+        for schema, table in access.read_only:
+            if schema in present and await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.{table}"):
+                plan.append(f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {_ident(schema)}.{_ident(table)} FROM {r}")
         for schema, table in access.read_tables:
             if schema in present and await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.{table}"):
                 plan += [f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {r}",
                          f"GRANT SELECT ON {_ident(schema)}.{_ident(table)} TO {r}"]
     plan += await _published_function_plan(conn, present)
+    for fn in CONSOLE_FUNCTIONS:
+        if await conn.fetchval("SELECT to_regprocedure($1) IS NOT NULL", fn):
+            plan.append(f"GRANT EXECUTE ON FUNCTION {fn} TO {_ident(ROLE_OF['console'])}")
     return plan
 
+
+# The console's only way to a key: one for an enabled user, with that user's role (its migration 0001).
+CONSOLE_FUNCTIONS = ("console.issue_person_key(bigint, bytea, timestamptz)", "console.revoke_person_key(bigint)")
 
 # Keys are issued and revoked over HTTP only through these, which check the caller's admin key in the
 # database (shared/migrations/0003); last_used_at is the one column a service writes (in batches).

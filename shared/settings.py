@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ServiceName = Literal["inventory", "orders", "ecommerce", "finance", "ledger"]
+ServiceName = Literal["inventory", "orders", "ecommerce", "finance", "ledger", "console"]
 
 DEFAULT_PORTS: dict[str, int] = {
     "inventory": 8081,
@@ -17,6 +17,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "ecommerce": 8083,
     "finance": 8084,
     "ledger": 8085,
+    "console": 8086,
 }
 
 
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     ecommerce_database_url: str | None = None
     finance_database_url: str | None = None
     ledger_database_url: str | None = None
+    console_database_url: str | None = None
     data_dir: Path = Path(".omnistock")
     host: str = "127.0.0.1"
     embedded_pg_port: int = 54329
@@ -74,6 +76,14 @@ class Settings(BaseSettings):
     ecommerce_port: int = DEFAULT_PORTS["ecommerce"]
     finance_port: int = DEFAULT_PORTS["finance"]
     ledger_port: int = DEFAULT_PORTS["ledger"]
+    console_port: int = DEFAULT_PORTS["console"]
+    # Where the console reaches each API (e.g. http://inventory:8081 in docker-compose). Unset: this host's
+    # port of that service, as under `omnistock up`.
+    inventory_url: str | None = None
+    orders_url: str | None = None
+    ecommerce_url: str | None = None
+    finance_url: str | None = None
+    ledger_url: str | None = None
 
     bootstrap_admin_key: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -201,6 +211,18 @@ class Settings(BaseSettings):
     # Finance co-signs the newest checkpoint (after checking it extends the last one it co-signed) this often.
     finance_cosign_interval_s: float = Field(default=5.0, gt=0)
 
+    # Console (services/console/): people's sessions. Idle: signed out after this long without a request;
+    # absolute: after this long whatever they do (a shift and a half), and the person's API key with it.
+    console_session_idle_s: float = Field(default=1_800.0, gt=0)
+    console_session_max_s: float = Field(default=43_200.0, gt=0, le=86_400.0)
+    # Secure cookies: "auto" when the request came over TLS (directly or X-Forwarded-Proto: https from
+    # a proxy in console_trusted_proxies), "always" behind a TLS proxy that does not say so.
+    console_secure_cookies: Literal["auto", "always", "never"] = "auto"
+    console_trusted_proxies: list[str] = Field(default_factory=list)
+    # Sign-in attempts per user name and per client address in a window, before 429 (password guessing).
+    console_sign_in_attempts: int = Field(default=10, ge=1)
+    console_sign_in_window_s: float = Field(default=300.0, gt=0)
+
     @field_validator("key_limits", mode="before")
     @classmethod
     def _limits_over_defaults(cls, value: Any) -> Any:
@@ -229,3 +251,8 @@ class Settings(BaseSettings):
 
     def base_url(self, service: str) -> str:
         return f"http://{self.host}:{self.port_for(service)}"
+
+    def upstream_url(self, service: str) -> str:
+        """Where the console calls `service`'s API: its configured URL, else this host's port."""
+        configured = getattr(self, f"{service}_url", None)
+        return str(configured).rstrip("/") if configured else self.base_url(service)
