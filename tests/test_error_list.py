@@ -3,6 +3,7 @@ with its status and title. `python -m tests.test_error_list --write` rewrites th
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ START, END = "<!-- problem types: start -->", "<!-- problem types: end -->"
 def problem_types() -> list[type[Problem]]:
     for name in DEFAULT_PORTS:  # each app module imports every module whose problems it can raise
         registry.load(name)
+    importlib.import_module("services.cli")  # and the CLI's use cases (e.g. `omnistock users create`)
     seen: dict[str, type[Problem]] = {}
     todo = [Problem]
     while todo:

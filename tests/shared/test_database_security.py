@@ -30,9 +30,10 @@ WRITABLE: dict[str, set[str]] = {
     "ecommerce": {"ecommerce", "orders"},
     "finance": {"finance"},
     "ledger": set(),
+    "console": {"console"},  # sessions and sign-in failures; users only through the owner (tested in console's tests)
 }
 APPENDABLE: dict[str, set[str]] = {"finance": {"ledger"}, "ledger": {"ledger"}}  # INSERT, never UPDATE/DELETE
-SCHEMAS = ("inventory", "orders", "ecommerce", "finance", "ledger")
+SCHEMAS = ("inventory", "orders", "ecommerce", "finance", "ledger", "console")
 
 
 async def refused(dsn: str) -> BaseException:
