@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from services.console.users import User, create_user
+from tests.conftest import Api, ServiceFactory
 
 PASSWORD = "correct horse battery staple"
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -43,3 +44,17 @@ async def sign_in(client: TestClient, username: str, password: str = PASSWORD, *
     token = csrf_of(await page.text())
     return await client.post("/sign-in", data={"username": username, "password": password, "csrf_token": token,
                                                **extra}, allow_redirects=False)
+
+
+@pytest.fixture
+def console_with(service: ServiceFactory) -> Callable[..., Awaitable[dict[str, Api]]]:
+    """Start the named services, then the console pointed at them: `apps = await console_with("inventory")`;
+    `apps["console"].client` is a cookie-keeping browser stand-in, the others are admin API clients."""
+
+    async def start(*names: str, **overrides: Any) -> dict[str, Api]:
+        apps = {name: await service(name) for name in names}
+        urls = {f"{name}_url": str(api.client.make_url("")).rstrip("/") for name, api in apps.items()}
+        apps["console"] = await service("console", **urls, **overrides)
+        return apps
+
+    return start
