@@ -23,12 +23,14 @@ def axe_source() -> str:
     return AXE_SOURCE.read_text(encoding="utf-8")
 
 
-async def axe(page: Page) -> list[dict[str, Any]]:
-    """The page's axe-core violations of serious or critical impact (WCAG 2.x A/AA and best practices)."""
+async def axe(page: Page, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The page's axe-core violations of serious or critical impact (WCAG 2.x A/AA and best practices),
+    outside the elements `exclude` selects (a third-party widget, named with its reason by the caller)."""
     if not await page.evaluate("() => typeof window.axe === 'object'"):
         await page.evaluate(axe_source())
     violations: list[dict[str, Any]] = await page.evaluate(
-        "async () => (await window.axe.run(document, {resultTypes: ['violations']})).violations")
+        "async (exclude) => (await window.axe.run({include: [document], exclude: exclude.map(s => [s])},"
+        " {resultTypes: ['violations']})).violations", list(exclude))
     return [v for v in violations if v.get("impact") in BLOCKING_IMPACTS]
 
 
@@ -40,8 +42,8 @@ def describe_violations(violations: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def assert_accessible(page: Page) -> None:
-    violations = await axe(page)
+async def assert_accessible(page: Page, exclude: tuple[str, ...] = ()) -> None:
+    violations = await axe(page, exclude)
     assert not violations, f"axe-core on {page.url}:\n{describe_violations(violations)}"
 
 
