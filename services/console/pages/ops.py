@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from aiohttp import web
 from pydantic import BaseModel, Field, StringConstraints, field_validator
@@ -273,3 +274,34 @@ async def redeliver(request: web.Request, session: Session) -> web.StreamRespons
     if not reply.ok:
         raise NotFound(reply.detail) if reply.status == 404 else Conflict(reply.detail)
     return redirect(request, f"/ops/webhooks/{sid}?redelivered={delivery}")
+
+
+# --- orders --------------------------------------------------------------------------------------
+
+
+@routes.get("/ops/orders")
+@page(*OPS)
+async def orders(request: web.Request, session: Session) -> web.StreamResponse:
+    """Orders of every channel, newest first, filtered by status, channel and location."""
+    filters = _query(request, "status", "channel", "location_id", "cursor")
+    reply = await upstream(request).call("orders", "GET", "/v1/orders", key=session.key,
+                                         params={**filters, "limit": "50"})
+    values = {"filters": filters, "form": filters, "locations": await _locations(request, session),
+              "orders": reply.body.get("items", []) if reply.ok else [],
+              "next_cursor": reply.body.get("next_cursor") if reply.ok else None}
+    if not reply.ok:
+        return refused(request, "ops/orders.html", values, reply, block="orders")
+    return render(request, "ops/orders.html", values, block="orders")
+
+
+@routes.get("/ops/orders/{order_id}")
+@page(*OPS)
+async def order(request: web.Request, session: Session) -> web.StreamResponse:
+    """One order: its lines, allocations and its history, each step naming who took it."""
+    order_id = request.match_info["order_id"]
+    if len(order_id) > 100:
+        raise NotFound("no such order")
+    reply = await upstream(request).call("orders", "GET", f"/v1/orders/{quote(order_id, safe='')}", key=session.key)
+    if not reply.ok:
+        raise NotFound(reply.detail)
+    return render(request, "ops/order.html", {"order": reply.body})

@@ -8,6 +8,7 @@ import re
 import asyncpg
 import pytest
 
+from shared.auth import hash_key, new_key
 from tests.conftest import Api, ServiceFactory
 from tests.services.console.conftest import csrf_of, sign_in
 
@@ -155,3 +156,25 @@ async def test_webhooks_refused_url_then_subscribe_and_redeliver_a_dead_letter(
     assert await pool.fetchval("SELECT status FROM ecommerce.webhook_deliveries WHERE id = $1", delivery) != "dead"
     missing = await client.post(f"/ops/webhooks/{sid}/deliveries/999999/redeliver", data={"csrf_token": csrf})
     assert missing.status == 404
+
+
+async def test_an_order_shows_who_placed_it(console_with, make_user, pool) -> None:
+    apps = await console_with("inventory", "ecommerce", "orders")
+    await catalogue(apps["inventory"])
+    await make_user("olga", "ops")
+    key = new_key()
+    await pool.fetchval("SELECT console.issue_person_key(id, $1, now() + interval '1 hour') FROM console.users",
+                        hash_key(key))
+    status, placed, _ = await apps["orders"].as_key(key).post("/v1/orders", idem="o-1", json={
+        "channel": "online", "currency": "EUR", "lines": [{"sku": "TEE-M", "qty": 1, "unit_price": "9.90"}],
+        "fulfillment": {"type": "ship", "ship_to": {"lat": 51.5, "lon": -0.12}}})
+    assert status == 201, placed
+    client = apps["console"].client
+    await sign_in(client, "olga")
+    listing = await (await client.get("/ops/orders", params={"channel": "online"})).text()
+    assert placed["id"] in listing and "olga (ops)" in listing
+    detail = await (await client.get(f"/ops/orders/{placed['id']}")).text()
+    assert "placed" in detail and "olga (ops)" in detail
+    assert (await client.get("/ops/orders/no-such-order")).status == 404
+    bad = await client.get("/ops/orders", params={"status": "lost"})
+    assert bad.status == 422 and 'role="alert"' in await bad.text()
