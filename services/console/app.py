@@ -13,10 +13,10 @@ import jinja2
 from aiohttp import web
 
 from services.console import repository as repo
-from services.console.pages import auth
+from services.console.api import api
+from services.console.pages import auth, reference
 from services.console.upstream import Upstream
 from services.console.web import UPSTREAM, console_pages, end_session
-from shared.http.api import Api
 from shared.http.app import create_service_app
 from shared.http.keys import POOL
 from shared.logging import get_logger
@@ -25,14 +25,14 @@ from shared.settings import Settings
 
 HERE = Path(__file__).parent
 MIGRATIONS = [MigrationSet("console", HERE / "migrations")]
-PAGE_MODULES = [auth]
+PAGE_MODULES = [auth, reference]
 SWEEP_EVERY_S = 30.0
 KEEP_ENDED_S = 30 * 86_400.0  # ended sessions stay a month: who was signed in when
 log = get_logger("omnistock.console")
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = create_service_app("console", settings, Api("console"), migrations=MIGRATIONS,
+    app = create_service_app("console", settings, api, migrations=MIGRATIONS,
                              contexts=[_upstream_context(settings), _sweeper(settings)])
     app.middlewares.append(console_pages)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
