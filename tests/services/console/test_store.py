@@ -10,10 +10,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import Api
+from services import registry
+from shared.http.runner import ServiceRunner
+from shared.settings import Settings
+from tests.conftest import Api, ServiceTestServer
 from tests.services.console.conftest import csrf_of, sign_in
 
 pytestmark = pytest.mark.asyncio
@@ -289,3 +292,36 @@ async def test_the_pick_up_queue_hands_over_and_rejects_with_a_reason(console_wi
     assert await level(pool, "TEE-M", "store-1") == (4, 0)
     queue = await (await client.get("/store/pickups")).text()
     assert handed not in queue and rejected not in queue
+
+
+class ServedLikeProduction(ServiceTestServer):
+    """`omnistock serve` does not cancel a handler when its client goes away (aiohttp's test server does):
+    the relay itself has to notice."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return ServiceRunner(self.app, **{**kwargs, "handler_cancellation": False})
+
+
+async def test_a_closed_page_gives_its_upstream_stream_back(console_with: Any, make_user: Any,
+                                                           settings: Settings) -> None:
+    """A store key has 16 upstream streams: pages closed by the dozen must not use them up."""
+    apps = await stack(console_with, make_user)
+    inventory = apps["inventory"]
+    urls = {f"{name}_url": str(apps[name].client.make_url("")).rstrip("/") for name in ("inventory", "ecommerce")}
+    app = registry.load("console").create_app(settings.model_copy(update=urls))
+    async with TestClient(ServedLikeProduction(app)) as client:
+        assert (await sign_in(client, "sam")).status == 303
+        pages = [await client.get("/store/sku/TEE-M/events") for _ in range(16)]
+        assert {p.status for p in pages} == {200}
+        await asyncio.sleep(0.5)  # every relay holds its upstream stream now
+        for p in pages:
+            p.close()
+        await asyncio.sleep(2.5)  # each relay notices its browser is gone within a second
+        resp = await client.get("/store/sku/TEE-M/events")
+        await asyncio.sleep(0.5)
+        status, body, _ = await inventory.post("/v1/stock/movements", idem="after-close", json={
+            "sku": "TEE-M", "location_id": "store-1", "kind": "receipt", "qty": 1})
+        assert status == 201, body
+        events = await read_events(resp, 2)
+        assert events[1:] == [("announce", "Stock at this store changed to 6 available.")], events
+        resp.close()
