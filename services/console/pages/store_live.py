@@ -1,6 +1,7 @@
 """The SKU page kept live: /store/sku/{sku}/events relays inventory's stock events for that one SKU to
 the browser as htmx-sse events whose data is the page's re-rendered `stock` block, plus a sentence for
-the screen reader's live region.
+the screen reader's live region. A change is rendered from the event's own figures at once (no API call
+in its way) and the page is read again half a second later.
 
 One upstream stream per open page, opened with the person's key and filtered to the SKU by inventory
 itself (and checked again here: a stream of another SKU's events is never relayed). It ends when the
@@ -31,6 +32,7 @@ log = get_logger("omnistock.console")
 BROWSER_CHECK_S = 1.0  # how soon a closed tab gives its upstream stream back
 KEEPALIVE_S = 15.0  # a comment now and then: proxies keep the stream open, a dead client shows itself
 WRITE_TIMEOUT_S = 30.0
+REFRESH_AFTER_S = 0.5  # after a change, the whole page is read again this much later
 
 
 def sse_message(event: str, html: str) -> bytes:
@@ -70,25 +72,78 @@ def _stock_change(event: Event, sku: str) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) and payload.get("sku") == sku else None
 
 
+def patched(view: dict[str, Any], burst: dict[str, dict[str, Any]], here: str) -> dict[str, Any] | None:
+    """The page's figures with a burst of changes applied, or None when one of them is at a location the
+    page does not list (or one it lists runs out): then the page is read again.
+
+    A stock event carries the level after its change, and one SKU's events come in commit order, so the
+    figures it gives are the level's own; nothing is computed here."""
+    level = dict(view["here"])
+    rows = [dict(row) for row in view["nearby"]]
+    listed = {row["location_id"]: row for row in rows}
+    for location_id, change in burst.items():
+        if not all(isinstance(change.get(k), int) for k in ("on_hand", "reserved", "safety_stock", "available")):
+            return None
+        if location_id == here:
+            level.update({k: change[k] for k in ("on_hand", "reserved", "safety_stock", "available")})
+        elif location_id in listed and change["available"] > 0:
+            listed[location_id]["available"] = change["available"]
+        else:
+            return None
+    return {**view, "here": level, "nearby": rows}
+
+
+def _take_burst(changes: asyncio.Queue[dict[str, Any] | None], first: dict[str, Any]
+                ) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Every change already waiting, latest per location (a burst is rendered once); True if the stream ended."""
+    burst = {first["location_id"]: first}
+    while not changes.empty():
+        more = changes.get_nowait()
+        if more is None:
+            return burst, True
+        burst[more["location_id"]] = more
+    return burst, False
+
+
 async def _relay(request: web.Request, session: Session, sku: str, response: web.StreamResponse) -> None:
+    """Each change is on the page at once, from the event's own figures; the page is read again shortly
+    after (online availability follows stock through e-commerce's projection, nearby stores' order)."""
     changes: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     reader = asyncio.create_task(_read_upstream(request, session, sku, changes))
     env = aiohttp_jinja2.get_env(request.app)
+    here = session.location_id or ""
+    loop = asyncio.get_running_loop()
+    view = await sku_view(request, session, sku)
+    sent = ""
+    refresh_at: float | None = None
+
+    async def send(view: dict[str, Any], said: str | None) -> None:
+        nonlocal sent
+        html = jinja2_fragments.render_block(env, "store/sku.html", "stock", **context(request, view))
+        if html == sent and said is None:
+            return
+        sent = html
+        frames = sse_message("stock", html) + (sse_message("announce", said) if said else b"")
+        await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
+
     try:
-        while (first := await changes.get()) is not None:
-            burst = {first["location_id"]: first}
-            ended = False
-            while not changes.empty():  # a burst is rendered once, with the latest figures
-                more = changes.get_nowait()
-                if more is None:
-                    ended = True
-                    break
-                burst[more["location_id"]] = more
-            view = await sku_view(request, session, sku)
-            html = jinja2_fragments.render_block(env, "store/sku.html", "stock", **context(request, view))
-            said = announcement(burst, location_names(view), session.location_id or "")
-            await asyncio.wait_for(response.write(sse_message("stock", html) + sse_message("announce", said)),
-                                   WRITE_TIMEOUT_S)
+        await send(view, None)  # a page that reconnects after a gap is brought up to date at once
+        while True:
+            wait = None if refresh_at is None else max(0.0, refresh_at - loop.time())
+            try:
+                first = await asyncio.wait_for(changes.get(), wait)
+            except TimeoutError:
+                refresh_at, view = None, await sku_view(request, session, sku)
+                await send(view, None)
+                continue
+            if first is None:
+                break
+            burst, ended = _take_burst(changes, first)
+            quick = patched(view, burst, here)
+            view = quick if quick is not None else await sku_view(request, session, sku)
+            # Read again shortly after any change (under a steady flow too: the first one sets the time).
+            refresh_at = refresh_at or loop.time() + REFRESH_AFTER_S
+            await send(view, announcement(burst, location_names(view), here))
             if ended:
                 break
     finally:

@@ -178,12 +178,33 @@ async def read_events(resp: ClientResponse, wanted: int) -> list[tuple[str, str]
     return events
 
 
+async def open_relay(client: TestClient, sku: str) -> tuple[ClientResponse, str]:
+    """A page's relay, once it has sent the page's figures as they are (its first event)."""
+    resp = await client.get(f"/store/sku/{sku}/events")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    [(name, block)] = await read_events(resp, 1)
+    assert name == "stock"
+    await asyncio.sleep(0.3)  # its upstream stream is open
+    return resp, block
+
+
+def nearby_available(block: str, location_id: str) -> int | None:
+    found = re.search(rf'id="nearby-{location_id}">\s*<th scope="row">[^<]*</th>\s*<td>[0-9.]+</td>\s*<td>(\d+)</td>',
+                      block)
+    return int(found.group(1)) if found else None
+
+
+def online_available(block: str) -> int:
+    found = re.search(r'id="online-available">(\d+)', block)
+    assert found, block
+    return int(found.group(1))
+
+
 async def test_the_relay_delivers_its_sku_and_not_another(console_with: Any, make_user: Any) -> None:
     apps = await stack(console_with, make_user)
     client, inventory = apps["console"].client, apps["inventory"]
-    resp = await client.get("/store/sku/TEE-M/events")
-    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
-    await asyncio.sleep(0.5)  # the relay's upstream stream is open
+    resp, first = await open_relay(client, "TEE-M")
+    assert nearby_available(first, "store-2") == 7
     for sku, qty in (("JEANS-32", 3), ("TEE-M", 2)):  # another SKU's change first: it must not come through
         status, body, _ = await inventory.post("/v1/stock/movements", idem=f"live-{sku}", json={
             "sku": sku, "location_id": "store-2", "kind": "receipt", "qty": qty})
@@ -192,17 +213,44 @@ async def test_the_relay_delivers_its_sku_and_not_another(console_with: Any, mak
     events = await read_events(resp, 2)
     assert [name for name, _ in events] == ["stock", "announce"]
     stock, said = events[0][1], events[1][1]
-    assert "JEANS" not in stock and re.search(r'id="nearby-store-2">\s*<th scope="row">Camden</th>\s*<td>[0-9.]+</td>'
-                                              r'\s*<td>9</td>', stock), stock
+    assert "JEANS" not in stock and nearby_available(stock, "store-2") == 9, stock
     assert said == "Stock at Camden changed to 9 available."
+    resp.close()
+
+
+async def test_a_change_at_a_store_the_page_does_not_list_and_online_stock_follow(
+        console_with: Any, make_user: Any) -> None:
+    apps = await stack(console_with, make_user)
+    client, inventory = apps["console"].client, apps["inventory"]
+    body = {**STORES["store-2"], "name": "Islington", "lat": 51.5362}
+    assert (await inventory.put("/v1/locations/store-3", json=body))[0] == 201
+    resp, first = await open_relay(client, "TEE-M")
+    assert nearby_available(first, "store-3") is None and "Islington" not in first
+    status, body, _ = await inventory.post("/v1/stock/movements", idem="new-store", json={
+        "sku": "TEE-M", "location_id": "store-3", "kind": "receipt", "qty": 6})
+    assert status == 201, body
+    events = await read_events(resp, 2)
+    assert nearby_available(events[0][1], "store-3") == 6  # the page was read again: a new row
+    assert events[1] == ("announce", "Stock at Islington changed to 6 available.")
+    # A change at a listed store is put on the page from the event alone; e-commerce's figure follows
+    # through its projection, and the page is read again shortly after the change.
+    await asyncio.sleep(1.0)  # the projection has the first change
+    online_now = (await apps["ecommerce"].get("/v1/availability/TEE-M"))[1]["available"]
+    status, body, _ = await inventory.post("/v1/stock/movements", idem="listed-store", json={
+        "sku": "TEE-M", "location_id": "store-2", "kind": "receipt", "qty": 2})
+    assert status == 201, body
+    online = online_now
+    async with asyncio.timeout(10):
+        while online != online_now + 2:  # store-2 ships: online has 2 more
+            [(name, block)] = await read_events(resp, 1)
+            online = online_available(block) if name == "stock" else online
     resp.close()
 
 
 async def test_the_relay_ends_when_the_session_ends(console_with: Any, make_user: Any) -> None:
     apps = await stack(console_with, make_user)
     client = apps["console"].client
-    resp = await client.get("/store/sku/TEE-M/events")
-    assert resp.status == 200
+    resp, _ = await open_relay(client, "TEE-M")
     page = await (await client.get("/store")).text()
     assert (await client.post("/sign-out", data={"csrf_token": csrf_of(page)}, allow_redirects=False)).status == 303
     async with asyncio.timeout(10):
@@ -317,8 +365,7 @@ async def test_a_closed_page_gives_its_upstream_stream_back(console_with: Any, m
         for p in pages:
             p.close()
         await asyncio.sleep(2.5)  # each relay notices its browser is gone within a second
-        resp = await client.get("/store/sku/TEE-M/events")
-        await asyncio.sleep(0.5)
+        resp, _ = await open_relay(client, "TEE-M")
         status, body, _ = await inventory.post("/v1/stock/movements", idem="after-close", json={
             "sku": "TEE-M", "location_id": "store-1", "kind": "receipt", "qty": 1})
         assert status == 201, body
