@@ -60,13 +60,19 @@ class ConsoleStoreScenario:
         ctx.setup[f"{self.name}: projection catch-up"] = round(time.perf_counter() - started, 1)
         cookies = asyncio.run(_sign_in_all(ctx.url("console"), [f"bench-{s}" for s in stores]))
 
+        page_label = f"store SKU page, open loop {AIM_PAGES_S} pages/s"
+        if ctx.profiler is not None:  # --profile: this load is not ctx.load's, so it starts the sampler itself
+            pids = {name: service.process.pid for name, service in ctx.stack.services.items()}
+            ctx.profiler.start(page_label, pids, warmup + seconds)
         before = ctx.meter.snapshot()
         pages = _Child(_pages_main, ctx.url("console"), cookies, data.skus, AIM_PAGES_S, seconds, warmup).result()
         cpu = ctx.meter.cores_since(before)
+        if ctx.profiler is not None:
+            ctx.profiles[page_label] = ctx.profiler.finish()
         latencies = array("d")
         latencies.frombytes(pages["latencies"])
         page_record = Record(
-            scenario=f"store SKU page, open loop {AIM_PAGES_S} pages/s", throughput=pages["served_s"],
+            scenario=page_label, throughput=pages["served_s"],
             unit="pages/s", p50_ms=_percentile_ms(latencies, 0.5), p99_ms=_percentile_ms(latencies, 0.99),
             extra={"statuses": pages["statuses"], "errors": pages["errors"], "late_starts": pages["late"],
                    "users": USERS, "cpu_cores": cpu, "measured": "client: scheduled send -> last byte",
