@@ -40,6 +40,7 @@ from services.console.users import create_user
 
 AIM_PAGES_S, AIM_PAGE_P99_MS, AIM_CHANGE_P99_MS = 200, 30.0, 200.0
 USERS, STREAMS = 8, 16
+PAGE_RATES = (50, 100, AIM_PAGES_S)  # where the page stands below the aim's rate, too
 PASSWORD = "bench store password 0123"
 CSRF = re.compile(rb'name="csrf_token" value="([^"]+)"')
 
@@ -60,25 +61,7 @@ class ConsoleStoreScenario:
         ctx.setup[f"{self.name}: projection catch-up"] = round(time.perf_counter() - started, 1)
         cookies = asyncio.run(_sign_in_all(ctx.url("console"), [f"bench-{s}" for s in stores]))
 
-        page_label = f"store SKU page, open loop {AIM_PAGES_S} pages/s"
-        if ctx.profiler is not None:  # --profile: this load is not ctx.load's, so it starts the sampler itself
-            pids = {name: service.process.pid for name, service in ctx.stack.services.items()}
-            ctx.profiler.start(page_label, pids, warmup + seconds)
-        before = ctx.meter.snapshot()
-        pages = _Child(_pages_main, ctx.url("console"), cookies, data.skus, AIM_PAGES_S, seconds, warmup).result()
-        cpu = ctx.meter.cores_since(before)
-        if ctx.profiler is not None:
-            ctx.profiles[page_label] = ctx.profiler.finish()
-        latencies = array("d")
-        latencies.frombytes(pages["latencies"])
-        page_record = Record(
-            scenario=page_label, throughput=pages["served_s"],
-            unit="pages/s", p50_ms=_percentile_ms(latencies, 0.5), p99_ms=_percentile_ms(latencies, 0.99),
-            extra={"statuses": pages["statuses"], "errors": pages["errors"], "late_starts": pages["late"],
-                   "users": USERS, "cpu_cores": cpu, "measured": "client: scheduled send -> last byte",
-                   "aim": f"p99 <= {AIM_PAGE_P99_MS:.0f} ms at {AIM_PAGES_S} pages/s"})
-        page_record.extra["aim_met"] = bool(page_record.p99_ms is not None and page_record.p99_ms <= AIM_PAGE_P99_MS
-                                            and page_record.throughput >= 0.98 * AIM_PAGES_S)
+        records = [self._pages(ctx, cookies, data.skus, rate, seconds, warmup) for rate in PAGE_RATES]
 
         live = _Child(_live_main, ctx.url("console"), ctx.url("inventory"), ctx.key("admin"), cookies,
                       live_skus, stores, wait_for_go=True)
@@ -102,7 +85,31 @@ class ConsoleStoreScenario:
                    "aim": f"p99 <= {AIM_CHANGE_P99_MS:.0f} ms under the mixed order load"})
         change_record.extra["aim_met"] = bool(change_record.p99_ms is not None
                                               and change_record.p99_ms <= AIM_CHANGE_P99_MS and not changes["missed"])
-        return [page_record, orders_record, change_record]
+        return [*records, orders_record, change_record]
+
+    def _pages(self, ctx: Context, cookies: list[str], skus: list[str], rate: int, seconds: float,
+               warmup: float) -> Record:
+        label = f"store SKU page, open loop {rate} pages/s"
+        if ctx.profiler is not None:  # --profile: this load is not ctx.load's, so it starts the sampler itself
+            pids = {name: service.process.pid for name, service in ctx.stack.services.items()}
+            ctx.profiler.start(label, pids, warmup + seconds)
+        before = ctx.meter.snapshot()
+        pages = _Child(_pages_main, ctx.url("console"), cookies, skus, rate, seconds, warmup).result()
+        cpu = ctx.meter.cores_since(before)
+        if ctx.profiler is not None:
+            ctx.profiles[label] = ctx.profiler.finish()
+        latencies = array("d")
+        latencies.frombytes(pages["latencies"])
+        record = Record(
+            scenario=label, throughput=pages["served_s"], unit="pages/s",
+            p50_ms=_percentile_ms(latencies, 0.5), p99_ms=_percentile_ms(latencies, 0.99),
+            extra={"statuses": pages["statuses"], "errors": pages["errors"], "late_starts": pages["late"],
+                   "users": USERS, "cpu_cores": cpu, "measured": "client: scheduled send -> last byte"})
+        if rate == AIM_PAGES_S:
+            record.extra["aim"] = f"p99 <= {AIM_PAGE_P99_MS:.0f} ms at {AIM_PAGES_S} pages/s"
+            record.extra["aim_met"] = bool(record.p99_ms is not None and record.p99_ms <= AIM_PAGE_P99_MS
+                                           and record.throughput >= 0.98 * AIM_PAGES_S)
+        return record
 
 
 # --- set-up -------------------------------------------------------------------------------------
