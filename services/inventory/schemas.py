@@ -97,8 +97,33 @@ class MovementIn(RequestModel):
 class MovementListQuery(RequestModel):
     sku: Sku | None = None
     location_id: LocationId | None = None
+    order: Literal["oldest", "newest"] = "oldest"  # newest first: "who changed this stock lately?"
     cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class LevelListQuery(RequestModel):
+    location_id: LocationId | None = None
+    sku_prefix: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._/-]+$")] | None = (
+        None)
+    below_safety: bool = False  # only levels whose sellable units (on hand - reserved) are under safety stock
+    cursor: Cursor | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class LevelRow(ResponseModel):
+    sku: str
+    location_id: str
+    on_hand: int
+    reserved: int
+    safety_stock: int
+    available: int
+    updated_at: datetime
+
+
+class LevelList(ResponseModel):
+    items: list[LevelRow]
+    next_cursor: str | None = None
 
 
 class MovementRecord(ResponseModel):
