@@ -116,10 +116,20 @@ async def get_sku(db: Pool | Connection, sku: str) -> asyncpg.Record | None:
     return await db.fetchrow("SELECT * FROM inventory.skus WHERE sku = $1", sku)
 
 
-async def list_skus(db: Pool | Connection, after: str | None, limit: int) -> list[asyncpg.Record]:
+async def list_skus(db: Pool | Connection, after: str | None, limit: int, q: str | None = None
+                    ) -> list[asyncpg.Record]:
+    """SKUs in code order after `after`; with `q`, only those whose code starts with it or whose name holds it."""
+    pattern = None if q is None else _like_escape(q)
     return await db.fetch(
-        "SELECT * FROM inventory.skus WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2", after, limit
+        "SELECT * FROM inventory.skus WHERE ($1::text IS NULL OR sku > $1)"
+        " AND ($3::text IS NULL OR sku ILIKE $3 || '%' OR name ILIKE '%' || $3 || '%')"
+        " ORDER BY sku LIMIT $2", after, limit, pattern
     )
+
+
+def _like_escape(text: str) -> str:
+    """`text` matched literally by LIKE: a typed % or _ is a character, not a wildcard."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def sku_exists(db: Pool | Connection, sku: str) -> bool:

@@ -75,9 +75,10 @@ async def put_sku(call: Call[SkuIn, None]) -> Reply:
 
 @api.get("/v1/skus", query=SkuListQuery, response=SkuList)
 async def list_skus(call: Call[None, SkuListQuery]) -> SkuList:
-    """SKUs in id order, a page at a time (pass `cursor` = the previous page's next_cursor)."""
+    """SKUs in id order, a page at a time (pass `cursor` = the previous page's next_cursor); `q` finds
+    those whose code starts with it or whose name contains it (case-insensitive)."""
     after = decode_cursor("skus", call.query.cursor, (str,))[0] if call.query.cursor else None
-    rows = await repo.list_skus(call.pool, after, call.query.limit)
+    rows = await repo.list_skus(call.pool, after, call.query.limit, call.query.q)
     items = [SkuOut.model_validate(dict(r)) for r in rows]
     last = items[-1] if len(items) == call.query.limit else None
     return SkuList(items=items, next_cursor=encode_cursor("skus", [last.sku]) if last else None)

@@ -79,6 +79,8 @@ class SkuList(ResponseModel):
 
 
 class SkuListQuery(RequestModel):
+    # A code prefix or a piece of the name, case-insensitive (a store associate types "jea" or "JEANS-3").
+    q: Annotated[FreeText, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
     cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
