@@ -25,6 +25,7 @@ class Reply:
     status: int
     body: Any
     headers: Mapping[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # the body's bytes as they came (a download passes them on unchanged)
 
     @property
     def ok(self) -> bool:
@@ -97,7 +98,7 @@ class Upstream:
                 raw = await resp.read()
                 ctype = resp.headers.get("Content-Type", "")
                 body: Any = orjson.loads(raw) if "json" in ctype and raw else raw.decode(errors="replace")
-                return Reply(resp.status, body, dict(resp.headers))
+                return Reply(resp.status, body, dict(resp.headers), raw)
         except (aiohttp.ClientError, TimeoutError, OSError, json.JSONDecodeError, orjson.JSONDecodeError) as exc:
             raise ServiceUnavailable(f"the {service} service did not answer ({type(exc).__name__})") from None
 

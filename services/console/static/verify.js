@@ -569,8 +569,51 @@
     return report;
   }
 
+  // --- the console's pages: one answer of the ledger API, checked the same way ------------------------
+
+  async function checked(work) {
+    const report = new Report();
+    try {
+      await work(report);
+    } catch (err) {
+      report.fail(err instanceof Malformed ? `malformed answer: ${err.message}` : `could not be checked: ${err.message}`,
+        err.seq ?? null);
+    }
+    return report;
+  }
+
+  // GET /v1/ledger/checkpoint (its extra fields are the server's words and are not needed)
+  const verifyCheckpoint = (cp, trust) => checked(async (report) => {
+    const { tree_size, root_hash, timestamp, signatures } = cp;
+    report.treeSize = (await checkCheckpoint({ tree_size, root_hash, timestamp, signatures }, "checkpoint", trust, report)).size;
+  });
+
+  // GET /v1/ledger/entries/{seq}: the entry's leaf and proof against the checkpoint that comes with it
+  const verifyEntry = (found, trust) => checked(async (report) => {
+    const e = fields(found, "answer", ["seq", "entry", "leaf_hash", "inclusion_proof", "checkpoint"]);
+    const { size, root } = await checkCheckpoint(e.checkpoint, "checkpoint", trust, report);
+    report.treeSize = size;
+    await checkEntries([{ seq: e.seq, entry: e.entry, leaf_hash: e.leaf_hash, inclusion_proof: e.inclusion_proof }],
+      size, root, report);
+  });
+
+  // GET /v1/ledger/consistency: the proof, and the signed checkpoint of the later size when there is one
+  const verifyConsistencyAnswer = (answer, trust) => checked(async (report) => {
+    const a = fields(answer, "answer", ["first", "second", "first_root", "second_root", "proof", "checkpoint"]);
+    const first = int(a.first, "first"), second = int(a.second, "second");
+    const secondRoot = hash32(a.second_root, "second_root");
+    if (a.checkpoint === null) {
+      report.fail(`no signed checkpoint of size ${second}: the later root is only the server's word`);
+    } else {
+      const cp = await checkCheckpoint(a.checkpoint, "checkpoint", trust, report);
+      if (cp.size !== second || !same(cp.root, secondRoot)) report.fail("the signed checkpoint is not the later tree");
+    }
+    report.consistency = await verifyConsistency(first, second, hashes(a.proof), hash32(a.first_root, "first_root"), secondRoot);
+    if (!report.consistency) report.fail(`tree size ${second} is not proven to extend tree size ${first}`);
+  });
+
   window.omnistockVerify = {
-    verifyBundle, trustFromFiles, verifyInclusion, verifyConsistency, leafHash, canonicalBytes, parseJson,
-    fromHex, hex, checkpointStatement, signerProblem,
+    verifyBundle, verifyCheckpoint, verifyEntry, verifyConsistencyAnswer, trustFromFiles, parseJson,
+    verifyInclusion, verifyConsistency, leafHash, canonicalBytes, hex, fromHex,
   };
 })();

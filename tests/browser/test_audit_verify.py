@@ -1,0 +1,141 @@
+"""The auditor's browser and `omnistock ledger verify` agree: the same bundle files and the same trust
+folder, honest and tampered in several ways, get the same verdict, the same number of problems and the
+same first bad seq from verify.js (WebCrypto, in Debian's chromium) as from ledger/verify.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Page
+
+from ledger import identity, merkle, signing
+from ledger.bundle import dump_bundle
+from ledger.verify import verify_bundle_file
+from tests.browser.conftest import PASSWORD, Stack, UserFactory
+from tests.browser.harness import assert_accessible, sign_in
+from tests.ledger.test_ledger_verify import MemoryLog, at, sale, summary
+
+
+@pytest.fixture(scope="module")
+def books(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, Path]:
+    """An honest bundle (with an earlier checkpoint and its consistency proof), the auditor's trust
+    folder (certificates only), and the data folder its keys live in."""
+    data = tmp_path_factory.mktemp("ledger-data")
+    identity.init_identities(data, now=datetime(2024, 1, 1, tzinfo=UTC))
+    signers = {org: identity.load_identity(data, org) for org in identity.ORGS}
+    log = MemoryLog()
+    log.append(signers["finance"], [sale(n) for n in range(5)], at(1))
+    log.append(signers["finance"], [sale(n) for n in range(5, 7)] + [summary(7)], at(2))
+    log.append(signers["finance"], [sale(8)], at(3))
+    cosigners = [signers["ledger"], signers["finance"]]
+    earlier = signing.sign_checkpoint(5, merkle.root([log.leaf(s) for s in range(5)]), at(1), cosigners)
+    bundle = json.loads(dump_bundle(log.export(log.checkpoint(cosigners, at(5)), earlier=earlier)))
+    trust = tmp_path_factory.mktemp("trust")
+    for pem in identity.msp_dir(data).rglob("*.pem"):
+        shutil.copy(pem, trust / f"{pem.parent.name}-{pem.name}")
+    return bundle, trust, data
+
+
+def flip_base64(text: str) -> str:
+    raw = bytearray(base64.b64decode(text))
+    raw[len(raw) // 2] ^= 0x01
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def altered_amount(b: dict[str, Any]) -> None:
+    b["entries"][3]["entry"]["sales_total" if "sales_total" in b["entries"][3]["entry"] else "amount"] = "999.99"
+
+
+def altered_checkpoint_signature(b: dict[str, Any]) -> None:
+    sig = next(s for s in b["checkpoint"]["signatures"] if s["org"] == "finance")
+    sig["signature"] = flip_base64(sig["signature"])
+
+
+def altered_batch_signature(b: dict[str, Any]) -> None:
+    b["batches"][1]["signature"] = flip_base64(b["batches"][1]["signature"])
+
+
+def float_amount(b: dict[str, Any]) -> None:
+    b["entries"][2]["entry"]["quantity"] = 1.5
+
+
+def swapped_entries(b: dict[str, Any]) -> None:
+    b["entries"][0]["entry"], b["entries"][1]["entry"] = b["entries"][1]["entry"], b["entries"][0]["entry"]
+
+
+def dropped_cosignature(b: dict[str, Any]) -> None:
+    b["checkpoint"]["signatures"] = [s for s in b["checkpoint"]["signatures"] if s["org"] != "finance"]
+
+
+def rewritten_history(b: dict[str, Any]) -> None:
+    b["earlier"]["consistency_proof"][0] = "00" * 32
+
+
+CASES: list[tuple[str, Callable[[dict[str, Any]], None] | None]] = [
+    ("honest", None), ("altered amount", altered_amount), ("checkpoint signature byte", altered_checkpoint_signature),
+    ("batch signature byte", altered_batch_signature), ("a float", float_amount), ("swapped entries", swapped_entries),
+    ("no co-signature", dropped_cosignature), ("bad consistency proof", rewritten_history),
+]
+
+
+async def browser_verdict(page: Page, bundle_file: Path, trust: Path) -> dict[str, str]:
+    await page.set_input_files("#bundle", bundle_file)
+    await page.set_input_files("#trust", trust)
+    await page.click("#verify-form button[type=submit]")
+    await page.wait_for_function("() => document.getElementById('verdict').dataset.ok !== undefined")
+    return await page.evaluate("() => ({...document.getElementById('verdict').dataset,"
+                               " text: document.getElementById('verdict').textContent})")
+
+
+@pytest.fixture
+async def verify_page(page: Page, console_stack: Stack, console_user: UserFactory) -> Page:
+    await console_user("ada", role="auditor")
+    await sign_in(page, console_stack.url("console"), "ada", PASSWORD)
+    await page.goto(f"{console_stack.url('console')}/audit/verify")
+    await assert_accessible(page)
+    return page
+
+
+async def test_the_browser_and_the_cli_agree_on_honest_and_tampered_bundles(
+        verify_page: Page, books: tuple[dict[str, Any], Path, Path], tmp_path: Path) -> None:
+    bundle, trust, _ = books
+    seen = []
+    for name, tamper in CASES:
+        changed = json.loads(json.dumps(bundle))
+        if tamper:
+            tamper(changed)
+        path = tmp_path / f"{name.replace(' ', '-')}.json"
+        path.write_text(json.dumps(changed))
+        python = verify_bundle_file(path, trust)
+        browser = await browser_verdict(verify_page, path, trust)
+        assert browser["ok"] == str(python.ok).lower(), (name, browser["text"], python.summary())
+        assert browser["failures"] == str(len(python.failures)), (name, browser["text"], python.summary())
+        expected_seq = "" if python.first_bad_seq is None else str(python.first_bad_seq)
+        assert browser["firstBadSeq"] == expected_seq, (name, browser["text"], python.summary())
+        seen.append((name, python.ok))
+        if tamper:
+            assert "failed" in await verify_page.locator("#results").inner_text()
+    assert [ok for _, ok in seen] == [True] + [False] * (len(CASES) - 1)  # every tampering is caught
+
+
+async def test_another_organisations_ca_in_the_trust_folder_vouches_for_nobody(
+        verify_page: Page, books: tuple[dict[str, Any], Path, Path], tmp_path: Path) -> None:
+    bundle, trust, _ = books
+    partial = tmp_path / "trust-without-finance"
+    partial.mkdir()
+    for pem in trust.iterdir():
+        if not pem.name.startswith("finance"):
+            shutil.copy(pem, partial / pem.name)
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    python = verify_bundle_file(path, partial)
+    browser = await browser_verdict(verify_page, path, partial)
+    assert not python.ok and browser["ok"] == "false"
+    assert browser["failures"] == str(len(python.failures)) and browser["firstBadSeq"] == str(python.first_bad_seq)
