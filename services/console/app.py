@@ -13,7 +13,7 @@ import jinja2
 from aiohttp import web
 
 from services.console import repository as repo
-from services.console.pages import auth
+from services.console.pages import auth, finance
 from services.console.upstream import Upstream
 from services.console.web import UPSTREAM, console_pages, end_session
 from shared.http.api import Api
@@ -25,7 +25,7 @@ from shared.settings import Settings
 
 HERE = Path(__file__).parent
 MIGRATIONS = [MigrationSet("console", HERE / "migrations")]
-PAGE_MODULES = [auth]
+PAGE_MODULES = [auth, finance]
 SWEEP_EVERY_S = 30.0
 KEEP_ENDED_S = 30 * 86_400.0  # ended sessions stay a month: who was signed in when
 log = get_logger("omnistock.console")
