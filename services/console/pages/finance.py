@@ -102,6 +102,20 @@ class RevenueForm(BaseModel):
     group_by: Literal["day", "channel", "location"] = "day"
 
 
+def refused_form(request: web.Request, template: str, values: dict[str, Any], reply: Reply, block: str,
+                 fields: tuple[str, ...]) -> web.Response:
+    """The API's refusal on the form: each error beside its field, and one about no field of the form (a
+    rule across fields, say) in the problem box with the API's detail, so none goes unshown."""
+    response = refused(request, template, values, reply, block=block)
+    elsewhere = {k: v for k, v in reply.field_errors().items() if k not in fields and "." not in k}
+    if not elsewhere:
+        return response
+    problem = "; ".join([reply.detail, *(v.removeprefix("Value error, ") for v in elsewhere.values())])
+    errors = {k: v for k, v in reply.field_errors().items() if k in fields}
+    return render(request, template, {**values, "errors": errors, "problem": problem}, status=response.status,
+                  block=block)
+
+
 def who(actor: str | None) -> str:
     """A person's name from `role:key_id:username`; a machine key's subject as it is."""
     if not actor:
@@ -196,7 +210,8 @@ async def declare_closeout(request: web.Request, session: Session) -> web.Stream
     reply = await upstream(request).call("finance", "POST", "/v1/closeouts", key=session.key, json_body=body,
                                          idempotency_key=raw.get("idem"))
     if not reply.ok:
-        return refused(request, "finance/upload.html", _upload_values(form=values), reply, block="closeout")
+        return refused_form(request, "finance/upload.html", _upload_values(form=values), reply, "closeout",
+                            tuple(CloseoutForm.model_fields))
     return render(request, "finance/upload.html", _upload_values(form=values, closeout=reply.body),
                   block="closeout")
 
@@ -235,8 +250,8 @@ async def start_run(request: web.Request, session: Session) -> web.StreamRespons
                                          json_body=form.model_dump(mode="json", exclude_none=True))
     if not reply.ok:
         runs, next_cursor, _ = await _runs(request, session)
-        return refused(request, "finance/runs.html", {"runs": runs, "next_cursor": next_cursor, "form": values},
-                       reply)
+        ctx = {"runs": runs, "next_cursor": next_cursor, "form": values}
+        return refused_form(request, "finance/runs.html", ctx, reply, "content", tuple(RunForm.model_fields))
     return redirect(request, f"/finance/runs/{reply.body['id']}")
 
 
@@ -359,7 +374,7 @@ async def resolve_item(request: web.Request, session: Session) -> web.StreamResp
         json_body=form.model_dump(exclude_none=True), idempotency_key=raw.get("idem"))
     if not reply.ok:
         ctx = await _item(request, session, run_id, item_no, form=values)
-        return refused(request, "finance/item.html", ctx, reply, block="resolve")
+        return refused_form(request, "finance/item.html", ctx, reply, "resolve", tuple(ResolveForm.model_fields))
     return redirect(request, f"/finance/runs/{run_id}")
 
 
