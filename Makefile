@@ -18,9 +18,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/omnistock up --demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -n $${PYTEST_WORKERS:-2} -q
+
+# The browser tests (tests/browser/) drive Debian's chromium; as root it is installed when missing,
+# otherwise those tests skip and say why.
+CHROMIUM := /usr/bin/chromium
+.PHONY: browser
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "$(CHROMIUM) is missing and this is not root: the browser tests will skip" \
+		     "(as root: apt-get install chromium; or set OMNISTOCK_CHROMIUM to a Chromium binary)"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -109,6 +109,8 @@ class Stack:
             port = free_port()
             log = self.root / f"{name}.log"
             env = self.env(**{f"OMNISTOCK_{name.upper()}_PORT": str(port)})
+            if name == "console":  # it calls the services already started, on their free ports
+                env.update({f"OMNISTOCK_{other.upper()}_URL": s.url for other, s in self.services.items()})
             with log.open("ab") as out:
                 process = subprocess.Popen([str(OMNISTOCK), "serve", name], env=env, stdout=out, stderr=out)
             self.services[name] = ServiceProcess(name, port, process, log)

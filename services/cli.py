@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -131,9 +132,37 @@ async def _demo(settings: Settings) -> dict[str, str]:
         for role, key in handed.items():
             where = f" ({first_store})" if role == "store" else ""
             click.echo(f"{role + where:<24} {key}", err=True)
+        async with pool.acquire() as conn:
+            people = await _demo_users(conn, settings.data_dir / DEMO_USERS_FILE, first_store)
+        click.echo(f"console users, sign in at {settings.base_url('console')}/sign-in:", err=True)
+        for username, password in people.items():
+            click.echo(f"  {username:<22} {password}", err=True)
         return handed
     finally:
         await pool.close()
+
+
+DEMO_USERS_FILE = "demo-users.json"
+DEMO_USER_ROLES = ("store", "ops", "finance", "auditor")
+
+
+async def _demo_users(conn: Connection, path: Path, store: str) -> dict[str, str]:
+    """One console user per role of a person (`demo-<role>`), with the previous demo's passwords when
+    that file is still there, else new ones (kept like the demo keys: 0600, to the terminal only)."""
+    kept = _read_demo_keys(path)
+    existing = {user.username: user for user in await console_users.list_users(conn)}
+    handed: dict[str, str] = {}
+    for role in DEMO_USER_ROLES:
+        username = f"demo-{role}"
+        password = kept.get(username) or secrets.token_urlsafe(12)
+        if username not in existing:
+            await console_users.create_user(conn, username=username, display_name=f"Demo {role}", role=role,
+                                            location_id=store if role == "store" else None, password=password)
+        elif username not in kept:
+            await console_users.set_password(conn, username, password)
+        handed[username] = password
+    _write_demo_keys(path, handed)
+    return handed
 
 
 def _read_demo_keys(path: Path) -> dict[str, str]:
@@ -256,9 +285,10 @@ def keys_list(role: str | None, status: str | None, as_json: bool) -> None:
         for record in records:
             click.echo(orjson.dumps(dataclasses.asdict(record)).decode())
         return
-    table = Table("id", "role", "location", "label", "status", "created", "expires", "last used")
+    table = Table("id", "role", "location", "label", "person", "status", "created", "expires", "last used")
     for r in records:
-        table.add_row(str(r.id), r.role, r.location_id or "", r.label or "", r.status, _when(r.created_at),
+        table.add_row(str(r.id), r.role, r.location_id or "", r.label or "", r.person or "", r.status,
+                      _when(r.created_at),
                       _when(r.expires_at), _when(r.last_used_at))
     # Piped (a script, a pager): wide enough for whole labels rather than rich's 80 columns.
     Console(width=None if sys.stdout.isatty() else 200).print(table)

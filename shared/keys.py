@@ -44,6 +44,7 @@ class KeyRecord:
     revoked_at: datetime | None
     created_by: int | None
     revoked_by: int | None
+    person: str | None  # the console user it stands for (a sign-in's key), None for a machine's
     status: KeyStatus
 
 
@@ -119,7 +120,8 @@ def status_of(revoked_at: datetime | None, expires_at: datetime | None, now: dat
 
 # --- SQL -----------------------------------------------------------------------------------------
 
-COLUMNS = "id, role, location_id, label, created_at, expires_at, last_used_at, revoked_at, created_by, revoked_by"
+COLUMNS = ("id, role, location_id, label, created_at, expires_at, last_used_at, revoked_at, created_by, revoked_by,"
+           " person")
 LIST = f"""
 SELECT {COLUMNS}, now() AS now FROM core.api_keys
 WHERE ($1::text IS NULL OR role = $1)

@@ -213,6 +213,7 @@ INVENTORY = [
     Row("inventory", "POST", "/v1/stock/movements", STORE_OWN, movement, "a receipt at store-a"),
     Row("inventory", "POST", "/v1/stock/movements", STORE_OWN, transfer, "a transfer from store-a to store-b"),
     Row("inventory", "GET", "/v1/stock/movements", ALL, const("GET", "/v1/stock/movements", params={"sku": "TEE"})),
+    Row("inventory", "GET", "/v1/stock", ALL, const("GET", "/v1/stock", params={"location_id": OWN})),
     Row("inventory", "GET", "/v1/stock/{sku}", ALL, const("GET", "/v1/stock/TEE")),
     Row("inventory", "PUT", "/v1/stock/{sku}/locations/{location_id}/safety-stock", STORE_OWN,
         const("PUT", f"/v1/stock/TEE/locations/{OWN}/safety-stock", json={"safety_stock": 1}), "at store-a"),

@@ -243,3 +243,56 @@ async def _each_role_logs_in(server: EmbeddedPostgres) -> None:
             await conn.close()
     with pytest.raises(asyncpg.InvalidPasswordError):
         await asyncpg.connect(str(URL(server.dsn).with_password("guess")))
+
+
+async def test_the_demo_has_one_console_user_per_role_with_the_same_passwords_next_time(
+        settings: Settings, pool: asyncpg.Pool) -> None:
+    from services.console.passwords import verify_password
+
+    await _demo(settings)
+    users_file = settings.data_dir / "demo-users.json"
+    first = orjson.loads(users_file.read_bytes())
+    assert set(first) == {"demo-store", "demo-ops", "demo-finance", "demo-auditor"}
+    assert users_file.stat().st_mode & 0o777 == 0o600
+    await _demo(settings)
+    assert orjson.loads(users_file.read_bytes()) == first
+    for username, password in first.items():
+        stored = await pool.fetchval("SELECT password_hash FROM console.users WHERE username = $1", username)
+        assert verify_password(stored, password)
+    assert await pool.fetchval("SELECT location_id FROM console.users WHERE username = 'demo-store'")
+
+
+def run_with_stdin(*args: str, env: dict[str, str], stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*OMNISTOCK, *args], env=env, input=stdin, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+async def test_users_create_list_disable(database_url: str, database_env: dict[str, str], tmp_path: Path,
+                                         pool: asyncpg.Pool) -> None:
+    env = cli_env(tmp_path, database_env)
+    password = "a long and varied pass phrase\n"
+    for args, expected in [(("users", "create", "Bad Name", "--role", "ops"), "username"),
+                           (("users", "create", "sam", "--role", "store"), "location"),
+                           (("users", "create", "sam", "--role", "store", "--location", "nowhere"), "nowhere"),
+                           (("users", "create", "sam", "--role", "boss"), "--role")]:
+        refused = run_with_stdin(*args, "--password-stdin", env=env, stdin=password)
+        assert refused.returncode != 0 and expected in refused.stderr, (args, refused.stderr)
+    weak = run_with_stdin("users", "create", "olga", "--role", "ops", "--password-stdin", env=env, stdin="short\n")
+    assert weak.returncode != 0 and "password" in weak.stderr
+    assert await pool.fetchval("SELECT count(*) FROM console.users") == 0
+
+    made = run_with_stdin("users", "create", "olga", "--role", "ops", "--name", "Olga K", "--password-stdin",
+                          env=env, stdin=password)
+    assert made.returncode == 0, made.stderr
+    again = run_with_stdin("users", "create", "olga", "--role", "ops", "--password-stdin", env=env, stdin=password)
+    assert again.returncode != 0 and "exists" in again.stderr
+    [listed] = [orjson.loads(line) for line in run_cli("users", "list", "--json", env=env).stdout.splitlines()]
+    assert (listed["username"], listed["display_name"], listed["role"]) == ("olga", "Olga K", "ops")
+    assert "password" not in " ".join(listed) and "argon2" not in run_cli("users", "list", env=env).stdout
+    async with pool.acquire() as conn:  # a key of hers, as a sign-in would have made
+        key_id = await conn.fetchval("SELECT console.issue_person_key(id, '\\x01', now() + interval '1 hour')"
+                                     " FROM console.users WHERE username = 'olga'")
+    disabled = run_cli("users", "disable", "olga", env=env)
+    assert disabled.returncode == 0, disabled.stderr
+    assert await pool.fetchval("SELECT revoked_at IS NOT NULL FROM core.api_keys WHERE id = $1", key_id)
+    assert run_cli("users", "disable", "nobody", env=env).returncode != 0

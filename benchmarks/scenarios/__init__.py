@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.scenarios.base import Context, Record, Scenario
+from benchmarks.scenarios.console_store import ConsoleStoreScenario
 from benchmarks.scenarios.ecommerce_latency import EcommerceLatencyScenario
 from benchmarks.scenarios.ecommerce_sse_idle import EcommerceIdleStreamsScenario
 from benchmarks.scenarios.finance_reconcile import FinanceReconcileScenario
@@ -22,6 +23,7 @@ SCENARIOS: list[Scenario] = [
     EcommerceIdleStreamsScenario(),
     LedgerScenario(),
     FinanceReconcileScenario(),
+    ConsoleStoreScenario(),
 ]
 
 __all__ = ["SCENARIOS", "Context", "Record", "Scenario"]

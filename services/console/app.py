@@ -13,10 +13,10 @@ import jinja2
 from aiohttp import web
 
 from services.console import repository as repo
-from services.console.pages import auth, finance
+from services.console.api import api
+from services.console.pages import auth, finance, ops, reference, store, store_live
 from services.console.upstream import Upstream
-from services.console.web import UPSTREAM, console_pages, end_session
-from shared.http.api import Api
+from services.console.web import UPSTREAM, console_pages, end_session, when, who
 from shared.http.app import create_service_app
 from shared.http.keys import POOL
 from shared.logging import get_logger
@@ -25,18 +25,19 @@ from shared.settings import Settings
 
 HERE = Path(__file__).parent
 MIGRATIONS = [MigrationSet("console", HERE / "migrations")]
-PAGE_MODULES = [auth, finance]
+PAGE_MODULES = [auth, reference, store, store_live, ops, finance]
 SWEEP_EVERY_S = 30.0
 KEEP_ENDED_S = 30 * 86_400.0  # ended sessions stay a month: who was signed in when
 log = get_logger("omnistock.console")
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = create_service_app("console", settings, Api("console"), migrations=MIGRATIONS,
+    app = create_service_app("console", settings, api, migrations=MIGRATIONS,
                              contexts=[_upstream_context(settings), _sweeper(settings)])
     app.middlewares.append(console_pages)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
-                         autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+                         autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
+                         filters={"who": who, "when": when})
     for module in PAGE_MODULES:
         app.router.add_routes(module.routes)
     app.router.add_static("/static/", HERE / "static", append_version=False)

@@ -61,6 +61,9 @@ async def enable_user(db: Connection, username: str) -> asyncpg.Record | None:
 # --- sessions ------------------------------------------------------------------------------------
 
 
+NO_ENABLED_USER = "OS010"  # console.issue_person_key's refusal (its migration)
+
+
 async def issue_person_key(db: Connection, user_id: int, key_hash: bytes, expires_at: datetime) -> int:
     return int(await db.fetchval("SELECT console.issue_person_key($1, $2, $3)", user_id, key_hash, expires_at))
 

@@ -118,6 +118,20 @@ def idempotency_key() -> str:
 # --- rendering -----------------------------------------------------------------------------------
 
 
+def who(actor: str | None) -> str:
+    """An API's `actor` as people read it: the person's name for a console key (`role:id:name`),
+    else the machine key (`role:id`), else the process that acted (`cli:…`, `system`)."""
+    if not actor:
+        return "—"
+    parts = actor.split(":", 2)
+    return f"{parts[2]} ({parts[0]})" if len(parts) == 3 and parts[1].isdigit() else actor
+
+
+def when(value: str | None) -> str:
+    """An API timestamp (ISO 8601, UTC) to the second, as pages show it."""
+    return value[:19].replace("T", " ") + " UTC" if value else "—"
+
+
 def is_htmx(request: web.Request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
@@ -126,7 +140,7 @@ def context(request: web.Request, values: dict[str, Any]) -> dict[str, Any]:
     session = session_of(request)
     return {"session": session, "csrf": session.csrf if session else request.get(SIGN_IN_CSRF, ""),
             "areas": [a for a in AREAS if session and session.may_open(a)], "path": request.path,
-            "idem": idempotency_key(), "errors": {}, "form": {}, **values}
+            "idem": idempotency_key(), "errors": {}, "form": {}, "problem": None, **values}
 
 
 def render(request: web.Request, template: str, values: dict[str, Any] | None = None, *, status: int = 200,

@@ -116,10 +116,20 @@ async def get_sku(db: Pool | Connection, sku: str) -> asyncpg.Record | None:
     return await db.fetchrow("SELECT * FROM inventory.skus WHERE sku = $1", sku)
 
 
-async def list_skus(db: Pool | Connection, after: str | None, limit: int) -> list[asyncpg.Record]:
+async def list_skus(db: Pool | Connection, after: str | None, limit: int, q: str | None = None
+                    ) -> list[asyncpg.Record]:
+    """SKUs in code order after `after`; with `q`, only those whose code starts with it or whose name holds it."""
+    pattern = None if q is None else _like_escape(q)
     return await db.fetch(
-        "SELECT * FROM inventory.skus WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2", after, limit
+        "SELECT * FROM inventory.skus WHERE ($1::text IS NULL OR sku > $1)"
+        " AND ($3::text IS NULL OR sku ILIKE $3 || '%' OR name ILIKE '%' || $3 || '%')"
+        " ORDER BY sku LIMIT $2", after, limit, pattern
     )
+
+
+def _like_escape(text: str) -> str:
+    """`text` matched literally by LIKE: a typed % or _ is a character, not a wildcard."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def sku_exists(db: Pool | Connection, sku: str) -> bool:
@@ -147,13 +157,38 @@ async def apply_movement(conn: Connection, sku: str, location_id: str, kind: str
 
 
 async def list_movements(db: Pool | Connection, sku: str | None, location_id: str | None, after: int,
-                         limit: int) -> list[asyncpg.Record]:
+                         limit: int, newest_first: bool = False) -> list[asyncpg.Record]:
+    """Oldest first after id `after`, or newest first before it (0: from the newest)."""
+    if newest_first:
+        return await db.fetch(
+            "SELECT * FROM inventory.stock_movements"
+            " WHERE ($3 = 0 OR id < $3) AND ($1::text IS NULL OR sku = $1) AND ($2::text IS NULL OR location_id = $2)"
+            " ORDER BY id DESC LIMIT $4",
+            sku, location_id, after, limit,
+        )
     return await db.fetch(
         "SELECT * FROM inventory.stock_movements"
         " WHERE id > $3 AND ($1::text IS NULL OR sku = $1) AND ($2::text IS NULL OR location_id = $2)"
         " ORDER BY id LIMIT $4",
         sku, location_id, after, limit,
     )
+
+
+LEVELS_PAGE = f"""
+SELECT sku, {LEVEL_COLUMNS}, updated_at FROM inventory.stock_levels
+WHERE ($1::text IS NULL OR location_id = $1)
+  AND ($2::text IS NULL OR starts_with(sku, $2))
+  AND (NOT $3 OR on_hand - reserved < safety_stock)
+  AND (location_id, sku) > ($4, $5)
+ORDER BY location_id, sku
+LIMIT $6
+"""
+
+
+async def list_levels(db: Pool | Connection, location_id: str | None, sku_prefix: str | None, below_safety: bool,
+                      after: tuple[str, str], limit: int) -> list[asyncpg.Record]:
+    """Stock levels by location then SKU, a page after (location, sku)."""
+    return await db.fetch(LEVELS_PAGE, location_id, sku_prefix, below_safety, *after, limit)
 
 
 async def stock_of(db: Pool | Connection, sku: str) -> list[asyncpg.Record]:

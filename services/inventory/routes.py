@@ -9,7 +9,10 @@ from services.inventory import repository as repo
 from services.inventory import use_cases
 from services.inventory.schemas import (
     EventsQuery,
+    LevelList,
+    LevelListQuery,
     LevelOut,
+    LevelRow,
     LocationId,
     LocationIn,
     LocationList,
@@ -72,9 +75,10 @@ async def put_sku(call: Call[SkuIn, None]) -> Reply:
 
 @api.get("/v1/skus", query=SkuListQuery, response=SkuList)
 async def list_skus(call: Call[None, SkuListQuery]) -> SkuList:
-    """SKUs in id order, a page at a time (pass `cursor` = the previous page's next_cursor)."""
+    """SKUs in id order, a page at a time (pass `cursor` = the previous page's next_cursor); `q` finds
+    those whose code starts with it or whose name contains it (case-insensitive)."""
     after = decode_cursor("skus", call.query.cursor, (str,))[0] if call.query.cursor else None
-    rows = await repo.list_skus(call.pool, after, call.query.limit)
+    rows = await repo.list_skus(call.pool, after, call.query.limit, call.query.q)
     items = [SkuOut.model_validate(dict(r)) for r in rows]
     last = items[-1] if len(items) == call.query.limit else None
     return SkuList(items=items, next_cursor=encode_cursor("skus", [last.sku]) if last else None)
@@ -106,11 +110,26 @@ async def post_movement(call: Call[MovementIn, None]) -> Reply:
 async def list_movements(call: Call[None, MovementListQuery]) -> MovementList:
     """The movement journal, oldest first, a page at a time (pass `cursor` = the previous next_cursor)."""
     q = call.query
-    after = decode_cursor("stock_movements", q.cursor, (int,))[0] if q.cursor else 0
-    rows = await repo.list_movements(call.pool, q.sku, q.location_id, after, q.limit)
+    name = "stock_movements" if q.order == "oldest" else "stock_movements_newest"  # a cursor keeps its order
+    after = decode_cursor(name, q.cursor, (int,))[0] if q.cursor else 0
+    rows = await repo.list_movements(call.pool, q.sku, q.location_id, after, q.limit, q.order == "newest")
     items = [MovementRecord.model_validate(dict(r)) for r in rows]
     last = items[-1] if len(items) == q.limit else None
-    return MovementList(items=items, next_cursor=encode_cursor("stock_movements", [last.id]) if last else None)
+    return MovementList(items=items, next_cursor=encode_cursor(name, [last.id]) if last else None)
+
+
+@api.get("/v1/stock", query=LevelListQuery, response=LevelList)
+async def list_levels(call: Call[None, LevelListQuery]) -> LevelList:
+    """Stock levels by location, then SKU: on hand, reserved, safety stock, available; `below_safety`
+    keeps those whose unreserved units are under their safety stock. A page at a time (`cursor`)."""
+    q = call.query
+    after = tuple(decode_cursor("stock_levels", q.cursor, (str, str))) if q.cursor else ("", "")
+    rows = await repo.list_levels(call.pool, q.location_id, q.sku_prefix, q.below_safety, after,  # type: ignore[arg-type]
+                                  q.limit)
+    items = [LevelRow.model_validate(dict(r)) for r in rows]
+    last = items[-1] if len(items) == q.limit else None
+    cursor = encode_cursor("stock_levels", [last.location_id, last.sku]) if last else None
+    return LevelList(items=items, next_cursor=cursor)
 
 
 @api.get("/v1/stock/{sku}", response=StockOut, extra_responses={404: "unknown sku"})

@@ -79,6 +79,8 @@ class SkuList(ResponseModel):
 
 
 class SkuListQuery(RequestModel):
+    # A code prefix or a piece of the name, case-insensitive (a store associate types "jea" or "JEANS-3").
+    q: Annotated[FreeText, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
     cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
@@ -95,8 +97,33 @@ class MovementIn(RequestModel):
 class MovementListQuery(RequestModel):
     sku: Sku | None = None
     location_id: LocationId | None = None
+    order: Literal["oldest", "newest"] = "oldest"  # newest first: "who changed this stock lately?"
     cursor: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class LevelListQuery(RequestModel):
+    location_id: LocationId | None = None
+    sku_prefix: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._/-]+$")] | None = (
+        None)
+    below_safety: bool = False  # only levels whose sellable units (on hand - reserved) are under safety stock
+    cursor: Cursor | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class LevelRow(ResponseModel):
+    sku: str
+    location_id: str
+    on_hand: int
+    reserved: int
+    safety_stock: int
+    available: int
+    updated_at: datetime
+
+
+class LevelList(ResponseModel):
+    items: list[LevelRow]
+    next_cursor: str | None = None
 
 
 class MovementRecord(ResponseModel):

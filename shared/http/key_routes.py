@@ -65,6 +65,7 @@ class KeyOut(ResponseModel):
     revoked_at: datetime | None
     created_by: int | None  # the admin key that created it; None: the database owner (CLI, bootstrap)
     revoked_by: int | None
+    person: str | None  # the console user a sign-in's key stands for; None: a machine's key
 
 
 class KeyCreated(KeyOut):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 from aiohttp import web
 
 from services.console import passwords
@@ -77,10 +78,15 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         return _sign_in_form(request, status=401, username=username, error=WRONG)
     token, key = rules.new_token(), new_key()
     expires_at = datetime.now(UTC) + timedelta(seconds=settings.console_session_max_s)
-    async with pool.acquire() as conn, conn.transaction():
-        key_id = await repo.issue_person_key(conn, user["id"], hash_key(key), expires_at)
-        await repo.insert_session(conn, rules.token_hash(token), user["id"], key_id, rules.seal_key(token, key),
-                                  new_csrf(), expires_at)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            key_id = await repo.issue_person_key(conn, user["id"], hash_key(key), expires_at)
+            await repo.insert_session(conn, rules.token_hash(token), user["id"], key_id, rules.seal_key(token, key),
+                                      new_csrf(), expires_at)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != repo.NO_ENABLED_USER:
+            raise
+        return _sign_in_form(request, status=401, username=username, error=WRONG)  # disabled this instant
     response = see_other(target or HOME[user["role"]])
     set_cookie(request, response, rules.COOKIE, token, max_age=int(settings.console_session_max_s))
     response.del_cookie(rules.SIGN_IN_COOKIE, path="/")

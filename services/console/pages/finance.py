@@ -116,14 +116,6 @@ def refused_form(request: web.Request, template: str, values: dict[str, Any], re
                   block=block)
 
 
-def who(actor: str | None) -> str:
-    """A person's name from `role:key_id:username`; a machine key's subject as it is."""
-    if not actor:
-        return ""
-    parts = actor.split(":", 2)
-    return parts[2] if len(parts) == 3 else actor
-
-
 # --- settlements and close-outs -------------------------------------------------------------------
 
 
@@ -290,7 +282,7 @@ async def _workbench(request: web.Request, session: Session, run_id: int, **extr
                               params=params)
     listed = items.body["items"] if items.ok else []
     return {"run": run.body, "items": listed, "next_cursor": items.body.get("next_cursor") if items.ok else None,
-            "cls": cls, "classes": CLASSES, "payments": await _payments(request, session, listed), "who": who,
+            "cls": cls, "classes": CLASSES, "payments": await _payments(request, session, listed),
             "problem": None if items.ok else items.detail, **extra}
 
 
@@ -349,7 +341,7 @@ async def _item(request: web.Request, session: Session, run_id: int, item_no: in
         order = got.body if got.ok else None
     payments = await _payments(request, session, [item])
     return {"run_id": run_id, "item": item, "order": order, "payments": payments.get(item_no, []),
-            "actions": ACTIONS, "who": who, **extra}
+            "actions": ACTIONS, **extra}
 
 
 @routes.get("/finance/runs/{run_id}/items/{item_no}")

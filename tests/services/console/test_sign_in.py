@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from services.console.users import create_user
+from shared.auth import hash_key, new_key
 from shared.errors import ValidationFailed
 from tests.conftest import ServiceFactory
 from tests.services.console.conftest import PASSWORD, csrf_of, sign_in
@@ -170,3 +171,30 @@ async def test_console_role_cannot_make_users_or_mint_keys(service_urls, make_us
             await conn.execute("INSERT INTO core.api_keys (key_hash, role) VALUES ('\\x00', 'admin')")
     finally:
         await conn.close()
+
+
+async def test_what_a_person_key_changes_names_the_person(service: ServiceFactory, make_user, pool) -> None:
+    inventory = await service("inventory")
+    await make_user("sam", "store", location_id="store-9")
+    key = new_key()
+    key_id = await pool.fetchval("SELECT console.issue_person_key(id, $1, now() + interval '1 hour')"
+                                 " FROM console.users WHERE username = 'sam'", hash_key(key))
+    await pool.execute("INSERT INTO inventory.skus (sku, name, price, currency) VALUES ('SKU-P1', 'Pen', 2, 'EUR')")
+    status, body, _ = await inventory.as_key(key).post(
+        "/v1/stock/movements", idem="who-1",
+        json={"sku": "SKU-P1", "location_id": "store-9", "kind": "receipt", "qty": 3, "reason": "delivery"})
+    assert status == 201, body
+    actor = await pool.fetchval("SELECT actor FROM inventory.stock_movements WHERE sku = 'SKU-P1'")
+    assert actor == f"store:{key_id}:sam"
+
+
+async def test_a_person_key_cannot_be_issued_for_a_disabled_user_or_outlive_a_day(make_user, pool) -> None:
+    await make_user("olga", "ops")
+    key_id = await pool.fetchval("SELECT console.issue_person_key(id, '\\x02', now() + interval '30 days')"
+                                 " FROM console.users WHERE username = 'olga'")
+    expires = await pool.fetchval("SELECT expires_at - now() FROM core.api_keys WHERE id = $1", key_id)
+    assert expires <= timedelta(days=1)
+    await pool.execute("UPDATE console.users SET disabled_at = now()")
+    with pytest.raises(asyncpg.PostgresError, match="no enabled user"):
+        await pool.fetchval("SELECT console.issue_person_key(id, '\\x03', now() + interval '1 hour')"
+                            " FROM console.users WHERE username = 'olga'")
