@@ -4,6 +4,7 @@ commit to the ledger, read the revenue chart; every page passes axe-core."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,12 @@ from tests.browser.harness import assert_accessible, sign_in
 WAREHOUSE = {"name": "Dartford DC", "kind": "warehouse", "lat": 51.4462, "lon": 0.2169, "ship": True,
              "pickup": False, "timezone": "Europe/London"}
 LONDON = {"lat": 51.5072, "lon": -0.1276}
+
+
+async def shot(page: Page, name: str) -> None:
+    """With OMNISTOCK_SCREENSHOTS=folder, keep a full-page picture (the README's come from here)."""
+    if folder := os.environ.get("OMNISTOCK_SCREENSHOTS"):
+        await page.screenshot(path=str(Path(folder) / f"finance-{name}.png"), full_page=True)
 
 
 async def _admin(stack: Stack, method: str, name: str, path: str, key: str, json: Any = None) -> Any:
@@ -63,6 +70,7 @@ async def test_import_run_resolve_and_commit(page: Page, console_stack: Stack, c
     assert await page.locator("#upload-progress").evaluate("p => p.value") == 100
     assert page.url == f"{base}/finance"  # sent by the script, no page load
     await assert_accessible(page)
+    await shot(page, "upload")
 
     await page.goto(f"{base}/finance/runs")
     await page.fill("#f-business_day", day)
@@ -77,10 +85,12 @@ async def test_import_run_resolve_and_commit(page: Page, console_stack: Stack, c
     await expect(page.locator("#items-heading")).to_have_text("Items: amount mismatch")
     await expect(page.locator("#items tbody tr")).to_have_count(1)
     await expect(page.locator("#items tbody")).to_contain_text("stripe p2: 78.00 EUR")
+    await shot(page, "workbench")
     await page.get_by_role("link", name=re.compile(r"^Resolve item")).click()
     await assert_accessible(page)
     await page.get_by_role("button", name=re.compile(r"^Resolve item")).click()  # no reason: refused in place
     await expect(page.locator("#f-reason-error")).to_be_visible()
+    await shot(page, "resolve")
     await page.fill("#f-reason", "provider kept a 1.00 fee")
     await page.get_by_role("button", name=re.compile(r"^Resolve item")).click()
     await page.wait_for_url(run_url)
@@ -95,3 +105,4 @@ async def test_import_run_resolve_and_commit(page: Page, console_stack: Stack, c
     await expect(page.locator("svg[role=img] rect")).to_have_count(1)
     await expect(page.locator("#report tbody")).to_contain_text("98.90")
     await assert_accessible(page)
+    await shot(page, "revenue")
