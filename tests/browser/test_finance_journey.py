@@ -106,3 +106,8 @@ async def test_import_run_resolve_and_commit(page: Page, console_stack: Stack, c
     await expect(page.locator("#report tbody")).to_contain_text("98.90")
     await assert_accessible(page)
     await shot(page, "revenue")
+
+    await page.set_viewport_size({"width": 390, "height": 844})  # a phone: wide tables scroll in their box
+    for path in ("/finance", "/finance/runs", run_url.removeprefix(base), f"/finance/revenue?from={day}&to={day}"):
+        await page.goto(base + path)
+        assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390, path

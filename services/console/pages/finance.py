@@ -164,7 +164,9 @@ async def upload_settlements(request: web.Request, session: Session) -> web.Stre
         reply = await client.call("finance", "POST", "/v1/settlements", key=session.key, data=request.content,
                                   content_type=request.content_type, long=True)
         return _import_result(request, reply)
-    reader = request.get(MULTIPART)
+    reader = request.get(MULTIPART)  # the token came as the form's first part
+    if reader is None and request.content_type == "multipart/form-data":
+        reader = await request.multipart()  # the token came as a header (a script's multipart post)
     if not isinstance(reader, MultipartReader):
         return _refuse_file(request, "send a CSV or JSON lines file", status=415)
     part = await reader.next()

@@ -115,6 +115,10 @@ async def test_a_malformed_file_shows_the_apis_line_errors_and_imports_nothing(c
     assert "<html" not in html  # the result fragment only
     lines = re.findall(r"<tr><td>(\d+)</td><td>([a-z_]+)</td>", html)
     assert lines == [("3", "amount"), ("4", "amount")], html
+    scripted = aiohttp.FormData()  # a script's multipart post, its token in the header
+    scripted.add_field("file", bad, filename="payouts.csv", content_type="text/csv")
+    resp = await client.post("/finance/settlements", data=scripted, headers={"X-CSRF-Token": token})
+    assert resp.status == 422 and "Rows refused" in await resp.text()
     plain = await client.post("/finance/settlements", data=multipart(token, bad))
     assert plain.status == 422
     assert "Rows refused (nothing was imported)" in await plain.text()
