@@ -23,8 +23,8 @@ async def settlements(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM finance.settlements"))
 
 
-async def setup(console_with: Any, make_key: Any, pool: asyncpg.Pool) -> tuple[TestClient, Books]:
-    apps = await console_with("inventory", "orders", "finance")
+async def setup(console_with: Any, make_key: Any, pool: asyncpg.Pool, **console: Any) -> tuple[TestClient, Books]:
+    apps = await console_with("inventory", "orders", "finance", **console)
     inv = apps["inventory"]
     for location_id, body in LOCATIONS.items():
         status, resp, _ = await inv.put(f"/v1/locations/{location_id}", json=body)
@@ -239,3 +239,22 @@ async def test_a_closeout_is_declared_and_a_bad_amount_changes_nothing(console_w
     assert "Close-out of store-a" in await ok.text()
     assert await pool.fetchval("SELECT count(*) FROM finance.closeouts") == 1
 
+
+
+async def test_a_file_larger_than_any_form_body_streams_through(console_with, make_user, make_key,
+                                                              pool) -> None:
+    """Over the console's own body limit (OMNISTOCK_MAX_BODY_BYTES, 64 KiB here), so it can only arrive if
+    the console passes it on as it comes instead of reading it whole, by either way of sending."""
+    limit = 64 * 1024
+    client, _ = await setup(console_with, make_key, pool, max_body_bytes=limit)
+    token = await signed_in(client, make_user)
+    rows = 3000
+    body = csv_file(*((f"big{n:07d}", f"shopify:{n}", "10.00") for n in range(rows)))
+    assert len(body) > 3 * limit
+    resp = await client.post("/finance/settlements", data=body, headers={
+        "Content-Type": "text/csv", "X-CSRF-Token": token, "HX-Request": "true"})
+    assert resp.status == 200, await resp.text()
+    assert f"<dt>New settlements</dt><dd>{rows}</dd>" in await resp.text()
+    again = await client.post("/finance/settlements", data=multipart(token, body))
+    assert f"<dt>Imported before (skipped)</dt><dd>{rows}</dd>" in await again.text()
+    assert await settlements(pool) == rows
