@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from aiohttp import BodyPartReader, MultipartReader, web
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationInfo, field_validator
 
 from services.console.upstream import Reply
 from services.console.web import (
@@ -60,13 +60,23 @@ def _money(value: str | None, *, signed: bool) -> str | None:
     return str(amount)
 
 
-class RunForm(BaseModel):
+class Form(BaseModel):
+    @field_validator("*", mode="before")
+    @classmethod
+    def _filled_in(cls, value: object, info: ValidationInfo) -> object:
+        """A blank required field says so (parse_form makes a blank field None), not "not a string"."""
+        if value is None and info.field_name and cls.model_fields[info.field_name].is_required():
+            raise ValueError("required: fill this in")
+        return value
+
+
+class RunForm(Form):
     business_day: date
     channel: Literal["online", "store"] | None = None
     location_id: LocationField | None = None
 
 
-class ResolveForm(BaseModel):
+class ResolveForm(Form):
     action: Literal["write_off", "adjustment", "linked_settlement"]
     reason: Reason
     amount: str | None = None
@@ -78,11 +88,11 @@ class ResolveForm(BaseModel):
         return _money(value, signed=True)
 
 
-class CommitForm(BaseModel):
+class CommitForm(Form):
     override_reason: Reason | None = None
 
 
-class CloseoutForm(BaseModel):
+class CloseoutForm(Form):
     location_id: LocationField
     business_day: date
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
@@ -96,7 +106,7 @@ class CloseoutForm(BaseModel):
         return _money(value, signed=False)
 
 
-class RevenueForm(BaseModel):
+class RevenueForm(Form):
     from_: date = Field(alias="from")
     to: date
     group_by: Literal["day", "channel", "location"] = "day"

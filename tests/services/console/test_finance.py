@@ -141,7 +141,7 @@ async def test_a_resolution_needs_a_reason_and_a_good_amount_and_changes_nothing
     assert no_reason.status == 422
     html = await no_reason.text()
     assert html.lstrip().startswith('<form id="resolve-form"')  # the form alone, swapped in place
-    assert field_error(html, "reason")
+    assert field_error(html, "reason") == "required: fill this in"
     bad_amount = await client.post(path, data={"csrf_token": token, "action": "adjustment", "reason": "fee",
                                                "amount": "12.345"})
     assert bad_amount.status == 422
