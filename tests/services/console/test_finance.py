@@ -258,3 +258,42 @@ async def test_a_file_larger_than_any_form_body_streams_through(console_with, ma
     again = await client.post("/finance/settlements", data=multipart(token, body))
     assert f"<dt>Imported before (skipped)</dt><dd>{rows}</dd>" in await again.text()
     assert await settlements(pool) == rows
+
+
+async def test_an_unpaid_sale_is_linked_to_a_later_settlement(console_with, make_user, make_key, pool) -> None:
+    client, books = await setup(console_with, make_key, pool)
+    token = await signed_in(client, make_user)
+    order = await books.sell_online({"CAP": 1})
+    run = await books.run(await books.day_of("wh-1"))
+    (item,) = [i for i in run["items"] if i["class"] == "missing_payment"]
+    later = await books.settle({"provider": "stripe", "external_id": "late-1", "order_id": order["id"],
+                                "amount": "9.50", "currency": "EUR", "settled_at": "2026-12-03T09:00:00Z"})
+    _, listed, _ = await books.finance.get(f"/v1/settlements?order_id={order['id']}")
+    settlement_id = listed["items"][0]["id"]
+    path = f"/finance/runs/{run['id']}/items/{item['item_no']}/resolution"
+    bad = await client.post(path, data={"csrf_token": token, "action": "linked_settlement", "reason": "paid late",
+                                        "settlement_id": "the late one"})
+    assert bad.status == 422 and field_error(await bad.text(), "settlement_id")
+    page = await client.get(f"/finance/runs/{run['id']}/items/{item['item_no']}")
+    assert "late-1" in await page.text()  # the payment that came later is listed beside the sale
+    resp = await client.post(path, allow_redirects=False, data={
+        "csrf_token": token, "action": "linked_settlement", "reason": "paid late", "settlement_id": settlement_id})
+    assert resp.status == 303, await resp.text()
+    _, after, _ = await books.finance.get(f"/v1/reconciliations/{run['id']}")
+    resolution = next(i for i in after["items"] if i["item_no"] == item["item_no"])["resolution"]
+    assert (resolution["action"], resolution["settlement_id"]) == ("linked_settlement", settlement_id)
+    assert later["inserted"] == 1
+
+
+async def test_an_admin_sees_the_finance_apis_refusal_and_changes_nothing(console_with, make_user, make_key,
+                                                                          pool) -> None:
+    """Admin may open the area (AREAS), but the finance API refuses an operator: the page says so."""
+    client, _ = await setup(console_with, make_key, pool)
+    await make_user("ada", "admin")
+    assert (await sign_in(client, "ada")).status == 303
+    page = await client.get("/finance/runs")
+    html = await page.text()
+    assert page.status == 200 and 'role="alert"' in html
+    resp = await client.post("/finance/runs", data={"csrf_token": csrf_of(html), "business_day": "2026-12-02"})
+    assert resp.status == 403 and 'role="alert"' in await resp.text()
+    assert await pool.fetchval("SELECT count(*) FROM finance.runs") == 0
