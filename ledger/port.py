@@ -100,6 +100,12 @@ class Ledger(Protocol):
         """An entry with its inclusion proof against the latest checkpoint (cut now if it predates it)."""
         ...
 
+    async def find(self, *, entry_key: str | None = None, order_id: str | None = None,
+                   limit: int = 50) -> list[tuple[int, str]]:
+        """(seq, kind) of the entries with that entry_key, or the reconciled sales of that order id, in
+        seq order (an auditor's lookup; each entry is then read, and proven, with `entry`)."""
+        ...
+
     async def checkpoint(self) -> Json | None:
         """The latest signed checkpoint, None while the log has none."""
         ...

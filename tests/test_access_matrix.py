@@ -521,6 +521,8 @@ async def append(world: World, column: str) -> Req:
 LEDGER = [
     Row("ledger", "POST", "/v1/ledger/entries", FINANCE, append),
     Row("ledger", "GET", "/v1/ledger/checkpoint", LOG_READERS, const("GET", "/v1/ledger/checkpoint")),
+    Row("ledger", "GET", "/v1/ledger/entries", LOG_READERS,
+        const("GET", "/v1/ledger/entries", params={"order_id": "o-1"}), "find by order id (what each may read)"),
     Row("ledger", "GET", "/v1/ledger/entries/{seq}", LOG_READERS, const("GET", f"/v1/ledger/entries/{SUMMARY_SEQ}"),
         "a reconciliation summary"),
     Row("ledger", "GET", "/v1/ledger/entries/{seq}", BOOKS, const("GET", f"/v1/ledger/entries/{SALE_SEQ}"),

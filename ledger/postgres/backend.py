@@ -266,6 +266,13 @@ class PostgresLedger:
         candidate = checkpoint_json(min((row for row in rows if row is not None), key=lambda row: row["tree_size"]))
         return None if policy.missing_signers({s["org"] for s in candidate["signatures"]}) else candidate
 
+    async def find(self, *, entry_key: str | None = None, order_id: str | None = None,
+                   limit: int = 50) -> list[tuple[int, str]]:
+        # finance keys a reconciled sale "sale:<order id>:<business day>" (services/finance/ledger_commit.py)
+        prefix = f"sale:{order_id}:" if order_id is not None else None
+        rows = await repo.find_seqs(self.pool, entry_key, prefix, limit)
+        return [(row["seq"], row["kind"]) for row in rows]
+
     async def entry(self, seq: int) -> Json:
         row = await repo.entry_with_checkpoint(self.pool, seq)
         if row is None:

@@ -146,6 +146,16 @@ async def all_checkpoints(conn: Connection) -> list[Record]:
     return await conn.fetch(f"SELECT {CHECKPOINT_COLUMNS} FROM ledger.checkpoints cp ORDER BY cp.tree_size")
 
 
+async def find_seqs(conn: Connection | asyncpg.Pool, entry_key: str | None, sale_key_prefix: str | None,
+                    limit: int) -> list[Record]:
+    """Entries by exact entry_key (the unique index), or reconciled sales whose key starts with a prefix."""
+    return await conn.fetch(
+        "SELECT seq, kind FROM ledger.entries"
+        " WHERE entry_key IS NOT NULL AND (($1::text IS NOT NULL AND entry_key = $1)"
+        "   OR ($2::text IS NOT NULL AND kind = 'reconciled_sale' AND starts_with(entry_key, $2)))"
+        " ORDER BY seq LIMIT $3", entry_key, sale_key_prefix, limit)
+
+
 async def entry_with_checkpoint(conn: Connection | asyncpg.Pool, seq: int) -> Record | None:
     """One entry and the latest checkpoint, in one round trip (the hot read of GET /entries/{seq})."""
     return await conn.fetchrow(

@@ -26,6 +26,8 @@ from ledger.service.schemas import (
     ConsistencyQuery,
     EntryOut,
     ExportQuery,
+    FindQuery,
+    FoundList,
     IdentitiesOut,
     LatestCheckpointOut,
     ReceiptOut,
@@ -83,6 +85,14 @@ async def get_checkpoint(call: Call[None, None]) -> dict[str, Any]:
     """The latest checkpoint: tree size, root hash, time, every signature it carries (the ledger's, and
     finance's co-signature once made), the signers the policy requires and those still missing."""
     return await use_cases.checkpoint(_ledger(call), call.principal.role, call.principal.subject)
+
+
+@api.get("/v1/ledger/entries", query=FindQuery, response=FoundList, extra_responses=FORBIDDEN)
+async def find_entries(call: Call[None, FindQuery]) -> dict[str, Any]:
+    """Seqs of the entries with an `entry_key`, or of an `order_id`'s reconciled sales (give one of
+    them), that the caller may read; read each with GET /v1/ledger/entries/{seq}, its proof included."""
+    return await use_cases.find(_ledger(call), call.principal.role, call.principal.subject,
+                                call.query.entry_key, call.query.order_id)
 
 
 @api.get("/v1/ledger/entries/{seq}", response=EntryOut, extra_responses={**FORBIDDEN, 404: "no such entry"})

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from ledger.signing import Submission
 from shared.text import FreeText
@@ -112,6 +112,27 @@ class EntryOut(BaseModel):
     leaf_hash: str
     inclusion_proof: list[str]
     checkpoint: CheckpointOut
+
+
+class FindQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entry_key: Annotated[str, StringConstraints(min_length=1, max_length=300)] | None = None
+    order_id: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^:\s]+$")] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FindQuery:
+        if (self.order_id is None) == (self.entry_key is None):
+            raise ValueError("give exactly one of entry_key and order_id")
+        return self
+
+
+class FoundEntry(BaseModel):
+    seq: int
+    kind: str
+
+
+class FoundList(BaseModel):
+    items: list[FoundEntry]
 
 
 class ConsistencyQuery(BaseModel):

@@ -174,6 +174,13 @@ async def entry(ledger: Ledger, role: str, principal: str, seq: int) -> Json:
     return found
 
 
+async def find(ledger: Ledger, role: str, principal: str, entry_key: str | None, order_id: str | None) -> Json:
+    """Seqs of the entries with that key, or of an order's reconciled sales, that `role` may read."""
+    authorize(principal, policy.require_read_log, role)
+    found = await ledger.find(entry_key=entry_key, order_id=order_id)
+    return {"items": [{"seq": seq, "kind": kind} for seq, kind in found if policy.may_read_kind(role, kind)]}
+
+
 async def consistency(ledger: Ledger, role: str, principal: str, first: int, second: int | None) -> Json:
     authorize(principal, policy.require_read_log, role)
     try:

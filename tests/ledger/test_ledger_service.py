@@ -200,3 +200,28 @@ async def test_openapi_lists_the_ledger_routes(ledger_api: tuple[Api, dict[str, 
     for path in ("/v1/ledger/checkpoint", "/v1/ledger/entries/{seq}", "/v1/ledger/consistency",
                  "/v1/ledger/identities", "/v1/ledger/export", "/v1/ledger/entries"):
         assert path in doc["paths"]
+
+
+async def test_find_by_entry_key_or_order_id_refuses_bad_queries_and_roles(ledger_api, settings) -> None:
+    api, as_role = ledger_api
+    keyed = [{**sale(40), "entry_key": "sale:ord-40:2024-05-01"}, {**sale(41), "entry_key": "sale:ord-41:2024-05-01"},
+             {**summary(), "entry_key": "run:9"}]
+    status, body, _ = await as_role["finance"].post("/v1/ledger/entries", idem="keyed", json=signed(keyed, settings))
+    assert status == 201, body
+    for params, field in [({}, None), ({"entry_key": "x", "order_id": "y"}, None), ({"order_id": "a:b"}, "order_id"),
+                          ({"entry_key": ""}, "entry_key"), ({"nonsense": "1"}, None)]:
+        status, body, _ = await as_role["auditor"].get("/v1/ledger/entries", params=params)
+        assert_problem(status, body, 422, field=field)
+    for role in ("store", "shop"):
+        status, body, _ = await as_role[role].get("/v1/ledger/entries", params={"order_id": "ord-40"})
+        assert_problem(status, body, 403)
+    _, by_order, _ = await as_role["auditor"].get("/v1/ledger/entries", params={"order_id": "ord-40"})
+    assert [i["kind"] for i in by_order["items"]] == ["reconciled_sale"]
+    _, by_key, _ = await as_role["auditor"].get("/v1/ledger/entries", params={"entry_key": "run:9"})
+    assert [i["kind"] for i in by_key["items"]] == ["reconciliation_summary"]
+    # ops reads summaries only: an order's sale is not even named to it
+    _, hidden, _ = await as_role["ops"].get("/v1/ledger/entries", params={"order_id": "ord-40"})
+    assert hidden["items"] == []
+    seq = by_order["items"][0]["seq"]
+    status, entry, _ = await as_role["auditor"].get(f"/v1/ledger/entries/{seq}")
+    assert status == 200 and entry["entry"]["order_id"] == sale(40)["order_id"]
