@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,29 @@ class Upstream:
                 return Reply(resp.status, body, dict(resp.headers), raw)
         except (aiohttp.ClientError, TimeoutError, OSError, json.JSONDecodeError, orjson.JSONDecodeError) as exc:
             raise ServiceUnavailable(f"the {service} service did not answer ({type(exc).__name__})") from None
+
+    @asynccontextmanager
+    async def download(self, service: str, path: str, *, key: str, params: Mapping[str, str] | None = None
+                       ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A GET whose answer is left unread: a 200 body is passed on chunk by chunk, never held whole."""
+        headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+        try:
+            async with self.session.get(self.url(service, path), params=params, headers=headers,
+                                        timeout=self._long_timeout) as resp:
+                yield resp
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ServiceUnavailable(f"the {service} service did not answer ({type(exc).__name__})") from None
+
+    @staticmethod
+    async def reply_of(resp: aiohttp.ClientResponse) -> Reply:
+        """A download's refusal read as a Reply (problem+json), like call()'s."""
+        raw = await resp.read()
+        try:
+            body: Any = orjson.loads(raw) if "json" in resp.headers.get("Content-Type", "") and raw else \
+                raw.decode(errors="replace")
+        except orjson.JSONDecodeError:
+            body = raw.decode(errors="replace")
+        return Reply(resp.status, body, dict(resp.headers), raw)
 
     async def events(self, service: str, path: str, *, key: str, params: Mapping[str, str] | None = None,
                      last_event_id: str | None = None) -> AsyncIterator[Event]:

@@ -85,6 +85,7 @@ async def test_checkpoint_consistency_and_export(console_with, make_user, make_k
     await cosign_as_finance(settings)
     export = await client.get("/audit/export", params={"from": "0", "to": "2"})
     assert export.status == 200 and export.headers["Content-Disposition"].startswith("attachment;")
-    _, direct, _ = await apps["ledger"].as_key(await make_key("auditor")).get(
+    assert export.headers["Content-Disposition"] == 'attachment; filename="omnistock-ledger-0-2.json"'
+    status, _, direct = await apps["ledger"].as_key(await make_key("auditor")).get(
         "/v1/ledger/export", params={"from": "0", "to": "2"})
-    assert json.loads(await export.read()) == direct  # the bundle passes through unchanged
+    assert status == 200 and await export.read() == await direct.read()  # byte for byte, nothing re-encoded
