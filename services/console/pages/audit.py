@@ -102,7 +102,7 @@ async def revenue(request: web.Request, session: Session) -> web.StreamResponse:
     """Revenue as the verified ledger records it, beside finance's report for the same days; every day
     whose figures differ is highlighted."""
     form = {k: request.query.get(k, "").strip()[:10] for k in ("from", "to")}
-    values: dict[str, Any] = {"form": form, "report": None, "days": []}
+    values: dict[str, Any] = {"form": form, "report": None, "days": [], "log_audit": await _log_audit(request, session)}
     if not form["from"] or not form["to"]:
         return render(request, "audit/revenue.html", values)
     client = upstream(request)
@@ -117,6 +117,27 @@ async def revenue(request: web.Request, session: Session) -> web.StreamResponse:
     return render(request, "audit/revenue.html", {
         **values, "report": ledger.body, "days": side_by_side(ledger.body["groups"], finance_rows),
         "finance_problem": None if finance.ok else finance.detail})
+
+
+@routes.get("/audit/revenue/log")
+@page(*AUDIT)
+async def log_audit(request: web.Request, session: Session) -> web.StreamResponse:
+    """The whole-log audit's state alone: what the revenue page's htmx polls while the ledger's job runs."""
+    return render(request, "audit/revenue.html", {"form": {}, "report": None, "days": [],
+                                                  "log_audit": await _log_audit(request, session)}, block="log_audit")
+
+
+async def _log_audit(request: web.Request, session: Session) -> dict[str, Any]:
+    """GET /v1/ledger/audit: the stored result for the log's current size (200), or the background
+    job's progress (202, which asks for a run if none is under way); a refusal is shown, not raised."""
+    reply = await upstream(request).call("ledger", "GET", "/v1/ledger/audit", key=session.key)
+    shown: dict[str, Any] = {"job": None, "result": None, "running": False, "error": None, "problem": None}
+    if reply.status == 200:
+        return {**shown, "result": reply.body}
+    if reply.status == 202:
+        return {**shown, "job": reply.body, "result": reply.body.get("last"), "running": True,
+                "error": reply.body.get("last_error")}
+    return {**shown, "problem": reply.detail}
 
 
 def side_by_side(ledger_groups: list[dict[str, Any]], finance_rows: list[dict[str, Any]] | None

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import re
 
+import asyncpg
 import pytest
 
+from ledger.postgres.repository import AUDIT_LOCK_KEY
 from tests.conftest import ADMIN_KEY
 from tests.ledger.conftest import sale, summary
 from tests.ledger.test_ledger_service import cosign_as_finance, signed
+from tests.polling import eventually
 from tests.services.console.conftest import sign_in
 
 pytestmark = pytest.mark.asyncio
@@ -32,7 +35,8 @@ async def test_other_roles_cannot_open_audit_pages(console_with, make_user) -> N
         await make_user(name, role, location_id=location)
         client.session.cookie_jar.clear()
         await sign_in(client, name)
-        for path in ("/audit", "/audit/find", "/audit/entries/0", "/audit/verify", "/audit/export?from=0&to=1"):
+        for path in ("/audit", "/audit/find", "/audit/entries/0", "/audit/consistency", "/audit/revenue",
+                     "/audit/revenue/log", "/audit/verify", "/audit/export?from=0&to=1"):
             resp = await client.get(path, allow_redirects=False)
             assert resp.status == 403, (role, path)
 
@@ -89,3 +93,28 @@ async def test_checkpoint_consistency_and_export(console_with, make_user, make_k
     status, _, direct = await apps["ledger"].as_key(await make_key("auditor")).get(
         "/v1/ledger/export", params={"from": "0", "to": "2"})
     assert status == 200 and await export.read() == await direct.read()  # byte for byte, nothing re-encoded
+
+
+async def test_revenue_page_shows_the_whole_log_audit_running_then_its_result(
+        service, make_user, make_key, settings, pool: asyncpg.Pool) -> None:  # type: ignore[no-untyped-def]
+    ledger = await service("ledger", ledger_audit_wait_s=0)  # answer 202 at once while the job runs
+    console = await service("console", ledger_url=str(ledger.client.make_url("")).rstrip("/"))
+    await ledger_with_entries({"ledger": ledger}, settings, make_key)
+    client = console.client
+    await make_user("ada", "auditor")
+    await sign_in(client, "ada")
+    async with pool.acquire() as other_replica:  # another replica's audit holds this one back
+        await other_replica.execute("SELECT pg_advisory_lock($1)", AUDIT_LOCK_KEY)
+        running = await (await client.get("/audit/revenue")).text()
+        assert "checking the whole log" in running and 'hx-get="/audit/revenue/log"' in running
+        assert 'hx-trigger="every 2s"' in running
+        await other_replica.execute("SELECT pg_advisory_unlock($1)", AUDIT_LOCK_KEY)
+
+    async def finished() -> str | None:
+        resp = await client.get("/audit/revenue/log", headers={"HX-Request": "true"})
+        html = await resp.text()
+        return html if resp.status == 200 and "hx-trigger" not in html else None
+
+    done = await eventually(finished)
+    assert done.lstrip().startswith('<section id="log-audit"')  # the block alone, swapped over the old one
+    assert '<strong class="verified">verified</strong>' in done and "3 entries" in done
