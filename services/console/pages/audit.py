@@ -102,7 +102,8 @@ async def revenue(request: web.Request, session: Session) -> web.StreamResponse:
     """Revenue as the verified ledger records it, beside finance's report for the same days; every day
     whose figures differ is highlighted."""
     form = {k: request.query.get(k, "").strip()[:10] for k in ("from", "to")}
-    values: dict[str, Any] = {"form": form, "report": None, "days": [], "log_audit": await _log_audit(request, session)}
+    values: dict[str, Any] = {"form": form, "report": None, "days": [], "differing": set(),
+                              "log_audit": await _log_audit(request, session)}
     if not form["from"] or not form["to"]:
         return render(request, "audit/revenue.html", values)
     client = upstream(request)
@@ -114,8 +115,11 @@ async def revenue(request: web.Request, session: Session) -> web.StreamResponse:
     finance = await client.call("finance", "GET", "/v1/reports/revenue", key=session.key, long=True,
                                 params={**form, "group_by": "day"})
     finance_rows = finance.body["rows"] if finance.ok else None
+    differing = {(c["business_day"], c["channel"], c.get("location_id"), c["currency"])
+                 for c in ledger.body.get("comparison") or []}
     return render(request, "audit/revenue.html", {
         **values, "report": ledger.body, "days": side_by_side(ledger.body["groups"], finance_rows),
+        "differing": differing,
         "finance_problem": None if finance.ok else finance.detail})
 
 

@@ -118,3 +118,19 @@ async def test_revenue_page_shows_the_whole_log_audit_running_then_its_result(
     done = await eventually(finished)
     assert done.lstrip().startswith('<section id="log-audit"')  # the block alone, swapped over the old one
     assert '<strong class="verified">verified</strong>' in done and "3 entries" in done
+
+
+async def test_revenue_audit_marks_every_group_that_differs_from_finance(console_with, make_user, make_key,
+                                                                         settings) -> None:
+    apps = await console_with("ledger", "finance")
+    await ledger_with_entries(apps, settings, make_key)  # two 10.00 EUR online sales on 2024-05-01
+    client = apps["console"].client
+    await make_user("ada", "auditor")
+    await sign_in(client, "ada")
+    bad = await client.get("/audit/revenue", params={"from": "2024-05-02", "to": "2024-05-01"})
+    assert bad.status == 422 and 'id="f-to-error"' in await bad.text()  # the ledger's refusal, beside its field
+    page = await (await client.get("/audit/revenue", params={"from": "2024-05-01", "to": "2024-05-01"})).text()
+    assert "The whole log verified" in page
+    # Finance has recorded no revenue for that day, so the ledger's 20.00 differs (in text, not only colour).
+    assert "differs by 20.00" in page and page.count('<tr class="changed">') >= 2
+    assert "agrees" not in page
