@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Page
 
-from ledger import identity, merkle, signing
+from ledger import encoding, identity, merkle, signing
 from ledger.bundle import dump_bundle
 from ledger.verify import verify_bundle_file
 from tests.browser.conftest import PASSWORD, Stack, UserFactory
@@ -179,3 +179,63 @@ async def test_an_entry_page_verifies_in_the_browser_and_a_tampered_one_fails(
     tampered = await verdict()
     assert tampered["ok"] == "false" and tampered["firstBadSeq"] == "1"
     assert "failed" in await page.locator("#results").inner_text()
+
+
+# Entries whose canonical form is easy to get wrong: code-point key order (an astral character sorts
+# after U+FFFF, though its UTF-16 code unit sorts before), escapes, control characters, integers past
+# 2^53, nesting, and every JSON literal.
+AWKWARD = [
+    ledger_sale(1),
+    {"\uffff": 1, "\U0001f600": 2, "a": 3, "A": 4, "é": 5, "": 6},
+    {"text": 'quote " backslash \\ slash / nl \n tab \t cr \r bs \b ff \f nul \x00 us \x1f del \x7f',
+     "uni": "€ 𝄞 \u2028 \u2029 ñ", "big": 2**70, "neg": -(2**63), "zero": 0},
+    {"nested": {"z": [1, [2, {"y": None, "x": True}], False], "a": {}}, "list": []},
+]
+
+
+async def test_the_browser_encodes_and_hashes_entries_byte_for_byte_as_the_ledger(verify_page: Page) -> None:
+    for value in AWKWARD:
+        got = await verify_page.evaluate(
+            """async (text) => { const v = window.omnistockVerify, bytes = v.canonicalBytes(v.parseJson(text));
+                                 return [v.hex(bytes), v.hex(await v.leafHash(bytes))]; }""", json.dumps(value))
+        wanted = encoding.canonical_bytes(value)
+        assert got == [wanted.hex(), merkle.leaf_hash(wanted).hex()], value
+
+
+async def test_the_browser_checks_every_proof_of_small_trees_as_rfc_9162_says(verify_page: Page) -> None:
+    leaves = [merkle.leaf_hash(encoding.canonical_bytes(ledger_sale(n))) for n in range(9)]
+
+    def get_node(level: int, index: int) -> bytes:
+        return merkle.root(leaves[index << level:(index + 1) << level])
+
+    cases = []
+    for size in range(1, len(leaves) + 1):
+        root = merkle.root(leaves[:size]).hex()
+        for index in range(size):
+            proof = [p.hex() for p in merkle.inclusion_proof(index, size, get_node)]
+            cases.append(["inclusion", leaves[index].hex(), index, size, proof, root])
+        for first in range(1, size):
+            proof = [p.hex() for p in merkle.consistency_proof(first, size, get_node)]
+            cases.append(["consistency", merkle.root(leaves[:first]).hex(), first, size, proof, root])
+    verdicts = await verify_page.evaluate(
+        """async (cases) => { const v = window.omnistockVerify, h = v.fromHex, out = [];
+             const run = (kind, a, i, n, proof, root) => kind === "inclusion"
+               ? v.verifyInclusion(h(a), BigInt(i), BigInt(n), proof.map(h), h(root))
+               : v.verifyConsistency(BigInt(i), BigInt(n), proof.map(h), h(a), h(root));
+             for (const [kind, a, i, n, proof, root] of cases) {
+               const flip = (p) => p.replace(/^./, (c) => c === "0" ? "1" : "0");
+               const flipped = proof.length ? [flip(proof[0]), ...proof.slice(1)] : null;
+               out.push([await run(kind, a, i, n, proof, root), flipped && await run(kind, a, i, n, flipped, root),
+                         await run(kind, a, i, n + 1, proof, root)]);
+             }
+             return out; }""", cases)
+    for case, (honest, flipped, wrong_size) in zip(cases, verdicts, strict=True):
+        kind, _, i, n, proof, root = case
+        assert honest, case
+        assert flipped in (False, None), case  # a changed sibling hash never proves anything
+        if kind == "inclusion":
+            assert wrong_size == merkle.verify_inclusion(bytes.fromhex(case[1]), i, n + 1,
+                                                         [bytes.fromhex(p) for p in proof], bytes.fromhex(root))
+        else:
+            assert wrong_size == merkle.verify_consistency(i, n + 1, [bytes.fromhex(p) for p in proof],
+                                                           bytes.fromhex(case[1]), bytes.fromhex(root))
