@@ -20,6 +20,11 @@ AUDIT = AREAS["audit"]
 MAX_QUERY = 200
 
 
+def whole(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also says yes to '²' and other scripts' digits, which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 @routes.get("/audit")
 @page(*AUDIT)
 async def checkpoint(request: web.Request, session: Session) -> web.StreamResponse:
@@ -42,7 +47,7 @@ async def find(request: web.Request, session: Session) -> web.StreamResponse:
     if len(q) > MAX_QUERY or any(ch.isspace() or not ch.isprintable() for ch in q):
         error = "a sequence number, an order id or an entry key, without spaces"
         return render(request, "audit/find.html", {**values, "errors": {"q": error}}, status=422)
-    if q.isdigit() and len(q) <= 18:
+    if whole(q) and len(q) <= 18:
         return redirect(request, f"/audit/entries/{int(q)}")
     client = upstream(request)
     found: list[dict[str, Any]] = []
@@ -64,7 +69,7 @@ async def find(request: web.Request, session: Session) -> web.StreamResponse:
 async def entry(request: web.Request, session: Session) -> web.StreamResponse:
     """One entry, its leaf hash and RFC 9162 inclusion proof, and the checkpoint it is proven against."""
     seq = request.match_info["seq"]
-    if not seq.isdigit() or len(seq) > 18:
+    if not whole(seq) or len(seq) > 18:
         raise NotFound(f"no entry {seq[:40]!r}: a sequence number is a whole number")
     reply = await upstream(request).call("ledger", "GET", f"/v1/ledger/entries/{int(seq)}", key=session.key)
     if not reply.ok:
@@ -84,7 +89,7 @@ async def consistency(request: web.Request, session: Session) -> web.StreamRespo
     values: dict[str, Any] = {"form": form, "proof": None}
     if not form["first"]:
         return render(request, "audit/consistency.html", values)
-    errors = {k: "a tree size (a whole number)" for k, v in form.items() if v and not v.isdigit()}
+    errors = {k: "a tree size (a whole number)" for k, v in form.items() if v and not whole(v)}
     if errors:
         return render(request, "audit/consistency.html", {**values, "errors": errors}, status=422)
     params = {k: v for k, v in form.items() if v}
@@ -176,7 +181,7 @@ async def export_form(request: web.Request, session: Session) -> web.StreamRespo
     form = {k: request.query.get(k, "").strip()[:20] for k in ("from", "to", "since")}
     if not form["from"] and not form["to"]:
         return render(request, "audit/export.html", {"form": form})
-    errors = {k: "a whole number" for k, v in form.items() if (v or k != "since") and not v.isdigit()}
+    errors = {k: "a whole number" for k, v in form.items() if (v or k != "since") and not whole(v)}
     if errors:
         return render(request, "audit/export.html", {"form": form, "errors": errors}, status=422)
     params = {k: v for k, v in form.items() if v}

@@ -53,6 +53,8 @@ async def test_lookups_refuse_garbage_and_find_by_seq_order_and_key(console_with
     missing = await client.get("/audit/entries/999")
     assert missing.status == 404 and "no entry" in (await missing.text()).lower()
     assert (await client.get("/audit/entries/12x")).status == 404
+    assert (await client.get("/audit/entries/²")).status == 404  # a digit to str.isdigit, not to int()
+    assert (await client.get("/audit/find", params={"q": "²"})).status == 200  # looked up as a key: no match
     by_seq = await client.get("/audit/find", params={"q": "1"}, allow_redirects=False)
     assert by_seq.status == 303 and by_seq.headers["Location"] == "/audit/entries/1"
     by_order = await (await client.get("/audit/find", params={"q": "o-2"})).text()
@@ -84,6 +86,8 @@ async def test_checkpoint_consistency_and_export(console_with, make_user, make_k
     proof = await (await client.get("/audit/consistency", params={"first": "1", "second": "3"})).text()
     assert json.loads(DATA.search(proof).group(1))["second"] == 3
     assert (await client.get("/audit/export", params={"from": "0", "to": "z"})).status == 422
+    assert (await client.get("/audit/export", params={"from": "0", "to": "²"})).status == 422
+    assert (await client.get("/audit/consistency", params={"first": "¹"})).status == 422
     early = await client.get("/audit/export", params={"from": "0", "to": "2"})
     assert early.status == 409 and 'role="alert"' in await early.text()  # not co-signed yet: said, not a broken file
     await cosign_as_finance(settings)
