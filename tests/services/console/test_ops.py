@@ -168,6 +168,10 @@ async def test_webhooks_refused_url_then_subscribe_and_redeliver_a_dead_letter(
         " VALUES ($1, 1, 'availability.changed', 'TEE-M', '\\x7b7d', 'dead', 10) RETURNING id", sid)
     dead = await (await client.get(f"/ops/webhooks/{sid}", params={"status": "dead"})).text()
     assert f"Redeliver delivery {delivery}" in dead
+    swapped = await client.get(f"/ops/webhooks/{sid}", params={"status": "dead"}, headers={"HX-Request": "true"})
+    fragment = await swapped.text()  # the htmx block alone, its redeliver form with the token
+    assert swapped.status == 200 and fragment.lstrip().startswith('<section id="deliveries"'), fragment[:300]
+    assert f"Redeliver delivery {delivery}" in fragment and 'name="csrf_token"' in fragment
     redo = await client.post(f"/ops/webhooks/{sid}/deliveries/{delivery}/redeliver", data={"csrf_token": csrf},
                              allow_redirects=False)
     assert redo.status == 303
