@@ -14,7 +14,7 @@ from aiohttp import web
 
 from services.console import repository as repo
 from services.console.api import api
-from services.console.pages import audit, auth, ops, reference, store, store_live
+from services.console.pages import audit, auth, finance, ops, reference, store, store_live
 from services.console.upstream import Upstream
 from services.console.web import UPSTREAM, console_pages, end_session, when, who
 from shared.http.app import create_service_app
@@ -25,7 +25,7 @@ from shared.settings import Settings
 
 HERE = Path(__file__).parent
 MIGRATIONS = [MigrationSet("console", HERE / "migrations")]
-PAGE_MODULES = [auth, reference, store, store_live, ops, audit]
+PAGE_MODULES = [auth, reference, store, store_live, ops, finance, audit]
 SWEEP_EVERY_S = 30.0
 KEEP_ENDED_S = 30 * 86_400.0  # ended sessions stay a month: who was signed in when
 log = get_logger("omnistock.console")

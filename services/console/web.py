@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import aiohttp_jinja2
 import jinja2_fragments
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from cryptography.exceptions import InvalidTag
 from pydantic import BaseModel, ValidationError
 
@@ -34,6 +34,8 @@ from shared.logging import get_logger
 UPSTREAM = web.AppKey("upstream", Upstream)
 SESSION = web.RequestKey("console_session", object)  # a Session, once load_session found one
 SIGN_IN_CSRF = web.RequestKey("sign_in_csrf", str)  # the sign-in form's token, before any session
+# A multipart form's reader, its csrf_token part read already (so the rest, a file, can stream on).
+MULTIPART = web.RequestKey("console_multipart", object)
 log = get_logger("omnistock.console")
 
 # Paths the shared API layer serves as JSON (system routes, /v1/keys); everything else is a page.
@@ -283,8 +285,27 @@ async def _check_csrf(request: web.Request, expected: str) -> None:
     given = request.headers.get("X-CSRF-Token")
     if given is None and request.content_type == "application/x-www-form-urlencoded":
         given = (await request.post()).get("csrf_token")  # type: ignore[assignment]
+    elif given is None and request.content_type == "multipart/form-data":
+        given = await _multipart_token(request)
     if not isinstance(given, str) or not expected or not rules.same_token(given, expected):
         raise CsrfRefused()
+
+
+async def _multipart_token(request: web.Request) -> str | None:
+    """A multipart form's token must be its first part (browsers send fields in page order), so a file
+    after it is never read into memory before the token has been checked."""
+    try:
+        reader = await request.multipart()
+        part = await reader.next()
+        if not isinstance(part, BodyPartReader) or part.name != "csrf_token":
+            return None
+        token = b""
+        while not part.at_eof() and len(token) <= 256:
+            token += await part.read_chunk(256)
+    except (ValueError, AssertionError, web.HTTPException):
+        return None
+    request[MULTIPART] = reader
+    return token.decode(errors="replace") if len(token) <= 256 else None
 
 
 @web.middleware

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import Page
 
@@ -20,6 +21,8 @@ from ledger.bundle import dump_bundle
 from ledger.verify import verify_bundle_file
 from tests.browser.conftest import PASSWORD, Stack, UserFactory
 from tests.browser.harness import assert_accessible, sign_in
+from tests.ledger.conftest import sale as ledger_sale
+from tests.ledger.test_ledger_service import cosign_as_finance, signed
 from tests.ledger.test_ledger_verify import MemoryLog, at, sale, summary
 
 
@@ -139,3 +142,40 @@ async def test_another_organisations_ca_in_the_trust_folder_vouches_for_nobody(
     browser = await browser_verdict(verify_page, path, partial)
     assert not python.ok and browser["ok"] == "false"
     assert browser["failures"] == str(len(python.failures)) and browser["firstBadSeq"] == str(python.first_bad_seq)
+
+
+async def test_an_entry_page_verifies_in_the_browser_and_a_tampered_one_fails(
+        page: Page, console_stack: Stack, console_user: UserFactory, make_key) -> None:  # type: ignore[no-untyped-def]
+    settings = console_stack.settings
+    finance_key = await make_key("finance")
+    entries = [{**ledger_sale(n), "entry_key": f"sale:o-{n}:2024-05-01"} for n in range(3)]
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {finance_key}"}) as http, \
+            http.post(f"{console_stack.url('ledger')}/v1/ledger/entries", json=signed(entries, settings),
+                      headers={"Idempotency-Key": "browser-audit"}) as resp:
+        assert resp.status == 201, await resp.text()
+    await console_stack.admin("GET", "ledger", "/v1/ledger/checkpoint")  # cut a checkpoint
+    await cosign_as_finance(settings)
+    trust = identity.msp_dir(settings.data_dir)
+    await console_user("ada", role="auditor")
+    await sign_in(page, console_stack.url("console"), "ada", PASSWORD)
+
+    async def verdict() -> dict[str, str]:
+        await page.set_input_files("#trust", trust)
+        await page.evaluate("() => { delete document.getElementById('verdict').dataset.ok; }")
+        await page.click("#verify-form button[type=submit]")
+        await page.wait_for_function("() => document.getElementById('verdict').dataset.ok !== undefined")
+        return await page.evaluate("() => ({...document.getElementById('verdict').dataset})")
+
+    await page.goto(f"{console_stack.url('console')}/audit")
+    await assert_accessible(page)
+    assert (await verdict())["ok"] == "true"
+    await page.goto(f"{console_stack.url('console')}/audit/entries/1")
+    await assert_accessible(page)
+    assert (await verdict())["ok"] == "true"
+    assert "verified" in await page.locator("#results").inner_text()
+    # What a lying server (or a man in the middle) would hand over: the entry changed, its proof not.
+    await page.evaluate("() => { const d = document.getElementById('ledger-data');"
+                        " d.textContent = d.textContent.replace('o-1', 'o-9'); }")
+    tampered = await verdict()
+    assert tampered["ok"] == "false" and tampered["firstBadSeq"] == "1"
+    assert "failed" in await page.locator("#results").inner_text()
