@@ -93,9 +93,12 @@ class Stack:
             for name in registry.service_names():
                 await _until_ready(http, f"{self.url(name)}/readyz", within_s)
 
-    async def admin(self, method: str, name: str, path: str, json: Any = None) -> Any:
+    async def admin(self, method: str, name: str, path: str, json: Any = None,
+                    idempotency_key: str | None = None) -> Any:
         """One call to a service's API with the admin key; fails the test on anything but 2xx."""
         headers = {"Authorization": f"Bearer {self.admin_key}"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
         async with aiohttp.ClientSession() as http, http.request(method, f"{self.url(name)}{path}", json=json,
                                                                  headers=headers) as resp:
             body = await resp.json(content_type=None)

@@ -8,6 +8,7 @@ to the page's CSP, so the page is checked under the very policy it ships with.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,10 @@ async def sign_in(page: Page, base_url: str, username: str, password: str) -> No
     await page.fill("input[name=password]", password)
     async with page.expect_navigation():
         await page.click("form[action='/sign-in'] button[type=submit]")
+
+
+async def screenshot(page: Page, name: str) -> None:
+    """With OMNISTOCK_SCREENSHOTS=folder, keep a full-page picture (the README's come from here:
+    `OMNISTOCK_SCREENSHOTS=services/console/screenshots pytest tests/browser`)."""
+    if folder := os.environ.get("OMNISTOCK_SCREENSHOTS"):
+        await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)

@@ -20,7 +20,7 @@ from ledger import encoding, identity, merkle, signing
 from ledger.bundle import dump_bundle
 from ledger.verify import verify_bundle_file
 from tests.browser.conftest import PASSWORD, Stack, UserFactory
-from tests.browser.harness import assert_accessible, sign_in
+from tests.browser.harness import assert_accessible, screenshot, sign_in
 from tests.ledger.conftest import sale as ledger_sale
 from tests.ledger.test_ledger_service import cosign_as_finance, signed
 from tests.ledger.test_ledger_verify import MemoryLog, at, sale, summary
@@ -173,6 +173,7 @@ async def test_an_entry_page_verifies_in_the_browser_and_a_tampered_one_fails(
     await assert_accessible(page)
     assert (await verdict())["ok"] == "true"
     assert "verified" in await page.locator("#results").inner_text()
+    await screenshot(page, "audit-entry")
     # What a lying server (or a man in the middle) would hand over: the entry changed, its proof not.
     await page.evaluate("() => { const d = document.getElementById('ledger-data');"
                         " d.textContent = d.textContent.replace('o-1', 'o-9'); }")

@@ -4,7 +4,6 @@ commit to the ledger, read the revenue chart; every page passes axe-core."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import asyncpg
 from playwright.async_api import Page, expect
 
 from tests.browser.conftest import PASSWORD, Stack, UserFactory
-from tests.browser.harness import assert_accessible, sign_in
+from tests.browser.harness import assert_accessible, screenshot, sign_in
 
 WAREHOUSE = {"name": "Dartford DC", "kind": "warehouse", "lat": 51.4462, "lon": 0.2169, "ship": True,
              "pickup": False, "timezone": "Europe/London"}
@@ -22,9 +21,7 @@ LONDON = {"lat": 51.5072, "lon": -0.1276}
 
 
 async def shot(page: Page, name: str) -> None:
-    """With OMNISTOCK_SCREENSHOTS=folder, keep a full-page picture (the README's come from here)."""
-    if folder := os.environ.get("OMNISTOCK_SCREENSHOTS"):
-        await page.screenshot(path=str(Path(folder) / f"finance-{name}.png"), full_page=True)
+    await screenshot(page, f"finance-{name}")
 
 
 async def _admin(stack: Stack, method: str, name: str, path: str, key: str, json: Any = None) -> Any:

@@ -8,7 +8,7 @@ import re
 from playwright.async_api import Page, expect
 
 from tests.browser.conftest import PASSWORD, Stack, UserFactory
-from tests.browser.harness import assert_accessible, sign_in
+from tests.browser.harness import assert_accessible, screenshot, sign_in
 
 CAMDEN = {"name": "Camden", "kind": "store", "lat": 51.5390, "lon": -0.1426, "ship": True, "pickup": True}
 
@@ -41,6 +41,7 @@ async def test_look_up_see_a_nearby_store_change_live_and_reserve_for_pick_up(
     await _receive(console_stack, "JEANS-32", "store-0002", 3, "j3")
     await expect(phone.locator("#nearby-store-0002 td").nth(1)).to_have_text("7", timeout=10_000)
     await expect(phone.locator("[sse-swap=announce]")).to_have_text("Stock at Camden changed to 7 available.")
+    await screenshot(phone, "store-sku")
 
     await phone.get_by_role("button", name="Reserve for pick-up at Camden").click()  # tap one
     await expect(phone.get_by_role("heading", name="Reserve for pick-up at Camden")).to_be_visible()
@@ -57,6 +58,7 @@ async def test_look_up_see_a_nearby_store_change_live_and_reserve_for_pick_up(
 
     await phone.goto(f"{base}/store/pickups")
     await assert_accessible(phone)
+    await screenshot(phone, "store-pickups")
 
 
 async def _receive(stack: Stack, sku: str, location_id: str, qty: int, key: str) -> None:

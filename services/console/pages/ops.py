@@ -54,8 +54,14 @@ async def levels(request: web.Request, session: Session) -> web.StreamResponse:
         filters["below_safety"] = "true"
     reply = await upstream(request).call("inventory", "GET", "/v1/stock", key=session.key,
                                          params={**filters, "limit": "50"})
+    items = reply.body.get("items", []) if reply.ok else []
+    # The API has no such filter: this keeps the unavailable ones of each page it returns (the cursor
+    # still walks every level, so a page may show fewer rows than it read).
+    if request.query.get("unavailable"):
+        filters["unavailable"] = "true"
+        items = [r for r in items if r.get("available", 0) <= 0]
     values = {"filters": filters, "locations": await _locations(request, session),
-              "levels": reply.body.get("items", []) if reply.ok else [],
+              "levels": items,
               "next_cursor": reply.body.get("next_cursor") if reply.ok else None}
     if not reply.ok:
         return refused(request, "ops/levels.html", {**values, "form": filters}, reply, block="levels")

@@ -44,11 +44,18 @@ async def test_other_roles_get_a_403_page(console_with, make_user) -> None:
     apps = await console_with("inventory", "ecommerce")
     client = apps["console"].client
     await make_user("sam", "store", location_id="store-a")
-    await sign_in(client, "sam")
-    for path in ("/ops", "/ops/movements", "/ops/transfers", "/ops/channels", "/ops/webhooks"):
-        resp = await client.get(path, allow_redirects=False)
-        assert resp.status == 403, path
-        assert "Not for this account" in await resp.text()
+    await make_user("fay", "finance")
+    for username in ("sam", "fay"):
+        await sign_in(client, username)
+        for path in ("/ops", "/ops/movements", "/ops/transfers", "/ops/channels", "/ops/webhooks"):
+            resp = await client.get(path, allow_redirects=False)
+            assert resp.status == 403, (username, path)
+            assert "Not for this account" in await resp.text()
+        csrf = csrf_of(await (await client.get("/ops")).text())  # the 403 page has the sign-out form
+        post = await client.post("/ops/transfers", data={"sku": "TEE-M", "location_id": "wh-1",
+                                                          "to_location_id": "store-a", "qty": "1", "csrf_token": csrf})
+        assert post.status == 403, username
+        client.session.cookie_jar.clear()
 
 
 async def test_bad_transfers_change_nothing(console_with, make_user, pool) -> None:
@@ -76,7 +83,10 @@ async def test_bad_transfers_change_nothing(console_with, make_user, pool) -> No
         csrf, idem = await form_tokens(client, "/ops/transfers")
         resp = await client.post("/ops/transfers", data={**data, "csrf_token": csrf, "idem": idem})
         assert 400 <= resp.status < 500, (data, resp.status)
-        assert 'role="alert"' in await resp.text()
+        html = await resp.text()
+        assert 'role="alert"' in html
+        if data["to_location_id"] == "nowhere":
+            assert 'id="f-to_location_id-error"' in html, html
     assert await movement_count(pool) == before
 
 
@@ -97,6 +107,12 @@ async def test_a_transfer_is_made_once_and_the_journal_names_who(console_with, m
     assert "olga (ops)" in journal and "window display" in journal
     levels = await (await client.get("/ops", params={"location_id": "store-a"})).text()
     assert "TEE-M" in levels and "wh-1" not in levels.split("<tbody>")[1]
+    await apps["inventory"].post("/v1/stock/movements", idem="cap-in", json={
+        "sku": "CAP-1", "location_id": "store-a", "kind": "receipt", "qty": 1})
+    await apps["inventory"].post("/v1/stock/movements", idem="cap-out", json={
+        "sku": "CAP-1", "location_id": "store-a", "kind": "adjustment", "qty": -1, "reason": "damaged"})
+    empty = (await (await client.get("/ops", params={"location_id": "store-a", "unavailable": "true"})).text())
+    assert "CAP-1" in empty.split("<tbody>")[1] and "TEE-M" not in empty.split("<tbody>")[1]
     fragment = await client.get("/ops", params={"location_id": "store-a"}, headers={"HX-Request": "true"})
     assert (await fragment.text()).lstrip().startswith('<section id="levels"')  # only the block, for htmx
 
@@ -137,7 +153,9 @@ async def test_webhooks_refused_url_then_subscribe_and_redeliver_a_dead_letter(
     assert no_events.status == 422 and 'id="f-events-error"' in await no_events.text()
     private = await client.post("/ops/webhooks", data={"url": "http://127.0.0.1:9/hook", "secret": "a-long-secret-xyz",
                                                        "events": "availability.changed", "csrf_token": csrf})
-    assert 400 <= private.status < 500 and 'role="alert"' in await private.text()
+    refusal = await private.text()
+    assert 400 <= private.status < 500 and 'role="alert"' in refusal
+    assert "127.0.0.1" in refusal or "private" in refusal or "not allowed" in refusal, refusal  # the API's reason
     assert await pool.fetchval("SELECT count(*) FROM ecommerce.webhook_subscriptions") == 0
 
     made = await client.post("/ops/webhooks", data={"url": "https://hooks.example.com/x", "secret": "a-long-secret-xyz",
@@ -150,6 +168,10 @@ async def test_webhooks_refused_url_then_subscribe_and_redeliver_a_dead_letter(
         " VALUES ($1, 1, 'availability.changed', 'TEE-M', '\\x7b7d', 'dead', 10) RETURNING id", sid)
     dead = await (await client.get(f"/ops/webhooks/{sid}", params={"status": "dead"})).text()
     assert f"Redeliver delivery {delivery}" in dead
+    swapped = await client.get(f"/ops/webhooks/{sid}", params={"status": "dead"}, headers={"HX-Request": "true"})
+    fragment = await swapped.text()  # the htmx block alone, its redeliver form with the token
+    assert swapped.status == 200 and fragment.lstrip().startswith('<section id="deliveries"'), fragment[:300]
+    assert f"Redeliver delivery {delivery}" in fragment and 'name="csrf_token"' in fragment
     redo = await client.post(f"/ops/webhooks/{sid}/deliveries/{delivery}/redeliver", data={"csrf_token": csrf},
                              allow_redirects=False)
     assert redo.status == 303
