@@ -43,6 +43,13 @@ class Reply:
                 out.setdefault(str(error["field"]).split(".")[-1], out[str(error["field"])])
         return out
 
+    def items(self) -> list[Any]:
+        """A list answer's `items`, or none when it was refused."""
+        return self.body.get("items", []) if self.ok and isinstance(self.body, dict) else []
+
+    def next_cursor(self) -> str | None:
+        return self.body.get("next_cursor") if self.ok and isinstance(self.body, dict) else None
+
     @property
     def detail(self) -> str:
         if isinstance(self.body, dict):

@@ -39,7 +39,7 @@ def _query(request: web.Request, *names: str) -> dict[str, str]:
 
 async def _locations(request: web.Request, session: Session) -> list[dict[str, Any]]:
     reply = await upstream(request).call("inventory", "GET", "/v1/locations", key=session.key)
-    return reply.body.get("items", []) if reply.ok and isinstance(reply.body, dict) else []
+    return reply.items()
 
 
 # --- stock by location ---------------------------------------------------------------------------
@@ -54,7 +54,7 @@ async def levels(request: web.Request, session: Session) -> web.StreamResponse:
         filters["below_safety"] = "true"
     reply = await upstream(request).call("inventory", "GET", "/v1/stock", key=session.key,
                                          params={**filters, "limit": "50"})
-    items = reply.body.get("items", []) if reply.ok else []
+    items = reply.items()
     # The API has no such filter: this keeps the unavailable ones of each page it returns (the cursor
     # still walks every level, so a page may show fewer rows than it read).
     if request.query.get("unavailable"):
@@ -62,7 +62,7 @@ async def levels(request: web.Request, session: Session) -> web.StreamResponse:
         items = [r for r in items if r.get("available", 0) <= 0]
     values = {"filters": filters, "locations": await _locations(request, session),
               "levels": items,
-              "next_cursor": reply.body.get("next_cursor") if reply.ok else None}
+              "next_cursor": reply.next_cursor()}
     if not reply.ok:
         return refused(request, "ops/levels.html", {**values, "form": filters}, reply, block="levels")
     return render(request, "ops/levels.html", {**values, "form": filters}, block="levels")
@@ -79,8 +79,8 @@ async def movements(request: web.Request, session: Session) -> web.StreamRespons
     reply = await upstream(request).call("inventory", "GET", "/v1/stock/movements", key=session.key,
                                          params={**filters, "order": "newest", "limit": "50"})
     values = {"filters": filters, "form": filters, "locations": await _locations(request, session),
-              "movements": reply.body.get("items", []) if reply.ok else [],
-              "next_cursor": reply.body.get("next_cursor") if reply.ok else None}
+              "movements": reply.items(),
+              "next_cursor": reply.next_cursor()}
     if not reply.ok:
         return refused(request, "ops/movements.html", values, reply, block="journal")
     return render(request, "ops/movements.html", values, block="journal")
@@ -107,7 +107,7 @@ class TransferForm(BaseModel):
 async def _recent_transfers(request: web.Request, session: Session) -> list[dict[str, Any]]:
     reply = await upstream(request).call("inventory", "GET", "/v1/stock/movements", key=session.key,
                                          params={"order": "newest", "limit": "200"})
-    items = reply.body.get("items", []) if reply.ok else []
+    items = reply.items()
     return [m for m in items if m["kind"] == "transfer" and m["on_hand_delta"] < 0][:20]
 
 
@@ -203,7 +203,7 @@ class SubscriptionForm(BaseModel):
 
 async def _subscriptions(request: web.Request, session: Session) -> list[dict[str, Any]]:
     reply = await upstream(request).call("ecommerce", "GET", "/v1/webhooks", key=session.key)
-    return reply.body.get("items", []) if reply.ok and isinstance(reply.body, dict) else []
+    return reply.items()
 
 
 @routes.get("/ops/webhooks")
@@ -251,8 +251,8 @@ async def deliveries(request: web.Request, session: Session) -> web.StreamRespon
     reply = await client.call("ecommerce", "GET", f"/v1/webhooks/{sid}/deliveries", key=session.key,
                               params={**filters, "limit": "50"})
     values = {"subscription": sub.body, "filters": filters, "form": filters,
-              "deliveries": reply.body.get("items", []) if reply.ok else [],
-              "next_cursor": reply.body.get("next_cursor") if reply.ok else None}
+              "deliveries": reply.items(),
+              "next_cursor": reply.next_cursor()}
     if not reply.ok:
         return refused(request, "ops/deliveries.html", values, reply, block="deliveries")
     return render(request, "ops/deliveries.html", values, block="deliveries")
@@ -293,8 +293,8 @@ async def orders(request: web.Request, session: Session) -> web.StreamResponse:
     reply = await upstream(request).call("orders", "GET", "/v1/orders", key=session.key,
                                          params={**filters, "limit": "50"})
     values = {"filters": filters, "form": filters, "locations": await _locations(request, session),
-              "orders": reply.body.get("items", []) if reply.ok else [],
-              "next_cursor": reply.body.get("next_cursor") if reply.ok else None}
+              "orders": reply.items(),
+              "next_cursor": reply.next_cursor()}
     if not reply.ok:
         return refused(request, "ops/orders.html", values, reply, block="orders")
     return render(request, "ops/orders.html", values, block="orders")
