@@ -352,6 +352,8 @@ ORDERS = [
     Row("orders", "POST", "/v1/orders/{order_id}/fulfill", OPERATORS,
         on_order("fulfill", split, {"lines": [{"sku": "SPLIT-W", "qty": 1, "location_id": "wh-1"}]}),
         "naming wh-1's units"),
+    Row("orders", "POST", "/v1/orders/{order_id}/pickup-stage", STORE_OWN,
+        on_order("pickup-stage", pickup, {"stage": "ready"}), "picked up at store-a"),
     Row("orders", "POST", "/v1/orders/{order_id}/complete", STORE_OWN, on_order("complete", paid_and_fulfilled),
         "picked up at store-a"),
     Row("orders", "POST", "/v1/orders/{order_id}/returns", STORE_OWN, give_back,

@@ -279,6 +279,28 @@ def illegal(order: Order, action: str) -> IllegalTransition:
     return IllegalTransition(f"cannot {action} order {order.id}: it is {order.status}", status_now=order.status)
 
 
+# A pick-up order's progress in the store before it is handed over. Not statuses (an order is still
+# placed or paid while it is prepared): events in its history, the latest of which is its stage.
+PICKUP_STAGES = ("preparing", "ready")
+PICKUP_STAGE_EVENTS = {stage: f"pickup_{stage}" for stage in PICKUP_STAGES}
+
+
+def pickup_stage(events: Sequence[str]) -> str | None:
+    """The stage the latest pick-up stage event set, None before any."""
+    for event in reversed(events):
+        for stage, name in PICKUP_STAGE_EVENTS.items():
+            if event == name:
+                return stage
+    return None
+
+
+def check_pickup_stage(order: Order, stage: str) -> None:
+    if order.pickup_location_id is None:
+        raise IllegalTransition(f"order {order.id} is not picked up in a store", status_now=order.status)
+    if order.status not in ("placed", "paid"):
+        raise illegal(order, f"mark as {stage}")
+
+
 def check_can(order: Order, action: str) -> None:
     allowed = {"pay": ("placed", "fulfilled"), "fulfill": ACTIVE, "cancel": ACTIVE,
                "complete": ("fulfilled",), "return": RETURNABLE}[action]
@@ -307,7 +329,10 @@ def check_may_act(order: Order, role: str, location_id: str | None, action: str)
         raise Forbidden(f"a shop key may {action} online orders only")
     if role != "store":
         return
-    if action == "pay":
+    if action == "stage":
+        if location_id != order.pickup_location_id:
+            raise Forbidden(f"only the pick-up store marks this order's progress, not {location_id}")
+    elif action == "pay":
         if location_id not in (order.selling_location_id, order.pickup_location_id):
             raise Forbidden(f"this store key records payment only for orders sold or picked up at {location_id}")
     elif action in ("cancel", "fulfill"):

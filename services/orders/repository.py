@@ -307,6 +307,11 @@ async def lock_order(conn: Connection, order_id: uuid.UUID) -> domain.Order | No
     return _order_state(row, await conn.fetch(ORDER_LINES, order_id))
 
 
+async def history_events(db: Pool | Connection, order_id: uuid.UUID) -> list[str]:
+    return [r["event"] for r in await db.fetch(
+        "SELECT event FROM orders.status_history WHERE order_id = $1 ORDER BY seq", order_id)]
+
+
 async def read_order(db: Pool | Connection, order_id: uuid.UUID) -> tuple[asyncpg.Record, list[asyncpg.Record],
                                                                         list[asyncpg.Record]] | None:
     row = await db.fetchrow("SELECT * FROM orders.orders WHERE id = $1", order_id)

@@ -30,6 +30,7 @@ from services.orders.schemas import (
     OrderOut,
     PartialIn,
     PaymentIn,
+    PickupStageIn,
     ReturnIn,
     ReturnOut,
     SaleList,
@@ -136,6 +137,14 @@ async def fulfill(call: Call[None, None]) -> Any:
     """Shipped or picked up: all open units (no body), or {lines: [{sku, qty, location_id?}]}."""
     body = optional_body(call, PartialIn)
     return await once_if_keyed(call, lambda conn: use_cases.fulfill(conn, order_id(call), body, call.principal))
+
+
+@api.post("/v1/orders/{order_id}/pickup-stage", body=PickupStageIn, response=OrderOut, roles=OPERATORS,
+          extra_responses={404: "unknown order", 409: "not a pick-up order, or no longer placed or paid"})
+async def pickup_stage(call: Call[PickupStageIn, None]) -> Any:
+    """A pick-up order is `preparing` or `ready` at the pick-up store (a history event; status unchanged)."""
+    return await once_if_keyed(call, lambda conn: use_cases.mark_pickup_stage(conn, order_id(call), call.body.stage,
+                                                                               call.principal))
 
 
 @api.post("/v1/orders/{order_id}/complete", response=OrderOut, roles=OPERATORS,

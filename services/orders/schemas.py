@@ -156,6 +156,11 @@ class OrderOut(ResponseModel):
     paid_at: datetime | None = None
     created_at: datetime
     history: list[HistoryOut]
+    pickup_stage: Literal["preparing", "ready"] | None = None  # a pick-up order's latest stage in the store
+
+
+class PickupStageIn(RequestModel):
+    stage: Literal["preparing", "ready"]
 
 
 class OrderList(ResponseModel):

@@ -84,6 +84,7 @@ def _order_out(row: asyncpg.Record, line_rows: list[asyncpg.Record], history: li
         reserved_until=row["reserved_until"], paid_at=row["paid_at"], created_at=row["created_at"],
         history=[HistoryOut(event=h["event"], status=h["status"], at=h["at"], actor=h["actor"], detail=h["detail"])
                  for h in history],
+        pickup_stage=domain.pickup_stage([h["event"] for h in history]),
     )
 
 
@@ -209,6 +210,19 @@ async def _release(conn: Connection, order: domain.Order, takes: list[domain.Tak
     detail = {"lines": _take_lines(takes), "reason": reason}
     await repo.add_history(conn, order_id, event, status, actor, detail)
     await publish_many(conn, _events(order.id, event, status, order.channel, **detail))
+
+
+async def mark_pickup_stage(conn: Connection, order_id: uuid.UUID, stage: str, principal: Principal) -> OrderOut:
+    """A pick-up order is being prepared, or is ready at the counter: recorded in its history (once per
+    change of stage), status unchanged, so the shop can tell the customer."""
+    order = await _locked(conn, order_id)
+    _may_act(principal, order, "stage")
+    domain.check_pickup_stage(order, stage)
+    if domain.pickup_stage(await repo.history_events(conn, order_id)) != stage:
+        event = domain.PICKUP_STAGE_EVENTS[stage]
+        await repo.add_history(conn, order_id, event, order.status, principal.subject)
+        await publish_many(conn, _events(order.id, event, order.status, order.channel))
+    return await get_order(conn, order_id)
 
 
 async def complete(conn: Connection, order_id: uuid.UUID, principal: Principal) -> OrderOut:

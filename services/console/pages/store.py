@@ -268,14 +268,15 @@ class RejectForm(BaseModel):
     reason: Annotated[FreeText, StringConstraints(min_length=1, max_length=500)]
 
 
-ACTIONS = {"pay": "paid", "handover": "handed over", "reject": "rejected"}
+ACTIONS = {"preparing": "being prepared", "ready": "ready at the counter", "pay": "paid", "handover": "handed over",
+           "reject": "rejected"}
 
 
-@routes.post(f"/store/pickups/{{order_id:{ORDER_ID}}}/{{action:pay|handover|reject}}")
+@routes.post(f"/store/pickups/{{order_id:{ORDER_ID}}}/{{action:preparing|ready|pay|handover|reject}}")
 @page(*STORE)
 async def pickup_action(request: web.Request, session: Session) -> web.StreamResponse:
-    """Record payment at the counter, hand over (fulfil, then close if paid), or reject with a reason
-    (the order is cancelled, which releases its reserved stock)."""
+    """Mark the order being prepared or ready, record payment at the counter, hand over (fulfil, then
+    close if paid), or reject with a reason (the order is cancelled, which releases its reserved stock)."""
     order_id, action = request.match_info["order_id"], request.match_info["action"]
     idem = await _idem(request)
     call = upstream(request).call
@@ -289,6 +290,9 @@ async def pickup_action(request: web.Request, session: Session) -> web.StreamRes
                           status=422, block="queue")
         reply = await call("orders", "POST", f"/v1/orders/{order_id}/cancel", key=session.key,
                            json_body={"reason": form.reason}, idempotency_key=idem)
+    elif action in ("preparing", "ready"):
+        reply = await call("orders", "POST", f"/v1/orders/{order_id}/pickup-stage", key=session.key,
+                           json_body={"stage": action}, idempotency_key=idem)
     elif action == "pay":
         reply = await call("orders", "POST", f"/v1/orders/{order_id}/pay", key=session.key, json_body={},
                            idempotency_key=idem)

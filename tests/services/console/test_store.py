@@ -332,11 +332,21 @@ async def test_the_pick_up_queue_hands_over_and_rejects_with_a_reason(console_wi
     assert await level(pool, "TEE-M", "store-1") == (5, 1)  # its two units are free again
     status, body, _ = await orders.get(f"/v1/orders/{rejected}")
     assert body["status"] == "cancelled"
-    # Paid at the counter, then handed over: fulfilled and closed.
+    # Prepared, ready at the counter (the customer can be told), paid there, handed over: closed.
+    assert "to prepare" in queue
+    for stage, shown in (("preparing", "being prepared"), ("ready", "ready at the counter")):
+        resp = await post_form(client, "/store/pickups", f"/store/pickups/{handed}/{stage}")
+        assert resp.status == 303, stage
+        assert shown in await (await client.get("/store/pickups")).text()
+    resp = await post_form(client, "/store/pickups", f"/store/pickups/{elsewhere}/ready")
+    assert resp.status == 403  # another store's order: the API refuses, nothing recorded
+    status, body, _ = await orders.get(f"/v1/orders/{elsewhere}")
+    assert body["pickup_stage"] is None
     assert (await post_form(client, "/store/pickups", f"/store/pickups/{handed}/pay")).status == 303
     assert (await post_form(client, "/store/pickups", f"/store/pickups/{handed}/handover")).status == 303
     status, body, _ = await orders.get(f"/v1/orders/{handed}")
     assert body["status"] == "completed"
+    assert [h["event"] for h in body["history"]][:3] == ["placed", "pickup_preparing", "pickup_ready"]
     assert await level(pool, "TEE-M", "store-1") == (4, 0)
     queue = await (await client.get("/store/pickups")).text()
     assert handed not in queue and rejected not in queue
