@@ -119,3 +119,26 @@ async def test_every_page_of_an_area_fits_a_390_px_phone(
         if width > 390:
             too_wide[path] = width
     assert too_wide == {}
+
+
+async def test_signing_in_and_filtering_work_by_keyboard_alone(page: Page, console_stack: Stack,
+                                                              console_user: UserFactory) -> None:
+    base = console_stack.url("console")
+    await console_user("kim", role="ops")
+    await page.goto(f"{base}/sign-in")
+    # Tab from the top: the skip link first, then the form's fields in order.
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.className") == "skip"
+    while await page.evaluate("() => document.activeElement.name") != "username":
+        await page.keyboard.press("Tab")
+    await page.keyboard.type("kim")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(PASSWORD)
+    async with page.expect_navigation():
+        await page.keyboard.press("Enter")
+    assert page.url == f"{base}/ops"
+    await page.focus("#f-sku_prefix")
+    await page.keyboard.type("NOTHING")
+    async with page.expect_navigation(url=lambda url: "sku_prefix=NOTHING" in url):
+        await page.keyboard.press("Enter")
+    assert "No stock levels match." in await page.locator("#levels").inner_text()
