@@ -38,18 +38,17 @@ async def set_password(db: Connection, username: str, password_hash: str) -> asy
 
 
 async def disable_user(db: Connection, username: str) -> asyncpg.Record | None:
-    """Disable, end every open session and revoke their keys, in one statement's transaction."""
+    """Disable, end every open session and revoke every key of the person, in one transaction."""
     async with db.transaction():
         row = await db.fetchrow(
             "UPDATE console.users SET disabled_at = coalesce(disabled_at, now()) WHERE username = $1"
             f" RETURNING {USER_COLUMNS}", username)
         if row is None:
             return None
-        await db.execute(
-            "WITH ended AS (UPDATE console.sessions SET ended_at = now(), end_reason = 'disabled'"
-            " WHERE user_id = $1 AND ended_at IS NULL RETURNING api_key_id)"
-            " UPDATE core.api_keys SET revoked_at = now() WHERE person = $2 AND revoked_at IS NULL",
-            row["id"], row["username"])
+        await db.execute("UPDATE console.sessions SET ended_at = now(), end_reason = 'disabled'"
+                         " WHERE user_id = $1 AND ended_at IS NULL", row["id"])
+        await db.execute("UPDATE core.api_keys SET revoked_at = now() WHERE person = $1 AND revoked_at IS NULL",
+                         row["username"])
         return row
 
 

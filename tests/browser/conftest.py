@@ -28,6 +28,7 @@ from shared.embedded_db import free_port
 from shared.http.runner import ServiceRunner
 from shared.settings import Settings
 from tests.conftest import ADMIN_KEY
+from tests.ledger.test_ledger_service import cosign_as_finance, signed
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery staple"
@@ -159,3 +160,15 @@ def console_user(pool: asyncpg.Pool, console_stack: Stack) -> UserFactory:
                                      role=role, location_id=location_id, password=password)
 
     return make
+
+
+async def signed_and_cosigned(stack: Stack, finance_key: str, entries: list[dict[str, Any]],
+                              idempotency_key: str) -> None:
+    """Entries appended as finance signs them, a checkpoint cut and co-signed by finance: what an
+    auditor's page then finds, proves and verifies."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {finance_key}"}) as http, \
+            http.post(f"{stack.url('ledger')}/v1/ledger/entries", json=signed(entries, stack.settings),
+                      headers={"Idempotency-Key": idempotency_key}) as resp:
+        assert resp.status == 201, await resp.text()
+    await stack.admin("GET", "ledger", "/v1/ledger/checkpoint")  # cut a checkpoint
+    await cosign_as_finance(stack.settings)

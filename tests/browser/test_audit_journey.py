@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import re
 
-import aiohttp
 import asyncpg
 import pytest
 from playwright.async_api import Page, expect
 
 from ledger.postgres.repository import AUDIT_LOCK_KEY
 from shared.settings import Settings
-from tests.browser.conftest import PASSWORD, Stack, UserFactory
+from tests.browser.conftest import PASSWORD, Stack, UserFactory, signed_and_cosigned
 from tests.browser.harness import assert_accessible, sign_in
 from tests.ledger.conftest import sale
-from tests.ledger.test_ledger_service import cosign_as_finance, signed
 
 
 @pytest.fixture
@@ -26,14 +24,9 @@ def settings(settings: Settings) -> Settings:
 
 async def test_an_auditors_round(page: Page, console_stack: Stack, console_user: UserFactory, make_key,  # type: ignore[no-untyped-def]
                                  pool: asyncpg.Pool) -> None:
-    settings, base = console_stack.settings, console_stack.url("console")
+    base = console_stack.url("console")
     entries = [{**sale(n), "entry_key": f"sale:o-{n}:2024-05-01"} for n in range(3)]
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {await make_key('finance')}"}) as http, \
-            http.post(f"{console_stack.url('ledger')}/v1/ledger/entries", json=signed(entries, settings),
-                      headers={"Idempotency-Key": "audit-journey"}) as resp:
-        assert resp.status == 201, await resp.text()
-    await console_stack.admin("GET", "ledger", "/v1/ledger/checkpoint")  # cut a checkpoint
-    await cosign_as_finance(settings)
+    await signed_and_cosigned(console_stack, await make_key("finance"), entries, "audit-journey")
     await console_user("ada", role="auditor")
     await sign_in(page, base, "ada", PASSWORD)
 

@@ -12,17 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from playwright.async_api import Page
 
 from ledger import encoding, identity, merkle, signing
 from ledger.bundle import dump_bundle
 from ledger.verify import verify_bundle_file
-from tests.browser.conftest import PASSWORD, Stack, UserFactory
+from tests.browser.conftest import PASSWORD, Stack, UserFactory, signed_and_cosigned
 from tests.browser.harness import assert_accessible, screenshot, sign_in
 from tests.ledger.conftest import sale as ledger_sale
-from tests.ledger.test_ledger_service import cosign_as_finance, signed
 from tests.ledger.test_ledger_verify import MemoryLog, at, sale, summary
 
 
@@ -147,14 +145,8 @@ async def test_another_organisations_ca_in_the_trust_folder_vouches_for_nobody(
 async def test_an_entry_page_verifies_in_the_browser_and_a_tampered_one_fails(
         page: Page, console_stack: Stack, console_user: UserFactory, make_key) -> None:  # type: ignore[no-untyped-def]
     settings = console_stack.settings
-    finance_key = await make_key("finance")
     entries = [{**ledger_sale(n), "entry_key": f"sale:o-{n}:2024-05-01"} for n in range(3)]
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {finance_key}"}) as http, \
-            http.post(f"{console_stack.url('ledger')}/v1/ledger/entries", json=signed(entries, settings),
-                      headers={"Idempotency-Key": "browser-audit"}) as resp:
-        assert resp.status == 201, await resp.text()
-    await console_stack.admin("GET", "ledger", "/v1/ledger/checkpoint")  # cut a checkpoint
-    await cosign_as_finance(settings)
+    await signed_and_cosigned(console_stack, await make_key("finance"), entries, "browser-audit")
     trust = identity.msp_dir(settings.data_dir)
     await console_user("ada", role="auditor")
     await sign_in(page, console_stack.url("console"), "ada", PASSWORD)
