@@ -168,10 +168,12 @@ def side_by_side(ledger_groups: list[dict[str, Any]], finance_rows: list[dict[st
 
 
 def _money(value: Any) -> Decimal:
+    """A service's money figure; one that is not a decimal is that service's fault, said as such (read
+    as 0 it would make an audit agree or differ on a figure nobody gave)."""
     try:
         return Decimal(str(value))
     except InvalidOperation:
-        return Decimal(0)
+        raise ServiceUnavailable(f"a service reported revenue that is not a decimal: {str(value)[:40]!r}") from None
 
 
 @routes.get("/audit/export")
