@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     webhook_coalesce_s: float = Field(default=0.05, ge=0)  # how long a change waits for newer ones of its SKU
     webhook_concurrency: int = Field(default=32, ge=1)
     webhook_poll_interval_s: float = Field(default=1.0, gt=0)
+    # How often the backlog and lag gauges are read from the database (services/ecommerce/sync_metrics.py).
+    sync_metrics_interval_s: float = Field(default=5.0, gt=0)
     # The shop's webhook signing secret: X-Shopify-Hmac-Sha256 = base64(HMAC-SHA256(secret, raw body)).
     shop_webhook_secret: SecretStr | None = None
     # Shopify's HMAC covers only the body, so a captured delivery verifies forever. One whose newest signed

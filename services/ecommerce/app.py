@@ -1,4 +1,5 @@
-"""Wiring of the e-commerce service: routes, migrations, and two background tasks per process."""
+"""Wiring of the e-commerce service: routes, migrations, and its background tasks (projector, webhooks,
+sync metrics) in every process."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from aiohttp import web
 import services.orders.app
 from services.ecommerce import retention
 from services.ecommerce.background import background
+from services.ecommerce.dispatcher import Dispatcher
 from services.ecommerce.projection import run_projector
 from services.ecommerce.routes import SHOP_PLACEMENT, api
-from services.ecommerce.webhooks import Dispatcher
+from services.ecommerce.sync_metrics import run_sampler
 from services.orders.repository import LocationDirectory
 from services.orders.sourcing import POLICIES
 from services.orders.use_cases import Placement
@@ -44,8 +46,10 @@ def create_app(settings: Settings) -> web.Application:
     # and SKIP LOCKED claims let every replica's dispatcher send disjoint deliveries.
     projector = background("ecommerce-projector", lambda app: _project(app, settings))
     dispatcher = background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
+    sampler = background("ecommerce-sync-metrics",
+                         lambda app: run_sampler(app[POOL], settings.sync_metrics_interval_s))
     app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=True,
-                             contexts=[projector, dispatcher], housekeeping=retention.jobs(settings))
+                             contexts=[projector, dispatcher, sampler], housekeeping=retention.jobs(settings))
     app[SHOP_PLACEMENT] = Placement(POLICIES[settings.orders_sourcing_policy], LocationDirectory(),
                                     settings.reservation_ttl_s)
     return app

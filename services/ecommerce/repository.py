@@ -313,3 +313,21 @@ async def complete_shop_order(conn: Connection, channel: str, external_id: str, 
         "UPDATE ecommerce.shop_orders SET order_id = $3, response = $4 WHERE channel = $1 AND external_id = $2",
         channel, external_id, order_id, response,
     )
+
+
+# --- how far behind the channel is (sync_metrics.py) ---------------------------------------------------
+
+# Events a consumer has not read yet, up to $4 of them, and the age of the oldest: what "falling behind"
+# means for the projection and the webhook fan-out. Read in position order from the consumer's cursor.
+CONSUMER_LAG = """
+SELECT count(*) AS events, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_s
+FROM (SELECT created_at FROM core.events
+      WHERE (txid, id) > ($1, $2) AND split_part(topic, '.', 1) = ANY($3::text[])
+      ORDER BY txid, id LIMIT $4) AS unread
+"""
+
+
+async def consumer_lag(db: Pool | Connection, position: Position, families: list[str],
+                       cap: int) -> tuple[int, float]:
+    row = await db.fetchrow(CONSUMER_LAG, position[0], position[1], families, cap)
+    return row["events"], row["oldest_s"]

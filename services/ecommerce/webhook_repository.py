@@ -7,10 +7,12 @@ from datetime import datetime
 
 import asyncpg
 
+from services.ecommerce.domain import COALESCABLE_TOPIC
 from shared.db import Connection, Pool
 
 SUBSCRIPTION_COLUMNS = "id, url, events, created_by, created_at"
 UNFINISHED = "('pending', 'sending')"
+COALESCABLE = COALESCABLE_TOPIC
 
 # The oldest unfinished delivery of each (subscription, key) queue that is due, or whose sender's
 # lease ran out (a crashed dispatcher: at-least-once). SKIP LOCKED lets replicas claim disjoint rows;
@@ -37,40 +39,99 @@ RETURNING d.id, d.subscription_id, d.event_id, d.topic, d.key, d.body, d.attempt
           s.url, s.secret
 """
 
-# Fold newer snapshots, one per (subscription, key), each into the tail of its queue when that tail is
-# a snapshot not tried yet. Returns the queues it folded into; the other snapshots are enqueued.
-COALESCE_INTO_TAILS = f"""
-UPDATE ecommerce.webhook_deliveries d
-SET event_id = q.event_id, body = q.body, coalesced = d.coalesced + 1 + q.folded
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::int[])
-     AS q(subscription_id, key, topic, event_id, body, folded)
-WHERE d.id = (SELECT max(id) FROM ecommerce.webhook_deliveries
-              WHERE subscription_id = q.subscription_id AND key = q.key AND status IN {UNFINISHED})
-  AND d.status = 'pending' AND d.attempts = 0 AND d.topic = q.topic
-RETURNING d.subscription_id, d.key
-"""
-
-# Ids follow the array order (ORDER BY ord), which keeps each (subscription, key) queue in event order.
-RECORD_OUTCOME = """
-WITH logged AS (
-    INSERT INTO ecommerce.webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
-    VALUES ($1, $2, $3, $4, $5, $6)
+# Fan a batch of messages into their queues in one statement (one index probe per message for its
+# queue's unfinished tail):
+# - the first message of a queue in this batch may fold into that tail (collapse_snapshots already folded
+#   consecutive snapshots within the batch): into an untried pending snapshot, or, for a queue this
+#   process holds in memory, into the held tail the dispatcher names (`fold_into`: not on the wire yet);
+# - the others are inserted in array order (ids follow ORDER BY ord, which keeps each queue in event
+#   order), leased to this process ('sending', its first attempt) when it may send them at once (it holds
+#   the queue, or nothing of the queue is unfinished), else 'pending' behind what is (a retry waiting, or
+#   another replica's lease): the claim below picks those up in order.
+FAN_OUT = f"""
+WITH q AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bytea[], $6::int[], $7::bool[],
+                         $8::bool[], $9::bigint[]) WITH ORDINALITY
+             AS q(subscription_id, event_id, topic, key, body, folded, first, held, fold_into, ord)
+), tails AS (
+    SELECT q.ord, t.id AS tail_id, t.status AS tail_status, t.attempts AS tail_attempts, t.topic AS tail_topic
+    FROM q LEFT JOIN LATERAL (
+        SELECT id, status, attempts, topic FROM ecommerce.webhook_deliveries
+        WHERE subscription_id = q.subscription_id AND key = q.key AND status IN {UNFINISHED}
+        ORDER BY id DESC LIMIT 1) t ON true
+), folded AS (
+    UPDATE ecommerce.webhook_deliveries d
+    SET event_id = q.event_id, body = q.body, coalesced = d.coalesced + 1 + q.folded
+    FROM q JOIN tails USING (ord)
+    WHERE q.first AND q.topic = '{COALESCABLE}' AND d.topic = q.topic
+      AND ((q.fold_into IS NOT NULL AND d.id = q.fold_into AND d.status = 'sending')
+           OR (q.fold_into IS NULL AND NOT q.held AND d.id = tails.tail_id AND d.status = 'pending'
+               AND d.attempts = 0))
+    RETURNING q.ord, d.id
+), inserted AS (
+    INSERT INTO ecommerce.webhook_deliveries (subscription_id, event_id, topic, key, body, coalesced,
+                                             next_attempt_at, status, attempts, lease_until)
+    SELECT q.subscription_id, q.event_id, q.topic, q.key, q.body, q.folded, now() + make_interval(secs => $10),
+           CASE WHEN q.held OR ($12 AND tails.tail_id IS NULL) THEN 'sending' ELSE 'pending' END,
+           CASE WHEN q.held OR ($12 AND tails.tail_id IS NULL) THEN 1 ELSE 0 END,
+           CASE WHEN q.held OR ($12 AND tails.tail_id IS NULL) THEN now() + make_interval(secs => $11) END
+    FROM q JOIN tails USING (ord)
+    WHERE q.ord NOT IN (SELECT ord FROM folded)
+    ORDER BY q.ord
+    RETURNING id, subscription_id, key, status, next_attempt_at
 )
-UPDATE ecommerce.webhook_deliveries
-SET status = CASE WHEN $7 THEN 'delivered' WHEN $8::float8 IS NULL THEN 'dead' ELSE 'pending' END,
-    delivered_at = CASE WHEN $7 THEN now() ELSE delivered_at END,
-    next_attempt_at = CASE WHEN $7 THEN next_attempt_at
-                           ELSE now() + make_interval(secs => coalesce($8::float8, 0)) END,
-    lease_until = NULL, last_status_code = $5, last_error = CASE WHEN $7 THEN NULL ELSE $9 END
-WHERE id = $1 AND status = 'sending' AND attempts = $2
+SELECT 'folded' AS outcome, f.ord, f.id, NULL::text AS status, NULL::timestamptz AS due FROM folded f
+UNION ALL
+SELECT 'inserted', NULL, i.id, i.status, i.next_attempt_at FROM inserted i
+ORDER BY id
 """
 
-ENQUEUE_MANY = """
-INSERT INTO ecommerce.webhook_deliveries (subscription_id, event_id, topic, key, body, coalesced, next_attempt_at)
-SELECT q.subscription_id, q.event_id, q.topic, q.key, q.body, q.folded, now() + make_interval(secs => $7)
-FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bytea[], $6::int[]) WITH ORDINALITY
-     AS q(subscription_id, event_id, topic, key, body, folded, ord)
-ORDER BY q.ord
+# Log many attempts and settle their deliveries in one statement: delivered; back to the queue after
+# retry_in seconds; or dead-lettered when retry_in is null. A lease that ran out and was claimed again
+# (attempts moved on) is left alone; its attempt is still logged.
+RECORD_OUTCOMES = """
+WITH q AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::int[], $6::text[],
+                         $7::bool[], $8::float8[])
+             AS q(delivery_id, attempt, started_at, duration_ms, status_code, error, delivered, retry_in)
+), logged AS (
+    INSERT INTO ecommerce.webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+    SELECT delivery_id, attempt, started_at, duration_ms, status_code, error FROM q
+)
+UPDATE ecommerce.webhook_deliveries d
+SET status = CASE WHEN q.delivered THEN 'delivered' WHEN q.retry_in IS NULL THEN 'dead' ELSE 'pending' END,
+    delivered_at = CASE WHEN q.delivered THEN now() ELSE d.delivered_at END,
+    next_attempt_at = CASE WHEN q.delivered THEN d.next_attempt_at
+                           ELSE now() + make_interval(secs => coalesce(q.retry_in, 0)) END,
+    lease_until = NULL, last_status_code = q.status_code,
+    last_error = CASE WHEN q.delivered THEN NULL ELSE coalesce(q.error, 'failed') END
+FROM q
+WHERE d.id = q.delivery_id AND d.status = 'sending' AND d.attempts = q.attempt
+"""
+
+# Leased messages this process will not send after all (the one before them failed and waits for its
+# retry): back in the queue untried, where the claim takes them in order.
+RELEASE = """
+UPDATE ecommerce.webhook_deliveries SET status = 'pending', attempts = attempts - 1, lease_until = NULL
+WHERE id = ANY($1::bigint[]) AND status = 'sending'
+"""
+
+# Keep the leases of what this process holds; what comes back is still ours (a deleted subscription
+# cancelled the rest).
+RENEW_LEASES = """
+UPDATE ecommerce.webhook_deliveries SET lease_until = now() + make_interval(secs => $2)
+WHERE id = ANY($1::bigint[]) AND status = 'sending'
+RETURNING id
+"""
+
+# Per subscription: unfinished deliveries and the age of the oldest (what an operator watches).
+BACKLOG = f"""
+SELECT s.id AS subscription_id, count(d.id) AS unfinished,
+       coalesce(extract(epoch FROM now() - min(d.created_at)), 0)::float8 AS oldest_s
+FROM ecommerce.webhook_subscriptions s
+LEFT JOIN ecommerce.webhook_deliveries d ON d.subscription_id = s.id AND d.status IN {UNFINISHED}
+WHERE s.deleted_at IS NULL
+GROUP BY s.id
 """
 
 
@@ -84,6 +145,9 @@ class Message:
     key: str
     body: bytes
     folded: int  # earlier snapshots of this batch it replaces
+    first: bool = True  # the first message of its queue in this batch (only it may meet the queue's tail)
+    held: bool = False  # this process holds the queue in memory (its dispatcher sends it)
+    fold_into: int | None = None  # the held, unsent snapshot the dispatcher lets it replace
 
 
 async def create_subscription(conn: Connection, url: str, events: list[str], secret: str,
@@ -130,40 +194,66 @@ async def delete_subscription(conn: Connection, subscription_id: int) -> asyncpg
 
 async def live_subscriptions(conn: Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, events, created_at FROM ecommerce.webhook_subscriptions WHERE deleted_at IS NULL ORDER BY id"
+        "SELECT id, events, created_at, url, secret FROM ecommerce.webhook_subscriptions WHERE deleted_at IS NULL"
+        " ORDER BY id"
     )
 
 
-async def coalesce_into_tails(conn: Connection, heads: list[Message]) -> set[tuple[int, str]]:
-    """Fold each message into its queue's tail where allowed; the (subscription, key) queues folded into."""
-    if not heads:
-        return set()
-    rows = await conn.fetch(COALESCE_INTO_TAILS, [m.subscription_id for m in heads], [m.key for m in heads],
-                            [m.topic for m in heads], [m.event_id for m in heads], [m.body for m in heads],
-                            [m.folded for m in heads])
-    return {(r["subscription_id"], r["key"]) for r in rows}
-
-
-async def enqueue_many(conn: Connection, messages: list[Message], delay_s: float) -> None:
-    """Queue `messages` in their order, each due after `delay_s` (the coalescing window)."""
-    if messages:
-        await conn.execute(ENQUEUE_MANY, [m.subscription_id for m in messages], [m.event_id for m in messages],
-                           [m.topic for m in messages], [m.key for m in messages], [m.body for m in messages],
-                           [m.folded for m in messages], delay_s)
+async def fan_out_messages(conn: Connection, messages: list[Message], delay_s: float,
+                           lease_s: float | None) -> list[asyncpg.Record]:
+    """Fold or enqueue `messages` (FAN_OUT), leasing what may leave at once for `lease_s` (None: lease
+    nothing, queue everything); one row per message that changed a delivery: outcome
+    'folded' (ord: the message's 1-based position, id: the delivery it changed) or 'inserted' (id, status,
+    due), in id order."""
+    if not messages:
+        return []
+    return await conn.fetch(
+        FAN_OUT, [m.subscription_id for m in messages], [m.event_id for m in messages],
+        [m.topic for m in messages], [m.key for m in messages], [m.body for m in messages],
+        [m.folded for m in messages], [m.first for m in messages], [m.held for m in messages],
+        [m.fold_into for m in messages], delay_s, lease_s or 0.0, lease_s is not None)
 
 
 async def claim_due(conn: Connection, limit: int, lease_s: float) -> list[asyncpg.Record]:
     return await conn.fetch(CLAIM_DUE, limit, lease_s)
 
 
-async def record_outcome(db: Pool | Connection, delivery_id: int, attempt: int, started_at: datetime,
-                         duration_ms: float, status_code: int | None, error: str | None, delivered: bool,
-                         retry_in_s: float | None) -> None:
-    """Log the attempt and settle the delivery in one statement: delivered; or back to the queue after
-    `retry_in_s`; or dead-lettered when that is None. A lease that ran out and was re-claimed (attempts
-    moved on) is left alone; its attempt is still logged."""
-    await db.execute(RECORD_OUTCOME, delivery_id, attempt, started_at, duration_ms, status_code, error,
-                     delivered, retry_in_s, error or "failed")
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """One finished attempt, to log and settle (record_outcomes)."""
+
+    delivery_id: int
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    delivered: bool
+    retry_in_s: float | None  # None and not delivered: dead-lettered
+
+
+async def record_outcomes(conn: Connection, outcomes: list[AttemptOutcome]) -> None:
+    if outcomes:
+        await conn.execute(
+            RECORD_OUTCOMES, [o.delivery_id for o in outcomes], [o.attempt for o in outcomes],
+            [o.started_at for o in outcomes], [o.duration_ms for o in outcomes], [o.status_code for o in outcomes],
+            [o.error for o in outcomes], [o.delivered for o in outcomes], [o.retry_in_s for o in outcomes])
+
+
+async def release(conn: Connection, delivery_ids: list[int]) -> None:
+    if delivery_ids:
+        await conn.execute(RELEASE, delivery_ids)
+
+
+async def renew_leases(db: Pool | Connection, delivery_ids: list[int], lease_s: float) -> set[int]:
+    """Extend the leases of these deliveries; the ids still leased (the others were cancelled)."""
+    if not delivery_ids:
+        return set()
+    return {r["id"] for r in await db.fetch(RENEW_LEASES, delivery_ids, lease_s)}
+
+
+async def backlog(db: Pool | Connection) -> list[asyncpg.Record]:
+    return await db.fetch(BACKLOG)
 
 
 async def list_deliveries(db: Pool | Connection, subscription_id: int, status: str | None, before: int | None,

@@ -1,18 +1,17 @@
-"""Outbound webhooks: subscriptions, fan-out of availability events into delivery queues, dispatch.
+"""Outbound webhooks: subscriptions, and fan-out of availability events into delivery queues.
 
 Fan-out is an outbox consumer like the projection (cursor moved in the same transaction as the
-deliveries it enqueues). Dispatch claims the head of each (subscription, SKU) queue, sends it outside
-any transaction, and records the outcome: delivered, retried later with exponential backoff and
-jitter, or dead-lettered after `webhook_max_attempts`. At-least-once: a dispatcher that dies mid-send
-leaves a lease that expires, and the message is sent again (receivers dedupe on the event id).
+deliveries it enqueues). Per (subscription, SKU) the deliveries form a queue sent in order; sending is
+the dispatcher's (dispatcher.py): fan-out leases it the messages it may send at once, in the statement
+that enqueues them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 import asyncpg
 import orjson
@@ -20,8 +19,7 @@ import orjson
 from services.ecommerce import domain
 from services.ecommerce import repository as repo
 from services.ecommerce import webhook_repository as hooks
-from services.ecommerce.background import stop, wait_for_wake
-from services.ecommerce.delivery import Outcome, Sender, refusal
+from services.ecommerce.delivery import refusal
 from services.ecommerce.schemas import (
     DeliveryDetail,
     DeliveryList,
@@ -32,17 +30,11 @@ from services.ecommerce.schemas import (
 )
 from shared.db import Pool, transaction
 from shared.errors import Conflict, NotFound, field_error
-from shared.event_stream import EventHub
-from shared.logging import get_logger
 from shared.outbox import Event, read_after
 from shared.paging import decode_cursor, encode_cursor
-from shared.settings import Settings
-
-log = get_logger("omnistock.ecommerce.webhooks")
 
 CURSOR = "webhooks"
 FAMILIES = ["availability"]
-_jitter = random.SystemRandom()
 
 
 # --- subscriptions ----------------------------------------------------------------------------------
@@ -107,7 +99,63 @@ async def redeliver(pool: Pool, subscription_id: int, delivery_id: int) -> Deliv
     return DeliveryOut.model_validate(dict(row))
 
 
-# --- fan-out ----------------------------------------------------------------------------------------
+# --- fan-out ---------------------------------------------------------------------------------------
+
+
+class Holder(Protocol):
+    """What fan-out asks of the dispatcher that will send the deliveries it leases (dispatcher.py)."""
+
+    lease_s: float
+
+    def holds(self, subscription_id: int, key: str) -> bool:
+        """Whether this process holds the queue in memory (so new messages of it are its to send)."""
+
+    def reserve_tail(self, subscription_id: int, key: str, topic: str) -> int | None:
+        """The held, unsent tail a new `topic` message may replace (None: none), kept off the wire until
+        `fanned_out`."""
+
+    def fanned_out(self, fan: FanOut | None) -> None:
+        """Take what a committed fan-out leased and folded (None: it failed; drop the reservations)."""
+
+
+@dataclass
+class FanOut:
+    """A committed fan-out batch: events read; deliveries leased to this process and held tails changed."""
+
+    events: int
+    live: set[int] = field(default_factory=set)  # subscriptions not deleted
+    leased: list[Held] = field(default_factory=list)
+    folded: dict[int, hooks.Message] = field(default_factory=dict)  # held delivery id -> what replaces it
+
+
+@dataclass
+class Held:
+    """A delivery leased to this process: what its dispatcher needs to send it."""
+
+    id: int
+    subscription_id: int
+    event_id: int
+    topic: str
+    key: str
+    body: bytes
+    attempts: int
+    url: str
+    secret: str
+    due: float  # time.time() it may leave (the coalescing window)
+    event_at: float  # the event's created_at, for staleness
+
+    @classmethod
+    def of_claim(cls, row: asyncpg.Record) -> Held:
+        body = bytes(row["body"])
+        return cls(row["id"], row["subscription_id"], row["event_id"], row["topic"], row["key"], body,
+                   row["attempts"], row["url"], row["secret"], 0.0, _created_at(body))
+
+
+def _created_at(body: bytes) -> float:
+    try:
+        return datetime.fromisoformat(orjson.loads(body)["created_at"]).timestamp()
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+        return time.time()
 
 
 def render_body(event: Event) -> bytes:
@@ -115,143 +163,75 @@ def render_body(event: Event) -> bytes:
                          "data": event.payload})
 
 
-async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000) -> int | None:
+async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000, *, holder: Holder | None = None) -> int | None:
     """Turn the next availability events into deliveries; the number of events read (None: locked).
 
-    Set-based: whatever the batch size, one statement folds snapshots into the tails of their queues and
-    one enqueues the rest (per event and subscription it was two round trips, and fan-out fell behind)."""
-    async with transaction(pool) as conn:
-        position = await repo.lock_cursor(conn, CURSOR, wait=False)
-        if position is None:
-            return None
-        events = await read_after(conn, position, limit, FAMILIES)
-        if not events:
-            return 0
-        messages = messages_for(events, await hooks.live_subscriptions(conn))
-        # Only the first message of a queue in this batch can meet the queue's tail from earlier batches
-        # (collapse_snapshots already folded consecutive snapshots within the batch).
-        heads: dict[tuple[int, str], hooks.Message] = {}
-        for message in messages:
-            heads.setdefault((message.subscription_id, message.key), message)
-        folded = await hooks.coalesce_into_tails(conn, [m for m in heads.values()
-                                                         if m.topic == domain.COALESCABLE_TOPIC])
-        await hooks.enqueue_many(conn, [m for m in messages if not (
-            heads[(m.subscription_id, m.key)] is m and (m.subscription_id, m.key) in folded)], coalesce_s)
-        await repo.save_cursor(conn, CURSOR, events[-1].position)
-    return len(events)
+    Set-based: one statement folds and enqueues the whole batch. With a `holder` (the dispatcher),
+    messages it may send at once are leased to it in that statement and handed over after the commit,
+    so they leave without another trip to the database; without one, every message is queued."""
+    fan: FanOut | None = None
+    try:
+        async with transaction(pool) as conn:
+            position = await repo.lock_cursor(conn, CURSOR, wait=False)
+            if position is None:
+                return None
+            events = await read_after(conn, position, limit, FAMILIES)
+            if not events:
+                return 0
+            subscriptions = await hooks.live_subscriptions(conn)
+            messages = messages_for(events, subscriptions, holder)
+            lease_s = holder.lease_s if holder else None
+            rows = await hooks.fan_out_messages(conn, messages, coalesce_s, lease_s)
+            await repo.save_cursor(conn, CURSOR, events[-1].position)
+        fan = _handed_over(events, messages, subscriptions, rows, holder)
+        return len(events)
+    finally:
+        if holder is not None:
+            holder.fanned_out(fan)
 
 
-def messages_for(events: list[Event], subscriptions: list[asyncpg.Record]) -> list[hooks.Message]:
-    """Each subscription's messages for `events`, in event order, rapid snapshots of a SKU collapsed."""
+def _handed_over(events: list[Event], messages: list[hooks.Message], subscriptions: list[asyncpg.Record],
+                 rows: list[asyncpg.Record], holder: Holder | None) -> FanOut:
+    """What the committed statement leased to this process and which held tails it changed."""
+    fan = FanOut(len(events), {s["id"] for s in subscriptions})
+    if holder is None:
+        return fan
+    folded_ords = {r["ord"] for r in rows if r["outcome"] == "folded"}
+    for row in rows:
+        if row["outcome"] == "folded" and messages[row["ord"] - 1].fold_into == row["id"]:
+            fan.folded[row["id"]] = messages[row["ord"] - 1]
+    # Inserted ids follow the messages' order (ORDER BY ord), and the rows come back in id order.
+    queued = [m for ord_, m in enumerate(messages, 1) if ord_ not in folded_ords]
+    inserted = [r for r in rows if r["outcome"] == "inserted"]
+    by_id = {s["id"]: s for s in subscriptions}
+    created = {e.id: e.created_at.timestamp() for e in events}
+    for message, row in zip(queued, inserted, strict=True):
+        if row["status"] == "sending":
+            sub = by_id[message.subscription_id]
+            fan.leased.append(Held(row["id"], message.subscription_id, message.event_id, message.topic,
+                                   message.key, message.body, 1, sub["url"], sub["secret"],
+                                   row["due"].timestamp(), created[message.event_id]))
+    return fan
+
+
+def messages_for(events: list[Event], subscriptions: list[asyncpg.Record],
+                 holder: Holder | None = None) -> list[hooks.Message]:
+    """Each subscription's messages for `events`, in event order, rapid snapshots of a SKU collapsed.
+
+    The first message of each queue says whether the dispatcher holds that queue and which of its unsent
+    snapshots it may replace (reserved until the fan-out commits, so it cannot leave meanwhile)."""
+    bodies: dict[int, bytes] = {}
     messages = []
     for sub in subscriptions:
         wanted = [e for e in events if e.topic in sub["events"] and e.created_at >= sub["created_at"]]
+        seen: set[str] = set()
         for index, folded in domain.collapse_snapshots([(e.topic, e.key) for e in wanted]):
             event = wanted[index]
-            messages.append(hooks.Message(sub["id"], event.id, event.topic, event.key, render_body(event), folded))
+            body = bodies.get(event.id) or bodies.setdefault(event.id, render_body(event))
+            first = event.key not in seen
+            seen.add(event.key)
+            held = holder is not None and holder.holds(sub["id"], event.key)
+            fold_into = holder.reserve_tail(sub["id"], event.key, event.topic) if holder and held and first else None
+            messages.append(hooks.Message(sub["id"], event.id, event.topic, event.key, body, folded,
+                                          first, held, fold_into))
     return messages
-
-
-# --- dispatch ---------------------------------------------------------------------------------------
-
-
-def headers_for(row: asyncpg.Record, now: float) -> dict[str, str]:
-    # Signed per attempt: a retry carries its own time, so receivers can keep a short tolerance.
-    timestamp = int(now)
-    return {
-        "Content-Type": "application/json",
-        "X-Omnistock-Signature": domain.signature(row["secret"], timestamp, bytes(row["body"])),
-        "X-Omnistock-Event-Id": str(row["event_id"]),
-        "X-Omnistock-Event": row["topic"],
-        "X-Omnistock-Delivery-Id": str(row["id"]),
-        "X-Omnistock-Attempt": str(row["attempts"]),
-        "X-Omnistock-Timestamp": str(timestamp),  # the signature's t, for receivers that log it
-    }
-
-
-async def deliver_one(pool: Pool, sender: Sender, settings: Settings, row: asyncpg.Record) -> Outcome:
-    started = datetime.now(UTC)
-    outcome = await sender.send(row["url"], bytes(row["body"]), headers_for(row, time.time()))
-    attempt = row["attempts"]
-    retry_in = None if outcome.ok or attempt >= settings.webhook_max_attempts else domain.backoff_s(
-        attempt, settings.webhook_backoff_base_s, settings.webhook_backoff_max_s, _jitter.random())
-    await hooks.record_outcome(pool, row["id"], attempt, started, outcome.duration_ms, outcome.status_code,
-                               outcome.error, outcome.ok, retry_in)
-    if not outcome.ok:
-        log.info("webhook attempt failed", delivery_id=row["id"], attempt=attempt, error=outcome.error)
-    return outcome
-
-
-class Dispatcher:
-    """Background tasks: fan-out, and sending with up to `webhook_concurrency` deliveries in flight.
-
-    Two loops, not one: sending in the gaps of a fan-out loop held sends to one claim per fan-out batch
-    (~200/s on a busy machine) while events kept arriving faster than that."""
-
-    def __init__(self, pool: Pool, hub: EventHub, settings: Settings) -> None:
-        self.pool, self.hub, self.settings = pool, hub, settings
-        self.sender = Sender(settings)
-        self.events_arrived = asyncio.Event()  # the hub saw availability events: fan out
-        self.send_wake = asyncio.Event()  # deliveries were queued or a send finished: claim
-        self.in_flight: set[asyncio.Task[Outcome]] = set()
-
-    async def run(self) -> None:
-        await self.sender.start()
-        loops = [asyncio.create_task(self._listen(), name="ecommerce-webhooks-wake"),
-                 asyncio.create_task(self._fan_out_loop(), name="ecommerce-webhooks-fan-out"),
-                 asyncio.create_task(self._send_loop(), name="ecommerce-webhooks-send")]
-        try:
-            await asyncio.gather(*loops)
-        finally:
-            # An interrupted send stays 'sending' until its lease runs out, then goes again (at-least-once).
-            for task in (*loops, *self.in_flight):
-                await stop(task)
-            await self.sender.close()
-
-    async def _fan_out_loop(self) -> None:
-        while True:
-            timeout = self.settings.webhook_poll_interval_s
-            try:
-                if await fan_out(self.pool, self.settings.webhook_coalesce_s):
-                    self.send_wake.set()
-                    timeout = 0.0  # more may be waiting: the next batch at once
-            except Exception:  # a background loop must outlive any failure
-                log.exception("webhook fan-out failed; retrying")
-            await wait_for_wake(self.events_arrived, timeout)
-            self.events_arrived.clear()
-
-    async def _send_loop(self) -> None:
-        while True:
-            timeout = self.settings.webhook_poll_interval_s
-            try:
-                await self._claim()
-                due = await hooks.next_due_in_s(self.pool)
-                if due is not None:
-                    timeout = min(timeout, max(due, 0.005))
-            except Exception:  # a background loop must outlive any failure
-                log.exception("webhook dispatch failed; retrying")
-            await wait_for_wake(self.send_wake, timeout)
-            self.send_wake.clear()
-
-    async def _listen(self) -> None:
-        async for _ in self.hub.follow_batches(self.hub.head, FAMILIES,
-                                               heartbeat_s=self.settings.webhook_poll_interval_s):
-            self.events_arrived.set()
-
-    async def _claim(self) -> None:
-        room = self.settings.webhook_concurrency - len(self.in_flight)
-        if room <= 0:
-            return
-        lease_s = self.settings.webhook_timeout_s + 30.0
-        async with transaction(self.pool) as conn:
-            rows = await hooks.claim_due(conn, room, lease_s)
-        for row in rows:
-            task = asyncio.create_task(deliver_one(self.pool, self.sender, self.settings, row))
-            self.in_flight.add(task)
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Outcome]) -> None:
-        self.in_flight.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("webhook delivery task failed", error=repr(task.exception()))
-        self.send_wake.set()  # a finished head may unblock the next message of its SKU

@@ -1,0 +1,296 @@
+"""Sending webhooks: each (subscription, SKU) queue in memory, many queues in flight, outcomes in batches.
+
+The hot path never asks the database what to send: fan-out (webhooks.fan_out, with this dispatcher as
+its holder) leases the messages this process may send at once in the statement that enqueues them and
+hands them over after its commit. Each queue sends one message at a time, in order; up to
+`webhook_concurrency` queues are on the wire together over the sender's keep-alive connections; a
+newer snapshot replaces a queued one not yet sent. Outcomes are written many per statement by one
+writer, in the order they happened, so a crash can lose only a suffix of them: those messages are sent
+again when their lease runs out (at-least-once; receivers dedupe on the event id), never out of order.
+
+The database claim (CLAIM_DUE) is the slow path: a retry whose backoff ran out (the messages behind a
+failed one wait in the database with it), a lease of a dispatcher that died, a redelivery. Every
+replica runs one; fan-out's cursor lock and SKIP LOCKED claims keep their messages disjoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from datetime import UTC, datetime
+
+from services.ecommerce import domain
+from services.ecommerce import webhook_repository as hooks
+from services.ecommerce.background import stop, wait_for_wake
+from services.ecommerce.delivery import Outcome, Sender
+from services.ecommerce.sync_metrics import WEBHOOK_ATTEMPTS, WEBHOOK_STALENESS
+from services.ecommerce.webhooks import FanOut, Held, fan_out
+from shared.db import Pool, transaction
+from shared.event_stream import EventHub
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger("omnistock.ecommerce.webhooks")
+
+QueueKey = tuple[int, str]
+FAMILIES = ["availability"]
+_jitter = random.SystemRandom()
+
+
+def headers_for(held: Held, now: float) -> dict[str, str]:
+    # Signed per attempt: a retry carries its own time, so receivers can keep a short tolerance.
+    timestamp = int(now)
+    return {
+        "Content-Type": "application/json",
+        "X-Omnistock-Signature": domain.signature(held.secret, timestamp, held.body),
+        "X-Omnistock-Event-Id": str(held.event_id),
+        "X-Omnistock-Event": held.topic,
+        "X-Omnistock-Delivery-Id": str(held.id),
+        "X-Omnistock-Attempt": str(held.attempts),
+        "X-Omnistock-Timestamp": str(timestamp),  # the signature's t, for receivers that log it
+    }
+
+
+class Dispatcher:
+    """Background tasks of one process: fan-out, sending from memory, the outcome writer, the claim of
+    what waits in the database, and lease renewal."""
+
+    def __init__(self, pool: Pool, hub: EventHub, settings: Settings) -> None:
+        self.pool, self.hub, self.settings = pool, hub, settings
+        self.sender = Sender(settings)
+        self.lease_s = settings.webhook_timeout_s + 30.0
+        self.queues: dict[QueueKey, deque[Held]] = {}
+        self.busy: set[QueueKey] = set()  # the queue's head is on the wire
+        self.reserved: set[QueueKey] = set()  # a fan-out may be replacing the queue's tail
+        self.released: set[QueueKey] = set()  # gave its messages back to the database since that fan-out began
+        self.ready: dict[QueueKey, None] = {}  # heads due, waiting for a free slot, oldest first
+        self.timers: dict[QueueKey, asyncio.TimerHandle] = {}
+        self.from_claim: set[int] = set()  # held ids the claim gave (their queue may have more in the database)
+        self.outcomes: list[hooks.AttemptOutcome] = []
+        self.releases: list[int] = []
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.events_arrived = asyncio.Event()  # the hub saw availability events: fan out
+        self.claim_wake = asyncio.Event()  # something may wait in the database: claim
+        self.write_wake = asyncio.Event()  # outcomes to write
+
+    # --- running --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.sender.start()
+        loops = [asyncio.create_task(self._listen(), name="ecommerce-webhooks-wake"),
+                 asyncio.create_task(self._fan_out_loop(), name="ecommerce-webhooks-fan-out"),
+                 asyncio.create_task(self._claim_loop(), name="ecommerce-webhooks-claim"),
+                 asyncio.create_task(self._write_loop(), name="ecommerce-webhooks-outcomes"),
+                 asyncio.create_task(self._renew_loop(), name="ecommerce-webhooks-leases")]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            # An interrupted send stays 'sending' until its lease runs out, then goes again (at-least-once);
+            # what finished is written now, so it is not sent twice.
+            for task in (*loops, *self.in_flight):
+                await stop(task)
+            for timer in self.timers.values():
+                timer.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._write(), timeout=5.0)
+            await self.sender.close()
+
+    async def _listen(self) -> None:
+        async for _ in self.hub.follow_batches(self.hub.head, FAMILIES,
+                                               heartbeat_s=self.settings.webhook_poll_interval_s):
+            self.events_arrived.set()
+
+    async def _fan_out_loop(self) -> None:
+        while True:
+            timeout = self.settings.webhook_poll_interval_s
+            try:
+                if await fan_out(self.pool, self.settings.webhook_coalesce_s, holder=self):
+                    timeout = 0.0  # more may be waiting: the next batch at once
+                    self.claim_wake.set()  # some messages may have queued behind others in the database
+            except Exception:  # a background loop must outlive any failure
+                log.exception("webhook fan-out failed; retrying")
+            await wait_for_wake(self.events_arrived, timeout)
+            self.events_arrived.clear()
+
+    async def _claim_loop(self) -> None:
+        while True:
+            timeout = self.settings.webhook_poll_interval_s
+            try:
+                await self._claim()
+                due = await hooks.next_due_in_s(self.pool)
+                if due is not None:
+                    timeout = min(timeout, max(due, 0.005))
+            except Exception:  # a background loop must outlive any failure
+                log.exception("webhook claim failed; retrying")
+            await wait_for_wake(self.claim_wake, timeout)
+            self.claim_wake.clear()
+
+    async def _claim(self) -> None:
+        room = self.settings.webhook_concurrency - len(self.busy) - len(self.ready)
+        if room <= 0:
+            return
+        async with transaction(self.pool) as conn:
+            rows = await hooks.claim_due(conn, room, self.lease_s)
+        for row in rows:
+            held = Held.of_claim(row)
+            self.from_claim.add(held.id)
+            self.queues.setdefault((held.subscription_id, held.key), deque()).append(held)
+            self._kick((held.subscription_id, held.key))
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self.write_wake.wait()
+            self.write_wake.clear()
+            try:
+                if await self._write():
+                    self.claim_wake.set()  # a retry or released messages wait in the database now
+            except Exception:  # a background loop must outlive any failure; the batch is tried again
+                log.exception("writing webhook outcomes failed; retrying")
+                await asyncio.sleep(0.5)
+                self.write_wake.set()
+
+    async def _write(self) -> bool:
+        """Write the outcomes and releases so far in one transaction; whether any went back to the queue."""
+        outcomes, releases = self.outcomes, self.releases
+        if not outcomes and not releases:
+            return False
+        self.outcomes, self.releases = [], []
+        try:
+            async with transaction(self.pool) as conn:
+                await hooks.record_outcomes(conn, outcomes)
+                await hooks.release(conn, releases)
+        except BaseException:
+            self.outcomes[:0], self.releases[:0] = outcomes, releases  # first again, in their order
+            raise
+        return bool(releases) or any(not o.delivered and o.retry_in_s is not None for o in outcomes)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                held = [h.id for queue in self.queues.values() for h in queue]
+                still = await hooks.renew_leases(self.pool, held, self.lease_s)
+                for key, queue in list(self.queues.items()):
+                    on_wire = queue[0] if key in self.busy else None
+                    kept = deque(h for h in queue if h.id in still or h is on_wire)
+                    if len(kept) != len(queue):  # cancelled (subscription deleted): not ours to send
+                        self._replace(key, kept)
+            except Exception:  # a background loop must outlive any failure
+                log.exception("renewing webhook leases failed; retrying")
+
+    # --- fan-out's holder -------------------------------------------------------------------------------
+
+    def holds(self, subscription_id: int, key: str) -> bool:
+        return (subscription_id, key) in self.queues
+
+    def reserve_tail(self, subscription_id: int, key: str, topic: str) -> int | None:
+        queue_key = (subscription_id, key)
+        queue = self.queues.get(queue_key)
+        if not queue or topic != domain.COALESCABLE_TOPIC or queue[-1].topic != topic:
+            return None
+        if queue_key in self.busy and len(queue) == 1:
+            return None  # the tail is on the wire
+        self.reserved.add(queue_key)
+        return queue[-1].id
+
+    def fanned_out(self, fan: FanOut | None) -> None:
+        touched = set(self.reserved)
+        self.reserved.clear()
+        if fan is not None:
+            for delivery_id, message in fan.folded.items():
+                for held in self.queues.get((message.subscription_id, message.key), ()):
+                    if held.id == delivery_id:
+                        held.event_id, held.body = message.event_id, message.body
+            for held in fan.leased:
+                key = (held.subscription_id, held.key)
+                if key in self.released and key not in self.queues:
+                    # Its queue went back to the database while this batch was being written: behind
+                    # the retry there is where it belongs.
+                    self.releases.append(held.id)
+                    self.write_wake.set()
+                    continue
+                self.queues.setdefault(key, deque()).append(held)
+                touched.add(key)
+            for key in [k for k in self.queues if k[0] not in fan.live and k not in self.busy]:
+                self._replace(key, deque())  # the subscription was deleted; its deliveries are cancelled
+        self.released.clear()
+        for key in touched:
+            self._kick(key)
+
+    # --- sending ----------------------------------------------------------------------------------------
+
+    def _kick(self, key: QueueKey) -> None:
+        """Send the queue's head if it is due and a slot is free; else wait for its time or a slot."""
+        if key in self.busy or key in self.reserved:
+            return
+        queue = self.queues.get(key)
+        if not queue:
+            self.queues.pop(key, None)
+            return
+        delay = queue[0].due - time.time()
+        if delay > 0:
+            if key not in self.timers:
+                self.timers[key] = asyncio.get_running_loop().call_later(delay, self._timer_fired, key)
+            return
+        if len(self.busy) >= self.settings.webhook_concurrency:
+            self.ready[key] = None
+            return
+        self.ready.pop(key, None)
+        self.busy.add(key)
+        task = asyncio.create_task(self._send(key, queue[0]))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    def _timer_fired(self, key: QueueKey) -> None:
+        self.timers.pop(key, None)
+        self._kick(key)
+
+    def _replace(self, key: QueueKey, queue: deque[Held]) -> None:
+        if queue:
+            self.queues[key] = queue
+        else:
+            self.queues.pop(key, None)
+            self.ready.pop(key, None)
+
+    async def _send(self, key: QueueKey, held: Held) -> None:
+        started = datetime.now(UTC)
+        try:
+            outcome = await self.sender.send(held.url, held.body, headers_for(held, time.time()))
+        except Exception as exc:  # noqa: BLE001 - whatever broke, it is a failed attempt, never a lost one
+            outcome = Outcome(None, f"{type(exc).__name__}: {exc}"[:300], 0.0)
+        self._settle(key, held, started, outcome)
+
+    def _settle(self, key: QueueKey, held: Held, started: datetime, outcome: Outcome) -> None:
+        self.busy.discard(key)
+        settings = self.settings
+        retry_in = None if outcome.ok or held.attempts >= settings.webhook_max_attempts else domain.backoff_s(
+            held.attempts, settings.webhook_backoff_base_s, settings.webhook_backoff_max_s, _jitter.random())
+        self.outcomes.append(hooks.AttemptOutcome(held.id, held.attempts, started, outcome.duration_ms,
+                                                  outcome.status_code, outcome.error, outcome.ok, retry_in))
+        self.write_wake.set()
+        result = "delivered" if outcome.ok else ("retry" if retry_in is not None else "dead")
+        WEBHOOK_ATTEMPTS.labels(result).inc()
+        if outcome.ok:
+            WEBHOOK_STALENESS.observe(max(0.0, time.time() - held.event_at))
+        else:
+            log.info("webhook attempt failed", delivery_id=held.id, attempt=held.attempts, error=outcome.error)
+        if held.id in self.from_claim:
+            self.from_claim.discard(held.id)
+            self.claim_wake.set()  # the next message of its queue may be waiting in the database
+        queue = self.queues.get(key, deque())
+        if queue and queue[0] is held:
+            queue.popleft()
+        if retry_in is not None and queue:
+            # The rest waits behind the retry, in the database, where the claim keeps their order.
+            self.releases.extend(h.id for h in queue)
+            self.released.add(key)
+            queue = deque()
+        self._replace(key, queue)
+        self._kick(key)
+        while self.ready and len(self.busy) < settings.webhook_concurrency:
+            waiting = next(iter(self.ready))
+            del self.ready[waiting]
+            self._kick(waiting)
