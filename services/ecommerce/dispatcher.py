@@ -168,8 +168,9 @@ class Dispatcher:
         return bool(releases) or any(not o.delivered and o.retry_in_s is not None for o in outcomes)
 
     async def _renew_loop(self) -> None:
+        # Often enough that a deleted subscription's held messages stop within a poll interval.
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            await asyncio.sleep(min(self.lease_s / 3, self.settings.webhook_poll_interval_s))
             try:
                 held = [h.id for queue in self.queues.values() for h in queue]
                 still = await hooks.renew_leases(self.pool, held, self.lease_s)

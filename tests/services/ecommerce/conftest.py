@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from services.ecommerce import projection
@@ -144,3 +150,69 @@ class SseReader:
 
     def of(self, topic: str = "availability.changed") -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == topic]
+
+
+# --- a webhook receiver ------------------------------------------------------------------------------
+
+SECRET = "whsec_test_0123456789abcdef"
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A shop's webhook endpoint: records every request, answers what `respond` says."""
+
+    server: TestServer
+    requests: list[Received] = field(default_factory=list)
+    respond: Callable[[Received], Awaitable[int]] | None = None
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/hooks"))
+
+    def of(self, sku: str) -> list[Received]:
+        return [r for r in self.requests if r.json["data"]["sku"] == sku]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    holder: list[Receiver] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got = Received(dict(request.headers), await request.read())
+        holder[0].requests.append(got)
+        status = await holder[0].respond(got) if holder[0].respond else 200
+        return web.Response(status=status, text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hooks", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    holder.append(Receiver(server))
+    yield holder[0]
+    await server.close()
+
+
+async def subscribe(channel: Channel, receiver: Receiver, events: list[str] | None = None) -> int:
+    status, body, _ = await channel.ecommerce.post("/v1/webhooks", json={
+        "url": receiver.url, "events": events or ["availability.changed"], "secret": SECRET})
+    assert status == 201, body
+    assert "secret" not in body
+    return int(body["id"])
+
+
+def signed_correctly(request: Received) -> bool:
+    """As a receiver checks it (README): t and v1 from the header, HMAC of "<t>." + body, t recent."""
+    fields = dict(part.split("=", 1) for part in request.headers["X-Omnistock-Signature"].split(","))
+    expected = hmac.new(SECRET.encode(), f"{fields['t']}.".encode() + request.body, hashlib.sha256).hexdigest()
+    return (hmac.compare_digest(fields["v1"], expected) and abs(time.time() - int(fields["t"])) <= 300
+            and request.headers["X-Omnistock-Timestamp"] == fields["t"])
