@@ -168,19 +168,25 @@ class Dispatcher:
         return bool(releases) or any(not o.delivered and o.retry_in_s is not None for o in outcomes)
 
     async def _renew_loop(self) -> None:
-        # Often enough that a deleted subscription's held messages stop within a poll interval.
+        """Every poll interval, drop what deleted subscriptions held (delete cancelled it in the database);
+        every third of a lease, extend the leases about to run out."""
+        renewed_at = time.monotonic()
         while True:
-            await asyncio.sleep(min(self.lease_s / 3, self.settings.webhook_poll_interval_s))
+            await asyncio.sleep(self.settings.webhook_poll_interval_s)
             try:
-                held = [h.id for queue in self.queues.values() for h in queue]
-                still = await hooks.renew_leases(self.pool, held, self.lease_s)
-                for key, queue in list(self.queues.items()):
-                    on_wire = queue[0] if key in self.busy else None
-                    kept = deque(h for h in queue if h.id in still or h is on_wire)
-                    if len(kept) != len(queue):  # cancelled (subscription deleted): not ours to send
-                        self._replace(key, kept)
+                if self.queues:
+                    self._drop_all_but(await hooks.live_subscription_ids(self.pool))
+                if time.monotonic() - renewed_at >= self.lease_s / 3:
+                    held = [h.id for queue in self.queues.values() for h in queue]
+                    await hooks.renew_leases(self.pool, held, self.lease_s, self.lease_s / 2)
+                    renewed_at = time.monotonic()
             except Exception:  # a background loop must outlive any failure
                 log.exception("renewing webhook leases failed; retrying")
+
+    def _drop_all_but(self, live: set[int]) -> None:
+        for key in [k for k in self.queues if k[0] not in live]:
+            queue = self.queues[key]
+            self._replace(key, deque([queue[0]]) if key in self.busy else deque())  # the head is on the wire
 
     # --- fan-out's holder -------------------------------------------------------------------------------
 
@@ -215,8 +221,7 @@ class Dispatcher:
                     continue
                 self.queues.setdefault(key, deque()).append(held)
                 touched.add(key)
-            for key in [k for k in self.queues if k[0] not in fan.live and k not in self.busy]:
-                self._replace(key, deque())  # the subscription was deleted; its deliveries are cancelled
+            self._drop_all_but(fan.live)  # a deleted subscription's deliveries are cancelled
         self.released.clear()
         for key in touched:
             self._kick(key)

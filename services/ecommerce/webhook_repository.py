@@ -54,7 +54,10 @@ WITH q AS (
                          $8::bool[], $9::bigint[]) WITH ORDINALITY
              AS q(subscription_id, event_id, topic, key, body, folded, first, held, fold_into, ord)
 ), tails AS (
-    SELECT q.ord, t.id AS tail_id, t.status AS tail_status, t.attempts AS tail_attempts, t.topic AS tail_topic
+    -- target: the delivery the message may fold into, if any (checked again under the row's lock below)
+    SELECT q.ord, t.id AS tail_id,
+           CASE WHEN q.first AND q.topic = '{COALESCABLE}'
+                THEN coalesce(q.fold_into, CASE WHEN NOT q.held THEN t.id END) END AS target
     FROM q LEFT JOIN LATERAL (
         SELECT id, status, attempts, topic FROM ecommerce.webhook_deliveries
         WHERE subscription_id = q.subscription_id AND key = q.key AND status IN {UNFINISHED}
@@ -63,10 +66,11 @@ WITH q AS (
     UPDATE ecommerce.webhook_deliveries d
     SET event_id = q.event_id, body = q.body, coalesced = d.coalesced + 1 + q.folded
     FROM q JOIN tails USING (ord)
-    WHERE q.first AND q.topic = '{COALESCABLE}' AND d.topic = q.topic
-      AND ((q.fold_into IS NOT NULL AND d.id = q.fold_into AND d.status = 'sending')
-           OR (q.fold_into IS NULL AND NOT q.held AND d.id = tails.tail_id AND d.status = 'pending'
-               AND d.attempts = 0))
+    -- By primary key whatever the plan guesses for the join (as a join alone it scanned the queue).
+    WHERE d.id = ANY(ARRAY(SELECT target FROM tails WHERE target IS NOT NULL)) AND d.id = tails.target
+      AND d.topic = q.topic
+      AND CASE WHEN q.fold_into IS NOT NULL THEN d.status = 'sending'
+               ELSE d.status = 'pending' AND d.attempts = 0 END
     RETURNING q.ord, d.id
 ), inserted AS (
     INSERT INTO ecommerce.webhook_deliveries (subscription_id, event_id, topic, key, body, coalesced,
@@ -106,7 +110,7 @@ SET status = CASE WHEN q.delivered THEN 'delivered' WHEN q.retry_in IS NULL THEN
     lease_until = NULL, last_status_code = q.status_code,
     last_error = CASE WHEN q.delivered THEN NULL ELSE coalesce(q.error, 'failed') END
 FROM q
-WHERE d.id = q.delivery_id AND d.status = 'sending' AND d.attempts = q.attempt
+WHERE d.id = ANY($1::bigint[]) AND d.id = q.delivery_id AND d.status = 'sending' AND d.attempts = q.attempt
 """
 
 # Leased messages this process will not send after all (the one before them failed and waits for its
@@ -116,12 +120,11 @@ UPDATE ecommerce.webhook_deliveries SET status = 'pending', attempts = attempts 
 WHERE id = ANY($1::bigint[]) AND status = 'sending'
 """
 
-# Keep the leases of what this process holds; what comes back is still ours (a deleted subscription
-# cancelled the rest).
+# Keep the leases this process holds from running out: only those within $3 s of their end (most
+# messages leave long before), so a held backlog is not rewritten on every renewal.
 RENEW_LEASES = """
 UPDATE ecommerce.webhook_deliveries SET lease_until = now() + make_interval(secs => $2)
-WHERE id = ANY($1::bigint[]) AND status = 'sending'
-RETURNING id
+WHERE id = ANY($1::bigint[]) AND status = 'sending' AND lease_until < now() + make_interval(secs => $3)
 """
 
 # Per subscription: unfinished deliveries and the age of the oldest (what an operator watches).
@@ -245,11 +248,15 @@ async def release(conn: Connection, delivery_ids: list[int]) -> None:
         await conn.execute(RELEASE, delivery_ids)
 
 
-async def renew_leases(db: Pool | Connection, delivery_ids: list[int], lease_s: float) -> set[int]:
-    """Extend the leases of these deliveries; the ids still leased (the others were cancelled)."""
-    if not delivery_ids:
-        return set()
-    return {r["id"] for r in await db.fetch(RENEW_LEASES, delivery_ids, lease_s)}
+async def renew_leases(db: Pool | Connection, delivery_ids: list[int], lease_s: float, within_s: float) -> None:
+    """Extend to `lease_s` the leases of these deliveries that end within `within_s`."""
+    if delivery_ids:
+        await db.execute(RENEW_LEASES, delivery_ids, lease_s, within_s)
+
+
+async def live_subscription_ids(db: Pool | Connection) -> set[int]:
+    rows = await db.fetch("SELECT id FROM ecommerce.webhook_subscriptions WHERE deleted_at IS NULL")
+    return {r["id"] for r in rows}
 
 
 async def backlog(db: Pool | Connection) -> list[asyncpg.Record]:
