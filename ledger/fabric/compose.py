@@ -142,6 +142,21 @@ def setup_script(policy: str) -> str:
             f"if ! peer lifecycle chaincode queryinstalled | grep -q {q(pid)}; then",
             f"  retry peer lifecycle chaincode install {q(str(package))}",
             "fi",
+        ]
+    # Once committed, the definition is never approved again: a second approval of sequence 1 is refused.
+    lines += [
+        "",
+        f"as_{PEER_ORGS[0].key}",
+        f"if peer lifecycle chaincode querycommitted --channelID {CHANNEL} --name {CHAINCODE_NAME}"
+        " >/dev/null 2>&1; then",
+        "  echo 'channel and chaincode ready (already committed)'",
+        "  exit 0",
+        "fi",
+    ]
+    for org in PEER_ORGS:
+        pid = package_id(chaincode_package(org))
+        lines += [
+            f"as_{org.key}",
             "# shellcheck disable=SC2086",
             'if ! peer lifecycle chaincode checkcommitreadiness $DEFINITION --signature-policy "$POLICY" --output json'
             f" | grep -q '\"{org.msp_id}\": true'; then",
@@ -152,12 +167,8 @@ def setup_script(policy: str) -> str:
     peers = " ".join(f"--peerAddresses {TOPOLOGY.peer_endpoint(o)} --tlsRootCertFiles {q(str(LAYOUT.tls_ca(o)))}"
                      for o in PEER_ORGS)
     lines += [
-        "",
         f"as_{PEER_ORGS[0].key}",
-        f"if ! peer lifecycle chaincode querycommitted --channelID {CHANNEL} --name {CHAINCODE_NAME}"
-        " >/dev/null 2>&1; then",
-        f'  retry peer lifecycle chaincode commit $ORDERER $DEFINITION --signature-policy "$POLICY" {peers}',
-        "fi",
+        f'retry peer lifecycle chaincode commit $ORDERER $DEFINITION --signature-policy "$POLICY" {peers}',
         "echo 'channel and chaincode ready'",
         "",
     ]
