@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ledger import identity
 from ledger.fabric import netconfig, processes
 from ledger.fabric.layout import ORDERER_PROCESS, Layout, chaincode_process, peer_process
 from ledger.fabric.names import (
@@ -129,6 +130,9 @@ class FabricNetwork:
             for org in PEER_ORGS:
                 self._join_peer(org)
             package_ids = {org.key: self._install(org) for org in PEER_ORGS}
+            # The chaincode checks submitters against the organisations' certificates, as the embedded
+            # ledger does; like `omnistock up`, a first local run creates them (kept when present).
+            identity.init_identities(self.settings.data_dir)
             for org in PEER_ORGS:
                 self._start_chaincode(org, package_ids[org.key])
             self._define_chaincode(package_ids)
