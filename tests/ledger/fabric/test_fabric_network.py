@@ -246,11 +246,20 @@ def test_a_stopped_peer_comes_back_with_its_ledger(fabric_network: FabricNetwork
     assert height() >= before
 
 
+def _free_base(start: int) -> int:
+    """The first base from `start` (in steps of 30) whose ports nobody listens on: other test runs on
+    this machine may have networks of their own."""
+    for base in range(start, start + 30 * 20, 30):
+        if not any(_listening("127.0.0.1", port) for port in Ports(base).all()):
+            return base
+    raise AssertionError(f"no free Fabric port base from {start}")
+
+
 def test_up_then_down_leaves_no_process_and_no_port(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A network of its own (ports 30 above the shared one's), so the shared one keeps running."""
     if not os.environ.get("OMNISTOCK_FABRIC_BIN"):
         pytest.skip(SKIP_REASON)
-    base = int(os.environ.get("OMNISTOCK_FABRIC_PORT_BASE", TEST_PORT_BASE)) + 30
+    base = _free_base(int(os.environ.get("OMNISTOCK_FABRIC_PORT_BASE", TEST_PORT_BASE)) + 30)
     network = FabricNetwork(network_settings(tmp_path_factory.mktemp("fabric-updown"), base))
     try:
         network.up()
