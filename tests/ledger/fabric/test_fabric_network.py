@@ -169,6 +169,31 @@ def test_without_the_binaries_up_refuses_naming_the_setting(tmp_path: Path, monk
         network.up()
 
 
+def test_up_refuses_a_port_in_use_before_running_anything(tmp_path: Path) -> None:
+    """Binaries that would leave a mark if run: a busy port stops `up` before any of them is."""
+    bin_dir, config = tmp_path / "bin", tmp_path / "config"
+    bin_dir.mkdir()
+    config.mkdir()
+    for name in ("peer", "orderer", "configtxgen", "osnadmin", "cryptogen"):
+        (bin_dir / name).write_text(f"#!/bin/sh\ntouch {tmp_path}/ran-{name}\n")
+        (bin_dir / name).chmod(0o755)
+    for name in ("core.yaml", "orderer.yaml"):
+        (config / name).write_text("{}\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        base = port - Ports(0).peer(AUDIT)  # the audit peer's port is the one taken
+        if base < 1024:
+            pytest.skip("the port the system gave leaves no valid base below it")
+        network = FabricNetwork(Settings(fabric_bin=bin_dir, fabric_config_dir=config, data_dir=tmp_path,  # type: ignore[call-arg]
+                                         fabric_port_base=base))
+        with pytest.raises(FabricNetworkError, match=f"{port}.*OMNISTOCK_FABRIC_PORT_BASE"):
+            network.up()
+    assert not list(tmp_path.glob("ran-*"))
+    assert not any(network.status().values())
+
+
 def test_status_of_a_network_never_started_is_all_stopped_and_exits_1(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMNISTOCK_DATA_DIR", str(tmp_path))
