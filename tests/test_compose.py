@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -255,6 +256,7 @@ def test_each_organisations_chaincode_runs_from_the_one_image_with_its_package_i
 
 def test_the_one_shots_run_the_scripts_fabric_config_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ledger.fabric import compose
+    from ledger.fabric.names import PEER_ORGS
 
     config = FABRIC["fabric-config"]
     assert config["build"] == "."
@@ -277,6 +279,13 @@ def test_the_one_shots_run_the_scripts_fabric_config_writes(tmp_path: Path, monk
     assert shell.stdout == policy  # what approve and commit are given, after the shell's quoting
     for step in ("detect", "build", "release"):
         assert (tmp_path / "builder" / "bin" / step).stat().st_mode & 0o111
+    # The network's description for clients: compose hostnames, and the package ids the chaincode runs with.
+    described = json.loads((tmp_path / "network.json").read_text())
+    for org in PEER_ORGS:
+        entry = described["orgs"][org.key]
+        assert entry["peer_endpoint"] == f"{org.compose_service}:{compose.PORTS.peer(org)}"
+        assert entry["package_id"] == FABRIC[f"fabric-chaincode-{org.key}"]["environment"]["CHAINCODE_ID"]
+        assert entry["tls_ca"].startswith(str(compose.ROOT))
 
 
 def test_every_fabric_volume_is_mounted_where_the_code_puts_that_data() -> None:

@@ -4,13 +4,15 @@ one (ledger/fabric/netconfig.py), so the two cannot drift apart.
 `omnistock ledger fabric compose-config /fabric` (the one-shot `fabric-config` container) writes into
 the shared volume: cryptogen's and configtxgen's input, each organisation's ccaas package, our external
 builder, and the two scripts the official fabric-tools image runs: crypto.sh (material and genesis
-block, before any node starts) and setup.sh (channel joins and the chaincode lifecycle, once they run).
+block, before any node starts) and setup.sh (channel joins and the chaincode lifecycle, once they run),
+and network.json, the description clients read (as after `omnistock ledger fabric up`).
 The nodes themselves are configured by environment variables (`peer_environment`, `orderer_environment`),
 which tests/test_compose.py checks docker-compose.yml still spells out.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,10 @@ def write_material(root: Path, policy: str, batch_timeout_ms: int) -> list[Path]
             netconfig.channel_profile(LAYOUT, TOPOLOGY, batch_timeout_ms), sort_keys=False).encode(),
         CRYPTO_SCRIPT: crypto_script().encode(),
         SETUP_SCRIPT: setup_script(policy).encode(),
+        # The same description `omnistock ledger fabric up` writes, for a client container mounting /fabric.
+        LAYOUT.network_file: (json.dumps(netconfig.describe(
+            LAYOUT, TOPOLOGY, policy, {o.key: package_id(chaincode_package(o)) for o in PEER_ORGS}), indent=2)
+            + "\n").encode(),
     }
     for org in PEER_ORGS:
         written[LAYOUT.root / "chaincode" / f"{org.key}.tar.gz"] = chaincode_package(org)

@@ -34,7 +34,6 @@ from ledger import identity
 from ledger.fabric import netconfig, processes
 from ledger.fabric.layout import ORDERER_PROCESS, Layout, chaincode_process, peer_process
 from ledger.fabric.names import (
-    CHAINCODE_LABEL,
     CHAINCODE_NAME,
     CHAINCODE_SEQUENCE,
     CHAINCODE_VERSION,
@@ -406,35 +405,11 @@ class FabricNetwork:
         raise FabricNetworkError(f"the chaincode definition did not reach {org.key}'s peer")
 
     def _describe(self, package_ids: dict[str, str]) -> dict[str, Any]:
-        layout = self.layout
-
-        def member(org: Org, name: str) -> dict[str, str]:
-            msp = layout.user(org, name) / "msp"
-            return {"msp_dir": str(msp), "cert": str(msp / "signcerts" / f"{name}@{org.domain}-cert.pem"),
-                    "key": str(msp / "keystore" / "priv_sk")}
-
-        return {
-            "channel": CHANNEL,
-            "chaincode": CHAINCODE_NAME,
-            "chaincode_label": CHAINCODE_LABEL,
-            "endorsement_policy": self.policy,
-            "port_base": self.ports.base,
-            "orderer": {"endpoint": self.topology.orderer_endpoint(), "host": ORDERER_HOST,
-                        "tls_ca": str(layout.orderer_tls_ca)},
-            "orgs": {org.key: {
-                "msp_id": org.msp_id,
-                "peer_endpoint": self.topology.peer_endpoint(org),
-                "peer_host": org.peer_host,  # the TLS server name when dialling by another address
-                "tls_ca": str(layout.tls_ca(org)),
-                "ca_cert": str(layout.org_dir(org) / "msp" / "cacerts" / f"ca.{org.domain}-cert.pem"),
-                "msp_dir": str(layout.org_dir(org) / "msp"),
-                "users": {name: member(org, name) for name in ("Admin", "User1")},
-                "chaincode_address": self.topology.chaincode_endpoint(org),
-                "package_id": package_ids[org.key],
-                "logs": {"peer": str(layout.log_file(peer_process(org))),
-                         "chaincode": str(layout.log_file(chaincode_process(org)))},
-            } for org in PEER_ORGS},
-        }
+        described = netconfig.describe(self.layout, self.topology, self.policy, package_ids)
+        for org in PEER_ORGS:
+            described["orgs"][org.key]["logs"] = {"peer": str(self.layout.log_file(peer_process(org))),
+                                                  "chaincode": str(self.layout.log_file(chaincode_process(org)))}
+        return described
 
     # --- down --------------------------------------------------------------------------------------
     def down(self, *, purge: bool = False) -> list[str]:
