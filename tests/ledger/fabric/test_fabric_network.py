@@ -291,6 +291,15 @@ def test_up_then_down_leaves_no_process_and_no_port(tmp_path_factory: pytest.Tem
         pids = network.status()
         assert all(pids.values()), pids
         assert {chaincode_process(org) for org in PEER_ORGS} <= set(pids)
+        # A changed endorsement policy is committed as the next definition, approved by both again.
+        either = "OR('RetailerMSP.peer','AuditMSP.peer')"
+        relaxed = FabricNetwork(network.settings.model_copy(update={"fabric_endorsement_policy": either}))
+        assert relaxed.up()["endorsement_policy"] == either
+        definition = relaxed.committed_definition()
+        assert definition is not None and definition["sequence"] == 2
+        assert definition["approvals"] == {RETAILER_MSP: True, AUDIT_MSP: True}
+        assert _signature_policy(relaxed).rule.n_out_of.n == 1
+        assert relaxed.status() == pids  # nothing restarted for it
     finally:
         stopped = network.down()
     assert sorted(stopped) == sorted(pids)
