@@ -111,6 +111,7 @@ class FabricNetwork:
         self.check_binaries()
         self._check_same_ports()
         self._check_ports_free()
+        running_before = {name for name, pid in self.status().items() if pid is not None}
         try:
             self._make_material()
             self._write_node_configs()
@@ -128,18 +129,25 @@ class FabricNetwork:
                 self._start_chaincode(org, package_ids[org.key])
             lifecycle.define(self, package_ids)
         except BaseException:
-            self.down()  # a half-made network leaves nothing running behind a failed `up`
+            # A failed `up` leaves nothing running that it started, and stops nothing it found running
+            # (another caller may be using that part of the network).
+            for name in reversed(self.process_names()):
+                if name not in running_before:
+                    processes.stop(self.layout, name)
             raise
         description = self._describe(package_ids)
         self.layout.network_file.write_text(json.dumps(description, indent=2) + "\n")
         return description
 
     def _check_same_ports(self) -> None:
-        described = self.description()
-        if described and described.get("port_base") != self.ports.base:
+        try:
+            made_with = int(self.layout.port_base_file.read_text())
+        except (OSError, ValueError):
+            return  # no genesis block yet: any base will do
+        if made_with != self.ports.base:
             raise FabricNetworkError(
-                f"the network in {self.layout.root} was made with port base {described.get('port_base')}, "
-                f"not {self.ports.base}: its genesis block names those ports (down --purge to make it anew)")
+                f"the network in {self.layout.root} was made with port base {made_with}, not {self.ports.base}: "
+                "its genesis block names those ports (down --purge to make it anew)")
 
     def _ports_of(self, name: str) -> list[int]:
         if name == ORDERER_PROCESS:
@@ -193,6 +201,7 @@ class FabricNetwork:
             profile = netconfig.channel_profile(layout, self.topology, self.settings.fabric_batch_timeout_ms)
             (layout.config / "configtx.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
             layout.genesis_block.parent.mkdir(parents=True, exist_ok=True)
+            layout.port_base_file.write_text(f"{self.ports.base}\n")
             self._run([self.binary("configtxgen"), "-configPath", str(layout.config), "-profile", netconfig.PROFILE,
                        "-channelID", CHANNEL, "-outputBlock", str(layout.genesis_block)],
                       env=self._base_env(layout.config), what="configtxgen")

@@ -169,8 +169,8 @@ def test_without_the_binaries_up_refuses_naming_the_setting(tmp_path: Path, monk
         network.up()
 
 
-def test_up_refuses_a_port_in_use_before_running_anything(tmp_path: Path) -> None:
-    """Binaries that would leave a mark if run: a busy port stops `up` before any of them is."""
+def _marking_binaries(tmp_path: Path) -> tuple[Path, Path]:
+    """A bin folder whose programs only leave a mark that they ran, and a config folder beside it."""
     bin_dir, config = tmp_path / "bin", tmp_path / "config"
     bin_dir.mkdir()
     config.mkdir()
@@ -179,6 +179,24 @@ def test_up_refuses_a_port_in_use_before_running_anything(tmp_path: Path) -> Non
         (bin_dir / name).chmod(0o755)
     for name in ("core.yaml", "orderer.yaml"):
         (config / name).write_text("{}\n")
+    return bin_dir, config
+
+
+def test_up_refuses_another_port_base_than_the_genesis_block_was_made_for(tmp_path: Path) -> None:
+    bin_dir, config = _marking_binaries(tmp_path)
+    layout = Layout(tmp_path / "fabric")
+    layout.port_base_file.parent.mkdir(parents=True)
+    layout.port_base_file.write_text("7050\n")
+    network = FabricNetwork(Settings(fabric_bin=bin_dir, fabric_dir=layout.root, data_dir=tmp_path,  # type: ignore[call-arg]
+                                     fabric_port_base=7350))
+    with pytest.raises(FabricNetworkError, match="made with port base 7050, not 7350"):
+        network.up()
+    assert not list(tmp_path.glob("ran-*"))
+
+
+def test_up_refuses_a_port_in_use_before_running_anything(tmp_path: Path) -> None:
+    """Binaries that would leave a mark if run: a busy port stops `up` before any of them is."""
+    bin_dir, config = _marking_binaries(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
