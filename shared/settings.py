@@ -211,6 +211,16 @@ class Settings(BaseSettings):
     # Finance co-signs the newest checkpoint (after checking it extends the last one it co-signed) this often.
     finance_cosign_interval_s: float = Field(default=5.0, gt=0)
 
+    # Ledger on Hyperledger Fabric (ledger/fabric/): which of our organisations each MSP's clients may
+    # submit for (the chaincode refuses a batch signed by an org its creator's MSP does not act for), and
+    # whose peers' endorsements make a checkpoint (the O= of their Fabric certificates; the verifier
+    # requires each of them, as the endorsement policy does).
+    # (Defaults as ledger.policy.DEFAULT_FABRIC_MSP_ORGS / DEFAULT_CHECKPOINT_ENDORSERS, which a test compares.)
+    fabric_msp_orgs: dict[str, list[str]] = Field(
+        default_factory=lambda: {"RetailerMSP": ["finance", "ledger", "ops"], "AuditMSP": ["audit"]})
+    fabric_checkpoint_endorsers: list[str] = Field(
+        default_factory=lambda: ["retailer.omnistock.local", "audit.omnistock.local"])
+
     # Console (services/console/): people's sessions. Idle: signed out after this long without a request;
     # absolute: after this long whatever they do (a shift and a half), and the person's API key with it.
     console_session_idle_s: float = Field(default=1_800.0, gt=0)
