@@ -30,11 +30,12 @@ Bundles of the Fabric backend (ledger.fabric) have the same shape. Their checkpo
 endorsements instead of by `ledger` and `finance`: each signature carries
     "endorsement": {"endorser": b64 SerializedIdentity, "proposal_response_payload": b64}
 and its signature covers proposal_response_payload || endorser (what a Fabric peer signs). It counts
-only if the endorser is the certificate given, that certificate chains to the CA of its org (the O= of
-the peer's certificate: the organisation's Fabric CA in DIR), and the endorsed chaincode response is
-exactly the checkpoint statement. A checkpoint whose signatures are endorsements needs one from each
-org in `endorsers` (default ledger.policy.DEFAULT_CHECKPOINT_ENDORSERS: the retailer's and the audit
-firm's peers, the endorsement policy); one signature of each kind on a checkpoint is malformed.
+only if the endorser is the certificate given, a peer's (OU=peer) issued by the CA of its org (the O=
+of that CA: the organisation's Fabric CA in DIR, e.g. its msp/cacerts/ca.<domain>-cert.pem), and the
+endorsed chaincode response is exactly the checkpoint statement. A checkpoint whose signatures are
+endorsements needs one from each org in `endorsers` (default ledger.policy.DEFAULT_CHECKPOINT_ENDORSERS:
+the retailer's and the audit firm's peers, as the endorsement policy); endorsements and ledger
+signatures on one checkpoint are malformed.
 Any malformed field, unknown key, or non-canonical hex/base64/PEM/time spelling is a failure, so
 every byte of a bundle matters. Nothing here raises on bad data: it ends up in the report.
 """
@@ -335,7 +336,10 @@ def _signer_problem(sig: dict[str, Any], statement: bytes | str, when: datetime,
             cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
             if cert.public_bytes(serialization.Encoding.PEM).decode("ascii") != pem:
                 return "certificate PEM is not in canonical form"
-            trust.check_signer(cert, sig["org"], when)
+            if "endorsement" in sig:
+                trust.check_endorser(cert, sig["org"], when)
+            else:
+                trust.check_signer(cert, sig["org"], when)
     except (UntrustedCertificate, ValueError, CryptographyDeprecationWarning) as exc:
         return f"untrusted certificate: {exc}"
     if not signing.verify(cert, statement, sig["signature"]):

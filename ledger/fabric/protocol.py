@@ -37,12 +37,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.x509.oid import NameOID
 from fabric_protos.common import common_pb2
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 from google.protobuf.message import DecodeError
-
-from ledger.identity import cert_org
 
 # The order of P-256: a signature's S above half of it is refused by Fabric (canonical "low S").
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -142,19 +141,27 @@ def b64(data: bytes) -> str:
 
 def signature_records(action: EndorsedAction) -> list[dict[str, Any]]:
     """The endorsements as checkpoint signatures {org, cert_pem, signature, endorsement} (ledger.verify):
-    `org` is the O= of the endorsing peer's certificate, which its organisation's CA vouches for."""
+    `org` is the O= of the CA that issued the endorsing peer's certificate (Fabric node certificates
+    carry no O= of their own); the verifier checks that CA is the org's, trusted."""
     records = []
     for endorsement in action.endorsements:
         endorser = identities_pb2.SerializedIdentity.FromString(endorsement.endorser)
         cert_pem = endorser.id_bytes.decode("ascii")
         records.append({
-            "org": cert_org(x509.load_pem_x509_certificate(endorser.id_bytes)),
+            "org": issuer_org(x509.load_pem_x509_certificate(endorser.id_bytes)),
             "cert_pem": cert_pem,
             "signature": b64(endorsement.signature),
             "endorsement": {"endorser": b64(endorsement.endorser),
                             "proposal_response_payload": b64(action.proposal_response_payload)},
         })
     return sorted(records, key=lambda record: record["org"])
+
+
+def issuer_org(cert: x509.Certificate) -> str:
+    values = cert.issuer.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if len(values) != 1 or not isinstance(values[0].value, str):
+        raise ValueError("the endorser's certificate issuer names no single organisation (O=)")
+    return values[0].value
 
 
 def endorsed_bytes(endorsement: dict[str, Any], cert_pem: str, statement: bytes) -> bytes:

@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2
 
@@ -32,10 +33,19 @@ START = datetime.now(UTC) - timedelta(hours=1)
 
 
 class Peer:
-    def __init__(self, org: str, msp_id: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
+    """A peer's certificate as cryptogen issues it: no O= of its own (its CA names the org), OU=peer."""
+
+    def __init__(self, org: str, msp_id: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+                 unit: str = "peer") -> None:
         self.key = identity.new_private_key()
-        self.cert = identity.issue_member_cert(ca[0], ca[1], self.key.public_key(), org, "peer", START,
-                                               START + timedelta(days=30))
+        self.cert = (x509.CertificateBuilder()
+                     .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+                                              x509.NameAttribute(NameOID.COMMON_NAME, f"peer0.{org}")]))
+                     .issuer_name(ca[0].subject).public_key(self.key.public_key())
+                     .serial_number(x509.random_serial_number())
+                     .not_valid_before(START).not_valid_after(START + timedelta(days=30))
+                     .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                     .sign(ca[1], hashes.SHA256()))
         self.msp_id = msp_id
 
     @property
@@ -61,9 +71,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = tmp_path_factory.mktemp("fabric-verify")
     identity.init_identities(data, now=START)
     trust_dir = identity.msp_dir(data)
-    peers = {RETAILER: Peer(RETAILER, "RetailerMSP", make_ca(RETAILER, trust_dir)),
-             AUDIT: Peer(AUDIT, "AuditMSP", make_ca(AUDIT, trust_dir))}
-    return {"finance": identity.load_identity(data, "finance"), "peers": peers,
+    cas = {org: make_ca(org, trust_dir) for org in (RETAILER, AUDIT)}
+    peers = {RETAILER: Peer(RETAILER, "RetailerMSP", cas[RETAILER]), AUDIT: Peer(AUDIT, "AuditMSP", cas[AUDIT])}
+    return {"finance": identity.load_identity(data, "finance"), "peers": peers, "cas": cas,
             "trust": identity.TrustStore.from_dir(trust_dir)}
 
 
@@ -145,6 +155,15 @@ def test_a_peer_of_an_untrusted_ca_is_refused(world: dict[str, Any], tmp_path: P
     report = verify_bundle(bundle_of(world, lambda s, r, t: endorsed(s, r, t, [world["peers"][RETAILER], impostor])),
                            world["trust"])
     assert not report.ok and "not issued by a trusted CA" in report.summary()
+
+
+def test_a_client_of_the_org_cannot_endorse(world: dict[str, Any], tmp_path: Path) -> None:
+    peers = world["peers"]
+    ca = world["cas"][AUDIT]
+    client = Peer(AUDIT, "AuditMSP", ca, unit="client")  # the audit firm's own CA, but a client's certificate
+    report = verify_bundle(bundle_of(world, lambda s, r, t: endorsed(s, r, t, [peers[RETAILER], client])),
+                           world["trust"])
+    assert not report.ok and "not a peer's" in report.summary()
 
 
 def test_a_swapped_certificate_or_signature_is_refused(world: dict[str, Any]) -> None:
