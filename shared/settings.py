@@ -211,6 +211,23 @@ class Settings(BaseSettings):
     # Finance co-signs the newest checkpoint (after checking it extends the last one it co-signed) this often.
     finance_cosign_interval_s: float = Field(default=5.0, gt=0)
 
+    # Hyperledger Fabric (ledger/fabric/): the folder of Fabric 2.5's release binaries (peer, orderer,
+    # configtxgen, osnadmin, cryptogen), which no registry ships; unset, `omnistock ledger fabric` and the
+    # Fabric tests cannot run (the tests skip and say so). The release's config/ (core.yaml, orderer.yaml)
+    # is read from fabric_config_dir, by default the `config` folder beside fabric_bin.
+    fabric_bin: Path | None = None
+    fabric_config_dir: Path | None = None
+    # The local network's data folder (crypto material, ledgers, pid files, logs); unset: <data_dir>/fabric.
+    fabric_dir: Path | None = None
+    fabric_host: str = "127.0.0.1"
+    # Every port of the local network is this base plus a fixed offset (ledger/fabric/names.py Ports):
+    # 7050-7066 by default, clear of the services' 8081-8086 and PostgreSQL's.
+    fabric_port_base: int = Field(default=7050, ge=1024, le=65_000)
+    # Which peers must endorse an append or a checkpoint (Fabric signature policy syntax). Default:
+    # both the retailer's and the audit firm's, so neither alone can write what the other did not compute.
+    fabric_endorsement_policy: str = "AND('RetailerMSP.peer','AuditMSP.peer')"
+    # The orderer cuts a block after this long even when it is not full (an append waits for its block).
+    fabric_batch_timeout_ms: int = Field(default=250, ge=10, le=10_000)
     # Ledger on Hyperledger Fabric (ledger/fabric/): which of our organisations each MSP's clients may
     # submit for (the chaincode refuses a batch signed by an org its creator's MSP does not act for), and
     # whose peers' endorsements make a checkpoint (the O= of their Fabric certificates; the verifier

@@ -1,0 +1,403 @@
+"""A local Fabric 2.5 network from Fabric's release binaries: `omnistock ledger fabric up|down|status`.
+
+One Raft orderer, one peer for the retailer and one for the audit firm (LevelDB, TLS, the Gateway
+service on), the channel joined through the orderer's channel participation API, and the ledger's
+chaincode run as a service: each organisation runs its own chaincode process, which its own peer
+dials. Everything lives under the data folder (`fabric_dir`): crypto material, the genesis block,
+each node's configuration and ledger, pid files and logs. `up` does only what is missing, so it also
+restarts a stopped network; `down` stops every process it started and leaves nothing running.
+
+The repository ships no Fabric binary: `fabric_bin` (OMNISTOCK_FABRIC_BIN) points at a folder holding
+peer, orderer, configtxgen, osnadmin and cryptogen, and `fabric_config_dir` at the release's config/
+(core.yaml, orderer.yaml), by default the `config` folder beside that bin folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ledger.fabric import netconfig, processes
+from ledger.fabric.layout import ORDERER_PROCESS, Layout, chaincode_process, peer_process
+from ledger.fabric.names import (
+    CHAINCODE_LABEL,
+    CHAINCODE_NAME,
+    CHAINCODE_SEQUENCE,
+    CHAINCODE_VERSION,
+    CHANNEL,
+    ORDERER_HOST,
+    PEER_ORGS,
+    Org,
+    Ports,
+)
+from ledger.fabric.package import ccaas_package, package_id
+from shared.errors import ServiceUnavailable
+from shared.settings import Settings
+
+BINARIES = ("peer", "orderer", "configtxgen", "osnadmin", "cryptogen")
+BUILDER_DIR = Path(__file__).resolve().parent / "builder"
+# The folder from which `python -m ledger.fabric.chaincode` imports this very checkout.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+CHAINCODE_MODULE = "ledger.fabric.chaincode"
+START_TIMEOUT_S = 60.0
+CLI_TIMEOUT_S = 180.0
+
+
+class FabricNetworkError(ServiceUnavailable):
+    code = "fabric-network"
+    title = "The Fabric network is not available"
+
+
+def fabric_dir(settings: Settings) -> Path:
+    return settings.fabric_dir or settings.data_dir / "fabric"
+
+
+class FabricNetwork:
+    """The local network of one data folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = Layout(fabric_dir(settings).resolve())
+        self.ports = Ports(settings.fabric_port_base)
+        self.topology = netconfig.Topology.local(self.ports, settings.fabric_host)
+        self.policy = settings.fabric_endorsement_policy
+
+    # --- where the binaries are ------------------------------------------------------------------
+    @property
+    def bin_dir(self) -> Path:
+        if self.settings.fabric_bin is None:
+            raise FabricNetworkError("set OMNISTOCK_FABRIC_BIN to the folder of Fabric 2.5's release binaries "
+                                     f"({', '.join(BINARIES)})")
+        return self.settings.fabric_bin.resolve()
+
+    @property
+    def config_dir(self) -> Path:
+        return (self.settings.fabric_config_dir or self.bin_dir.parent / "config").resolve()
+
+    def binary(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def check_binaries(self) -> None:
+        missing = [name for name in BINARIES if not os.access(self.bin_dir / name, os.X_OK)]
+        if missing:
+            raise FabricNetworkError(f"OMNISTOCK_FABRIC_BIN={self.bin_dir} lacks {', '.join(missing)}")
+        absent = [name for name in ("core.yaml", "orderer.yaml") if not (self.config_dir / name).is_file()]
+        if absent:
+            raise FabricNetworkError(f"{self.config_dir} lacks {', '.join(absent)} (the release's config/ folder; "
+                                     "set OMNISTOCK_FABRIC_CONFIG_DIR)")
+
+    # --- status ----------------------------------------------------------------------------------
+    def process_names(self) -> list[str]:
+        return [ORDERER_PROCESS, *(peer_process(o) for o in PEER_ORGS), *(chaincode_process(o) for o in PEER_ORGS)]
+
+    def status(self) -> dict[str, int | None]:
+        """Each process of the network and its pid, or None when it is not running."""
+        return {name: processes.running_pid(self.layout, name) for name in self.process_names()}
+
+    def description(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.layout.network_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    # --- up ----------------------------------------------------------------------------------------
+    def up(self) -> dict[str, Any]:
+        """Make and start whatever part of the network is missing; return network.json's contents."""
+        self.check_binaries()
+        self._check_same_ports()
+        try:
+            self._make_material()
+            self._write_node_configs()
+            self._start_orderer()
+            self._join_orderer()
+            for org in PEER_ORGS:
+                self.start_peer(org)
+            for org in PEER_ORGS:
+                self._join_peer(org)
+            package_ids = {org.key: self._install(org) for org in PEER_ORGS}
+            for org in PEER_ORGS:
+                self._start_chaincode(org, package_ids[org.key])
+            self._define_chaincode(package_ids)
+        except BaseException:
+            self.down()  # a half-made network leaves nothing running behind a failed `up`
+            raise
+        description = self._describe(package_ids)
+        self.layout.network_file.write_text(json.dumps(description, indent=2) + "\n")
+        return description
+
+    def _check_same_ports(self) -> None:
+        described = self.description()
+        if described and described.get("port_base") != self.ports.base:
+            raise FabricNetworkError(
+                f"the network in {self.layout.root} was made with port base {described.get('port_base')}, "
+                f"not {self.ports.base}: its genesis block names those ports (down --purge to make it anew)")
+
+    def _run(self, argv: list[str], env: dict[str, str] | None = None, what: str = "") -> str:
+        try:
+            done = subprocess.run(argv, env=env if env is not None else self._base_env(), capture_output=True,
+                                  text=True, timeout=CLI_TIMEOUT_S, cwd=self.layout.root)
+        except subprocess.TimeoutExpired:
+            raise FabricNetworkError(f"{what or argv[0]}: no answer in {CLI_TIMEOUT_S:.0f} s") from None
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr + done.stdout).strip().splitlines()[-8:])
+            raise FabricNetworkError(f"{what or Path(argv[0]).name} failed: {tail}")
+        return done.stdout + done.stderr
+
+    def _base_env(self, cfg: Path | None = None) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+               "FABRIC_LOGGING_SPEC": os.environ.get("FABRIC_LOGGING_SPEC", "INFO")}
+        if cfg is not None:
+            env["FABRIC_CFG_PATH"] = str(cfg)
+        return env
+
+    def _make_material(self) -> None:
+        layout = self.layout
+        layout.config.mkdir(parents=True, exist_ok=True)
+        if not (layout.orderer_node / "tls" / "server.crt").is_file():
+            shutil.rmtree(layout.crypto, ignore_errors=True)
+            config = layout.config / "crypto-config.yaml"
+            config.write_text(yaml.safe_dump(netconfig.crypto_config(), sort_keys=False))
+            self._run([self.binary("cryptogen"), "generate", f"--config={config}", f"--output={layout.crypto}"],
+                      what="cryptogen")
+        if not layout.genesis_block.is_file():
+            profile = netconfig.channel_profile(layout, self.topology, self.settings.fabric_batch_timeout_ms)
+            (layout.config / "configtx.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+            layout.genesis_block.parent.mkdir(parents=True, exist_ok=True)
+            self._run([self.binary("configtxgen"), "-configPath", str(layout.config), "-profile", netconfig.PROFILE,
+                       "-channelID", CHANNEL, "-outputBlock", str(layout.genesis_block)],
+                      env=self._base_env(layout.config), what="configtxgen")
+
+    def _write_node_configs(self) -> None:
+        """core.yaml and orderer.yaml: the release's, with this network's addresses, TLS and paths."""
+        layout = self.layout
+        layout.orderer_home.mkdir(parents=True, exist_ok=True)
+        orderer = yaml.safe_load((self.config_dir / "orderer.yaml").read_text())
+        netconfig.apply(orderer, netconfig.orderer_changes(layout, self.topology))
+        (layout.orderer_home / "orderer.yaml").write_text(yaml.safe_dump(orderer, sort_keys=False))
+        for org in PEER_ORGS:
+            layout.peer_home(org).mkdir(parents=True, exist_ok=True)
+            core = yaml.safe_load((self.config_dir / "core.yaml").read_text())
+            netconfig.apply(core, netconfig.peer_changes(org, layout, self.topology, BUILDER_DIR))
+            (layout.peer_home(org) / "core.yaml").write_text(yaml.safe_dump(core, sort_keys=False))
+
+    def _wait_healthy(self, name: str, port: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        url = f"http://{self.settings.fabric_host}:{port}/healthz"
+        while time.monotonic() < deadline:
+            if processes.running_pid(self.layout, name) is None:
+                raise FabricNetworkError(f"{name} exited:\n{processes.log_tail(self.layout, name)}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise FabricNetworkError(f"{name} not healthy after {START_TIMEOUT_S:.0f} s:\n"
+                                 f"{processes.log_tail(self.layout, name)}")
+
+    def _start_orderer(self) -> None:
+        if processes.running_pid(self.layout, ORDERER_PROCESS) is None:
+            processes.start(self.layout, ORDERER_PROCESS, [self.binary("orderer")],
+                            self._base_env(self.layout.orderer_home), self.layout.orderer_home)
+        self._wait_healthy(ORDERER_PROCESS, self.ports.orderer_operations)
+
+    def _osnadmin(self, *args: str) -> str:
+        admin_tls = self.layout.orderer_admin / "tls"
+        return self._run([self.binary("osnadmin"), "channel", *args,
+                          "-o", f"{self.settings.fabric_host}:{self.ports.orderer_admin}",
+                          "--ca-file", str(self.layout.orderer_tls_ca),
+                          "--client-cert", str(admin_tls / "client.crt"),
+                          "--client-key", str(admin_tls / "client.key")], what=f"osnadmin channel {args[0]}")
+
+    def _join_orderer(self) -> None:
+        listed = self._osnadmin("list")
+        if f'"name": "{CHANNEL}"' in listed or f'"name":"{CHANNEL}"' in listed:
+            return
+        self._osnadmin("join", "--channelID", CHANNEL, "--config-block", str(self.layout.genesis_block))
+
+    def start_peer(self, org: Org) -> None:
+        """Start `org`'s peer (if it is not running) and wait until it reports healthy."""
+        name = peer_process(org)
+        if processes.running_pid(self.layout, name) is None:
+            processes.start(self.layout, name, [self.binary("peer"), "node", "start"],
+                            self._base_env(self.layout.peer_home(org)), self.layout.peer_home(org))
+        self._wait_healthy(name, self.ports.peer_operations(org))
+
+    def stop_peer(self, org: Org) -> bool:
+        """Stop `org`'s peer only (its ledger stays): what a drill does to a required endorser."""
+        return processes.stop(self.layout, peer_process(org))
+
+    def peer_cli_env(self, org: Org) -> dict[str, str]:
+        """The `peer` CLI acting as `org`'s admin against `org`'s own peer."""
+        return {
+            **self._base_env(self.layout.peer_home(org)),
+            "CORE_PEER_LOCALMSPID": org.msp_id,
+            "CORE_PEER_MSPCONFIGPATH": str(self.layout.user(org, "Admin") / "msp"),
+            "CORE_PEER_ADDRESS": self.topology.peer_endpoint(org),
+            "CORE_PEER_TLS_ENABLED": "true",
+            "CORE_PEER_TLS_ROOTCERT_FILE": str(self.layout.tls_ca(org)),
+        }
+
+    def peer_cli(self, org: Org, *args: str) -> str:
+        return self._run([self.binary("peer"), *args], env=self.peer_cli_env(org),
+                         what=f"peer {' '.join(args[:3])} ({org.key})")
+
+    def _orderer_args(self) -> list[str]:
+        return ["-o", self.topology.orderer_endpoint(), "--ordererTLSHostnameOverride", ORDERER_HOST,
+                "--tls", "--cafile", str(self.layout.orderer_tls_ca)]
+
+    def _join_peer(self, org: Org) -> None:
+        if CHANNEL in self.peer_cli(org, "channel", "list").split():
+            return
+        self.peer_cli(org, "channel", "join", "-b", str(self.layout.genesis_block))
+
+    # --- the chaincode -----------------------------------------------------------------------------
+    def _install(self, org: Org) -> str:
+        """Install `org`'s ccaas package (its own chaincode server's address) on its peer; the package id."""
+        package = ccaas_package(self.topology.chaincode_endpoint(org))
+        path = self.layout.package(org)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(package)
+        pid = package_id(package)
+        installed = json.loads(self.peer_cli(org, "lifecycle", "chaincode", "queryinstalled", "--output", "json")
+                               or "{}")
+        if pid not in {c["package_id"] for c in installed.get("installed_chaincodes", [])}:
+            self.peer_cli(org, "lifecycle", "chaincode", "install", str(path))
+        return pid
+
+    def _start_chaincode(self, org: Org, pid: str) -> None:
+        name = chaincode_process(org)
+        if processes.running_pid(self.layout, name) is not None:
+            return
+        env = {**os.environ,
+               "CHAINCODE_SERVER_ADDRESS": f"{self.topology.listen_host}:{self.ports.chaincode(org)}",
+               "CHAINCODE_ID": pid,
+               "OMNISTOCK_FABRIC_ORG": org.key}
+        processes.start(self.layout, name, [sys.executable, "-m", CHAINCODE_MODULE], env, SOURCE_ROOT)
+        self._wait_listening(name, self.ports.chaincode(org))
+
+    def _wait_listening(self, name: str, port: int) -> None:
+        import socket
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if processes.running_pid(self.layout, name) is None:
+                raise FabricNetworkError(f"{name} exited:\n{processes.log_tail(self.layout, name)}")
+            try:
+                with socket.create_connection((self.settings.fabric_host, port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise FabricNetworkError(f"{name} not listening on {port} after {START_TIMEOUT_S:.0f} s")
+
+    def _committed(self) -> dict[str, Any] | None:
+        try:
+            out = self.peer_cli(PEER_ORGS[0], "lifecycle", "chaincode", "querycommitted", "--channelID", CHANNEL,
+                                "--name", CHAINCODE_NAME, "--output", "json")
+        except FabricNetworkError as exc:
+            if "404" in str(exc) or "not found" in str(exc):
+                return None
+            raise
+        return json.loads(out)
+
+    def _define_chaincode(self, package_ids: dict[str, str]) -> None:
+        """Approve the definition for each organisation and commit it, endorsed by both peers. A changed
+        endorsement policy is a new definition: the next sequence, approved by both again."""
+        committed = self._committed()
+        previous = self.description() or {}
+        sequence = CHAINCODE_SEQUENCE
+        if committed is not None:
+            if previous.get("endorsement_policy", self.policy) == self.policy:
+                return
+            sequence = int(committed["sequence"]) + 1
+        definition = ["--channelID", CHANNEL, "--name", CHAINCODE_NAME, "--version", CHAINCODE_VERSION,
+                      "--sequence", str(sequence), "--signature-policy", self.policy]
+        for org in PEER_ORGS:
+            readiness = json.loads(self.peer_cli(org, "lifecycle", "chaincode", "checkcommitreadiness",
+                                                 *definition, "--output", "json"))
+            if not readiness.get("approvals", {}).get(org.msp_id):
+                self._ordered(org, "lifecycle", "chaincode", "approveformyorg", *self._orderer_args(),
+                              *definition, "--package-id", package_ids[org.key])
+        peers: list[str] = []
+        for org in PEER_ORGS:
+            peers += ["--peerAddresses", self.topology.peer_endpoint(org),
+                      "--tlsRootCertFiles", str(self.layout.tls_ca(org))]
+        self._ordered(PEER_ORGS[0], "lifecycle", "chaincode", "commit", *self._orderer_args(), *definition, *peers)
+        for org in PEER_ORGS:  # committed means committed on every peer, not just on the first to hear
+            self._wait_committed(org, sequence)
+
+    def _ordered(self, org: Org, *args: str) -> str:
+        """A peer CLI command that sends a transaction to the orderer, tried again while the orderer's
+        freshly joined channel has no Raft leader yet (seconds after `osnadmin channel join`)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                return self.peer_cli(org, *args)
+            except FabricNetworkError as exc:
+                if "SERVICE_UNAVAILABLE" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+    def _wait_committed(self, org: Org, sequence: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                out = json.loads(self.peer_cli(org, "lifecycle", "chaincode", "querycommitted", "--channelID",
+                                               CHANNEL, "--name", CHAINCODE_NAME, "--output", "json"))
+                if int(out.get("sequence", 0)) >= sequence:
+                    return
+            except FabricNetworkError:
+                pass
+            time.sleep(0.5)
+        raise FabricNetworkError(f"the chaincode definition did not reach {org.key}'s peer")
+
+    def _describe(self, package_ids: dict[str, str]) -> dict[str, Any]:
+        layout = self.layout
+
+        def member(org: Org, name: str) -> dict[str, str]:
+            msp = layout.user(org, name) / "msp"
+            return {"msp_dir": str(msp), "cert": str(msp / "signcerts" / f"{name}@{org.domain}-cert.pem"),
+                    "key": str(msp / "keystore" / "priv_sk")}
+
+        return {
+            "channel": CHANNEL,
+            "chaincode": CHAINCODE_NAME,
+            "chaincode_label": CHAINCODE_LABEL,
+            "endorsement_policy": self.policy,
+            "port_base": self.ports.base,
+            "orderer": {"endpoint": self.topology.orderer_endpoint(), "host": ORDERER_HOST,
+                        "tls_ca": str(layout.orderer_tls_ca)},
+            "orgs": {org.key: {
+                "msp_id": org.msp_id,
+                "peer_endpoint": self.topology.peer_endpoint(org),
+                "peer_host": org.peer_host,  # the TLS server name when dialling by another address
+                "tls_ca": str(layout.tls_ca(org)),
+                "ca_cert": str(layout.org_dir(org) / "msp" / "cacerts" / f"ca.{org.domain}-cert.pem"),
+                "msp_dir": str(layout.org_dir(org) / "msp"),
+                "users": {name: member(org, name) for name in ("Admin", "User1")},
+                "chaincode_address": self.topology.chaincode_endpoint(org),
+                "package_id": package_ids[org.key],
+                "logs": {"peer": str(layout.log_file(peer_process(org))),
+                         "chaincode": str(layout.log_file(chaincode_process(org)))},
+            } for org in PEER_ORGS},
+        }
+
+    # --- down --------------------------------------------------------------------------------------
+    def down(self, *, purge: bool = False) -> list[str]:
+        """Stop every process of the network (chaincode, peers, orderer); the names that were running.
+        `purge` also deletes the data folder: crypto material, ledgers, logs."""
+        stopped = [name for name in reversed(self.process_names()) if processes.stop(self.layout, name)]
+        if purge:
+            shutil.rmtree(self.layout.root, ignore_errors=True)
+        return stopped
