@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from ledger import identity, signing
+from ledger.fabric.cli import fabric as fabric_commands
 from ledger.verify import verify_bundle_file
 from shared.settings import Settings
 
@@ -191,6 +192,9 @@ def revenue(date_from: str, date_to: str) -> None:
         _exit_with(False, f"FAILED: the log does not verify, first bad seq: {result['first_bad_seq']}")
     if result["comparison"]:
         _exit_with(False, f"FAILED: {len(result['comparison'])} groups differ from finance's revenue")
+
+
+ledger.add_command(fabric_commands)
 
 
 def _exit_with(ok: bool, message: str) -> None:

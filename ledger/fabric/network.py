@@ -14,14 +14,17 @@ peer, orderer, configtxgen, osnadmin and cryptogen, and `fabric_config_dir` at t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,7 @@ class FabricNetwork:
         """Make and start whatever part of the network is missing; return network.json's contents."""
         self.check_binaries()
         self._check_same_ports()
+        self._check_ports_free()
         try:
             self._make_material()
             self._write_node_configs()
@@ -141,6 +145,27 @@ class FabricNetwork:
             raise FabricNetworkError(
                 f"the network in {self.layout.root} was made with port base {described.get('port_base')}, "
                 f"not {self.ports.base}: its genesis block names those ports (down --purge to make it anew)")
+
+    def _ports_of(self, name: str) -> list[int]:
+        if name == ORDERER_PROCESS:
+            return [self.ports.orderer, self.ports.orderer_admin, self.ports.orderer_operations]
+        for org in PEER_ORGS:
+            if name == peer_process(org):
+                return [self.ports.peer(org), self.ports.peer_chaincode(org), self.ports.peer_operations(org)]
+            if name == chaincode_process(org):
+                return [self.ports.chaincode(org)]
+        raise KeyError(name)
+
+    def _check_ports_free(self) -> None:
+        """Before starting anything, every port a stopped process will bind is free: a clear refusal
+        naming the port instead of a node dying at start-up with it in its log."""
+        taken = []
+        for name, pid in self.status().items():
+            if pid is None:
+                taken += [port for port in self._ports_of(name) if not _port_free(self.settings.fabric_host, port)]
+        if taken:
+            raise FabricNetworkError(f"port(s) {', '.join(map(str, taken))} on {self.settings.fabric_host} are in use "
+                                     "by another program: set OMNISTOCK_FABRIC_PORT_BASE to move the network")
 
     def _run(self, argv: list[str], env: dict[str, str] | None = None, what: str = "") -> str:
         try:
@@ -211,6 +236,7 @@ class FabricNetwork:
             processes.start(self.layout, ORDERER_PROCESS, [self.binary("orderer")],
                             self._base_env(self.layout.orderer_home), self.layout.orderer_home)
         self._wait_healthy(ORDERER_PROCESS, self.ports.orderer_operations)
+        self._wait_listening(ORDERER_PROCESS, self.ports.orderer_admin)
 
     def _osnadmin(self, *args: str) -> str:
         admin_tls = self.layout.orderer_admin / "tls"
@@ -233,10 +259,22 @@ class FabricNetwork:
             processes.start(self.layout, name, [self.binary("peer"), "node", "start"],
                             self._base_env(self.layout.peer_home(org)), self.layout.peer_home(org))
         self._wait_healthy(name, self.ports.peer_operations(org))
+        # Healthy is said on the operations port a moment before the gRPC listener accepts.
+        self._wait_listening(name, self.ports.peer(org))
 
-    def stop_peer(self, org: Org) -> bool:
-        """Stop `org`'s peer only (its ledger stays): what a drill does to a required endorser."""
-        return processes.stop(self.layout, peer_process(org))
+    def stop_peer(self, org: Org, *, crash: bool = False) -> bool:
+        """Stop `org`'s peer only (its ledger stays): what a drill does to a required endorser.
+        `crash` kills it at once (SIGKILL) instead of letting it shut down."""
+        return processes.stop(self.layout, peer_process(org), grace_s=0.0 if crash else 10.0)
+
+    @contextlib.contextmanager
+    def peer_stopped(self, org: Org, *, crash: bool = False) -> Iterator[None]:
+        """`org`'s peer is down inside the block and running (healthy) again after it, whatever happens."""
+        self.stop_peer(org, crash=crash)
+        try:
+            yield
+        finally:
+            self.start_peer(org)
 
     def peer_cli_env(self, org: Org) -> dict[str, str]:
         """The `peer` CLI acting as `org`'s admin against `org`'s own peer."""
@@ -288,8 +326,6 @@ class FabricNetwork:
         self._wait_listening(name, self.ports.chaincode(org))
 
     def _wait_listening(self, name: str, port: int) -> None:
-        import socket
-
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if processes.running_pid(self.layout, name) is None:
@@ -301,7 +337,7 @@ class FabricNetwork:
                 time.sleep(0.2)
         raise FabricNetworkError(f"{name} not listening on {port} after {START_TIMEOUT_S:.0f} s")
 
-    def _committed(self) -> dict[str, Any] | None:
+    def committed_definition(self) -> dict[str, Any] | None:
         try:
             out = self.peer_cli(PEER_ORGS[0], "lifecycle", "chaincode", "querycommitted", "--channelID", CHANNEL,
                                 "--name", CHAINCODE_NAME, "--output", "json")
@@ -314,7 +350,7 @@ class FabricNetwork:
     def _define_chaincode(self, package_ids: dict[str, str]) -> None:
         """Approve the definition for each organisation and commit it, endorsed by both peers. A changed
         endorsement policy is a new definition: the next sequence, approved by both again."""
-        committed = self._committed()
+        committed = self.committed_definition()
         previous = self.description() or {}
         sequence = CHAINCODE_SEQUENCE
         if committed is not None:
@@ -401,3 +437,13 @@ class FabricNetwork:
         if purge:
             shutil.rmtree(self.layout.root, ignore_errors=True)
         return stopped
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -24,7 +24,7 @@ def start(layout: Layout, name: str, argv: Sequence[str], env: dict[str, str], c
     with layout.log_file(name).open("ab") as log:
         process = subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    layout.pid_file(name).write_text(f"{process.pid}\n{argv[0]}\n")
+    layout.pid_file(name).write_text(f"{process.pid}\n{_start_time(process.pid)}\n{argv[0]}\n")
     return process.pid
 
 
@@ -34,40 +34,52 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def pid_alive(pid: int) -> bool:
-    _reap(pid)
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (which may itself hold spaces or parentheses)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # The state follows the command name in parentheses, which may itself hold spaces or parentheses.
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _recorded(layout: Layout, name: str) -> tuple[int, str] | None:
-    try:
-        pid_text, program, *_ = layout.pid_file(name).read_text().splitlines() + [""]
-        return int(pid_text), program
-    except (OSError, ValueError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
 
 
-def _same_program(pid: int, program: str) -> bool:
-    """The pid still runs what we started (a pid file outliving a reboot may name someone else's)."""
+def _start_time(pid: int) -> str:
+    """When `pid` started, in clock ticks since boot: with the pid, it names one process for good."""
+    fields = _stat(pid)
+    return fields[19] if fields else ""
+
+
+def pid_alive(pid: int) -> bool:
+    """True while any thread of `pid` runs. A killed Go program's main thread can be a zombie while its
+    other threads still hold its sockets, so a zombie leader alone does not make the process gone."""
+    _reap(pid)
+    fields = _stat(pid)
+    if fields is None:
+        return False
+    if fields[0] not in ("Z", "X"):
+        return True
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        tasks = [task.name for task in Path(f"/proc/{pid}/task").iterdir()]
     except OSError:
         return False
-    return bool(program) and any(part.decode(errors="replace").endswith(Path(program).name) for part in cmdline[:2])
+    for task in tasks:
+        try:
+            state = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def running_pid(layout: Layout, name: str) -> int | None:
-    """The pid of process `name` if it is running (as recorded by its pid file), else None."""
-    recorded = _recorded(layout, name)
-    if recorded is None:
+    """The pid of process `name` if it is running (as recorded by its pid file), else None. A pid the
+    kernel has since given to another process (after a reboot, say) does not count: its start time differs."""
+    try:
+        pid_text, started, *_ = layout.pid_file(name).read_text().splitlines()
+        pid = int(pid_text)
+    except (OSError, ValueError):
         return None
-    pid, program = recorded
-    return pid if pid_alive(pid) and _same_program(pid, program) else None
+    return pid if pid_alive(pid) and started and _start_time(pid) == started else None
 
 
 def stop(layout: Layout, name: str, *, grace_s: float = 10.0) -> bool:
