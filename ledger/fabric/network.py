@@ -321,6 +321,9 @@ class FabricNetwork:
         env = {**os.environ,
                "CHAINCODE_SERVER_ADDRESS": f"{self.topology.listen_host}:{self.ports.chaincode(org)}",
                "CHAINCODE_ID": pid,
+               # The chaincode checks submitters against our organisations' CAs (the trust directory
+               # under the data dir, made by `omnistock ledger init`), as the embedded backend does.
+               "OMNISTOCK_DATA_DIR": str(self.settings.data_dir),
                "OMNISTOCK_FABRIC_ORG": org.key}
         processes.start(self.layout, name, [sys.executable, "-m", CHAINCODE_MODULE], env, SOURCE_ROOT)
         self._wait_listening(name, self.ports.chaincode(org))
