@@ -182,6 +182,10 @@ def _error(exc: grpc.aio.AioRpcError) -> FabricError:
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
                       grpc.StatusCode.CANCELLED):
         return FabricUnavailable(f"{exc.code().name}: {text}")
+    # The gateway knows no live set of peers that satisfies the endorsement policy: a required peer is
+    # down, or (just after start) not yet found through discovery. It passes when the peer is back.
+    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "no combination of peers" in text:
+        return FabricUnavailable(f"{exc.code().name}: {text}")
     return FabricError(f"{exc.code().name}: {text}")
 
 
