@@ -1,0 +1,106 @@
+"""The Fabric backend on a real local network (OMNISTOCK_FABRIC_BIN): what only a network can show.
+
+A required endorser down: appends stall and resume with nothing acknowledged lost. One organisation
+alone cannot write. An export verifies offline with `omnistock ledger verify BUNDLE --trust DIR`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from ledger import identity
+from ledger.bundle import dump_bundle
+from ledger.cli import ledger as ledger_cli
+from ledger.fabric.backend import FabricLedger
+from ledger.fabric.gateway import Gateway, GatewayConfig, NotCommitted
+from ledger.fabric.names import AUDIT, RETAILER
+from ledger.submit import sign_and_append
+from shared.settings import Settings
+from tests.ledger.conftest import append, fabric_ledger, sale
+
+
+@pytest.fixture(scope="module")
+async def fabric(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[FabricLedger, Settings]]:
+    """One network for this module's tests (each makes its own entries and reads only those)."""
+    data = tmp_path_factory.mktemp("fabric-ledger")
+    identity.init_identities(data, now=datetime.now(UTC) - timedelta(hours=1))
+    settings = Settings(data_dir=data, ledger_checkpoint_every=10_000)  # type: ignore[call-arg]
+    async with fabric_ledger(settings) as port:
+        yield port, settings
+
+
+def keyed(n: int) -> dict[str, Any]:
+    return {**sale(n), "entry_key": f"sale:o-{n}:2024-05-01"}
+
+
+async def test_appends_stall_while_a_required_peer_is_down_and_resume_with_nothing_lost(
+        fabric: tuple[FabricLedger, Settings]) -> None:
+    ledger, settings = fabric
+    finance = identity.load_identity(settings.data_dir, "finance")
+    network = ledger.network  # type: ignore[attr-defined]
+    before = await append(ledger, [keyed(1000)], finance)
+    await asyncio.to_thread(network.stop_peer, AUDIT, crash=True)
+    try:
+        tasks = [asyncio.create_task(sign_and_append(ledger, finance, [keyed(2000 + 2 * i), keyed(2001 + 2 * i)]))
+                 for i in range(20)]
+        done, _ = await asyncio.wait(tasks, timeout=8)
+        # Without the audit firm's peer no append can be endorsed, so none is acknowledged...
+        assert not done, [t.result() for t in done]
+    finally:
+        await asyncio.to_thread(network.start_peer, AUDIT)
+    # ...and once it is back, every one of them is, in order, with nothing lost.
+    receipts = [r for batch in await asyncio.gather(*tasks) for r in batch]
+    seqs = sorted(r.seq for r in receipts)
+    assert seqs == list(range(before[0].seq + 1, before[0].seq + 41))
+    for receipt in receipts:
+        stored = await ledger.entry(receipt.seq)
+        assert stored["leaf_hash"] == receipt.leaf_hash
+    report = await ledger.audit()
+    assert report.ok, report.summary()
+
+
+async def test_the_retailers_peer_alone_cannot_write(fabric: tuple[FabricLedger, Settings]) -> None:
+    ledger, settings = fabric
+    finance = identity.load_identity(settings.data_dir, "finance")
+    await append(ledger, [keyed(3000)], finance)
+    size = (await ledger.checkpoint() or {}).get("tree_size")
+    network = ledger.network  # type: ignore[attr-defined]
+    alone = Gateway(GatewayConfig.from_network(network.description(), RETAILER.key,
+                                               endorsing_msps=[RETAILER.msp_id]))
+    try:
+        prepared = await alone.endorse("checkpoint")  # endorsed by the retailer's peer only
+        with pytest.raises(NotCommitted, match="ENDORSEMENT_POLICY_FAILURE"):
+            await alone.submit_and_commit(prepared)
+    finally:
+        await alone.close()
+    assert (await ledger.checkpoint() or {}).get("tree_size") == size  # nothing was recorded
+
+
+async def test_an_export_verifies_offline_with_the_cli(fabric: tuple[FabricLedger, Settings], tmp_path: Path) -> None:
+    ledger, settings = fabric
+    finance = identity.load_identity(settings.data_dir, "finance")
+    receipts = await append(ledger, [keyed(4000 + i) for i in range(30)], finance)
+    bundle = await ledger.export(receipts[0].seq, receipts[-1].seq)
+    # What an auditor holds: our organisations' certificates and each peer organisation's CA.
+    trust = tmp_path / "trust"
+    shutil.copytree(identity.msp_dir(settings.data_dir), trust)
+    for org in ledger.network.description()["orgs"].values():  # type: ignore[attr-defined]
+        shutil.copy(org["ca_cert"], trust)
+    path = tmp_path / "bundle.json"
+    path.write_bytes(dump_bundle(bundle))
+    result = CliRunner().invoke(ledger_cli, ["verify", str(path), "--trust", str(trust)])
+    assert result.exit_code == 0, result.output
+    assert "checkpoint signed by audit.omnistock.local, retailer.omnistock.local" in result.output
+    raw = path.read_bytes()
+    position = raw.index(b'"o-4007"') + 3
+    path.write_bytes(raw[:position] + bytes([raw[position] ^ 1]) + raw[position + 1:])
+    result = CliRunner().invoke(ledger_cli, ["verify", str(path), "--trust", str(trust)])
+    assert result.exit_code == 1 and f"first bad seq: {receipts[7].seq}" in result.output
