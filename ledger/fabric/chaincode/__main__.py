@@ -10,6 +10,7 @@ and the allowed clock skew.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -41,19 +42,18 @@ def contract_for(settings: Settings) -> LedgerContract:
 def main() -> None:
     server = ChaincodeServer()  # type: ignore[call-arg]  # read from the environment
     settings = Settings()
-    from fabric_chaincode_python.fabric_shim import server as shim_server
-
+    from ledger.fabric.chaincode.server import serve
     from ledger.fabric.chaincode.shim import LedgerChaincode
 
-    # The shim logs every message it passes at INFO and WARNING (proposal bytes included) through the
-    # "asyncio" logger; a peer's traffic would drown the log and cost more than the rules themselves.
+    # The shim logs every message it passes at INFO and WARNING through the "asyncio" logger; a peer's
+    # traffic would drown the log.
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     tls = server.tls_key is not None and server.tls_cert is not None
-    shim_server.start(
-        LedgerChaincode(contract_for(settings)), cc_id=server.id, address=server.server_address,
+    asyncio.run(serve(
+        LedgerChaincode(contract_for(settings)), server.id, server.server_address,
         key=server.tls_key.read_bytes() if tls and server.tls_key else None,
         cert=server.tls_cert.read_bytes() if tls and server.tls_cert else None,
-        client_ca_certs=server.client_ca_cert.read_bytes() if tls and server.client_ca_cert else None)
+        client_ca=server.client_ca_cert.read_bytes() if tls and server.client_ca_cert else None))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from fabric_protos.peer import proposal_response_pb2 as response_pb
 from ledger import policy
 from ledger.fabric.chaincode.contract import LedgerContract, Refused
 
-_PAGE = 100
+_PAGE = 16  # a stored batch can hold thousands of entries: a page stays a few MiB
 
 
 class PeerError(RuntimeError):
