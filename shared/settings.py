@@ -228,6 +228,9 @@ class Settings(BaseSettings):
     fabric_endorsement_policy: str = "AND('RetailerMSP.peer','AuditMSP.peer')"
     # The orderer cuts a block after this long even when it is not full (an append waits for its block).
     fabric_batch_timeout_ms: int = Field(default=250, ge=10, le=10_000)
+    # Which backend is behind the ledger port: the embedded log in PostgreSQL, or Hyperledger Fabric (the
+    # network described by <fabric_dir>/network.json, made by `omnistock ledger fabric up`).
+    ledger_backend: Literal["postgres", "fabric"] = "postgres"
     # Ledger on Hyperledger Fabric (ledger/fabric/): which of our organisations each MSP's clients may
     # submit for (the chaincode refuses a batch signed by an org its creator's MSP does not act for), and
     # whose peers' endorsements make a checkpoint (the O= of their Fabric certificates; the verifier

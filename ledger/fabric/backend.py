@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from cryptography import x509
 
 from ledger import merkle, policy, signing
 from ledger.bundle import batch_record, entry_record, make_bundle
-from ledger.encoding import canonical_bytes
+from ledger.encoding import canonical_bytes, parse_timestamp
 from ledger.entries import encode_entries, entry_key_of, keys_in_append
 from ledger.fabric import protocol
 from ledger.fabric.gateway import (
@@ -122,7 +123,15 @@ class FabricLedger:
         return await self._enqueue(_Pending(asyncio.get_running_loop().create_future()))  # type: ignore[no-any-return]
 
     async def cut_checkpoint_if_due(self, max_age_s: float) -> Json | None:
-        """The ledger service's timer: a checkpoint whenever the tree grew (age is the peers' business)."""
+        """The ledger service's timer: cut if the tree grew by `checkpoint_every` since the last checkpoint,
+        or grew at all and the last one is `max_age_s` old (each checkpoint is a transaction)."""
+        head = await self._head()
+        latest = head["checkpoint"]
+        if latest is not None:
+            grown = head["size"] - latest["tree_size"]
+            age = (datetime.now(UTC) - parse_timestamp(latest["timestamp"])).total_seconds()
+            if grown == 0 or (grown < self.settings.checkpoint_every and age < max_age_s):
+                return await self._with_signatures(latest)
         return await self.cut_checkpoint()
 
     async def cosign(self, tree_size: int, signature: Mapping[str, str]) -> Json:

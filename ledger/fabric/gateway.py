@@ -35,8 +35,9 @@ class FabricError(Exception):
     """Something the network answered that the ledger cannot use."""
 
 
-class FabricUnavailable(FabricError):
-    """The network could not do it now (a peer or the orderer unreachable, a deadline passed)."""
+class FabricUnavailable(FabricError, ConnectionError):
+    """The network could not do it now (a peer or the orderer unreachable, a deadline passed); a
+    ConnectionError, so the HTTP layer answers 503 (retry) as for a database that is down."""
 
 
 class ChaincodeRefused(FabricError):

@@ -37,7 +37,7 @@ def trust(data_dir: Path) -> identity.TrustStore:
 BACKENDS = ["postgres", "fabric"]
 CHECKPOINT_EVERY = 50
 # Fabric networks of the contract tests: away from the fabric_network fixture's base (7350) and a
-# developer's (7050); each xdist worker 30 ports further on.
+# developer's (7050); each xdist worker 60 ports further on.
 FABRIC_PORT_BASE = 7380
 
 
@@ -70,20 +70,23 @@ async def ledger(request: pytest.FixtureRequest, ledger_settings: Settings) -> A
 
 
 def fabric_port_base() -> int:
+    """FABRIC_PORT_BASE (or OMNISTOCK_FABRIC_TEST_PORT_BASE, for two test runs side by side), 60 ports
+    further for each xdist worker (room for two networks each: a network takes 17)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    return FABRIC_PORT_BASE + 30 * (int(worker) if worker.isdigit() else 0)
+    base = int(os.environ.get("OMNISTOCK_FABRIC_TEST_PORT_BASE", FABRIC_PORT_BASE))
+    return base + 60 * (int(worker) if worker.isdigit() else 0)
 
 
 @asynccontextmanager
-async def fabric_network_for(settings: Settings) -> AsyncIterator[Any]:
+async def fabric_network_for(settings: Settings, second: bool = False) -> AsyncIterator[Any]:
     """A fresh local Fabric network whose chaincode trusts `settings.data_dir`'s organisations; stopped
-    and deleted afterwards."""
+    and deleted afterwards. `second`: on ports of its own, beside another one of this worker's."""
     from ledger.fabric.network import FabricNetwork
     from tests.ledger.fabric.conftest import fabric_bin
 
     network = FabricNetwork(settings.model_copy(update={
         "fabric_bin": fabric_bin(), "fabric_dir": settings.data_dir / "fabric",
-        "fabric_port_base": fabric_port_base()}))
+        "fabric_port_base": fabric_port_base() + (30 if second else 0)}))
     try:
         await asyncio.to_thread(network.up)
         yield network

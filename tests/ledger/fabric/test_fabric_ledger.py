@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ledger import identity
+from ledger import identity, policy
 from ledger.bundle import dump_bundle
 from ledger.cli import ledger as ledger_cli
 from ledger.fabric.backend import FabricLedger
@@ -104,3 +104,32 @@ async def test_an_export_verifies_offline_with_the_cli(fabric: tuple[FabricLedge
     path.write_bytes(raw[:position] + bytes([raw[position] ^ 1]) + raw[position + 1:])
     result = CliRunner().invoke(ledger_cli, ["verify", str(path), "--trust", str(trust)])
     assert result.exit_code == 1 and f"first bad seq: {receipts[7].seq}" in result.output
+
+
+async def test_the_ledger_service_serves_the_fabric_log_over_the_same_http_api(
+        service: Any, make_key: Any, settings: Settings) -> None:
+    from tests.ledger.conftest import fabric_network_for
+
+    identity.init_identities(settings.data_dir)  # `omnistock ledger init`, then `omnistock ledger fabric up`
+    async with fabric_network_for(settings, second=True) as network:  # this module's own network is up too
+        fabric = {"ledger_backend": "fabric", "fabric_dir": network.settings.fabric_dir}
+        api = await service("ledger", **fabric)
+        finance, auditor = api.as_key(await make_key("finance")), api.as_key(await make_key("auditor"))
+        entries = [keyed(1), keyed(2), sale(3)]
+        member = identity.load_identity(settings.data_dir, "finance")
+        from ledger.signing import sign_submission
+
+        body = {"entries": entries, "submission": sign_submission(member, entries).as_json()}
+        for _ in range(60):  # the gateway finds the audit firm's peer a few seconds after `up`
+            status, answer, _ = await finance.post("/v1/ledger/entries", idem="one", json=body)
+            if status != 503:
+                break
+            await asyncio.sleep(1)
+        assert status == 201, answer
+        status, checkpoint, _ = await auditor.get("/v1/ledger/checkpoint")
+        assert status == 200 and checkpoint["tree_size"] == 3
+        assert sorted(s["org"] for s in checkpoint["signatures"]) == sorted(policy.DEFAULT_CHECKPOINT_ENDORSERS)
+        status, entry, _ = await auditor.get("/v1/ledger/entries/1")
+        assert status == 200 and entry["entry"] == keyed(2)
+        status, _, _ = await api.as_key(await make_key("ops")).get("/v1/ledger/entries/1")
+        assert status == 403  # reading policy is the service's, whichever backend
