@@ -7,7 +7,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY ledger ./ledger
-RUN pip install . && useradd --system --create-home omnistock && mkdir /data && chown omnistock /data
+RUN pip install . && useradd --system --create-home omnistock && mkdir /data /fabric && chown omnistock /data /fabric
 USER omnistock
 ENV OMNISTOCK_DATA_DIR=/data OMNISTOCK_HOST=0.0.0.0
 ENTRYPOINT ["omnistock"]

@@ -219,6 +219,7 @@ class Settings(BaseSettings):
     fabric_config_dir: Path | None = None
     # The local network's data folder (crypto material, ledgers, pid files, logs); unset: <data_dir>/fabric.
     fabric_dir: Path | None = None
+    # Where the local network's nodes listen and are dialled: its TLS certificates name 127.0.0.1 and localhost.
     fabric_host: str = "127.0.0.1"
     # Every port of the local network is this base plus a fixed offset (ledger/fabric/names.py Ports):
     # 7050-7066 by default, clear of the services' 8081-8086 and PostgreSQL's.
@@ -227,6 +228,7 @@ class Settings(BaseSettings):
     # both the retailer's and the audit firm's, so neither alone can write what the other did not compute.
     fabric_endorsement_policy: str = "AND('RetailerMSP.peer','AuditMSP.peer')"
     # The orderer cuts a block after this long even when it is not full (an append waits for its block).
+    # Part of the channel's genesis block: it applies to networks made after it is set.
     fabric_batch_timeout_ms: int = Field(default=250, ge=10, le=10_000)
     # Which backend is behind the ledger port: the embedded log in PostgreSQL, or Hyperledger Fabric (the
     # network described by <fabric_dir>/network.json, made by `omnistock ledger fabric up`).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 ONE_SHOT = ("postgres", "migrate", "ledger-init")
-APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if name not in (*ONE_SHOT, "gateway")}
+# Services of a profile (`fabric`) start only when it is asked for: not the default stack's.
+DEFAULT_STACK = {name: spec for name, spec in COMPOSE["services"].items() if "profiles" not in spec}
+APP_SERVICES = {name: spec for name, spec in DEFAULT_STACK.items() if name not in (*ONE_SHOT, "gateway")}
 LEDGER_INIT = COMPOSE["services"]["ledger-init"]
 MIGRATE = COMPOSE["services"]["migrate"]
 GATEWAY = COMPOSE["services"]["gateway"]
@@ -189,3 +193,132 @@ def test_the_database_has_no_default_password_and_no_published_port() -> None:
     postgres = COMPOSE["services"]["postgres"]
     assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${OMNISTOCK_POSTGRES_PASSWORD:?")
     assert "ports" not in postgres
+
+
+# --- the `fabric` profile --------------------------------------------------------------------------------
+
+FABRIC = {name: spec for name, spec in COMPOSE["services"].items() if "profiles" in spec}
+
+
+def test_the_fabric_profile_is_one_orderer_two_peers_their_chaincode_and_three_one_shots() -> None:
+    from ledger.fabric.names import ORDERER_COMPOSE_SERVICE, PEER_ORGS
+
+    assert set(FABRIC) == {"fabric-config", "fabric-crypto", "fabric-setup", ORDERER_COMPOSE_SERVICE,
+                           *(org.compose_service for org in PEER_ORGS),
+                           *(f"fabric-chaincode-{org.key}" for org in PEER_ORGS)}
+    for name, spec in FABRIC.items():
+        assert spec["profiles"] == ["fabric"], name
+    assert FABRIC[ORDERER_COMPOSE_SERVICE]["image"] == "hyperledger/fabric-orderer:2.5"
+    for org in PEER_ORGS:
+        assert FABRIC[org.compose_service]["image"] == "hyperledger/fabric-peer:2.5"
+    assert FABRIC["fabric-crypto"]["image"] == FABRIC["fabric-setup"]["image"] == "hyperledger/fabric-tools:2.5"
+    for name in ("fabric-config", "fabric-crypto", "fabric-setup"):
+        assert FABRIC[name]["restart"] == "no", name
+
+
+def test_the_fabric_nodes_are_configured_exactly_as_the_code_configures_them() -> None:
+    """Every CORE_*/ORDERER_* value is what ledger/fabric/compose.py derives from the same functions
+    that configure `omnistock ledger fabric up`: addresses, TLS files, MSP, LevelDB, builder."""
+    from ledger.fabric import compose
+    from ledger.fabric.names import ORDERER_COMPOSE_SERVICE, PEER_ORGS
+
+    assert FABRIC[ORDERER_COMPOSE_SERVICE]["environment"] == compose.orderer_environment()
+    for org in PEER_ORGS:
+        spec = FABRIC[org.compose_service]
+        assert spec["environment"] == compose.peer_environment(org), org.key
+        gateway = compose.PORTS.peer(org)
+        assert spec["ports"] == [f"127.0.0.1:{gateway}:{gateway}"]
+        assert spec["depends_on"]["fabric-crypto"]["condition"] == "service_completed_successfully"
+
+
+def test_each_organisations_chaincode_runs_from_the_one_image_with_its_package_id() -> None:
+    from ledger.fabric import compose
+    from ledger.fabric.names import PEER_ORGS
+    from ledger.fabric.network import CHAINCODE_MODULE
+
+    for org in PEER_ORGS:
+        spec = FABRIC[f"fabric-chaincode-{org.key}"]
+        assert spec["build"] == "."
+        # The same module `ledger fabric up` starts; the image's entrypoint (omnistock) is replaced.
+        assert spec["entrypoint"] == ["python", "-m", CHAINCODE_MODULE]
+        env = spec["environment"]
+        for key, value in compose.chaincode_environment(org).items():
+            assert env[key] == value, key
+        # The peer dials the address its package names, at the port the server listens on.
+        assert compose.TOPOLOGY.chaincode_endpoint(org) == f"fabric-chaincode-{org.key}:{compose.PORTS.chaincode(org)}"
+        assert env["CHAINCODE_SERVER_ADDRESS"].endswith(f":{compose.PORTS.chaincode(org)}")
+        assert spec["expose"] == [str(compose.PORTS.chaincode(org))]
+        omnistock = {key for key in env if key.startswith("OMNISTOCK_")} - {"OMNISTOCK_FABRIC_ORG"}
+        assert omnistock <= SETTING_VARIABLES, omnistock - SETTING_VARIABLES
+        assert mounts(spec) == {"ledger-certs": ("/data/ledger/msp", "ro")}  # certificates, never a key
+        assert spec["depends_on"]["ledger-init"]["condition"] == "service_completed_successfully"
+
+
+def test_the_one_shots_run_the_scripts_fabric_config_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ledger.fabric import compose
+    from ledger.fabric.names import PEER_ORGS
+
+    config = FABRIC["fabric-config"]
+    assert config["build"] == "."
+    assert config["command"] == ["ledger", "fabric", "compose-config", str(compose.ROOT)]
+    assert set(config["environment"]) <= SETTING_VARIABLES
+    policy = interpolated(config["environment"]["OMNISTOCK_FABRIC_ENDORSEMENT_POLICY"])
+    assert policy == Settings.model_fields["fabric_endorsement_policy"].default
+    monkeypatch.setenv("OMNISTOCK_FABRIC_ENDORSEMENT_POLICY", policy)
+    result = CliRunner().invoke(main, [*config["command"][:-1], str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for name, script in (("fabric-crypto", compose.CRYPTO_SCRIPT), ("fabric-setup", compose.SETUP_SCRIPT)):
+        assert FABRIC[name]["command"] == ["sh", str(script)]
+        written = tmp_path / script.relative_to(compose.ROOT)
+        assert written.is_file(), name
+    setup = (tmp_path / compose.SETUP_SCRIPT.relative_to(compose.ROOT)).read_text()
+    assert subprocess.run(["sh", "-n", "-c", setup]).returncode == 0  # it parses
+    assert "--signature-policy \"$POLICY\"" in setup
+    policy_line = next(line for line in setup.splitlines() if line.startswith("POLICY="))
+    shell = subprocess.run(["sh", "-c", f'{policy_line}; printf %s "$POLICY"'], capture_output=True, text=True)
+    assert shell.stdout == policy  # what approve and commit are given, after the shell's quoting
+    for step in ("detect", "build", "release"):
+        assert (tmp_path / "builder" / "bin" / step).stat().st_mode & 0o111
+    # The network's description for clients: compose hostnames, and the package ids the chaincode runs with.
+    described = json.loads((tmp_path / "network.json").read_text())
+    for org in PEER_ORGS:
+        entry = described["orgs"][org.key]
+        assert entry["peer_endpoint"] == f"{org.compose_service}:{compose.PORTS.peer(org)}"
+        assert entry["package_id"] == FABRIC[f"fabric-chaincode-{org.key}"]["environment"]["CHAINCODE_ID"]
+        assert entry["tls_ca"].startswith(str(compose.ROOT))
+
+
+def test_every_fabric_volume_is_mounted_where_the_code_puts_that_data() -> None:
+    from ledger.fabric import compose
+    from ledger.fabric.names import ORDERER_COMPOSE_SERVICE, PEER_ORGS
+
+    layout = compose.LAYOUT
+    expected = {
+        "fabric-config": {"fabric": (str(compose.ROOT), "rw")},
+        "fabric-crypto": {"fabric": (str(compose.ROOT), "rw")},
+        "fabric-setup": {"fabric": (str(compose.ROOT), "ro")},
+        ORDERER_COMPOSE_SERVICE: {"fabric": (str(compose.ROOT), "ro"),
+                                  "fabric-orderer-data": (str(layout.orderer_home / "data"), "rw")},
+    }
+    for org in PEER_ORGS:
+        expected[org.compose_service] = {"fabric": (str(compose.ROOT), "ro"),
+                                         f"{org.compose_service}-data": (str(layout.peer_home(org) / "data"), "rw")}
+    for name, volumes in expected.items():
+        assert mounts(FABRIC[name]) == volumes, name
+        assert set(volumes) <= set(COMPOSE["volumes"]), name
+    # Every path a node is told about lies in a volume it mounts.
+    for org in PEER_ORGS:
+        env = FABRIC[org.compose_service]["environment"]
+        assert env["CORE_PEER_FILESYSTEMPATH"] == str(layout.peer_home(org) / "data")
+        assert env["CORE_CHAINCODE_EXTERNALBUILDERS"] == f"[{{name: omnistock-ccaas, path: {compose.BUILDER}}}]"
+    assert FABRIC[ORDERER_COMPOSE_SERVICE]["environment"]["ORDERER_FILELEDGER_LOCATION"].startswith(
+        str(layout.orderer_home / "data"))
+
+
+def test_fabric_setup_waits_for_every_node_and_chaincode() -> None:
+    from ledger.fabric.names import ORDERER_COMPOSE_SERVICE, PEER_ORGS
+
+    waits_for = set(FABRIC["fabric-setup"]["depends_on"])
+    assert waits_for == {ORDERER_COMPOSE_SERVICE, *(o.compose_service for o in PEER_ORGS),
+                         *(f"fabric-chaincode-{o.key}" for o in PEER_ORGS)}
+    assert FABRIC["fabric-crypto"]["depends_on"]["fabric-config"]["condition"] == "service_completed_successfully"

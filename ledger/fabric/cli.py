@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -60,3 +61,16 @@ def status(as_json: bool) -> None:
             click.echo(f"{name:<20} {'pid ' + str(pid) if pid else 'stopped'}")
     if not all(running.values()):
         sys.exit(1)
+
+
+@fabric.command("compose-config")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def compose_config(directory: Path) -> None:
+    """Write what docker-compose's `fabric` profile reads into DIRECTORY (its /fabric volume): the
+    crypto and channel configuration, each organisation's chaincode package, the external builder,
+    and the scripts fabric-tools runs (crypto.sh, setup.sh)."""
+    from ledger.fabric import compose
+
+    settings = Settings()
+    written = compose.write_material(directory, settings.fabric_endorsement_policy, settings.fabric_batch_timeout_ms)
+    click.echo(f"wrote {len(written)} files into {directory}")

@@ -37,6 +37,11 @@ class Layout:
         return self.root / "channel" / "genesis.block"
 
     @property
+    def port_base_file(self) -> Path:
+        """The port base the genesis block was made for (it names the orderer's and anchor peers' ports)."""
+        return self.root / "channel" / "port-base"
+
+    @property
     def network_file(self) -> Path:
         """The JSON description of the running network that clients (the Gateway backend) read."""
         return self.root / "network.json"

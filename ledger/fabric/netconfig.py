@@ -15,6 +15,8 @@ from typing import Any
 
 from ledger.fabric.layout import Layout
 from ledger.fabric.names import (
+    CHAINCODE_LABEL,
+    CHAINCODE_NAME,
     CHANNEL,
     ORDERER_COMPOSE_SERVICE,
     ORDERER_DOMAIN,
@@ -243,3 +245,34 @@ def orderer_changes(layout: Layout, topology: Topology) -> dict[str, Any]:
 def connection_json(address: str) -> dict[str, Any]:
     """What a ccaas package tells the peer: where its organisation's chaincode server listens."""
     return {"address": address, "dial_timeout": "10s", "tls_required": False}
+
+
+def describe(layout: Layout, topology: Topology, policy: str, package_ids: dict[str, str]) -> dict[str, Any]:
+    """network.json: what a client needs to reach the network and act as one of its members (endpoints,
+    TLS roots, the name in each TLS certificate, MSP folders, member certificates and keys)."""
+
+    def member(org: Org, name: str) -> dict[str, str]:
+        msp = layout.user(org, name) / "msp"
+        return {"msp_dir": str(msp), "cert": str(msp / "signcerts" / f"{name}@{org.domain}-cert.pem"),
+                "key": str(msp / "keystore" / "priv_sk")}
+
+    return {
+        "channel": CHANNEL,
+        "chaincode": CHAINCODE_NAME,
+        "chaincode_label": CHAINCODE_LABEL,
+        "endorsement_policy": policy,
+        "port_base": topology.ports.base,
+        "orderer": {"endpoint": topology.orderer_endpoint(), "host": ORDERER_HOST,
+                    "tls_ca": str(layout.orderer_tls_ca)},
+        "orgs": {org.key: {
+            "msp_id": org.msp_id,
+            "peer_endpoint": topology.peer_endpoint(org),
+            "peer_host": org.peer_host,  # the TLS server name when dialling by another address
+            "tls_ca": str(layout.tls_ca(org)),
+            "ca_cert": str(layout.org_dir(org) / "msp" / "cacerts" / f"ca.{org.domain}-cert.pem"),
+            "msp_dir": str(layout.org_dir(org) / "msp"),
+            "users": {name: member(org, name) for name in ("Admin", "User1")},
+            "chaincode_address": topology.chaincode_endpoint(org),
+            "package_id": package_ids[org.key],
+        } for org in PEER_ORGS},
+    }

@@ -30,21 +30,17 @@ from typing import Any
 
 import yaml
 
-from ledger.fabric import netconfig, processes
+from ledger import identity
+from ledger.fabric import lifecycle, netconfig, processes
+from ledger.fabric.errors import FabricNetworkError
 from ledger.fabric.layout import ORDERER_PROCESS, Layout, chaincode_process, peer_process
 from ledger.fabric.names import (
-    CHAINCODE_LABEL,
-    CHAINCODE_NAME,
-    CHAINCODE_SEQUENCE,
-    CHAINCODE_VERSION,
     CHANNEL,
     ORDERER_HOST,
     PEER_ORGS,
     Org,
     Ports,
 )
-from ledger.fabric.package import ccaas_package, package_id
-from shared.errors import ServiceUnavailable
 from shared.settings import Settings
 
 BINARIES = ("peer", "orderer", "configtxgen", "osnadmin", "cryptogen")
@@ -52,13 +48,7 @@ BUILDER_DIR = Path(__file__).resolve().parent / "builder"
 # The folder from which `python -m ledger.fabric.chaincode` imports this very checkout.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 CHAINCODE_MODULE = "ledger.fabric.chaincode"
-START_TIMEOUT_S = 60.0
 CLI_TIMEOUT_S = 180.0
-
-
-class FabricNetworkError(ServiceUnavailable):
-    code = "fabric-network"
-    title = "The Fabric network is not available"
 
 
 def fabric_dir(settings: Settings) -> Path:
@@ -67,6 +57,8 @@ def fabric_dir(settings: Settings) -> Path:
 
 class FabricNetwork:
     """The local network of one data folder."""
+
+    start_timeout_s = 60.0  # for a node to say it is healthy, a definition to reach every peer
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -119,6 +111,7 @@ class FabricNetwork:
         self.check_binaries()
         self._check_same_ports()
         self._check_ports_free()
+        running_before = {name for name, pid in self.status().items() if pid is not None}
         try:
             self._make_material()
             self._write_node_configs()
@@ -128,23 +121,33 @@ class FabricNetwork:
                 self.start_peer(org)
             for org in PEER_ORGS:
                 self._join_peer(org)
-            package_ids = {org.key: self._install(org) for org in PEER_ORGS}
+            package_ids = {org.key: lifecycle.install(self, org) for org in PEER_ORGS}
+            # The chaincode checks submitters against the organisations' certificates, as the embedded
+            # ledger does; like `omnistock up`, a first local run creates them (kept when present).
+            identity.init_identities(self.settings.data_dir)
             for org in PEER_ORGS:
                 self._start_chaincode(org, package_ids[org.key])
-            self._define_chaincode(package_ids)
+            lifecycle.define(self, package_ids)
         except BaseException:
-            self.down()  # a half-made network leaves nothing running behind a failed `up`
+            # A failed `up` leaves nothing running that it started, and stops nothing it found running
+            # (another caller may be using that part of the network).
+            for name in reversed(self.process_names()):
+                if name not in running_before:
+                    processes.stop(self.layout, name)
             raise
         description = self._describe(package_ids)
         self.layout.network_file.write_text(json.dumps(description, indent=2) + "\n")
         return description
 
     def _check_same_ports(self) -> None:
-        described = self.description()
-        if described and described.get("port_base") != self.ports.base:
+        try:
+            made_with = int(self.layout.port_base_file.read_text())
+        except (OSError, ValueError):
+            return  # no genesis block yet: any base will do
+        if made_with != self.ports.base:
             raise FabricNetworkError(
-                f"the network in {self.layout.root} was made with port base {described.get('port_base')}, "
-                f"not {self.ports.base}: its genesis block names those ports (down --purge to make it anew)")
+                f"the network in {self.layout.root} was made with port base {made_with}, not {self.ports.base}: "
+                "its genesis block names those ports (down --purge to make it anew)")
 
     def _ports_of(self, name: str) -> list[int]:
         if name == ORDERER_PROCESS:
@@ -198,6 +201,7 @@ class FabricNetwork:
             profile = netconfig.channel_profile(layout, self.topology, self.settings.fabric_batch_timeout_ms)
             (layout.config / "configtx.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
             layout.genesis_block.parent.mkdir(parents=True, exist_ok=True)
+            layout.port_base_file.write_text(f"{self.ports.base}\n")
             self._run([self.binary("configtxgen"), "-configPath", str(layout.config), "-profile", netconfig.PROFILE,
                        "-channelID", CHANNEL, "-outputBlock", str(layout.genesis_block)],
                       env=self._base_env(layout.config), what="configtxgen")
@@ -216,7 +220,7 @@ class FabricNetwork:
             (layout.peer_home(org) / "core.yaml").write_text(yaml.safe_dump(core, sort_keys=False))
 
     def _wait_healthy(self, name: str, port: int) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout_s
         url = f"http://{self.settings.fabric_host}:{port}/healthz"
         while time.monotonic() < deadline:
             if processes.running_pid(self.layout, name) is None:
@@ -228,7 +232,7 @@ class FabricNetwork:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.2)
-        raise FabricNetworkError(f"{name} not healthy after {START_TIMEOUT_S:.0f} s:\n"
+        raise FabricNetworkError(f"{name} not healthy after {self.start_timeout_s:.0f} s:\n"
                                  f"{processes.log_tail(self.layout, name)}")
 
     def _start_orderer(self) -> None:
@@ -291,7 +295,7 @@ class FabricNetwork:
         return self._run([self.binary("peer"), *args], env=self.peer_cli_env(org),
                          what=f"peer {' '.join(args[:3])} ({org.key})")
 
-    def _orderer_args(self) -> list[str]:
+    def orderer_args(self) -> list[str]:
         return ["-o", self.topology.orderer_endpoint(), "--ordererTLSHostnameOverride", ORDERER_HOST,
                 "--tls", "--cafile", str(self.layout.orderer_tls_ca)]
 
@@ -301,19 +305,6 @@ class FabricNetwork:
         self.peer_cli(org, "channel", "join", "-b", str(self.layout.genesis_block))
 
     # --- the chaincode -----------------------------------------------------------------------------
-    def _install(self, org: Org) -> str:
-        """Install `org`'s ccaas package (its own chaincode server's address) on its peer; the package id."""
-        package = ccaas_package(self.topology.chaincode_endpoint(org))
-        path = self.layout.package(org)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(package)
-        pid = package_id(package)
-        installed = json.loads(self.peer_cli(org, "lifecycle", "chaincode", "queryinstalled", "--output", "json")
-                               or "{}")
-        if pid not in {c["package_id"] for c in installed.get("installed_chaincodes", [])}:
-            self.peer_cli(org, "lifecycle", "chaincode", "install", str(path))
-        return pid
-
     def _start_chaincode(self, org: Org, pid: str) -> None:
         name = chaincode_process(org)
         if processes.running_pid(self.layout, name) is not None:
@@ -323,13 +314,13 @@ class FabricNetwork:
                "CHAINCODE_ID": pid,
                # The chaincode checks submitters against our organisations' CAs (the trust directory
                # under the data dir, made by `omnistock ledger init`), as the embedded backend does.
-               "OMNISTOCK_DATA_DIR": str(self.settings.data_dir),
+               "OMNISTOCK_DATA_DIR": str(self.settings.data_dir.resolve()),  # it runs from SOURCE_ROOT
                "OMNISTOCK_FABRIC_ORG": org.key}
         processes.start(self.layout, name, [sys.executable, "-m", CHAINCODE_MODULE], env, SOURCE_ROOT)
         self._wait_listening(name, self.ports.chaincode(org))
 
     def _wait_listening(self, name: str, port: int) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if processes.running_pid(self.layout, name) is None:
                 raise FabricNetworkError(f"{name} exited:\n{processes.log_tail(self.layout, name)}")
@@ -338,99 +329,19 @@ class FabricNetwork:
                     return
             except OSError:
                 time.sleep(0.2)
-        raise FabricNetworkError(f"{name} not listening on {port} after {START_TIMEOUT_S:.0f} s")
+        raise FabricNetworkError(f"{name} not listening on {port} after {self.start_timeout_s:.0f} s")
 
     def committed_definition(self) -> dict[str, Any] | None:
-        try:
-            out = self.peer_cli(PEER_ORGS[0], "lifecycle", "chaincode", "querycommitted", "--channelID", CHANNEL,
-                                "--name", CHAINCODE_NAME, "--output", "json")
-        except FabricNetworkError as exc:
-            if "404" in str(exc) or "not found" in str(exc):
-                return None
-            raise
-        return json.loads(out)
-
-    def _define_chaincode(self, package_ids: dict[str, str]) -> None:
-        """Approve the definition for each organisation and commit it, endorsed by both peers. A changed
-        endorsement policy is a new definition: the next sequence, approved by both again."""
-        committed = self.committed_definition()
-        previous = self.description() or {}
-        sequence = CHAINCODE_SEQUENCE
-        if committed is not None:
-            if previous.get("endorsement_policy", self.policy) == self.policy:
-                return
-            sequence = int(committed["sequence"]) + 1
-        definition = ["--channelID", CHANNEL, "--name", CHAINCODE_NAME, "--version", CHAINCODE_VERSION,
-                      "--sequence", str(sequence), "--signature-policy", self.policy]
-        for org in PEER_ORGS:
-            readiness = json.loads(self.peer_cli(org, "lifecycle", "chaincode", "checkcommitreadiness",
-                                                 *definition, "--output", "json"))
-            if not readiness.get("approvals", {}).get(org.msp_id):
-                self._ordered(org, "lifecycle", "chaincode", "approveformyorg", *self._orderer_args(),
-                              *definition, "--package-id", package_ids[org.key])
-        peers: list[str] = []
-        for org in PEER_ORGS:
-            peers += ["--peerAddresses", self.topology.peer_endpoint(org),
-                      "--tlsRootCertFiles", str(self.layout.tls_ca(org))]
-        self._ordered(PEER_ORGS[0], "lifecycle", "chaincode", "commit", *self._orderer_args(), *definition, *peers)
-        for org in PEER_ORGS:  # committed means committed on every peer, not just on the first to hear
-            self._wait_committed(org, sequence)
-
-    def _ordered(self, org: Org, *args: str) -> str:
-        """A peer CLI command that sends a transaction to the orderer, tried again while the orderer's
-        freshly joined channel has no Raft leader yet (seconds after `osnadmin channel join`)."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                return self.peer_cli(org, *args)
-            except FabricNetworkError as exc:
-                if "SERVICE_UNAVAILABLE" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.5)
-
-    def _wait_committed(self, org: Org, sequence: int) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                out = json.loads(self.peer_cli(org, "lifecycle", "chaincode", "querycommitted", "--channelID",
-                                               CHANNEL, "--name", CHAINCODE_NAME, "--output", "json"))
-                if int(out.get("sequence", 0)) >= sequence:
-                    return
-            except FabricNetworkError:
-                pass
-            time.sleep(0.5)
-        raise FabricNetworkError(f"the chaincode definition did not reach {org.key}'s peer")
+        """The chaincode definition committed on the channel (sequence, approvals, validation
+        parameter: the endorsement policy), or None before the first commit."""
+        return lifecycle.committed_definition(self)
 
     def _describe(self, package_ids: dict[str, str]) -> dict[str, Any]:
-        layout = self.layout
-
-        def member(org: Org, name: str) -> dict[str, str]:
-            msp = layout.user(org, name) / "msp"
-            return {"msp_dir": str(msp), "cert": str(msp / "signcerts" / f"{name}@{org.domain}-cert.pem"),
-                    "key": str(msp / "keystore" / "priv_sk")}
-
-        return {
-            "channel": CHANNEL,
-            "chaincode": CHAINCODE_NAME,
-            "chaincode_label": CHAINCODE_LABEL,
-            "endorsement_policy": self.policy,
-            "port_base": self.ports.base,
-            "orderer": {"endpoint": self.topology.orderer_endpoint(), "host": ORDERER_HOST,
-                        "tls_ca": str(layout.orderer_tls_ca)},
-            "orgs": {org.key: {
-                "msp_id": org.msp_id,
-                "peer_endpoint": self.topology.peer_endpoint(org),
-                "peer_host": org.peer_host,  # the TLS server name when dialling by another address
-                "tls_ca": str(layout.tls_ca(org)),
-                "ca_cert": str(layout.org_dir(org) / "msp" / "cacerts" / f"ca.{org.domain}-cert.pem"),
-                "msp_dir": str(layout.org_dir(org) / "msp"),
-                "users": {name: member(org, name) for name in ("Admin", "User1")},
-                "chaincode_address": self.topology.chaincode_endpoint(org),
-                "package_id": package_ids[org.key],
-                "logs": {"peer": str(layout.log_file(peer_process(org))),
-                         "chaincode": str(layout.log_file(chaincode_process(org)))},
-            } for org in PEER_ORGS},
-        }
+        described = netconfig.describe(self.layout, self.topology, self.policy, package_ids)
+        for org in PEER_ORGS:
+            described["orgs"][org.key]["logs"] = {"peer": str(self.layout.log_file(peer_process(org))),
+                                                  "chaincode": str(self.layout.log_file(chaincode_process(org)))}
+        return described
 
     # --- down --------------------------------------------------------------------------------------
     def down(self, *, purge: bool = False) -> list[str]:

@@ -2,14 +2,14 @@
 release binaries; without it, every test that needs the network is skipped and says why.
 
 Under pytest-xdist each worker has its own session, so the workers share one network through a lock
-file: the first to arrive starts it, the last to leave stops it and deletes its data.
+file in the run's temporary folder: the first to arrive starts it, the last to leave stops it and
+deletes its data (pytest removes the folder itself with old runs).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,12 +48,13 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def fabric_network() -> Iterator[FabricNetwork]:
+def fabric_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricNetwork]:
     """The running network (FabricNetwork: .settings for a backend, .description() for network.json,
     .peer_stopped(org) for drills)."""
     fabric_bin()
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", f"solo-{os.getpid()}")
-    root = Path(tempfile.gettempdir()) / f"omnistock-fabric-{run}"
+    # Under xdist every worker's temporary folder sits in one folder of this run: the network's home.
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "fabric-network"
     root.mkdir(exist_ok=True)
     base = int(os.environ.get("OMNISTOCK_FABRIC_PORT_BASE", TEST_PORT_BASE))
     network = FabricNetwork(network_settings(root, base))

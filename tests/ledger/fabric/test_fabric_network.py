@@ -169,6 +169,49 @@ def test_without_the_binaries_up_refuses_naming_the_setting(tmp_path: Path, monk
         network.up()
 
 
+def _marking_binaries(tmp_path: Path) -> tuple[Path, Path]:
+    """A bin folder whose programs only leave a mark that they ran, and a config folder beside it."""
+    bin_dir, config = tmp_path / "bin", tmp_path / "config"
+    bin_dir.mkdir()
+    config.mkdir()
+    for name in ("peer", "orderer", "configtxgen", "osnadmin", "cryptogen"):
+        (bin_dir / name).write_text(f"#!/bin/sh\ntouch {tmp_path}/ran-{name}\n")
+        (bin_dir / name).chmod(0o755)
+    for name in ("core.yaml", "orderer.yaml"):
+        (config / name).write_text("{}\n")
+    return bin_dir, config
+
+
+def test_up_refuses_another_port_base_than_the_genesis_block_was_made_for(tmp_path: Path) -> None:
+    bin_dir, config = _marking_binaries(tmp_path)
+    layout = Layout(tmp_path / "fabric")
+    layout.port_base_file.parent.mkdir(parents=True)
+    layout.port_base_file.write_text("7050\n")
+    network = FabricNetwork(Settings(fabric_bin=bin_dir, fabric_dir=layout.root, data_dir=tmp_path,  # type: ignore[call-arg]
+                                     fabric_port_base=7350))
+    with pytest.raises(FabricNetworkError, match="made with port base 7050, not 7350"):
+        network.up()
+    assert not list(tmp_path.glob("ran-*"))
+
+
+def test_up_refuses_a_port_in_use_before_running_anything(tmp_path: Path) -> None:
+    """Binaries that would leave a mark if run: a busy port stops `up` before any of them is."""
+    bin_dir, config = _marking_binaries(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        base = port - Ports(0).peer(AUDIT)  # the audit peer's port is the one taken
+        if base < 1024:
+            pytest.skip("the port the system gave leaves no valid base below it")
+        network = FabricNetwork(Settings(fabric_bin=bin_dir, fabric_config_dir=config, data_dir=tmp_path,  # type: ignore[call-arg]
+                                         fabric_port_base=base))
+        with pytest.raises(FabricNetworkError, match=f"{port}.*OMNISTOCK_FABRIC_PORT_BASE"):
+            network.up()
+    assert not list(tmp_path.glob("ran-*"))
+    assert not any(network.status().values())
+
+
 def test_status_of_a_network_never_started_is_all_stopped_and_exits_1(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMNISTOCK_DATA_DIR", str(tmp_path))
@@ -246,17 +289,35 @@ def test_a_stopped_peer_comes_back_with_its_ledger(fabric_network: FabricNetwork
     assert height() >= before
 
 
+def _free_base(start: int) -> int:
+    """The first base from `start` (in steps of 30) whose ports nobody listens on: other test runs on
+    this machine may have networks of their own."""
+    for base in range(start, start + 30 * 20, 30):
+        if not any(_listening("127.0.0.1", port) for port in Ports(base).all()):
+            return base
+    raise AssertionError(f"no free Fabric port base from {start}")
+
+
 def test_up_then_down_leaves_no_process_and_no_port(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A network of its own (ports 30 above the shared one's), so the shared one keeps running."""
     if not os.environ.get("OMNISTOCK_FABRIC_BIN"):
         pytest.skip(SKIP_REASON)
-    base = int(os.environ.get("OMNISTOCK_FABRIC_PORT_BASE", TEST_PORT_BASE)) + 30
+    base = _free_base(int(os.environ.get("OMNISTOCK_FABRIC_PORT_BASE", TEST_PORT_BASE)) + 30)
     network = FabricNetwork(network_settings(tmp_path_factory.mktemp("fabric-updown"), base))
     try:
         network.up()
         pids = network.status()
         assert all(pids.values()), pids
         assert {chaincode_process(org) for org in PEER_ORGS} <= set(pids)
+        # A changed endorsement policy is committed as the next definition, approved by both again.
+        either = "OR('RetailerMSP.peer','AuditMSP.peer')"
+        relaxed = FabricNetwork(network.settings.model_copy(update={"fabric_endorsement_policy": either}))
+        assert relaxed.up()["endorsement_policy"] == either
+        definition = relaxed.committed_definition()
+        assert definition is not None and definition["sequence"] == 2
+        assert definition["approvals"] == {RETAILER_MSP: True, AUDIT_MSP: True}
+        assert _signature_policy(relaxed).rule.n_out_of.n == 1
+        assert relaxed.status() == pids  # nothing restarted for it
     finally:
         stopped = network.down()
     assert sorted(stopped) == sorted(pids)
