@@ -38,6 +38,7 @@ from ledger.bundle import batch_record, entry_record, make_bundle
 from ledger.encoding import canonical_bytes, parse_timestamp
 from ledger.entries import encode_entries, entry_key_of, keys_in_append
 from ledger.fabric import protocol
+from ledger.fabric.chaincode.contract import CHECKPOINT_EVENT
 from ledger.fabric.gateway import (
     RETRY_CODES as CONFLICT_CODES,
 )
@@ -64,8 +65,10 @@ from ledger.port import (
     Submission,
 )
 from ledger.verify import VerificationReport, verify_bundle
+from shared.logging import get_logger
 from shared.settings import Settings
 
+log = get_logger("omnistock.ledger.fabric")
 NODES_PER_READ = 20_000
 BATCH_SEQS_PER_READ = 20_000
 
@@ -104,6 +107,8 @@ class FabricLedger:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        while not self._queue.empty():  # nobody waits forever for a writer that is gone
+            _fail(self._queue.get_nowait(), FabricUnavailable("the ledger port was closed"))
         await self.gateway.close()
 
     # --- writes -----------------------------------------------------------------------------
@@ -173,7 +178,12 @@ class FabricLedger:
         results = json.loads(prepared.result)
         size = max((r["receipts"][-1][0] + 1 for r in results if r.get("receipts")), default=0)
         if size - self._checkpointed >= self.settings.checkpoint_every:
-            await self._cut()  # before the appends return, as the embedded backend cuts inside the append
+            # Before the appends return, as the embedded backend cuts inside the append; but they are
+            # committed already, so a failed cut must not report them failed (the timer cuts again).
+            try:
+                await self._cut()
+            except Exception:
+                log.exception("checkpoint after an append failed; the next cut covers it")
         for p, result in zip(pending, results, strict=True):
             if "receipts" in result:
                 _resolve(p, [Receipt(seq, leaf, batch) for seq, leaf, batch in result["receipts"]])
@@ -199,13 +209,21 @@ class FabricLedger:
                 raise NotCommitted(prepared.tx_id, code)
 
     async def _retrying(self, call: Callable[[], Any], deadline: float) -> Any:
+        waited = False
         while True:
             try:
-                return await call()
-            except FabricUnavailable:
+                result = await call()
+            except FabricUnavailable as exc:
                 if time.monotonic() >= deadline:
                     raise
+                if not waited:
+                    log.warning("Fabric network cannot endorse or order now; appends wait", reason=str(exc))
+                    waited = True
                 await asyncio.sleep(self.settings.retry_s)
+                continue
+            if waited:
+                log.info("Fabric network answers again; appends resume")
+            return result
 
     async def _cut(self) -> Json | None:
         head = await self._head()
@@ -254,6 +272,16 @@ class FabricLedger:
         if record is None:
             raise CheckpointNotFound(f"no checkpoint of tree size {tree_size}")
         return await self._with_signatures(record)
+
+    async def follow_checkpoints(self, start_block: int | None = 0) -> AsyncIterator[Json]:
+        """Every checkpoint as its transaction commits, with its endorsements (the chaincode's checkpoint
+        events through the Gateway), from `start_block` (0: all of them; None: from now on)."""
+        async for _, event in self.gateway.chaincode_events(start_block):
+            if event.event_name != CHECKPOINT_EVENT:
+                continue
+            statement = json.loads(event.payload)
+            yield await self._with_signatures({"tree_size": statement["tree_size"], "root_hash": statement["root_hash"],
+                                               "timestamp": statement["timestamp"], "txid": event.tx_id})
 
     async def latest_cosigned(self, org: str) -> Json | None:
         latest = await self.checkpoint()

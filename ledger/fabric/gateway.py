@@ -1,4 +1,5 @@
-"""A client of a peer's Gateway service (Fabric 2.4+): Evaluate, Endorse, Submit, CommitStatus.
+"""A client of a peer's Gateway service (Fabric 2.4+): Evaluate, Endorse, Submit, CommitStatus,
+ChaincodeEvents.
 
 One TLS channel to one organisation's peer; that peer's gateway collects the other organisations'
 endorsements as the chaincode's endorsement policy asks (or from `endorsing_msps`, if given) and
@@ -12,7 +13,7 @@ not do it now (a peer or the orderer down, a timeout) is FabricUnavailable, whic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
+from fabric_protos.orderer import ab_pb2
 from fabric_protos.peer import transaction_pb2
 
 from ledger.fabric import protocol
@@ -152,6 +154,22 @@ class Gateway:
         if code != VALID:
             raise NotCommitted(prepared.tx_id, code)
         return code
+
+    async def chaincode_events(self, start_block: int | None = None) -> AsyncIterator[tuple[int, Any]]:
+        """(block number, ChaincodeEvent) of the chaincode's committed transactions, from `start_block`
+        (None: from the next commit on), as the gateway's peer commits them; runs until cancelled."""
+        start = (ab_pb2.SeekPosition(next_commit=ab_pb2.SeekNextCommit()) if start_block is None
+                 else ab_pb2.SeekPosition(specified=ab_pb2.SeekSpecified(number=start_block)))
+        request = gateway_pb2.ChaincodeEventsRequest(channel_id=self.config.channel, chaincode_id=self.config.chaincode,
+                                                     identity=self.config.client.serialized,
+                                                     start_position=start).SerializeToString()
+        signed = gateway_pb2.SignedChaincodeEventsRequest(request=request, signature=self.config.client.sign(request))
+        try:
+            async for response in self._stub.ChaincodeEvents(signed):
+                for event in response.events:
+                    yield response.block_number, event
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
 
     async def committed_transaction(self, tx_id: str) -> protocol.EndorsedAction:
         """A committed transaction's response and endorsements, from the peer's ledger (qscc)."""

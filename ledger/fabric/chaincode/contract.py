@@ -60,6 +60,7 @@ REFUSALS: tuple[tuple[str, type[Exception]], ...] = (
     ("bad_signature", signing.BadSignature),
     ("invalid", ValueError),  # last: the classes above are ValueErrors too
 )
+CHECKPOINT_EVENT = "checkpoint"  # the chaincode event of a checkpoint transaction; payload: its statement
 MAX_GROUPS = 10_000
 MAX_FIND = 1_000
 

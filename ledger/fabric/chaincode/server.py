@@ -1,4 +1,4 @@
-"""The chaincode's gRPC server: the shim's Chaincode service and message handler, with two changes.
+"""The chaincode's gRPC server: the shim's Chaincode service and message handler, with three changes.
 
 - Message size: the shim's server keeps gRPC's 4 MiB receive limit, but one transaction's arguments
   (thousands of signed entries) and a page of stored batches are larger; the peer itself allows 100 MiB,
@@ -6,6 +6,7 @@
 - Its handler's receive loop formats every incoming message into log lines (f-strings, so the cost is
   paid even when the level drops them): a transaction's whole proposal and every state value; and it
   makes a task of each answer to a state request. The loop here has neither.
+- It sends the transaction's chaincode event (the shim's own handler drops it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from fabric_chaincode_python.fabric_shim import handler as shim_handler
 from fabric_chaincode_python.fabric_shim.interfaces import Chaincode
 from fabric_chaincode_python.fabric_shim.msg_queue_handler import MsgQueueHandler
 from fabric_chaincode_python.fabric_shim.server import load_tls_config
+from fabric_chaincode_python.fabric_shim.stub import ChaincodeStub
+from fabric_protos.peer import chaincode_pb2, proposal_response_pb2
 from fabric_protos.peer import chaincode_shim_pb2 as shim_pb
 from fabric_protos.peer import chaincode_shim_pb2_grpc as shim_grpc
 
@@ -46,6 +49,23 @@ class Handler(shim_handler.Handler):
                 self._track_task(self.handle_message(message))
         if self._pending_tasks:
             await asyncio.gather(*self._pending_tasks, return_exceptions=True)
+
+
+    async def handle_stub_interaction(self, msg: shim_pb.ChaincodeMessage, action: str = "Invoke") -> None:
+        """The shim's, plus the transaction's chaincode event in its COMPLETED message: the shim's stub
+        collects events but its handler never sends them, so no client would ever see one."""
+        stub = ChaincodeStub(self, msg.channel_id, msg.txid, chaincode_pb2.ChaincodeInput.FromString(msg.payload),
+                             msg.proposal)
+        call = self.chaincode.init if action.lower() == "init" else self.chaincode.invoke
+        response = await call(stub)
+        if not response or not response.status:
+            response = proposal_response_pb2.Response(status=500, message="the chaincode gave no response")
+        completed = shim_pb.ChaincodeMessage(type=shim_pb.ChaincodeMessage.COMPLETED,
+                                             payload=response.SerializeToString(), txid=msg.txid,
+                                             channel_id=msg.channel_id)
+        if response.status < 400 and (events := stub.get_events()):
+            completed.chaincode_event.CopyFrom(events[-1])  # Fabric keeps one event per transaction
+        await self.context.write(completed)
 
 
 class ChaincodeService(shim_grpc.ChaincodeServicer):

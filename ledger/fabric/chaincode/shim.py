@@ -24,7 +24,7 @@ from fabric_protos.peer import chaincode_shim_pb2 as shim_pb
 from fabric_protos.peer import proposal_response_pb2 as response_pb
 
 from ledger import policy
-from ledger.fabric.chaincode.contract import LedgerContract, Refused
+from ledger.fabric.chaincode.contract import CHECKPOINT_EVENT, LedgerContract, Refused
 
 _PAGE = 16  # a stored batch can hold thousands of entries: a page stays a few MiB
 
@@ -104,6 +104,9 @@ class LedgerChaincode(Chaincode):
     async def invoke(self, stub: Any) -> response_pb.Response:  # type: ignore[override]
         try:
             function, args = stub.get_function_and_parameters()
-            return success(await self.contract.invoke(PeerState(stub), function, list(args)))
+            result = await self.contract.invoke(PeerState(stub), function, list(args))
+            if function == "checkpoint":  # clients following the log hear of each checkpoint (Gateway ChaincodeEvents)
+                stub.set_event(CHECKPOINT_EVENT, result)
+            return success(result)
         except (Refused, ValueError, policy.PermissionDenied, PeerError) as exc:
             return error(f"{type(exc).__name__}: {exc}")

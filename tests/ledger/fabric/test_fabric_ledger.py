@@ -133,3 +133,30 @@ async def test_the_ledger_service_serves_the_fabric_log_over_the_same_http_api(
         assert status == 200 and entry["entry"] == keyed(2)
         status, _, _ = await api.as_key(await make_key("ops")).get("/v1/ledger/entries/1")
         assert status == 403  # reading policy is the service's, whichever backend
+
+
+async def test_checkpoints_are_followed_through_chaincode_events(fabric: tuple[FabricLedger, Settings]) -> None:
+    ledger, settings = fabric
+    finance = identity.load_identity(settings.data_dir, "finance")
+    seen: list[dict[str, Any]] = []
+
+    async def follow() -> None:
+        async for checkpoint in ledger.follow_checkpoints(start_block=None):  # from the next commit on
+            seen.append(checkpoint)
+
+    following = asyncio.create_task(follow())
+    try:
+        await asyncio.sleep(1)  # the stream is open before the checkpoints are cut
+        cut = []
+        for n in range(2):
+            await append(ledger, [keyed(5000 + n)], finance)
+            cut.append(await ledger.cut_checkpoint())
+        for _ in range(600):  # each event comes once its block is committed on the gateway's peer
+            if {c["tree_size"] for c in cut} <= {c["tree_size"] for c in seen}:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        following.cancel()
+    by_size = {c["tree_size"]: c for c in seen}
+    for checkpoint in cut:  # each one as endorsed: same root, same time, the two peers' signatures
+        assert by_size[checkpoint["tree_size"]] == checkpoint
