@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,30 +32,25 @@ from typing import Any
 
 from cryptography import x509
 
-from ledger import merkle, policy, signing
+from ledger import merkle, policy
 from ledger.bundle import batch_record, entry_record, make_bundle
 from ledger.encoding import canonical_bytes, parse_timestamp
 from ledger.entries import encode_entries, entry_key_of, keys_in_append
 from ledger.fabric import protocol
 from ledger.fabric.chaincode.contract import CHECKPOINT_EVENT
 from ledger.fabric.gateway import (
-    RETRY_CODES as CONFLICT_CODES,
-)
-from ledger.fabric.gateway import (
-    VALID,
     ChaincodeRefused,
     FabricUnavailable,
     Gateway,
     GatewayConfig,
-    NotCommitted,
     Prepared,
 )
+from ledger.fabric.refusals import refusal, whole_refusal
+from ledger.fabric.transactions import until_committed
 from ledger.identity import TrustStore, cert_org, msp_dir
 from ledger.port import (
-    AlreadyAppended,
     BadRange,
     CheckpointNotFound,
-    DuplicateEntryKey,
     Entry,
     EntryNotFound,
     EntryVisitor,
@@ -173,8 +167,8 @@ class FabricLedger:
         # The log's times never go back: earlier-signed batches first, so none is stale only because a
         # later-signed one happened to be queued before it.
         pending.sort(key=lambda p: p.group["submission"]["timestamp"] if p.group else "")
-        prepared = await self._until_committed("append", [p.group for p in pending],
-                                               commit=lambda results: any("receipts" in r for r in results))
+        prepared = await self._commit("append", [p.group for p in pending],
+                                      commit=lambda results: any("receipts" in r for r in results))
         results = json.loads(prepared.result)
         size = max((r["receipts"][-1][0] + 1 for r in results if r.get("receipts")), default=0)
         if size - self._checkpointed >= self.settings.checkpoint_every:
@@ -190,40 +184,10 @@ class FabricLedger:
             else:
                 _fail(p, refusal(result))
 
-    async def _until_committed(self, function: str, *args: Any,
-                               commit: Callable[[Any], bool] = lambda _: True) -> Prepared:
-        """Endorse `function` and, if `commit(result)`, submit it and wait for it to commit VALID:
-        endorsed again after an MVCC conflict, retried while the network is unavailable."""
-        deadline = time.monotonic() + self.settings.append_timeout_s
-        encoded = [json.dumps(a, separators=(",", ":"), ensure_ascii=False) for a in args]
-        while True:
-            prepared = await self._retrying(lambda: self.gateway.endorse(function, *encoded), deadline)
-            if not commit(json.loads(prepared.result)):
-                return prepared  # nothing to write (every batch refused or known): no transaction
-            await self._retrying(lambda ready=prepared: self.gateway.submit(ready), deadline)
-            code, _ = await self._retrying(
-                lambda tx=prepared.tx_id: self.gateway.commit_status(tx, self.settings.commit_timeout_s), deadline)
-            if code == VALID:
-                return prepared
-            if code not in CONFLICT_CODES:
-                raise NotCommitted(prepared.tx_id, code)
-
-    async def _retrying(self, call: Callable[[], Any], deadline: float) -> Any:
-        waited = False
-        while True:
-            try:
-                result = await call()
-            except FabricUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                if not waited:
-                    log.warning("Fabric network cannot endorse or order now; appends wait", reason=str(exc))
-                    waited = True
-                await asyncio.sleep(self.settings.retry_s)
-                continue
-            if waited:
-                log.info("Fabric network answers again; appends resume")
-            return result
+    async def _commit(self, function: str, *args: Any, commit: Callable[[Any], bool] = lambda _: True) -> Prepared:
+        return await until_committed(self.gateway, function, list(args), commit=commit,
+                                     timeout_s=self.settings.append_timeout_s,
+                                     commit_timeout_s=self.settings.commit_timeout_s, retry_s=self.settings.retry_s)
 
     async def _cut(self) -> Json | None:
         head = await self._head()
@@ -232,7 +196,7 @@ class FabricLedger:
         latest = head["checkpoint"]
         if latest is not None and latest["tree_size"] == head["size"]:
             return await self._with_signatures(latest)
-        prepared = await self._until_committed("checkpoint")
+        prepared = await self._commit("checkpoint")
         statement = json.loads(prepared.result)
         checkpoint = {key: statement[key] for key in ("tree_size", "root_hash", "timestamp")}
         checkpoint["signatures"] = protocol.signature_records(prepared.action)
@@ -413,38 +377,6 @@ def _resolve(pending: _Pending, value: Any) -> None:
 def _fail(pending: _Pending, exc: BaseException) -> None:
     if not pending.future.done():
         pending.future.set_exception(exc)
-
-
-def refusal(result: Mapping[str, Any]) -> Exception:
-    """The exception of ledger.port that a batch refused by the chaincode stands for."""
-    kind, message = result["refused"], result["message"]
-    existing = {int(p): Receipt(*r) for p, r in result.get("existing", {}).items()}
-    if kind == "permission_denied":
-        return _denied(message)
-    if kind == "duplicate_entry_key":
-        return DuplicateEntryKey(message, existing)
-    if kind == "already_appended":
-        return AlreadyAppended(message, existing)
-    classes: dict[str, type[Exception]] = {
-        "stale_signature": signing.StaleSignature, "timestamp_refused": signing.TimestampRefused,
-        "untrusted_signer": signing.UntrustedSigner, "bad_signature": signing.BadSignature}
-    return classes.get(kind, ValueError)(message)
-
-
-def whole_refusal(message: str) -> Exception:
-    """A whole transaction refused: the chaincode's message is "<ExceptionName>: <reason>"."""
-    name, _, reason = message.partition(": ")
-    if name == "PermissionDenied":
-        return _denied(reason)
-    if name in ("Refused", "ValueError"):
-        return BadRange(reason) if "not in the log" in reason or "empty" in reason else ValueError(reason)
-    return ChaincodeRefused(message)
-
-
-def _denied(message: str) -> policy.PermissionDenied:
-    principal, _, rest = message.partition(" may not ")
-    action, _, detail = rest.partition(": ")
-    return policy.PermissionDenied(principal, action or "append", detail or message)
 
 
 def trust_store(msp_dir: Path, fabric_cas: Sequence[Path]) -> TrustStore:

@@ -46,20 +46,10 @@ from ledger.fabric.chaincode.state import (
     entry_key_index,
     load,
 )
+from ledger.fabric.refusals import refusal_type
 from ledger.identity import TrustStore
-from ledger.port import AlreadyAppended, DuplicateEntryKey, Receipt
+from ledger.port import Receipt
 
-# A refused group names its reason by one of these types; ledger.fabric.backend raises the same classes.
-REFUSALS: tuple[tuple[str, type[Exception]], ...] = (
-    ("permission_denied", policy.PermissionDenied),
-    ("duplicate_entry_key", DuplicateEntryKey),
-    ("already_appended", AlreadyAppended),
-    ("stale_signature", signing.StaleSignature),
-    ("timestamp_refused", signing.TimestampRefused),
-    ("untrusted_signer", signing.UntrustedSigner),
-    ("bad_signature", signing.BadSignature),
-    ("invalid", ValueError),  # last: the classes above are ValueErrors too
-)
 CHECKPOINT_EVENT = "checkpoint"  # the chaincode event of a checkpoint transaction; payload: its statement
 MAX_GROUPS = 10_000
 MAX_FIND = 1_000
@@ -67,10 +57,6 @@ MAX_FIND = 1_000
 
 class Refused(Exception):
     """A whole transaction refused (malformed arguments, unknown function, unknown MSP)."""
-
-
-def refusal_type(exc: Exception) -> str:
-    return next(name for name, cls in REFUSALS if isinstance(exc, cls))
 
 
 def receipt_json(receipt: Receipt) -> list[Any]:

@@ -367,3 +367,27 @@ def test_the_settings_default_to_the_policy_names() -> None:
     settings = Settings()
     assert {m: frozenset(o) for m, o in settings.fabric_msp_orgs.items()} == policy.DEFAULT_FABRIC_MSP_ORGS
     assert tuple(settings.fabric_checkpoint_endorsers) == policy.DEFAULT_CHECKPOINT_ENDORSERS
+
+
+async def test_a_refusal_reaches_the_client_as_the_embedded_backends_exception(
+        chain: Chain, finance: identity.Identity, org_dir: Path) -> None:
+    from ledger.fabric.refusals import refusal, whole_refusal
+    from ledger.port import AlreadyAppended, BadRange, DuplicateEntryKey, Receipt
+
+    [stored] = await chain.append(finance, [keyed(0)])
+    receipt = Receipt(*stored["receipts"][0])
+    cases = [
+        (await chain.append(finance, [keyed(0, sales_total="9.00")]), DuplicateEntryKey),
+        (await chain.append(finance, [keyed(0), keyed(1)]), AlreadyAppended),
+        (await chain.append(identity.load_identity(org_dir, "ops"), [sale(3)]), policy.PermissionDenied),
+        (await chain.append(finance, [sale(4)], at=chain.now + timedelta(minutes=10)), signing.StaleSignature),
+    ]
+    for [result], cls in cases:
+        exc = refusal(result)
+        assert type(exc) is cls, (result, exc)
+        if isinstance(exc, DuplicateEntryKey | AlreadyAppended):
+            assert exc.existing == {0: receipt}
+    with pytest.raises(policy.PermissionDenied) as whole:  # the whole transaction: an error response
+        await chain.append(finance, [sale(0)], msp="EvilMSP")
+    assert isinstance(whole_refusal(f"PermissionDenied: {whole.value}"), policy.PermissionDenied)
+    assert isinstance(whole_refusal("Refused: tree node (1, 9) is not in the log"), BadRange)
