@@ -164,6 +164,16 @@ def _verify(bundle: Any, trust: TrustStore, report: VerificationReport, endorser
             report.fail(f"checkpoint of size {size} is not consistent with earlier size {old_size}")
 
 
+def check_checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationReport,
+                     endorsers: tuple[str, ...] = policy.DEFAULT_CHECKPOINT_ENDORSERS) -> None:
+    """One checkpoint's signatures, by the bundle rules (an audit's walk over stored checkpoints);
+    problems go to the report."""
+    try:
+        _checkpoint(value, label, trust, report, endorsers)
+    except Malformed as exc:
+        report.fail(f"{label}: {exc}")
+
+
 def _checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationReport,
                 endorsers: tuple[str, ...] = policy.DEFAULT_CHECKPOINT_ENDORSERS,
                 required: tuple[str, ...] = CHECKPOINT_SIGNERS) -> tuple[int, bytes, datetime]:

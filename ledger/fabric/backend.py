@@ -37,6 +37,7 @@ from ledger.bundle import batch_record, entry_record, make_bundle
 from ledger.encoding import canonical_bytes, parse_timestamp
 from ledger.entries import encode_entries, entry_key_of, keys_in_append
 from ledger.fabric import protocol
+from ledger.fabric.audit import audit_checkpoints
 from ledger.fabric.chaincode.contract import CHECKPOINT_EVENT
 from ledger.fabric.gateway import (
     ChaincodeRefused,
@@ -130,7 +131,7 @@ class FabricLedger:
             grown = head["size"] - latest["tree_size"]
             age = (datetime.now(UTC) - parse_timestamp(latest["timestamp"])).total_seconds()
             if grown == 0 or (grown < self.settings.checkpoint_every and age < max_age_s):
-                return await self._with_signatures(latest)
+                return await self.with_signatures(latest)
         return await self.cut_checkpoint()
 
     async def cosign(self, tree_size: int, signature: Mapping[str, str]) -> Json:
@@ -195,7 +196,7 @@ class FabricLedger:
             return None
         latest = head["checkpoint"]
         if latest is not None and latest["tree_size"] == head["size"]:
-            return await self._with_signatures(latest)
+            return await self.with_signatures(latest)
         prepared = await self._commit("checkpoint")
         statement = json.loads(prepared.result)
         checkpoint = {key: statement[key] for key in ("tree_size", "root_hash", "timestamp")}
@@ -206,7 +207,7 @@ class FabricLedger:
 
     # --- reads ------------------------------------------------------------------------------
 
-    async def _evaluate(self, function: str, *args: Any) -> Any:
+    async def evaluate(self, function: str, *args: Any) -> Any:
         encoded = [json.dumps(a, separators=(",", ":"), ensure_ascii=False) for a in args]
         try:
             return json.loads(await self.gateway.evaluate(function, *encoded))
@@ -214,12 +215,12 @@ class FabricLedger:
             raise whole_refusal(exc.message) from None
 
     async def _head(self) -> Json:
-        head: Json = await self._evaluate("head")
+        head: Json = await self.evaluate("head")
         if head["checkpoint"]:
             self._checkpointed = max(self._checkpointed, head["checkpoint"]["tree_size"])
         return head
 
-    async def _with_signatures(self, record: Mapping[str, Any]) -> Json:
+    async def with_signatures(self, record: Mapping[str, Any]) -> Json:
         size = record["tree_size"]
         if size not in self._signed:
             action = await self.gateway.committed_transaction(record["txid"])
@@ -229,13 +230,13 @@ class FabricLedger:
 
     async def checkpoint(self) -> Json | None:
         latest = (await self._head())["checkpoint"]
-        return await self._with_signatures(latest) if latest else None
+        return await self.with_signatures(latest) if latest else None
 
     async def checkpoint_of_size(self, tree_size: int) -> Json:
-        record = await self._evaluate("checkpoint_of_size", tree_size)
+        record = await self.evaluate("checkpoint_of_size", tree_size)
         if record is None:
             raise CheckpointNotFound(f"no checkpoint of tree size {tree_size}")
-        return await self._with_signatures(record)
+        return await self.with_signatures(record)
 
     async def follow_checkpoints(self, start_block: int | None = 0) -> AsyncIterator[Json]:
         """Every checkpoint as its transaction commits, with its endorsements (the chaincode's checkpoint
@@ -244,7 +245,7 @@ class FabricLedger:
             if event.event_name != CHECKPOINT_EVENT:
                 continue
             statement = json.loads(event.payload)
-            yield await self._with_signatures({"tree_size": statement["tree_size"], "root_hash": statement["root_hash"],
+            yield await self.with_signatures({"tree_size": statement["tree_size"], "root_hash": statement["root_hash"],
                                                "timestamp": statement["timestamp"], "txid": event.tx_id})
 
     async def latest_cosigned(self, org: str) -> Json | None:
@@ -253,14 +254,14 @@ class FabricLedger:
 
     async def find(self, *, entry_key: str | None = None, order_id: str | None = None,
                    limit: int = 50) -> list[tuple[int, str]]:
-        return [(seq, kind) for seq, kind in await self._evaluate("find", entry_key, order_id, limit)]
+        return [(seq, kind) for seq, kind in await self.evaluate("find", entry_key, order_id, limit)]
 
-    async def _nodes(self, wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    async def read_nodes(self, wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         wanted = list(dict.fromkeys(wanted))
         found: dict[tuple[int, int], bytes] = {}
         for start in range(0, len(wanted), NODES_PER_READ):
             chunk = wanted[start:start + NODES_PER_READ]
-            hashes = await self._evaluate("nodes", [list(pair) for pair in chunk])
+            hashes = await self.evaluate("nodes", [list(pair) for pair in chunk])
             found.update(zip(chunk, (bytes.fromhex(h) for h in hashes), strict=True))
         return found
 
@@ -268,7 +269,7 @@ class FabricLedger:
         batches: list[Json] = []
         seq = first
         while seq <= last:
-            chunk = await self._evaluate("batches", seq, min(last, seq + BATCH_SEQS_PER_READ - 1))
+            chunk = await self.evaluate("batches", seq, min(last, seq + BATCH_SEQS_PER_READ - 1))
             if not chunk:
                 break
             batches += [b for b in chunk if not batches or b["first_seq"] > batches[-1]["last_seq"]]
@@ -290,9 +291,9 @@ class FabricLedger:
             raise EntryNotFound(f"no entry with seq {seq}")
         checkpoint = await self._covering(seq)
         size = checkpoint["tree_size"]
-        [batch] = await self._evaluate("batches", seq, seq)
+        [batch] = await self.evaluate("batches", seq, seq)
         entry = batch["entries"][seq - batch["first_seq"]]
-        nodes = await self._nodes(merkle.inclusion_proof_nodes(seq, size))
+        nodes = await self.read_nodes(merkle.inclusion_proof_nodes(seq, size))
         proof = merkle.inclusion_proof(seq, size, lambda level, index: nodes[level, index])
         return {"seq": seq, "entry": entry, "leaf_hash": merkle.leaf_hash(canonical_bytes(entry)).hex(),
                 "inclusion_proof": [h.hex() for h in proof], "checkpoint": checkpoint}
@@ -303,7 +304,7 @@ class FabricLedger:
         second = latest_size if second is None else second
         if not 0 <= first <= second <= latest_size:
             raise BadRange(f"need 0 <= first <= second <= {latest_size} (the latest checkpoint's size)")
-        nodes = await self._nodes([*merkle.consistency_proof_nodes(first, second), *merkle.decomposition(first),
+        nodes = await self.read_nodes([*merkle.consistency_proof_nodes(first, second), *merkle.decomposition(first),
                                    *merkle.decomposition(second)])
 
         def get(level: int, index: int) -> bytes:
@@ -334,11 +335,11 @@ class FabricLedger:
                 earlier = await self.checkpoint_of_size(since)
             except CheckpointNotFound:
                 raise BadRange(f"no checkpoint of tree size {since} at or before {size}") from None
-            cnodes = await self._nodes(merkle.consistency_proof_nodes(since, size))
+            cnodes = await self.read_nodes(merkle.consistency_proof_nodes(since, size))
             proof = merkle.consistency_proof(since, size, lambda level, index: cnodes[level, index])
         batches = await self._batches(first, last)
         wanted = [node for seq in range(first, last + 1) for node in merkle.inclusion_proof_nodes(seq, size)]
-        nodes = await self._nodes(wanted)
+        nodes = await self.read_nodes(wanted)
 
         def get(level: int, index: int) -> bytes:
             return nodes[level, index]
@@ -361,13 +362,14 @@ class FabricLedger:
         if head["size"] == 0:
             return VerificationReport(tree_size=0)
         bundle = await self.export(0, head["size"] - 1, limit=False)
-        report = verify_bundle(bundle, self.trust(), endorsers=self.settings.endorsers)
+        trust = self.trust()
+        report = verify_bundle(bundle, trust, endorsers=self.settings.endorsers)
         if visit is not None:
             for record in bundle["entries"]:
                 visit(record["seq"], record["entry"])
+        await audit_checkpoints(self, bundle["checkpoint"]["tree_size"], trust, report)
         report.cosigned_size = report.tree_size if report.ok else None
         return report
-
 
 def _resolve(pending: _Pending, value: Any) -> None:
     if not pending.future.done():

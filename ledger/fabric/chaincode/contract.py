@@ -13,7 +13,8 @@ Transactions (arguments and results are JSON; results canonical, so every endors
                           over exactly what the offline verifier checks. Without growth: the latest one,
                           nothing written.
     head()                {"size", "batch_ts", "checkpoint"} (reads; evaluated, never submitted)
-    checkpoint_of_size(n) the c/<n> record, or a refusal "not_found"
+    checkpoint_of_size(n) the c/<n> record, or null
+    checkpoints(n, limit) the c/ records of size >= n, in size order (an audit's walk over every checkpoint)
     nodes(pairs)          [hex] of the complete subtrees [[level, index], ...] (what proofs are made from)
     batches(first, last)  the signed batches overlapping seqs first..last, with their entries
     find(entry_key, order_id, limit)  [[seq, kind]] in seq order
@@ -42,6 +43,7 @@ from ledger.fabric.chaincode.state import (
     batch_key,
     batches_from,
     checkpoint_key,
+    checkpoints_from,
     dump,
     entry_key_index,
     load,
@@ -71,7 +73,7 @@ class ContractConfig:
 
 
 class LedgerContract:
-    TRANSACTIONS = ("append", "checkpoint", "head", "checkpoint_of_size", "nodes", "batches", "find")
+    TRANSACTIONS = ("append", "checkpoint", "head", "checkpoint_of_size", "checkpoints", "nodes", "batches", "find")
 
     def __init__(self, config: ContractConfig) -> None:
         self.config = config
@@ -174,6 +176,16 @@ class LedgerContract:
     async def checkpoint_of_size(self, state: WorldState, tree_size: Any) -> dict[str, Any] | None:
         raw = await state.get(checkpoint_key(_count(tree_size, "tree_size")))
         return load(raw) if raw is not None else None
+
+    async def checkpoints(self, state: WorldState, from_size: Any, limit: Any) -> list[dict[str, Any]]:
+        """The c/<size> records of tree size >= from_size, in size order, at most `limit` (<= MAX_FIND)."""
+        limit = min(_count(limit, "limit"), MAX_FIND)
+        found: list[dict[str, Any]] = []
+        async for _, raw in state.range(*checkpoints_from(_count(from_size, "from_size"))):
+            if len(found) == limit:
+                break
+            found.append(load(raw))
+        return found
 
     async def nodes(self, state: WorldState, pairs: Any) -> list[str]:
         if not isinstance(pairs, list):

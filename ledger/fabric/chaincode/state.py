@@ -64,6 +64,10 @@ def checkpoint_key(tree_size: int) -> str:
     return f"c/{tree_size:016d}"
 
 
+def checkpoints_from(tree_size: int) -> tuple[str, str]:
+    return checkpoint_key(tree_size), "c/" + _RANGE_END
+
+
 def tile_key(level: int, tile: int) -> str:
     return f"t/{level:02d}/{tile:012d}"
 

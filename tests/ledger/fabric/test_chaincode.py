@@ -391,3 +391,14 @@ async def test_a_refusal_reaches_the_client_as_the_embedded_backends_exception(
         await chain.append(finance, [sale(0)], msp="EvilMSP")
     assert isinstance(whole_refusal(f"PermissionDenied: {whole.value}"), policy.PermissionDenied)
     assert isinstance(whole_refusal("Refused: tree node (1, 9) is not in the log"), BadRange)
+
+
+async def test_every_checkpoint_is_listed_in_size_order(chain: Chain, finance: identity.Identity) -> None:
+    sizes = []
+    for n in range(5):
+        await chain.append(finance, [sale(10 * n + i) for i in range(n + 1)])
+        sizes.append((await chain.run("checkpoint"))["tree_size"])
+    listed = await chain.run("checkpoints", 1, 100)
+    assert [c["tree_size"] for c in listed] == sizes == [1, 3, 6, 10, 15]
+    assert [c["tree_size"] for c in await chain.run("checkpoints", 4, 2)] == [6, 10]
+    assert all(c["txid"].startswith("tx") for c in listed)
