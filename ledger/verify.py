@@ -34,8 +34,8 @@ only if the endorser is the certificate given, a peer's (OU=peer) issued by the 
 of that CA: the organisation's Fabric CA in DIR, e.g. its msp/cacerts/ca.<domain>-cert.pem), and the
 endorsed chaincode response is exactly the checkpoint statement. A checkpoint whose signatures are
 endorsements needs one from each org in `endorsers` (default ledger.policy.DEFAULT_CHECKPOINT_ENDORSERS:
-the retailer's and the audit firm's peers, as the endorsement policy); endorsements and ledger
-signatures on one checkpoint are malformed.
+the retailer's and the audit firm's peers, as the endorsement policy); an endorsement by an org neither
+required nor in DIR is left unjudged; endorsements and ledger signatures on one checkpoint are malformed.
 Any malformed field, unknown key, or non-canonical hex/base64/PEM/time spelling is a failure, so
 every byte of a bundle matters. Nothing here raises on bad data: it ends up in the report.
 """
@@ -194,6 +194,8 @@ def _checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationR
         report.required_signers = list(required)
     signed_by: set[str] = set()
     for sig in items:
+        if "endorsement" in sig and sig["org"] not in required and sig["org"] not in trust.cas:
+            continue  # an endorser the auditor neither requires nor trusts: not its to judge
         problem = _signer_problem(sig, _signed_bytes(sig, statement), when, trust)
         if problem:
             report.fail(f"{label}: signature of {sig['org']!r}: {problem}")

@@ -73,7 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     trust_dir = identity.msp_dir(data)
     cas = {org: make_ca(org, trust_dir) for org in (RETAILER, AUDIT)}
     peers = {RETAILER: Peer(RETAILER, "RetailerMSP", cas[RETAILER]), AUDIT: Peer(AUDIT, "AuditMSP", cas[AUDIT])}
-    return {"finance": identity.load_identity(data, "finance"), "peers": peers, "cas": cas,
+    return {"finance": identity.load_identity(data, "finance"), "peers": peers, "cas": cas, "data": data,
             "trust": identity.TrustStore.from_dir(trust_dir)}
 
 
@@ -194,3 +194,23 @@ def test_a_bundle_of_the_embedded_backend_still_needs_ledger_and_finance(world: 
                                                  "signatures": []})
     report = verify_bundle(unsigned, world["trust"])
     assert "no valid signature by 'ledger'" in report.summary() and report.required_signers == ["ledger", "finance"]
+
+
+def test_an_auditor_trusting_only_its_own_ca_checks_only_its_own_peers_endorsement(
+        world: dict[str, Any], tmp_path: Path) -> None:
+    bundle = bundle_of(world)
+    own = tmp_path / "own"
+    own.mkdir()
+    for org in ("finance",):
+        for pem in (identity.msp_dir(Path(world["data"])) / org).glob("*.pem"):
+            (own / f"{org}-{pem.name}").write_bytes(pem.read_bytes())
+    (own / "audit-ca.pem").write_bytes(world["cas"][AUDIT][0].public_bytes(serialization.Encoding.PEM))
+    trust = identity.TrustStore.from_dir(own)
+    assert "no valid signature by 'retailer.omnistock.local'" in verify_bundle(bundle, trust).summary()
+    report = verify_bundle(bundle, trust, endorsers=[AUDIT])
+    assert report.ok, report.summary()
+    assert report.checkpoint_signers == [AUDIT]
+    # ...but an endorsement it does trust must hold: the audit firm's, tampered, fails.
+    bundle["checkpoint"]["signatures"] = [{**s, "signature": s["signature"][:-8] + "AAAAAAA="}
+                                          if s["org"] == AUDIT else s for s in bundle["checkpoint"]["signatures"]]
+    assert not verify_bundle(bundle, trust, endorsers=[AUDIT]).ok

@@ -99,6 +99,15 @@ async def test_an_export_verifies_offline_with_the_cli(fabric: tuple[FabricLedge
     result = CliRunner().invoke(ledger_cli, ["verify", str(path), "--trust", str(trust)])
     assert result.exit_code == 0, result.output
     assert "checkpoint signed by audit.omnistock.local, retailer.omnistock.local" in result.output
+    # An auditor who trusts only its own firm's CA (besides ours) and its own peer's endorsement:
+    own = tmp_path / "own"
+    shutil.copytree(identity.msp_dir(settings.data_dir), own)
+    shutil.copy(ledger.network.description()["orgs"]["audit"]["ca_cert"], own)  # type: ignore[attr-defined]
+    result = CliRunner().invoke(ledger_cli, ["verify", str(path), "--trust", str(own)])
+    assert result.exit_code == 1 and "no valid signature by 'retailer.omnistock.local'" in result.output
+    result = CliRunner().invoke(ledger_cli, ["verify", str(path), "--trust", str(own),
+                                             "--endorser", "audit.omnistock.local"])
+    assert result.exit_code == 0, result.output
     raw = path.read_bytes()
     position = raw.index(b'"o-4007"') + 3
     path.write_bytes(raw[:position] + bytes([raw[position] ^ 1]) + raw[position + 1:])
