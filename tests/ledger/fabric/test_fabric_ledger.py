@@ -41,21 +41,25 @@ def keyed(n: int) -> dict[str, Any]:
     return {**sale(n), "entry_key": f"sale:o-{n}:2024-05-01"}
 
 
+@pytest.mark.parametrize("down", [AUDIT, RETAILER], ids=lambda org: org.key)
 async def test_appends_stall_while_a_required_peer_is_down_and_resume_with_nothing_lost(
-        fabric: tuple[FabricLedger, Settings]) -> None:
+        fabric: tuple[FabricLedger, Settings], down: Any) -> None:
+    """The audit firm's peer (a required endorser) or the retailer's (an endorser and the gateway the
+    backend talks to), killed outright."""
     ledger, settings = fabric
     finance = identity.load_identity(settings.data_dir, "finance")
     network = ledger.network  # type: ignore[attr-defined]
-    before = await append(ledger, [keyed(1000)], finance)
-    await asyncio.to_thread(network.stop_peer, AUDIT, crash=True)
+    before = await append(ledger, [keyed(1000 + down.offset)], finance)
+    first = 2000 + 100 * down.offset
+    await asyncio.to_thread(network.stop_peer, down, crash=True)
     try:
-        tasks = [asyncio.create_task(sign_and_append(ledger, finance, [keyed(2000 + 2 * i), keyed(2001 + 2 * i)]))
+        tasks = [asyncio.create_task(sign_and_append(ledger, finance, [keyed(first + 2 * i), keyed(first + 2 * i + 1)]))
                  for i in range(20)]
         done, _ = await asyncio.wait(tasks, timeout=8)
-        # Without the audit firm's peer no append can be endorsed, so none is acknowledged...
+        # Without that peer no append can be endorsed, so none is acknowledged...
         assert not done, [t.result() for t in done]
     finally:
-        await asyncio.to_thread(network.start_peer, AUDIT)
+        await asyncio.to_thread(network.start_peer, down)
     # ...and once it is back, every one of them is, in order, with nothing lost.
     receipts = [r for batch in await asyncio.gather(*tasks) for r in batch]
     seqs = sorted(r.seq for r in receipts)
