@@ -9,9 +9,11 @@ Pure core (no database, no HTTP), one job per module:
     signing   ECDSA P-256 signatures over submission, batch and checkpoint statements, and their checks
     submit    the submitter's side of an append: sign where it runs, sign again when overtaken
     cosign    a co-signature of the newest checkpoint, after checking it extends the last one co-signed
-    policy    which org appends which entry kinds, which role reads what
+    policy    which org appends which entry kinds, which role reads what (and which MSP acts for which org)
+    entries   what a well-formed append is and what entry keys already in the log mean (every backend)
     bundle    writes export bundles
     verify    the offline verifier of export bundles (an auditor reads only this and what it imports)
 
-Storage backends and the HTTP service build on these.
+Storage backends (postgres/: the embedded default; fabric/: Hyperledger Fabric, the chaincode and the
+Gateway client) and the HTTP service build on these.
 """

@@ -147,9 +147,12 @@ def revoke(org: str, serial: str) -> None:
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--trust", "trust_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory of trusted PEM certificates (the organisations' CAs, revoked.json files).")
-def verify(bundle: Path, trust_dir: Path) -> None:
+@click.option("--endorser", "endorsers", multiple=True, metavar="ORG",
+              help="For a bundle of the Fabric backend: an organisation (the O= of its Fabric CA) whose peer must "
+                   "have endorsed the checkpoint; repeat for each. Default: the retailer's and the audit firm's.")
+def verify(bundle: Path, trust_dir: Path, endorsers: tuple[str, ...]) -> None:
     """Check an export bundle offline; exit 0 only if every entry, proof and signature holds."""
-    report = verify_bundle_file(bundle, trust_dir)
+    report = verify_bundle_file(bundle, trust_dir, endorsers or None)
     _exit_with(report.ok, report.summary())
 
 

@@ -419,6 +419,20 @@ class TrustStore:
             raise UntrustedCertificate("a CA certificate cannot sign ledger statements")
         if cert_org(cert) != org:
             raise UntrustedCertificate(f"certificate belongs to {cert_org(cert)!r}, not {org!r}")
+        self._check_member(cert, org, at)
+
+    def check_endorser(self, cert: x509.Certificate, org: str, at: datetime) -> None:
+        """Raise UntrustedCertificate unless `cert` is a peer of `org` at time `at`, as a Fabric MSP
+        decides it: issued by the org's CA (a Fabric node certificate names its org only through its
+        issuer, it carries no O= of its own) and of the `peer` node OU."""
+        if _is_ca(cert):
+            raise UntrustedCertificate("a CA certificate cannot endorse")
+        units = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+        if "peer" not in units:
+            raise UntrustedCertificate("the endorsing certificate is not a peer's (no OU=peer)")
+        self._check_member(cert, org, at)
+
+    def _check_member(self, cert: x509.Certificate, org: str, at: datetime) -> None:
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             raise UntrustedCertificate("signer key is not ECDSA P-256")

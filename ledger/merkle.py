@@ -53,6 +53,16 @@ def _fold_right(hashes: Sequence[bytes]) -> bytes:
     return result
 
 
+def decomposition(size: int) -> list[tuple[int, int]]:
+    """The perfect subtrees (level, index) that make up a tree of `size` leaves, largest first."""
+    nodes, offset = [], 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            nodes.append((level, offset >> level))
+            offset += 1 << level
+    return nodes
+
+
 @dataclass
 class Frontier:
     """Roots of the perfect subtrees that make up a tree of `size` leaves, largest first.
@@ -66,13 +76,7 @@ class Frontier:
     @classmethod
     def from_store(cls, size: int, get_node: GetNode) -> "Frontier":
         """Rebuild the frontier of a stored tree of `size` leaves (e.g. when a backend starts)."""
-        stack: list[tuple[int, bytes]] = []
-        offset = 0
-        for level in range(size.bit_length() - 1, -1, -1):
-            if size >> level & 1:
-                stack.append((level, get_node(level, offset >> level)))
-                offset += 1 << level
-        return cls(size, stack)
+        return cls(size, [(level, get_node(level, index)) for level, index in decomposition(size)])
 
     def append(self, leaf: bytes) -> list[Node]:
         """Append one leaf hash; return the nodes it completed (the leaf itself first)."""

@@ -108,3 +108,29 @@ def require_export(role: str) -> None:
 
 def _names(orgs: frozenset[str] | None) -> str:
     return " and ".join(sorted(orgs)) if orgs else "no organisation"
+
+
+# --- Hyperledger Fabric -----------------------------------------------------------------------
+# On Fabric every transaction names its creator by MSP id (verified by the peer against that MSP's CA).
+# An MSP acts for some of our organisations: the retailer's clients submit what ops, finance and the
+# ledger sign; the audit firm's clients only what audit signs. A finance submission relayed by an audit
+# client is refused, however valid finance's own signature is.
+DEFAULT_FABRIC_MSP_ORGS: Mapping[str, frozenset[str]] = {
+    "RetailerMSP": frozenset({"ops", "finance", "ledger"}),
+    "AuditMSP": frozenset({"audit"}),
+}
+# The organisations (the O= of their Fabric CA and peer certificates) whose peers must endorse a
+# checkpoint for an auditor to accept it: the retailer's and the audit firm's, as the endorsement policy
+# AND('RetailerMSP.peer','AuditMSP.peer') requires of every transaction.
+DEFAULT_CHECKPOINT_ENDORSERS = ("retailer.omnistock.local", "audit.omnistock.local")
+
+
+def require_msp_acts_for(msp_orgs: Mapping[str, frozenset[str]], msp_id: str, org: str) -> None:
+    if org not in msp_orgs.get(msp_id, frozenset()):
+        raise PermissionDenied(msp_id, f"submit what {org!r} signs",
+                               f"the MSP acts for {_names(msp_orgs.get(msp_id))}")
+
+
+def require_known_msp(msp_orgs: Mapping[str, frozenset[str]], msp_id: str, action: str) -> None:
+    if not msp_orgs.get(msp_id):
+        raise PermissionDenied(msp_id, action, "this MSP acts for no organisation of the ledger")

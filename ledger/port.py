@@ -1,4 +1,4 @@
-"""The ledger port: what every backend (embedded Postgres now, Hyperledger Fabric later) offers.
+"""The ledger port: what every backend (embedded Postgres, Hyperledger Fabric: ledger/fabric/) offers.
 
 Shapes returned are the JSON of ../shared/CONTRACT.md (Ledger), so the HTTP layer renders them as
 they are and a Fabric backend can be swapped in without touching routes or use cases:

@@ -25,6 +25,17 @@ What is checked, and why it is enough:
    to append each entry's kind.
 4. With "earlier", that checkpoint's signatures are checked too, and the RFC 9162 consistency proof
    must show the later tree extends it: nothing recorded then was changed or removed since.
+
+Bundles of the Fabric backend (ledger.fabric) have the same shape. Their checkpoints are signed by
+endorsements instead of by `ledger` and `finance`: each signature carries
+    "endorsement": {"endorser": b64 SerializedIdentity, "proposal_response_payload": b64}
+and its signature covers proposal_response_payload || endorser (what a Fabric peer signs). It counts
+only if the endorser is the certificate given, a peer's (OU=peer) issued by the CA of its org (the O=
+of that CA: the organisation's Fabric CA in DIR, e.g. its msp/cacerts/ca.<domain>-cert.pem), and the
+endorsed chaincode response is exactly the checkpoint statement. A checkpoint whose signatures are
+endorsements needs one from each org in `endorsers` (default ledger.policy.DEFAULT_CHECKPOINT_ENDORSERS:
+the retailer's and the audit firm's peers, as the endorsement policy); an endorsement by an org neither
+required nor in DIR is left unjudged; endorsements and ledger signatures on one checkpoint are malformed.
 Any malformed field, unknown key, or non-canonical hex/base64/PEM/time spelling is a failure, so
 every byte of a bundle matters. Nothing here raises on bad data: it ends up in the report.
 """
@@ -32,6 +43,7 @@ every byte of a bundle matters. Nothing here raises on bad data: it ends up in t
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -95,7 +107,7 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-def verify_bundle_file(path: Path, trust_dir: Path) -> VerificationReport:
+def verify_bundle_file(path: Path, trust_dir: Path, endorsers: Sequence[str] | None = None) -> VerificationReport:
     """What `omnistock ledger verify BUNDLE --trust DIR` runs; exit 0 only if report.ok."""
     try:
         trust = TrustStore.from_dir(Path(trust_dir))
@@ -104,24 +116,25 @@ def verify_bundle_file(path: Path, trust_dir: Path) -> VerificationReport:
         report = VerificationReport()
         report.fail(f"cannot read bundle or trust directory: {exc}")
         return report
-    return verify_bundle_bytes(raw, trust)
+    return verify_bundle_bytes(raw, trust, endorsers)
 
 
-def verify_bundle_bytes(raw: bytes, trust: TrustStore) -> VerificationReport:
+def verify_bundle_bytes(raw: bytes, trust: TrustStore, endorsers: Sequence[str] | None = None) -> VerificationReport:
     try:
         bundle = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
     except ValueError as exc:  # includes invalid UTF-8
         report = VerificationReport()
         report.fail(f"bundle is not valid JSON: {exc}")
         return report
-    return verify_bundle(bundle, trust)
+    return verify_bundle(bundle, trust, endorsers=endorsers)
 
 
-def verify_bundle(bundle: Any, trust: TrustStore, report: VerificationReport | None = None) -> VerificationReport:
+def verify_bundle(bundle: Any, trust: TrustStore, report: VerificationReport | None = None,
+                  endorsers: Sequence[str] | None = None) -> VerificationReport:
     if report is None:
         report = VerificationReport()
     try:
-        _verify(bundle, trust, report)
+        _verify(bundle, trust, report, tuple(endorsers or policy.DEFAULT_CHECKPOINT_ENDORSERS))
     except Malformed as exc:
         report.fail(f"malformed bundle: {exc}", exc.seq)
     except Exception as exc:  # a verifier fails closed: any surprise is a failure, never a pass
@@ -129,11 +142,11 @@ def verify_bundle(bundle: Any, trust: TrustStore, report: VerificationReport | N
     return report
 
 
-def _verify(bundle: Any, trust: TrustStore, report: VerificationReport) -> None:
+def _verify(bundle: Any, trust: TrustStore, report: VerificationReport, endorsers: tuple[str, ...]) -> None:
     top = _fields(bundle, "bundle", {"format", "checkpoint", "entries", "batches"}, {"earlier"})
     if top["format"] != BUNDLE_FORMAT:
         raise Malformed(f"unknown format {top['format']!r}, expected {BUNDLE_FORMAT!r}")
-    size, root, when = _checkpoint(top["checkpoint"], "checkpoint", trust, report)
+    size, root, when = _checkpoint(top["checkpoint"], "checkpoint", trust, report, endorsers)
     report.tree_size = size
     report.cosigned_size = size if report.ok else None
     leaves, kinds = _entries(top["entries"], size, root, report)
@@ -143,25 +156,47 @@ def _verify(bundle: Any, trust: TrustStore, report: VerificationReport) -> None:
     if "earlier" in top:
         earlier = _fields(top["earlier"], "earlier", {"checkpoint", "consistency_proof"})
         signers = report.checkpoint_signers
-        old_size, old_root, old_when = _checkpoint(earlier["checkpoint"], "earlier checkpoint", trust, report)
+        old_size, old_root, old_when = _checkpoint(earlier["checkpoint"], "earlier checkpoint", trust, report,
+                                                   endorsers)
         report.checkpoint_signers = signers
         proof = _hexes(earlier["consistency_proof"])
         if old_when > when or not merkle.verify_consistency(old_size, size, proof, old_root, root):
             report.fail(f"checkpoint of size {size} is not consistent with earlier size {old_size}")
 
 
+def check_checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationReport,
+                     endorsers: tuple[str, ...] = policy.DEFAULT_CHECKPOINT_ENDORSERS) -> None:
+    """One checkpoint's signatures, by the bundle rules (an audit's walk over stored checkpoints);
+    problems go to the report."""
+    try:
+        _checkpoint(value, label, trust, report, endorsers)
+    except Malformed as exc:
+        report.fail(f"{label}: {exc}")
+
+
 def _checkpoint(value: Any, label: str, trust: TrustStore, report: VerificationReport,
+                endorsers: tuple[str, ...] = policy.DEFAULT_CHECKPOINT_ENDORSERS,
                 required: tuple[str, ...] = CHECKPOINT_SIGNERS) -> tuple[int, bytes, datetime]:
-    """Check every signature on a checkpoint; each org in `required` must be among the valid ones.
-    The valid signers go to report.checkpoint_signers."""
+    """Check every signature on a checkpoint; each org it requires (CHECKPOINT_SIGNERS, or `endorsers`
+    for a checkpoint endorsed on Fabric) must be among the valid ones. The valid signers go to
+    report.checkpoint_signers."""
     cp = _fields(value, label, {"tree_size", "root_hash", "timestamp", "signatures"})
     size, root = _int(cp["tree_size"], "tree_size"), _hex(cp["root_hash"], "root_hash")
     when = _time(cp["timestamp"])
     statement = signing.checkpoint_statement(size, root, cp["timestamp"])
+    items = [_fields(item, "signature", {"org", "cert_pem", "signature"}, {"endorsement"})
+             for item in _list(cp["signatures"], "signatures")]
+    endorsed = {"endorsement" in sig for sig in items}
+    if len(endorsed) > 1:
+        raise Malformed(f"{label}: signatures mix Fabric endorsements and ledger signatures")
+    if endorsed == {True}:
+        required = endorsers
+        report.required_signers = list(required)
     signed_by: set[str] = set()
-    for item in _list(cp["signatures"], "signatures"):
-        sig = _fields(item, "signature", {"org", "cert_pem", "signature"})
-        problem = _signer_problem(sig, statement, when, trust)
+    for sig in items:
+        if "endorsement" in sig and sig["org"] not in required and sig["org"] not in trust.cas:
+            continue  # an endorser the auditor neither requires nor trusts: not its to judge
+        problem = _signer_problem(sig, _signed_bytes(sig, statement), when, trust)
         if problem:
             report.fail(f"{label}: signature of {sig['org']!r}: {problem}")
         else:
@@ -282,11 +317,29 @@ def _batch_problems(
     return problems
 
 
-def _signer_problem(sig: dict[str, Any], statement: bytes, when: datetime, trust: TrustStore) -> str | None:
+def _signed_bytes(sig: dict[str, Any], statement: bytes) -> bytes | str:
+    """What a checkpoint signature covers: the statement, or for a Fabric endorsement the endorsed
+    payload and endorser (after checking they endorse this statement); a string says why not."""
+    if "endorsement" not in sig:
+        return statement
+    from ledger.fabric.protocol import endorsed_bytes  # protobufs only for bundles that need them
+
+    endorsement = _fields(sig["endorsement"], "endorsement", {"endorser", "proposal_response_payload"})
+    if not all(isinstance(v, str) for v in endorsement.values()) or not isinstance(sig["cert_pem"], str):
+        return "endorsement fields must be strings"
+    try:
+        return endorsed_bytes(endorsement, sig["cert_pem"], statement)
+    except ValueError as exc:
+        return str(exc)
+
+
+def _signer_problem(sig: dict[str, Any], statement: bytes | str, when: datetime, trust: TrustStore) -> str | None:
     """None if `sig` is a valid signature over `statement` by a trusted member of sig["org"]."""
     pem = sig["cert_pem"]
     if not isinstance(pem, str) or not isinstance(sig["org"], str) or not isinstance(sig["signature"], str):
         return "org, cert_pem and signature must be strings"
+    if isinstance(statement, str):  # the reason the signed bytes could not be made
+        return statement
     try:
         with warnings.catch_warnings():
             # cryptography only warns about some malformed certificates (e.g. a negative serial);
@@ -295,7 +348,10 @@ def _signer_problem(sig: dict[str, Any], statement: bytes, when: datetime, trust
             cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
             if cert.public_bytes(serialization.Encoding.PEM).decode("ascii") != pem:
                 return "certificate PEM is not in canonical form"
-            trust.check_signer(cert, sig["org"], when)
+            if "endorsement" in sig:
+                trust.check_endorser(cert, sig["org"], when)
+            else:
+                trust.check_signer(cert, sig["org"], when)
     except (UntrustedCertificate, ValueError, CryptographyDeprecationWarning) as exc:
         return f"untrusted certificate: {exc}"
     if not signing.verify(cert, statement, sig["signature"]):

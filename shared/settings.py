@@ -232,6 +232,18 @@ class Settings(BaseSettings):
     # The orderer cuts a block after this long even when it is not full (an append waits for its block).
     # Part of the channel's genesis block: it applies to networks made after it is set.
     fabric_batch_timeout_ms: int = Field(default=250, ge=10, le=10_000)
+    # Which backend is behind the ledger port: the embedded log in PostgreSQL, or Hyperledger Fabric (the
+    # network described by <fabric_dir>/network.json, made by `omnistock ledger fabric up`).
+    ledger_backend: Literal["postgres", "fabric"] = "postgres"
+    # Ledger on Hyperledger Fabric (ledger/fabric/): which of our organisations each MSP's clients may
+    # submit for (the chaincode refuses a batch signed by an org its creator's MSP does not act for), and
+    # whose peers' endorsements make a checkpoint (the O= of their Fabric certificates; the verifier
+    # requires each of them, as the endorsement policy does).
+    # (Defaults as ledger.policy.DEFAULT_FABRIC_MSP_ORGS / DEFAULT_CHECKPOINT_ENDORSERS, which a test compares.)
+    fabric_msp_orgs: dict[str, list[str]] = Field(
+        default_factory=lambda: {"RetailerMSP": ["finance", "ledger", "ops"], "AuditMSP": ["audit"]})
+    fabric_checkpoint_endorsers: list[str] = Field(
+        default_factory=lambda: ["retailer.omnistock.local", "audit.omnistock.local"])
 
     # Console (services/console/): people's sessions. Idle: signed out after this long without a request;
     # absolute: after this long whatever they do (a shift and a half), and the person's API key with it.

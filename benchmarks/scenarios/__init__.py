@@ -9,6 +9,7 @@ from benchmarks.scenarios.ecommerce_sse_idle import EcommerceIdleStreamsScenario
 from benchmarks.scenarios.finance_reconcile import FinanceReconcileScenario
 from benchmarks.scenarios.inventory_movements import MovementsScenario
 from benchmarks.scenarios.inventory_nearby import NearbyScenario
+from benchmarks.scenarios.ledger_fabric import LedgerFabricScenario
 from benchmarks.scenarios.ledger_log import LedgerScenario
 from benchmarks.scenarios.orders_flash_sale import OrdersFlashSaleScenario
 from benchmarks.scenarios.orders_mixed import OrdersMixedScenario
@@ -22,6 +23,7 @@ SCENARIOS: list[Scenario] = [
     EcommerceLatencyScenario(),
     EcommerceIdleStreamsScenario(),
     LedgerScenario(),
+    LedgerFabricScenario(),
     FinanceReconcileScenario(),
     ConsoleStoreScenario(),
 ]

@@ -29,13 +29,12 @@ import orjson
 
 from ledger import merkle, policy, signing
 from ledger.bundle import batch_record, entry_record, make_bundle
-from ledger.encoding import canonical_bytes, format_timestamp, parse_timestamp
+from ledger.encoding import format_timestamp, parse_timestamp
+from ledger.entries import encode_entries, entry_key_of, keys_in_append, known_receipts, receipts_if_all_known
 from ledger.identity import Identity, TrustCache, msp_dir
 from ledger.port import (
-    AlreadyAppended,
     BadRange,
     CheckpointNotFound,
-    DuplicateEntryKey,
     Entry,
     EntryNotFound,
     EntryVisitor,
@@ -49,16 +48,6 @@ from ledger.postgres import audit as audit_log
 from ledger.postgres import repository as repo
 from ledger.verify import VerificationReport
 from shared.db import Connection, Pool, transaction
-
-
-def decomposition(size: int) -> list[tuple[int, int]]:
-    """The perfect subtrees (level, index) that make up a tree of `size` leaves, largest first."""
-    nodes, offset = [], 0
-    for level in range(size.bit_length() - 1, -1, -1):
-        if size >> level & 1:
-            nodes.append((level, offset >> level))
-            offset += 1 << level
-    return nodes
 
 
 def checkpoint_json(row: Mapping[str, Any]) -> Json:
@@ -76,28 +65,6 @@ def _batch_json(row: Mapping[str, Any]) -> Json:
         "timestamp": row["signed_at"], "batch_root": bytes(row["batch_root"]).hex(),
         "cert_pem": row["cert_pem"], "signature": row["signature"], "statement": row["statement"],
     }
-
-
-def encode_entries(entries: Sequence[Entry]) -> list[tuple[str, bytes]]:
-    """(kind, canonical bytes) of each entry; ValueError for a malformed one."""
-    encoded = []
-    for position, entry in enumerate(entries):
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("kind"), str):
-            raise ValueError(f"entries[{position}] must be an object with a string 'kind'")
-        encoded.append((entry["kind"], canonical_bytes(dict(entry))))
-    return encoded
-
-
-MAX_ENTRY_KEY = 200
-
-
-def entry_key_of(entry: Entry, position: int) -> str | None:
-    key = entry.get("entry_key")
-    if key is None:
-        return None
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_ENTRY_KEY:
-        raise ValueError(f"entries[{position}].entry_key must be a string of 1 to {MAX_ENTRY_KEY} characters")
-    return key
 
 
 class PostgresLedger:
@@ -130,11 +97,8 @@ class PostgresLedger:
         async with transaction(self.pool) as conn:
             await repo.lock_appenders(conn)  # also makes the entry_key lookup below exact
             known = await self._known(conn, encoded, keys)
-            if len(known) == len(encoded):
-                return [known[i] for i in range(len(encoded))]
-            if known:
-                raise AlreadyAppended(f"entries {sorted(known)} are in the log already; submit the others, signed "
-                                      "again", known)
+            if (receipts := receipts_if_all_known(known, len(encoded))) is not None:
+                return receipts
             head = await repo.head(conn)
             if head["batch_signed_at"] is not None and submission.timestamp < head["batch_signed_at"]:
                 raise StaleSignature(f"signed at {submission.timestamp}, before the log's latest batch "
@@ -159,24 +123,12 @@ class PostgresLedger:
                      ) -> dict[int, Receipt]:
         """Receipts, by position, of the entries already in the log (by kind and entry_key, same bytes).
         Other content under a stored key raises DuplicateEntryKey; a key twice in one append, ValueError."""
-        first_in_append: dict[tuple[str, str], int] = {}
-        for position, ((kind, _), key) in enumerate(zip(encoded, keys, strict=True)):
-            if key is None:
-                continue
-            if (earlier := first_in_append.setdefault((kind, key), position)) != position:
-                raise ValueError(f"entries[{position}] repeats the entry_key of entries[{earlier}]")
-        stored = await repo.entries_by_key(conn, list(first_in_append)) if first_in_append else {}
-        known: dict[int, Receipt] = {}
-        conflicts: dict[int, Receipt] = {}
-        for (kind, key), position in first_in_append.items():
-            if (row := stored.get((kind, key))) is None:
-                continue
-            receipt = Receipt(row["seq"], bytes(row["leaf_hash"]).hex(), row["batch_id"])
-            (known if bytes(row["canonical"]) == encoded[position][1] else conflicts)[position] = receipt
-        if conflicts:
-            raise DuplicateEntryKey(
-                f"entry_key already in the log with other content at entries {sorted(conflicts)}", conflicts)
-        return known
+        first_in_append = keys_in_append([kind for kind, _ in encoded], keys)
+        rows = await repo.entries_by_key(conn, list(first_in_append)) if first_in_append else {}
+        stored = {key: (Receipt(row["seq"], bytes(row["leaf_hash"]).hex(), row["batch_id"]),
+                        bytes(row["canonical"]) == encoded[first_in_append[key]][1])
+                  for key, row in rows.items()}
+        return known_receipts(first_in_append, stored)
 
     async def cut_checkpoint(self) -> Json | None:
         return await self._cut(max_age_s=0.0)
@@ -237,7 +189,7 @@ class PostgresLedger:
     async def _frontier_at(self, conn: Connection, size: int) -> merkle.Frontier:
         if self._frontier.size == size:
             return self._frontier.copy()
-        nodes = await repo.fetch_nodes(conn, decomposition(size))
+        nodes = await repo.fetch_nodes(conn, merkle.decomposition(size))
         return merkle.Frontier.from_store(size, lambda level, index: nodes[level, index])
 
     # --- reads ------------------------------------------------------------------------------
@@ -301,7 +253,8 @@ class PostgresLedger:
             second = latest_size if second is None else second
             if not 0 <= first <= second <= latest_size:
                 raise BadRange(f"need 0 <= first <= second <= {latest_size} (the latest checkpoint's size)")
-            wanted = {*merkle.consistency_proof_nodes(first, second), *decomposition(first), *decomposition(second)}
+            wanted = {*merkle.consistency_proof_nodes(first, second), *merkle.decomposition(first),
+                      *merkle.decomposition(second)}
             nodes = await repo.fetch_nodes(conn, wanted)
             signed = await repo.checkpoint_of_size(conn, second)
         def get(level: int, index: int) -> bytes:

@@ -85,9 +85,24 @@ def member_identity(settings: Settings, org: str) -> Identity:
 
 @asynccontextmanager
 async def open_ledger(settings: Settings, max_size: int | None = None, service: str = "ledger",
-                      checkpoint_signer: Identity | None = None) -> AsyncIterator[PostgresLedger]:
-    """The embedded backend over a restricted pool. Identities are not created here (`omnistock ledger
-    init` does that); only a port given the ledger identity cuts checkpoints."""
+                      checkpoint_signer: Identity | None = None) -> AsyncIterator[Any]:
+    """The port of settings.ledger_backend. Embedded (default): over a restricted pool; identities are not
+    created here (`omnistock ledger init` does that); only a port given the ledger identity cuts
+    checkpoints. Fabric: over the Gateway of the network `omnistock ledger fabric up` described in
+    <fabric_dir>/network.json, as the retailer's client (the peers' endorsements sign checkpoints)."""
+    if settings.ledger_backend == "fabric":
+        import json
+
+        from ledger.fabric.backend import open_fabric_ledger
+        from ledger.fabric.network import fabric_dir
+
+        described = fabric_dir(settings) / "network.json"
+        if not described.is_file():
+            raise RuntimeError(f"OMNISTOCK_LEDGER_BACKEND=fabric but {described} does not exist: run "
+                               "`omnistock ledger fabric up` first")
+        async with open_fabric_ledger(settings, json.loads(described.read_text())) as port:
+            yield port
+        return
     pool = await create_ledger_pool(settings, max_size, service)
     try:
         yield PostgresLedger(pool, settings.data_dir, checkpoint_signer=checkpoint_signer,
