@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -16,7 +17,8 @@ from aiohttp import web
 
 from shared.errors import ValidationFailed
 from shared.event_stream import resume_point, sse_frame
-from shared.http.keys import HUB, KEY_CACHE, PRINCIPAL, SETTINGS, STREAMS
+from shared.http.keys import HUB, KEY_CACHE, PRINCIPAL, SERVICE, SETTINGS, STREAMS
+from shared.http.metrics import SSE_STALENESS
 from shared.outbox import Event, Position
 
 KEEPALIVE = b": keepalive\n\n"
@@ -60,20 +62,31 @@ async def _stream(request: web.Request, start: Position, families: list[str], ke
     })
     await response.prepare(request)
     heartbeat_s = request.app[SETTINGS].sse_heartbeat_s
+    service = request.app[SERVICE]
 
     async def pump() -> None:
         try:
             await response.write(b"retry: 2000\n\n")
             # One write per batch the hub hands over: a write per event cost a syscall (and a task) each.
             async for batch in request.app[HUB].follow_batches(start, families, heartbeat_s):
-                frames = b"".join(sse_frame(event, render) for event in batch if keep(event)) if batch else KEEPALIVE
+                kept = [event for event in batch if keep(event)]
+                frames = b"".join(sse_frame(event, render) for event in kept) if batch else KEEPALIVE
                 if frames:
                     await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
+                    observe_staleness(service, kept)
         except (ConnectionResetError, TimeoutError):
             pass
 
     await until_key_invalid(request, pump(), response)
     return response
+
+
+def observe_staleness(service: str, events: list[Event]) -> None:
+    """Each written event's age: from its created_at (inside its writer's transaction) to now."""
+    now = time.time()
+    for event in events:
+        family = event.topic.split(".", 1)[0]
+        SSE_STALENESS.labels(service, family).observe(max(0.0, now - event.created_at.timestamp()))
 
 
 async def until_key_invalid(request: web.Request, work: Coroutine[Any, Any, None],
