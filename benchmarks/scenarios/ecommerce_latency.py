@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import multiprocessing as mp
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +31,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -41,6 +43,8 @@ from benchmarks.scenarios.base import Context, Record
 from benchmarks.scenarios.orders_data import orders_data
 from benchmarks.scenarios.orders_mixed import MixedOrders
 from shared.embedded_db import free_port
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 AIM_ORDERS_S, AIM_SSE_P99_MS = 1000, 100.0
 ALLOW_HOSTS = "OMNISTOCK_WEBHOOK_ALLOW_HOSTS"
@@ -57,7 +61,13 @@ class EcommerceLatencyScenario:
         data = orders_data(ctx)
         seconds, warmup, drain = (6.0, 1.0, 2.0) if ctx.quick else (20.0, 3.0, 5.0)
         concurrency, readers = 16, 2
-        ctx.dataset("ecommerce with webhook allow-list", lambda: _ecommerce_allowing_loopback(ctx))
+        spec = LoadSpec(ctx.url("orders"), MixedOrders(data.skus), concurrency, seconds, warmup,
+                        api_key=ctx.key("shop"), ok_statuses=(201,))
+        # The same load with no e-commerce process at all: the rate the sync must keep 85 % of.
+        _stop_ecommerce(ctx)
+        without_label = f"order placement without e-commerce sync, mixed 1-5 lines c={concurrency}"
+        without = ctx.load(spec, without_label)
+        _ecommerce_allowing_loopback(ctx)
         started = time.perf_counter()
         asyncio.run(_caught_up(ctx.stack.dsn))
         ctx.setup[f"{self.name}: projection catch-up"] = round(time.perf_counter() - started, 1)
@@ -66,13 +76,12 @@ class EcommerceLatencyScenario:
         listener = _Listener(ctx.url("ecommerce"), ctx.key("shop"), readers, port)
         try:
             subscription = _subscribe(ctx.url("ecommerce"), ctx.key("admin"), f"http://127.0.0.1:{port}/hook")
-            spec = LoadSpec(ctx.url("orders"), MixedOrders(data.skus), concurrency, seconds, warmup,
-                            api_key=ctx.key("shop"), ok_statuses=(201,))
             load_from = time.time()
             label = f"order placement under stream + webhook, mixed 1-5 lines c={concurrency}"
-            result = ctx.load(spec, label)
-            load_to = time.time()
-            time.sleep(drain)  # let the last changes of the window reach both clients
+            with _BacklogSampler(ctx.stack.dsn, subscription) as sampler:
+                result = ctx.load(spec, label)
+                load_to = time.time()
+                time.sleep(drain)  # let the last changes of the window reach both clients
             received = listener.stop()
         finally:
             listener.close()
@@ -87,6 +96,15 @@ class EcommerceLatencyScenario:
 
         orders = Record.from_load(label, result, skus=len(data.skus), sse_readers=readers, webhook_subscribers=1)
         orders.unit = "orders/s"
+        baseline = Record.from_load(without_label, without, skus=len(data.skus))
+        baseline.unit = "orders/s"
+        ratio = result.throughput / without.throughput if without.throughput else None
+        orders.extra.update(rate_without_sync=round(without.throughput, 1),
+                            ratio_to_without_sync=round(ratio, 3) if ratio else None,
+                            aim="orders/s with sync >= 85 % of without", aim_met=bool(ratio and ratio >= 0.85))
+        backlog_series = sampler.samples
+        orders.extra["backlog_over_time"] = backlog_series
+        orders.extra["backlog_plot"] = _plot_backlog(ctx, backlog_series, load_from, load_to)
         sse_all = array("d", (x for r in sse for x in r.latencies))
         sse_record = _record(f"stock change -> SSE receipt ({readers} readers)", sse_all, sse, result.throughput,
                              seconds)
@@ -98,7 +116,7 @@ class EcommerceLatencyScenario:
         hook_record.extra.update(at_end_of_drain=backlog, unsubscribe=unsubscribed,
                                  deliveries=received["webhook_deliveries"], bad_signatures=received["bad_signatures"],
                                  retries_seen=received["retries"])
-        return [orders, sse_record, hook_record]
+        return [baseline, orders, sse_record, hook_record]
 
 
 # --- the stack: ecommerce may call a webhook receiver on 127.0.0.1 ---------------------------------
@@ -122,22 +140,93 @@ def _ecommerce_allowing_loopback(ctx: Context) -> bool:
 
     Services are started from the benchmark's environment before `run()`; the SSRF policy (rightly)
     refuses loopback targets by default, so the local receiver needs the operator's allow-list."""
-    service = ctx.stack.services["ecommerce"]
+    service = ctx.stack.services.get("ecommerce")
     try:
-        current = psutil.Process(service.process.pid).environ().get(ALLOW_HOSTS, "")
+        current = psutil.Process(service.process.pid).environ().get(ALLOW_HOSTS, "") if service else ""
     except psutil.Error:
         current = ""
     if "127.0.0.1" in current:
         return False
+    _stop_ecommerce(ctx)
+    with _env(ALLOW_HOSTS, '["127.0.0.1"]'):
+        ctx.stack.start_services(["ecommerce"])
+    return True
+
+
+def _stop_ecommerce(ctx: Context) -> None:
+    service = ctx.stack.services.pop("ecommerce", None)
+    if service is None:
+        return
     service.process.terminate()
     try:
         service.process.wait(timeout=15)
     except Exception:  # noqa: BLE001 - a stuck service is killed, as Stack.close does
         service.process.kill()
-    del ctx.stack.services["ecommerce"]
-    with _env(ALLOW_HOSTS, '["127.0.0.1"]'):
-        ctx.stack.start_services(["ecommerce"])
-    return True
+
+
+class _BacklogSampler:
+    """Every 0.5 s during the load: unfinished deliveries of the subscription and the events the
+    projection and the webhook fan-out have not read yet (a thread with its own connection)."""
+
+    def __init__(self, dsn: str, subscription: int) -> None:
+        self._dsn, self._subscription = dsn, subscription
+        self._stop = threading.Event()
+        self.samples: list[dict[str, float]] = []
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> _BacklogSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    async def _run(self) -> None:
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            while not self._stop.is_set():
+                row = await conn.fetchrow(BACKLOG_SQL, self._subscription)
+                self.samples.append({"t": round(time.time(), 2), **dict(row)})
+                await asyncio.sleep(0.5)
+        finally:
+            await conn.close()
+
+
+BACKLOG_SQL = """
+SELECT (SELECT count(*) FROM ecommerce.webhook_deliveries
+        WHERE subscription_id = $1 AND status IN ('pending', 'sending')) AS deliveries_unfinished,
+       (SELECT count(*) FROM core.events e, ecommerce.cursors c WHERE c.name = 'webhooks'
+        AND (e.txid, e.id) > (c.txid, c.event_id) AND split_part(e.topic, '.', 1) = 'availability') AS not_fanned_out,
+       (SELECT count(*) FROM core.events e, ecommerce.cursors c WHERE c.name = 'availability'
+        AND (e.txid, e.id) > (c.txid, c.event_id)
+        AND split_part(e.topic, '.', 1) IN ('stock', 'location', 'channel')) AS not_projected
+"""
+
+
+def _plot_backlog(ctx: Context, samples: list[dict[str, float]], load_from: float, load_to: float) -> str | None:
+    """results/webhook-backlog.png: the backlog over the load (full runs only; quick runs are not kept)."""
+    if ctx.quick or not samples:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = RESULTS / "webhook-backlog.png"
+    figure, axes = plt.subplots(figsize=(8, 3.5))
+    t0 = samples[0]["t"]
+    for name in ("deliveries_unfinished", "not_fanned_out", "not_projected"):
+        axes.plot([s["t"] - t0 for s in samples], [s[name] for s in samples], label=name.replace("_", " "))
+    axes.axvspan(load_from - t0, load_to - t0, color="0.9", label="order load")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("messages / events waiting")
+    axes.set_title("stock change pipeline backlog under the mixed order load")
+    axes.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return str(path.relative_to(RESULTS.parent.parent))
 
 
 async def _caught_up(dsn: str, timeout_s: float = 300.0) -> None:

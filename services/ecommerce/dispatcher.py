@@ -190,8 +190,9 @@ class Dispatcher:
 
     # --- fan-out's holder -------------------------------------------------------------------------------
 
-    def holds(self, subscription_id: int, key: str) -> bool:
-        return (subscription_id, key) in self.queues
+    def held_tail(self, subscription_id: int, key: str) -> int | None:
+        queue = self.queues.get((subscription_id, key))
+        return queue[-1].id if queue else None
 
     def reserve_tail(self, subscription_id: int, key: str, topic: str) -> int | None:
         queue_key = (subscription_id, key)
@@ -289,8 +290,9 @@ class Dispatcher:
         queue = self.queues.get(key, deque())
         if queue and queue[0] is held:
             queue.popleft()
-        if retry_in is not None and queue:
-            # The rest waits behind the retry, in the database, where the claim keeps their order.
+        if retry_in is not None:
+            # The rest waits behind the retry, in the database, where the claim keeps their order; so does
+            # whatever a fan-out under way leases behind it (fanned_out gives those back too).
             self.releases.extend(h.id for h in queue)
             self.released.add(key)
             queue = deque()

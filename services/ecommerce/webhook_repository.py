@@ -45,19 +45,22 @@ RETURNING d.id, d.subscription_id, d.event_id, d.topic, d.key, d.body, d.attempt
 #   consecutive snapshots within the batch): into an untried pending snapshot, or, for a queue this
 #   process holds in memory, into the held tail the dispatcher names (`fold_into`: not on the wire yet);
 # - the others are inserted in array order (ids follow ORDER BY ord, which keeps each queue in event
-#   order), leased to this process ('sending', its first attempt) when it may send them at once (it holds
-#   the queue, or nothing of the queue is unfinished), else 'pending' behind what is (a retry waiting, or
-#   another replica's lease): the claim below picks those up in order.
+#   order), leased to this process ('sending', its first attempt) when it may send them at once (nothing
+#   of the queue is unfinished, or the unfinished tail is its own held one), else 'pending' behind what
+#   is (a retry waiting, another replica's lease or queued message): the claim picks those up in order.
+#   Holding a queue is not enough: another replica may have queued a message behind it meanwhile.
 FAN_OUT = f"""
 WITH q AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bytea[], $6::int[], $7::bool[],
-                         $8::bool[], $9::bigint[]) WITH ORDINALITY
-             AS q(subscription_id, event_id, topic, key, body, folded, first, held, fold_into, ord)
+                         $8::bigint[], $9::bigint[]) WITH ORDINALITY
+             AS q(subscription_id, event_id, topic, key, body, folded, first, held_tail, fold_into, ord)
 ), tails AS (
-    -- target: the delivery the message may fold into, if any (checked again under the row's lock below)
-    SELECT q.ord, t.id AS tail_id,
+    -- ours: the queue's unfinished tail is this process's held tail, so what follows is its to send.
+    -- target: the delivery the message may fold into (checked again under the row's lock below): our
+    -- tail only if the dispatcher offered it (not on the wire), anyone else's only if untried.
+    SELECT q.ord, t.id AS tail_id, t.id = q.held_tail AS ours,
            CASE WHEN q.first AND q.topic = '{COALESCABLE}'
-                THEN coalesce(q.fold_into, CASE WHEN NOT q.held THEN t.id END) END AS target
+                THEN CASE WHEN t.id = q.held_tail THEN q.fold_into ELSE t.id END END AS target
     FROM q LEFT JOIN LATERAL (
         SELECT id, status, attempts, topic FROM ecommerce.webhook_deliveries
         WHERE subscription_id = q.subscription_id AND key = q.key AND status IN {UNFINISHED}
@@ -69,16 +72,15 @@ WITH q AS (
     -- By primary key whatever the plan guesses for the join (as a join alone it scanned the queue).
     WHERE d.id = ANY(ARRAY(SELECT target FROM tails WHERE target IS NOT NULL)) AND d.id = tails.target
       AND d.topic = q.topic
-      AND CASE WHEN q.fold_into IS NOT NULL THEN d.status = 'sending'
-               ELSE d.status = 'pending' AND d.attempts = 0 END
+      AND CASE WHEN tails.ours THEN d.status = 'sending' ELSE d.status = 'pending' AND d.attempts = 0 END
     RETURNING q.ord, d.id
 ), inserted AS (
     INSERT INTO ecommerce.webhook_deliveries (subscription_id, event_id, topic, key, body, coalesced,
                                              next_attempt_at, status, attempts, lease_until)
     SELECT q.subscription_id, q.event_id, q.topic, q.key, q.body, q.folded, now() + make_interval(secs => $10),
-           CASE WHEN q.held OR ($12 AND tails.tail_id IS NULL) THEN 'sending' ELSE 'pending' END,
-           CASE WHEN q.held OR ($12 AND tails.tail_id IS NULL) THEN 1 ELSE 0 END,
-           CASE WHEN q.held OR ($12 AND tails.tail_id IS NULL) THEN now() + make_interval(secs => $11) END
+           CASE WHEN $12 AND (tails.tail_id IS NULL OR tails.ours) THEN 'sending' ELSE 'pending' END,
+           CASE WHEN $12 AND (tails.tail_id IS NULL OR tails.ours) THEN 1 ELSE 0 END,
+           CASE WHEN $12 AND (tails.tail_id IS NULL OR tails.ours) THEN now() + make_interval(secs => $11) END
     FROM q JOIN tails USING (ord)
     WHERE q.ord NOT IN (SELECT ord FROM folded)
     ORDER BY q.ord
@@ -149,7 +151,7 @@ class Message:
     body: bytes
     folded: int  # earlier snapshots of this batch it replaces
     first: bool = True  # the first message of its queue in this batch (only it may meet the queue's tail)
-    held: bool = False  # this process holds the queue in memory (its dispatcher sends it)
+    held_tail: int | None = None  # the newest delivery of the queue this process holds in memory
     fold_into: int | None = None  # the held, unsent snapshot the dispatcher lets it replace
 
 
@@ -213,7 +215,7 @@ async def fan_out_messages(conn: Connection, messages: list[Message], delay_s: f
     return await conn.fetch(
         FAN_OUT, [m.subscription_id for m in messages], [m.event_id for m in messages],
         [m.topic for m in messages], [m.key for m in messages], [m.body for m in messages],
-        [m.folded for m in messages], [m.first for m in messages], [m.held for m in messages],
+        [m.folded for m in messages], [m.first for m in messages], [m.held_tail for m in messages],
         [m.fold_into for m in messages], delay_s, lease_s or 0.0, lease_s is not None)
 
 

@@ -107,8 +107,8 @@ class Holder(Protocol):
 
     lease_s: float
 
-    def holds(self, subscription_id: int, key: str) -> bool:
-        """Whether this process holds the queue in memory (so new messages of it are its to send)."""
+    def held_tail(self, subscription_id: int, key: str) -> int | None:
+        """The newest delivery of the queue this process holds in memory, if it holds the queue."""
 
     def reserve_tail(self, subscription_id: int, key: str, topic: str) -> int | None:
         """The held, unsent tail a new `topic` message may replace (None: none), kept off the wire until
@@ -230,8 +230,9 @@ def messages_for(events: list[Event], subscriptions: list[asyncpg.Record],
             body = bodies.get(event.id) or bodies.setdefault(event.id, render_body(event))
             first = event.key not in seen
             seen.add(event.key)
-            held = holder is not None and holder.holds(sub["id"], event.key)
-            fold_into = holder.reserve_tail(sub["id"], event.key, event.topic) if holder and held and first else None
+            held_tail = holder.held_tail(sub["id"], event.key) if holder else None
+            fold_into = holder.reserve_tail(sub["id"], event.key, event.topic) \
+                if holder and held_tail is not None and first else None
             messages.append(hooks.Message(sub["id"], event.id, event.topic, event.key, body, folded,
-                                          first, held, fold_into))
+                                          first, held_tail, fold_into))
     return messages

@@ -29,12 +29,12 @@ class RecordingHolder:
 
     lease_s = 30.0
 
-    def __init__(self, held: set[tuple[int, str]], tails: dict[tuple[int, str], int]) -> None:
+    def __init__(self, held: dict[tuple[int, str], int], tails: dict[tuple[int, str], int]) -> None:
         self.held, self.tails = held, tails
         self.handed: list[FanOut | None] = []
 
-    def holds(self, subscription_id: int, key: str) -> bool:
-        return (subscription_id, key) in self.held
+    def held_tail(self, subscription_id: int, key: str) -> int | None:
+        return self.held.get((subscription_id, key))
 
     def reserve_tail(self, subscription_id: int, key: str, topic: str) -> int | None:
         return self.tails.get((subscription_id, key))
@@ -66,7 +66,7 @@ async def test_fan_out_leases_only_what_may_leave_at_once(pool: asyncpg.Pool) ->
     held_head = await pool.fetchval("SELECT id FROM ecommerce.webhook_deliveries WHERE key = 'HELD'")
 
     await publish(pool, "FREE", "RETRYING", "HELD")
-    holder = RecordingHolder({(sub, "HELD")}, {})
+    holder = RecordingHolder({(sub, "HELD"): held_head}, {})
     assert await fan_out(pool, coalesce_s=0.0, holder=holder) == 3
     [fan] = holder.handed
     assert fan is not None and {h.key for h in fan.leased} == {"FREE", "HELD"}
@@ -80,7 +80,7 @@ async def test_fan_out_leases_only_what_may_leave_at_once(pool: asyncpg.Pool) ->
     # The holder offers HELD's unsent tail: the next snapshot replaces it instead of queueing.
     tail = max(h.id for h in fan.leased if h.key == "HELD")
     await publish(pool, "HELD")
-    holder = RecordingHolder({(sub, "HELD")}, {(sub, "HELD"): tail})
+    holder = RecordingHolder({(sub, "HELD"): tail}, {(sub, "HELD"): tail})
     assert await fan_out(pool, coalesce_s=0.0, holder=holder) == 1
     [fan] = holder.handed
     assert fan is not None and fan.leased == [] and list(fan.folded) == [tail]
@@ -88,6 +88,19 @@ async def test_fan_out_leases_only_what_may_leave_at_once(pool: asyncpg.Pool) ->
     assert await pool.fetchval("SELECT event_id FROM ecommerce.webhook_deliveries WHERE id = $1", tail) == newest
     assert await pool.fetchval("SELECT event_id FROM ecommerce.webhook_deliveries WHERE id = $1",
                                held_head) != newest  # the head on the wire is never changed
+
+    # Another replica queued a message behind our held tail meanwhile: holding the queue is not enough,
+    # what comes next waits behind that message instead of overtaking it.
+    await pool.execute("INSERT INTO ecommerce.webhook_deliveries (subscription_id, event_id, topic, key, body)"
+                       " VALUES ($1, $2, $3, 'HELD', '{}')", sub, newest, CHANGED)
+    async with transaction(pool) as conn:
+        await publish_many(conn, [("availability.low_stock", "HELD", {"sku": "HELD"})])
+    await pool.execute("UPDATE ecommerce.webhook_subscriptions SET events = events || '{availability.low_stock}'")
+    holder = RecordingHolder({(sub, "HELD"): tail}, {})
+    assert await fan_out(pool, coalesce_s=0.0, holder=holder) == 1
+    [fan] = holder.handed
+    assert fan is not None and fan.leased == []
+    assert [s for s, _, _ in (await statuses(pool))["HELD"]][-2:] == ["pending", "pending"]
 
 
 async def test_a_failed_head_keeps_what_follows_it_until_its_retry_is_delivered(channel: Channel,
