@@ -15,6 +15,11 @@ With no reader at all the hub reads no events, only where the head is (new live 
 inventory's hub would otherwise copy every stock change of the order traffic into memory for nobody.
 The first reader to come finds the window empty from the head on, and reads anything older from the
 database like any reader behind the window.
+
+A hub reads only the event families its service's readers follow (`families`): e-commerce's readers never
+want `order.*`, and decoding every order event's payload for nobody cost that process a share of its CPU
+under the order load. A process that publishes events itself (the projector) `poke`s its hub after the
+commit, so its own readers (SSE, the webhook fan-out) see them without waiting for the next poll.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ CHANNEL = "omnistock_events"
 
 
 class EventHub:
-    def __init__(self, pool: Pool, dsn: str, *, window: int = 20_000, poll_interval_s: float = 0.02) -> None:
+    def __init__(self, pool: Pool, dsn: str, *, window: int = 20_000, poll_interval_s: float = 0.02,
+                 families: list[str] | None = None) -> None:
         self._pool = pool
+        self._families = sorted(families) if families is not None else None
         self._dsn = dsn
         self._window = window
         self._poll_interval_s = poll_interval_s
@@ -59,6 +66,15 @@ class EventHub:
     @property
     def pool(self) -> Pool:
         return self._pool
+
+    @property
+    def families(self) -> list[str] | None:
+        """The event families this hub reads (None: all)."""
+        return self._families
+
+    def poke(self) -> None:
+        """Read now rather than at the next poll: this process just committed events."""
+        self._wakeup.set()
 
     async def start(self) -> None:
         self._head = self._floor = await head_position(self._pool)
@@ -99,7 +115,7 @@ class EventHub:
             await self._skip_to_head()
             return
         while True:
-            batch = await read_after(self._pool, self._head, limit=1000)
+            batch = await read_after(self._pool, self._head, 1000, self._families)
             if not batch:
                 return
             self._append(batch)
@@ -136,6 +152,8 @@ class EventHub:
                              heartbeat_s: float = 15.0) -> AsyncIterator[list[Event]]:
         """Every event after `start`, in order, forever, as they arrive: a batch at a time (one write per
         batch for a stream, one wake-up for a consumer), an empty batch as a heartbeat when idle."""
+        if self._families is not None and (families is None or not set(families) <= set(self._families)):
+            raise ValueError(f"this hub reads only {self._families}, not {families or 'every family'}")
         position = start
         self._readers += 1
         self._wakeup.set()  # an idle hub starts reading now, not at its next poll
@@ -144,7 +162,7 @@ class EventHub:
                 changed = self._changed
                 batch = self._window_after(position, 500)
                 if batch is None:
-                    batch = await read_after(self._pool, position, limit=500)
+                    batch = await read_after(self._pool, position, 500, self._families)
                 if not batch:
                     if not await wait_or_timeout(changed, heartbeat_s):
                         yield []

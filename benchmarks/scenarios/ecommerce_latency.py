@@ -193,14 +193,19 @@ class _BacklogSampler:
             await conn.close()
 
 
+# Behind each cursor through a LATERAL, so the cursor's position bounds an index scan of core.events (as a
+# join condition it did not: every sample scanned the whole outbox, 75 ms twice a second under load).
 BACKLOG_SQL = """
 SELECT (SELECT count(*) FROM ecommerce.webhook_deliveries
         WHERE subscription_id = $1 AND status IN ('pending', 'sending')) AS deliveries_unfinished,
-       (SELECT count(*) FROM core.events e, ecommerce.cursors c WHERE c.name = 'webhooks'
-        AND (e.txid, e.id) > (c.txid, c.event_id) AND split_part(e.topic, '.', 1) = 'availability') AS not_fanned_out,
-       (SELECT count(*) FROM core.events e, ecommerce.cursors c WHERE c.name = 'availability'
-        AND (e.txid, e.id) > (c.txid, c.event_id)
-        AND split_part(e.topic, '.', 1) IN ('stock', 'location', 'channel')) AS not_projected
+       (SELECT count(*) FROM ecommerce.cursors c CROSS JOIN LATERAL (
+            SELECT 1 FROM core.events e WHERE (e.txid, e.id) > (c.txid, c.event_id)
+            AND split_part(e.topic, '.', 1) = 'availability') AS e
+        WHERE c.name = 'webhooks') AS not_fanned_out,
+       (SELECT count(*) FROM ecommerce.cursors c CROSS JOIN LATERAL (
+            SELECT 1 FROM core.events e WHERE (e.txid, e.id) > (c.txid, c.event_id)
+            AND split_part(e.topic, '.', 1) IN ('stock', 'location', 'channel')) AS e
+        WHERE c.name = 'availability') AS not_projected
 """
 
 

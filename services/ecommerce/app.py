@@ -8,11 +8,11 @@ from pathlib import Path
 from aiohttp import web
 
 import services.orders.app
-from services.ecommerce import retention
+from services.ecommerce import projection, retention, webhooks
 from services.ecommerce.background import background
 from services.ecommerce.dispatcher import Dispatcher
 from services.ecommerce.projection import run_projector
-from services.ecommerce.routes import SHOP_PLACEMENT, api
+from services.ecommerce.routes import SHOP_PLACEMENT, STREAM_FAMILIES, api
 from services.ecommerce.sync_metrics import run_sampler
 from services.orders.repository import LocationDirectory
 from services.orders.sourcing import POLICIES
@@ -41,6 +41,10 @@ async def _project(app: web.Application, settings: Settings) -> None:
         pool.terminate()  # stopping: whatever batch was open rolls back, the cursor with it
 
 
+# What this process's readers follow: the projector, the webhook fan-out and the availability stream.
+HUB_FAMILIES = sorted({*projection.FAMILIES, *webhooks.FAMILIES, *STREAM_FAMILIES})
+
+
 def create_app(settings: Settings) -> web.Application:
     # Every replica runs both tasks; the cursor locks make exactly one of them work a batch at a time,
     # and SKIP LOCKED claims let every replica's dispatcher send disjoint deliveries.
@@ -48,7 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     dispatcher = background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
     sampler = background("ecommerce-sync-metrics",
                          lambda app: run_sampler(app[POOL], settings.sync_metrics_interval_s))
-    app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=True,
+    app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=HUB_FAMILIES,
                              contexts=[projector, dispatcher, sampler], housekeeping=retention.jobs(settings))
     app[SHOP_PLACEMENT] = Placement(POLICIES[settings.orders_sourcing_policy], LocationDirectory(),
                                     settings.reservation_ttl_s)

@@ -200,7 +200,7 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
                     await rebuild(pool)
                 first = False
                 while await apply_batch(pool):
-                    pass
+                    hub.poke()  # what the batch published is readable now: SSE and fan-out need not wait a poll
             except Exception:  # a background loop must outlive any failure (asyncpg's InternalClientError too)
                 log.exception("projection batch failed; retrying")
             await wait_for_wake(wake, poll_s)

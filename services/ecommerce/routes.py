@@ -53,6 +53,7 @@ SHOP_PLACEMENT = web.AppKey("ecommerce_shop_placement", Placement)
 RULE_WRITERS = ("admin", "ops")
 WEBHOOK_MANAGERS = ("admin", "ops")
 AISLE_READERS = ("admin", "ops", "store", "shop")
+STREAM_FAMILIES = ["availability"]  # what GET /v1/availability/stream carries
 
 
 # --- availability -----------------------------------------------------------------------------------
@@ -78,7 +79,7 @@ async def get_availability_stream(call: Call[None, StreamQuery]) -> web.StreamRe
     def keep(event: Event) -> bool:
         return skus is None or event.key in skus
 
-    return await stream_events(call.request, families=["availability"], keep=keep, render=_render)
+    return await stream_events(call.request, families=STREAM_FAMILIES, keep=keep, render=_render)
 
 
 @api.get("/v1/availability/{sku}", response=SkuAvailability, extra_responses={404: "unknown sku"})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.inventory.routes import api
+from services.inventory.routes import STREAM_FAMILIES, api
 from shared.http.app import create_service_app
 from shared.migrations import MigrationSet
 from shared.settings import Settings
@@ -15,4 +15,4 @@ MIGRATIONS = [MigrationSet("inventory", Path(__file__).parent / "migrations")]
 
 
 def create_app(settings: Settings) -> web.Application:
-    return create_service_app("inventory", settings, api, migrations=MIGRATIONS, event_hub=True)
+    return create_service_app("inventory", settings, api, migrations=MIGRATIONS, event_hub=STREAM_FAMILIES)

@@ -42,6 +42,7 @@ api = Api("inventory", path_types={"sku": Sku, "location_id": LocationId})
 
 CATALOG_WRITERS = ("admin", "ops")
 STOCK_WRITERS = ("admin", "ops", "store")
+STREAM_FAMILIES = ["stock"]  # what GET /v1/stock/stream carries (the only family this hub reads)
 
 
 @api.put("/v1/locations/{location_id}", body=LocationIn, response=LocationOut, roles=CATALOG_WRITERS, also=(201,))
@@ -168,4 +169,4 @@ async def get_events(call: Call[None, EventsQuery]) -> web.StreamResponse:
             location_id is None or event.payload.get("location_id") == location_id
         )
 
-    return await stream_events(call.request, families=["stock"], keep=keep, render=_render)
+    return await stream_events(call.request, families=STREAM_FAMILIES, keep=keep, render=_render)

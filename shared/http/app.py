@@ -66,12 +66,13 @@ def create_service_app(
     api: Api,
     *,
     migrations: list[MigrationSet],
-    event_hub: bool = False,
+    event_hub: list[str] | None = None,
     contexts: list[CleanupContext] | None = None,
     housekeeping: list[Job] | None = None,
 ) -> web.Application:
-    """Wire a service: settings, pool, migrations, auth, optional event hub, then `contexts`; the
-    housekeeping loop prunes the shared tables and the service's own `housekeeping` jobs."""
+    """Wire a service: settings, pool, migrations, auth, an event hub reading the `event_hub` families
+    (none: no hub), then `contexts`; the housekeeping loop prunes the shared tables and the service's own
+    `housekeeping` jobs."""
     dsn = service_dsn(settings, service)  # raises when there is no URL at all (the CLI starts the embedded database)
     add_system_routes(api)
     add_key_routes(api)
@@ -121,14 +122,15 @@ def create_service_app(
         await pool.close()
 
     async def hub(app: web.Application) -> AsyncIterator[None]:
-        event_hub_ = EventHub(app[POOL], dsn, poll_interval_s=settings.event_poll_interval_s)
+        event_hub_ = EventHub(app[POOL], dsn, poll_interval_s=settings.event_poll_interval_s,
+                              families=event_hub)
         await event_hub_.start()
         app[HUB] = event_hub_
         yield
         await event_hub_.stop()
 
     app.cleanup_ctx.append(database)
-    if event_hub:
+    if event_hub is not None:
         app.cleanup_ctx.append(hub)
     app.cleanup_ctx.extend(contexts or [])
     app.cleanup_ctx.append(housekeeping_context([*core_jobs(settings), *(housekeeping or [])], settings))

@@ -26,9 +26,9 @@ async def write(pool: asyncpg.Pool, keys: range) -> None:
         await publish_many(conn, [("stock.changed", f"SKU-{k}", {"n": k}) for k in keys])
 
 
-async def collect(hub: EventHub, start: Position, count: int) -> list[Event]:
+async def collect(hub: EventHub, start: Position, count: int, families: list[str] | None = None) -> list[Event]:
     got: list[Event] = []
-    async for batch in hub.follow_batches(start, heartbeat_s=0.05):
+    async for batch in hub.follow_batches(start, families, heartbeat_s=0.05):
         got.extend(batch)
         if len(got) >= count:
             return got
@@ -61,3 +61,40 @@ async def test_a_reader_arriving_at_an_idle_hub_gets_everything_after_its_positi
     assert [e.payload["n"] for e in events] == list(range(600))
     assert hub.buffered > 0  # followed, the hub fills its window again
     await wait_until(lambda: hub.readers == 0)  # the reader's generator closed when it returned
+
+
+async def test_a_hub_of_some_families_holds_and_hands_out_only_those(pool: asyncpg.Pool, database_url: str) -> None:
+    hub = EventHub(pool, database_url, poll_interval_s=0.01, families=["stock"])
+    await hub.start()
+    try:
+        with pytest.raises(ValueError, match="reads only"):
+            await anext(hub.follow_batches(hub.head, ["order"]).__aiter__())
+        with pytest.raises(ValueError, match="reads only"):
+            await anext(hub.follow_batches(hub.head, None).__aiter__())
+        start = hub.head
+        reader = asyncio.create_task(collect(hub, start, 100, ["stock"]))
+        await wait_until(lambda: hub.readers == 1)
+        async with pool.acquire() as conn:
+            await publish_many(conn, [(topic, f"K-{k}", {"n": k}) for k in range(100)
+                                      for topic in ("order.placed", "stock.changed")])
+        events = await asyncio.wait_for(reader, 10)
+        assert [e.payload["n"] for e in events] == list(range(100))
+        assert {e.topic for e in events} == {"stock.changed"}
+        assert hub.buffered == 100  # the order events were never read into memory
+    finally:
+        await hub.stop()
+
+
+async def test_a_poke_reads_at_once_instead_of_at_the_next_poll(pool: asyncpg.Pool, database_url: str) -> None:
+    hub = EventHub(pool, database_url, poll_interval_s=30.0)  # no poll would come within the test
+    await hub.start()
+    try:
+        reader = asyncio.create_task(collect(hub, hub.head, 5))
+        await wait_until(lambda: hub.readers == 1)
+        await asyncio.sleep(0.2)  # the reader's own wake-up has been spent on an empty read
+        await write(pool, range(5))
+        hub.poke()
+        assert len(await asyncio.wait_for(reader, 5)) == 5
+    finally:
+        await hub.stop()
+
