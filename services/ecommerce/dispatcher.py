@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections import deque
@@ -40,16 +41,24 @@ FAMILIES = ["availability"]
 _jitter = random.SystemRandom()
 
 
-def headers_for(held: Held, now: float) -> dict[str, str]:
+def request_for(held: list[Held], now: float) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one POST: a single change, or for a batch subscription an
+    availability.batch of these changes (one per SKU, each SKU's in its queue's order)."""
+    first = held[0]
+    if first.batch:
+        body, topic = domain.batch_body([h.body for h in held]), domain.BATCH_TOPIC
+    else:
+        body, topic = first.body, first.topic
     # Signed per attempt: a retry carries its own time, so receivers can keep a short tolerance.
     timestamp = int(now)
-    return {
+    return body, {
         "Content-Type": "application/json",
-        "X-Omnistock-Signature": domain.signature(held.secret, timestamp, held.body),
-        "X-Omnistock-Event-Id": str(held.event_id),
-        "X-Omnistock-Event": held.topic,
-        "X-Omnistock-Delivery-Id": str(held.id),
-        "X-Omnistock-Attempt": str(held.attempts),
+        "X-Omnistock-Signature": domain.signature(first.secret, timestamp, body),
+        # A batch lists every change's id and delivery in body order (receivers dedupe on event ids).
+        "X-Omnistock-Event-Id": ",".join(str(h.event_id) for h in held),
+        "X-Omnistock-Event": topic,
+        "X-Omnistock-Delivery-Id": ",".join(str(h.id) for h in held),
+        "X-Omnistock-Attempt": str(max(h.attempts for h in held)),
         "X-Omnistock-Timestamp": str(timestamp),  # the signature's t, for receivers that log it
     }
 
@@ -64,9 +73,13 @@ class Dispatcher:
         self.lease_s = settings.webhook_timeout_s + 30.0
         self.queues: dict[QueueKey, deque[Held]] = {}
         self.busy: set[QueueKey] = set()  # the queue's head is on the wire
+        self.requests = 0  # POSTs on the wire (a batch carries many queues' heads)
         self.reserved: set[QueueKey] = set()  # a fan-out may be replacing the queue's tail
         self.released: set[QueueKey] = set()  # gave its messages back to the database since that fan-out began
         self.ready: dict[QueueKey, None] = {}  # heads due, waiting for a free slot, oldest first
+        self.batch_ready: dict[int, dict[QueueKey, None]] = {}  # the same per batch subscription
+        self.batch_turn = False  # the next free slot goes to a batch (slots alternate between the kinds)
+        self.pump_due = False
         self.timers: dict[QueueKey, asyncio.TimerHandle] = {}
         self.from_claim: set[int] = set()  # held ids the claim gave (their queue may have more in the database)
         self.outcomes: list[hooks.AttemptOutcome] = []
@@ -129,7 +142,7 @@ class Dispatcher:
             self.claim_wake.clear()
 
     async def _claim(self) -> None:
-        room = self.settings.webhook_concurrency - len(self.busy) - len(self.ready)
+        room = self.settings.webhook_concurrency - self.requests - len(self.ready)
         if room <= 0:
             return
         async with transaction(self.pool) as conn:
@@ -230,7 +243,8 @@ class Dispatcher:
     # --- sending ----------------------------------------------------------------------------------------
 
     def _kick(self, key: QueueKey) -> None:
-        """Send the queue's head if it is due and a slot is free; else wait for its time or a slot."""
+        """Make the queue's head ready to send if it is due; else wait for its time. Ready heads leave at
+        the end of this turn of the loop, so what one fan-out hands over can travel in few batches."""
         if key in self.busy or key in self.reserved:
             return
         queue = self.queues.get(key)
@@ -242,12 +256,40 @@ class Dispatcher:
             if key not in self.timers:
                 self.timers[key] = asyncio.get_running_loop().call_later(delay, self._timer_fired, key)
             return
-        if len(self.busy) >= self.settings.webhook_concurrency:
+        if queue[0].batch:
+            self.batch_ready.setdefault(key[0], {})[key] = None
+        else:
             self.ready[key] = None
-            return
-        self.ready.pop(key, None)
-        self.busy.add(key)
-        task = asyncio.create_task(self._send(key, queue[0]))
+        self._kick_pump()
+
+    def _pump(self) -> None:
+        """Put ready heads on the wire while slots are free: one POST per single-change queue, up to
+        `webhook_batch_max` queues' heads per POST of a batch subscription."""
+        self.pump_due = False
+        now = time.time()
+        while self.requests < self.settings.webhook_concurrency and (self.ready or self.batch_ready):
+            take_batch = bool(self.batch_ready) and (self.batch_turn or not self.ready)
+            self.batch_turn = not take_batch
+            if take_batch:
+                subscription_id = next(iter(self.batch_ready))
+                waiting = self.batch_ready.pop(subscription_id)
+                keys = list(itertools.islice(waiting, self.settings.webhook_batch_max))
+                if len(waiting) > len(keys):  # the rest waits at the back: subscriptions take turns
+                    self.batch_ready[subscription_id] = dict.fromkeys(itertools.islice(waiting, len(keys), None))
+            else:
+                keys = [next(iter(self.ready))]
+                del self.ready[keys[0]]
+            # A queue changed since it became ready (sent, dropped, reserved) was kicked again if it still
+            # has something to send.
+            heads = [(key, queue[0]) for key in keys if (queue := self.queues.get(key))
+                     and key not in self.busy and key not in self.reserved and queue[0].due <= now]
+            if heads:
+                self._start(heads)
+
+    def _start(self, heads: list[tuple[QueueKey, Held]]) -> None:
+        self.requests += 1
+        self.busy.update(key for key, _ in heads)
+        task = asyncio.create_task(self._send(heads))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
 
@@ -258,17 +300,32 @@ class Dispatcher:
     def _replace(self, key: QueueKey, queue: deque[Held]) -> None:
         if queue:
             self.queues[key] = queue
-        else:
-            self.queues.pop(key, None)
-            self.ready.pop(key, None)
+            return
+        self.queues.pop(key, None)
+        self.ready.pop(key, None)
+        waiting = self.batch_ready.get(key[0])
+        if waiting is not None:
+            waiting.pop(key, None)
+            if not waiting:
+                del self.batch_ready[key[0]]
 
-    async def _send(self, key: QueueKey, held: Held) -> None:
+    async def _send(self, heads: list[tuple[QueueKey, Held]]) -> None:
         started = datetime.now(UTC)
+        body, headers = request_for([held for _, held in heads], time.time())
         try:
-            outcome = await self.sender.send(held.url, held.body, headers_for(held, time.time()))
+            outcome = await self.sender.send(heads[0][1].url, body, headers)
         except Exception as exc:  # noqa: BLE001 - whatever broke, it is a failed attempt, never a lost one
             outcome = Outcome(None, f"{type(exc).__name__}: {exc}"[:300], 0.0)
-        self._settle(key, held, started, outcome)
+        finally:
+            self.requests -= 1
+        for key, held in heads:  # a batch succeeds or fails as a whole: every change in it gets the outcome
+            self._settle(key, held, started, outcome)
+        self._kick_pump()
+
+    def _kick_pump(self) -> None:
+        if not self.pump_due:
+            self.pump_due = True
+            asyncio.get_running_loop().call_soon(self._pump)
 
     def _settle(self, key: QueueKey, held: Held, started: datetime, outcome: Outcome) -> None:
         self.busy.discard(key)
@@ -298,7 +355,3 @@ class Dispatcher:
             queue = deque()
         self._replace(key, queue)
         self._kick(key)
-        while self.ready and len(self.busy) < settings.webhook_concurrency:
-            waiting = next(iter(self.ready))
-            del self.ready[waiting]
-            self._kick(waiting)

@@ -28,6 +28,7 @@ AVAILABILITY_TOPICS = (
     "availability.back_in_stock",
 )
 COALESCABLE_TOPIC = "availability.changed"  # a snapshot: only the newest one matters to a receiver
+BATCH_TOPIC = "availability.batch"  # one delivery carrying many SKUs' changes (opt-in per subscription)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,14 @@ SIGNATURE_TOLERANCE_S = 300  # how far a receiver should let the signed time be 
 
 def _mac(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def batch_body(change_bodies: list[bytes]) -> bytes:
+    """An availability.batch delivery: each change exactly as a one-change delivery's body, in order.
+
+    Spliced rather than re-encoded: each body is already canonical JSON, and the bytes a receiver
+    verifies per change are the ones single deliveries carry."""
+    return b'{"topic":"%s","changes":[%s]}' % (BATCH_TOPIC.encode(), b",".join(change_bodies))
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:

@@ -106,6 +106,8 @@ class SubscriptionIn(RequestModel):
     url: Annotated[FreeText, StringConstraints(min_length=8, max_length=2000)]
     events: Annotated[list[Topic], Field(min_length=1, max_length=len(AVAILABILITY_TOPICS))]
     secret: Annotated[FreeText, StringConstraints(min_length=16, max_length=200)]
+    # "batch": many SKUs' changes in one signed POST of type availability.batch (README, Webhooks).
+    delivery: Literal["each", "batch"] = "each"
 
     @field_validator("events")
     @classmethod
@@ -117,6 +119,7 @@ class SubscriptionOut(ResponseModel):
     id: int
     url: str
     events: list[str]
+    delivery: Literal["each", "batch"]
     created_at: datetime
 
 

@@ -10,7 +10,7 @@ import asyncpg
 from services.ecommerce.domain import COALESCABLE_TOPIC
 from shared.db import Connection, Pool
 
-SUBSCRIPTION_COLUMNS = "id, url, events, created_by, created_at"
+SUBSCRIPTION_COLUMNS = "id, url, events, delivery, created_by, created_at"
 UNFINISHED = "('pending', 'sending')"
 COALESCABLE = COALESCABLE_TOPIC
 
@@ -36,7 +36,7 @@ WHERE s.id = d.subscription_id
     LIMIT $1
     FOR UPDATE OF due SKIP LOCKED))
 RETURNING d.id, d.subscription_id, d.event_id, d.topic, d.key, d.body, d.attempts, d.coalesced,
-          s.url, s.secret
+          s.url, s.secret, s.delivery
 """
 
 # Fan a batch of messages into their queues in one statement (one index probe per message for its
@@ -155,12 +155,12 @@ class Message:
     fold_into: int | None = None  # the held, unsent snapshot the dispatcher lets it replace
 
 
-async def create_subscription(conn: Connection, url: str, events: list[str], secret: str,
-                              created_by: str) -> asyncpg.Record:
+async def create_subscription(conn: Connection, url: str, events: list[str], secret: str, created_by: str,
+                              delivery: str = "each") -> asyncpg.Record:
     return await conn.fetchrow(
-        "INSERT INTO ecommerce.webhook_subscriptions (url, events, secret, created_by) VALUES ($1, $2, $3, $4)"
-        f" RETURNING {SUBSCRIPTION_COLUMNS}",
-        url, events, secret, created_by,
+        "INSERT INTO ecommerce.webhook_subscriptions (url, events, delivery, secret, created_by)"
+        f" VALUES ($1, $2, $3, $4, $5) RETURNING {SUBSCRIPTION_COLUMNS}",
+        url, events, delivery, secret, created_by,
     )
 
 
@@ -199,7 +199,8 @@ async def delete_subscription(conn: Connection, subscription_id: int) -> asyncpg
 
 async def live_subscriptions(conn: Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, events, created_at, url, secret FROM ecommerce.webhook_subscriptions WHERE deleted_at IS NULL"
+        "SELECT id, events, created_at, url, secret, delivery FROM ecommerce.webhook_subscriptions"
+        " WHERE deleted_at IS NULL"
         " ORDER BY id"
     )
 

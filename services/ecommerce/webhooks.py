@@ -44,7 +44,7 @@ async def subscribe(pool: Pool, body: SubscriptionIn, allow_list: list[str], act
     if problem := refusal(body.url, allow_list):
         raise field_error("url", problem)
     async with transaction(pool) as conn:
-        row = await hooks.create_subscription(conn, body.url, list(body.events), body.secret, actor)
+        row = await hooks.create_subscription(conn, body.url, list(body.events), body.secret, actor, body.delivery)
     return SubscriptionOut.model_validate(dict(row))
 
 
@@ -143,12 +143,13 @@ class Held:
     secret: str
     due: float  # time.time() it may leave (the coalescing window)
     event_at: float  # the event's created_at, for staleness
+    batch: bool  # its subscription takes availability.batch deliveries
 
     @classmethod
     def of_claim(cls, row: asyncpg.Record) -> Held:
         body = bytes(row["body"])
         return cls(row["id"], row["subscription_id"], row["event_id"], row["topic"], row["key"], body,
-                   row["attempts"], row["url"], row["secret"], 0.0, _created_at(body))
+                   row["attempts"], row["url"], row["secret"], 0.0, _created_at(body), row["delivery"] == "batch")
 
 
 def _created_at(body: bytes) -> float:
@@ -210,7 +211,7 @@ def _handed_over(events: list[Event], messages: list[hooks.Message], subscriptio
             sub = by_id[message.subscription_id]
             fan.leased.append(Held(row["id"], message.subscription_id, message.event_id, message.topic,
                                    message.key, message.body, 1, sub["url"], sub["secret"],
-                                   row["due"].timestamp(), created[message.event_id]))
+                                   row["due"].timestamp(), created[message.event_id], sub["delivery"] == "batch"))
     return fan
 
 

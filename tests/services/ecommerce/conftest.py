@@ -202,9 +202,10 @@ async def receiver() -> AsyncIterator[Receiver]:
     await server.close()
 
 
-async def subscribe(channel: Channel, receiver: Receiver, events: list[str] | None = None) -> int:
+async def subscribe(channel: Channel, receiver: Receiver, events: list[str] | None = None,
+                    delivery: str = "each") -> int:
     status, body, _ = await channel.ecommerce.post("/v1/webhooks", json={
-        "url": receiver.url, "events": events or ["availability.changed"], "secret": SECRET})
+        "url": receiver.url, "events": events or ["availability.changed"], "secret": SECRET, "delivery": delivery})
     assert status == 201, body
     assert "secret" not in body
     return int(body["id"])
