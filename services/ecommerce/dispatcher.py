@@ -122,7 +122,6 @@ class Dispatcher:
             try:
                 if await fan_out(self.pool, self.settings.webhook_coalesce_s, holder=self):
                     timeout = 0.0  # more may be waiting: the next batch at once
-                    self.claim_wake.set()  # some messages may have queued behind others in the database
             except Exception:  # a background loop must outlive any failure
                 log.exception("webhook fan-out failed; retrying")
             await wait_for_wake(self.events_arrived, timeout)
@@ -236,6 +235,10 @@ class Dispatcher:
                 self.queues.setdefault(key, deque()).append(held)
                 touched.add(key)
             self._drop_all_but(fan.live)  # a deleted subscription's deliveries are cancelled
+            if fan.queued:
+                # Queued behind another's message (a retry, another replica's lease): only the claim sends
+                # them. Otherwise nothing of this batch waits in the database, and the claim stays asleep.
+                self.claim_wake.set()
         self.released.clear()
         for key in touched:
             self._kick(key)

@@ -126,6 +126,7 @@ class FanOut:
     live: set[int] = field(default_factory=set)  # subscriptions not deleted
     leased: list[Held] = field(default_factory=list)
     folded: dict[int, hooks.Message] = field(default_factory=dict)  # held delivery id -> what replaces it
+    queued: int = 0  # messages that wait in the database behind their queue's unfinished tail (the claim's)
 
 
 @dataclass
@@ -206,6 +207,7 @@ def _handed_over(events: list[Event], messages: list[hooks.Message], subscriptio
     inserted = [r for r in rows if r["outcome"] == "inserted"]
     by_id = {s["id"]: s for s in subscriptions}
     created = {e.id: e.created_at.timestamp() for e in events}
+    fan.queued = sum(1 for row in inserted if row["status"] == "pending")
     for message, row in zip(queued, inserted, strict=True):
         if row["status"] == "sending":
             sub = by_id[message.subscription_id]
