@@ -19,7 +19,9 @@ database like any reader behind the window.
 A hub reads only the event families its service's readers follow (`families`): e-commerce's readers never
 want `order.*`, and decoding every order event's payload for nobody cost that process a share of its CPU
 under the order load. A process that publishes events itself (the projector) `poke`s its hub after the
-commit, so its own readers (SSE, the webhook fan-out) see them without waiting for the next poll.
+commit, so its own readers (SSE, the webhook fan-out) see them without waiting for the next poll. The
+durable consumers of a process (the projector, the fan-out) take their batches from the hub's memory
+(`read_from_memory`) rather than reading the same events from the database a second time.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
-from shared.db import Pool
+from shared.db import Connection, Pool
 from shared.errors import Problem
 from shared.logging import get_logger
 from shared.outbox import Event, Position, head_position, read_after, resume_after
@@ -141,6 +144,23 @@ class EventHub:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def read_from_memory(self, position: Position, limit: int, families: list[str]) -> list[Event] | None:
+        """The next `limit` events of `families` after `position` that this hub has read, for a durable
+        consumer of this process (it would read the same ones, in the same order, from the database);
+        None when memory does not cover `position` or those families, or nobody follows the hub (it then
+        keeps no window). An empty list means the hub has not read anything newer yet: it wakes its
+        readers when it does."""
+        if not self._readers or position < self._floor or (
+                self._families is not None and not set(families) <= set(self._families)):
+            return None
+        wanted, found = set(families), []
+        for event in itertools.islice(self._events, bisect.bisect_right(self._positions, position), None):
+            if event.topic.split(".", 1)[0] in wanted:
+                found.append(event)
+                if len(found) == limit:
+                    break
+        return found
+
     def _window_after(self, position: Position, limit: int) -> list[Event] | None:
         """Events after `position` from memory, or None when memory no longer covers `position`."""
         if position < self._floor:
@@ -184,6 +204,15 @@ class EventHub:
     def buffered(self) -> int:
         """Events held in the in-memory window."""
         return len(self._events)
+
+
+async def next_events(conn: Connection, position: Position, limit: int, families: list[str],
+                      hub: EventHub | None) -> list[Event]:
+    """A durable consumer's next batch after its cursor: from its process's hub when that covers it,
+    else from the database (inside the consumer's transaction, under its cursor lock either way)."""
+    if hub is not None and (events := hub.read_from_memory(position, limit, families)) is not None:
+        return events
+    return await read_after(conn, position, limit, families)
 
 
 async def wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:

@@ -120,7 +120,7 @@ class Dispatcher:
         while True:
             timeout = self.settings.webhook_poll_interval_s
             try:
-                if await fan_out(self.pool, self.settings.webhook_coalesce_s, holder=self):
+                if await fan_out(self.pool, self.settings.webhook_coalesce_s, holder=self, hub=self.hub):
                     timeout = 0.0  # more may be waiting: the next batch at once
             except Exception:  # a background loop must outlive any failure
                 log.exception("webhook fan-out failed; retrying")

@@ -16,9 +16,9 @@ from services.ecommerce import domain
 from services.ecommerce import repository as repo
 from services.ecommerce.background import stop, wait_for_wake
 from shared.db import Connection, Pool, transaction
-from shared.event_stream import EventHub
+from shared.event_stream import EventHub, next_events
 from shared.logging import get_logger
-from shared.outbox import Event, head_position, publish_many, read_after
+from shared.outbox import Event, head_position, publish_many
 
 log = get_logger("omnistock.ecommerce.projection")
 
@@ -53,13 +53,14 @@ class Touched:
         return touched
 
 
-async def apply_batch(pool: Pool, limit: int = 1000, *, wait: bool = False) -> int | None:
-    """Apply the next batch of events; the number applied, or None if another process holds the cursor."""
+async def apply_batch(pool: Pool, limit: int = 1000, *, wait: bool = False, hub: EventHub | None = None) -> int | None:
+    """Apply the next batch of events (from `hub`'s memory when it holds them); the number applied, or
+    None if another process holds the cursor."""
     async with transaction(pool) as conn:
         position = await repo.lock_cursor(conn, CURSOR, wait=wait)
         if position is None:
             return None
-        events = await read_after(conn, position, limit, FAMILIES)
+        events = await next_events(conn, position, limit, FAMILIES, hub)
         if not events:
             return 0
         await _apply(conn, Touched.of(events))
@@ -199,7 +200,7 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
                     # visible to a rebuild.
                     await rebuild(pool)
                 first = False
-                while await apply_batch(pool):
+                while await apply_batch(pool, hub=hub):
                     hub.poke()  # what the batch published is readable now: SSE and fan-out need not wait a poll
             except Exception:  # a background loop must outlive any failure (asyncpg's InternalClientError too)
                 log.exception("projection batch failed; retrying")

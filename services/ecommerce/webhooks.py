@@ -30,7 +30,8 @@ from services.ecommerce.schemas import (
 )
 from shared.db import Pool, transaction
 from shared.errors import Conflict, NotFound, field_error
-from shared.outbox import Event, read_after
+from shared.event_stream import EventHub, next_events
+from shared.outbox import Event
 from shared.paging import decode_cursor, encode_cursor
 
 CURSOR = "webhooks"
@@ -165,7 +166,8 @@ def render_body(event: Event) -> bytes:
                          "data": event.payload})
 
 
-async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000, *, holder: Holder | None = None) -> int | None:
+async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000, *, holder: Holder | None = None,
+                  hub: EventHub | None = None) -> int | None:
     """Turn the next availability events into deliveries; the number of events read (None: locked).
 
     Set-based: one statement folds and enqueues the whole batch. With a `holder` (the dispatcher),
@@ -177,7 +179,7 @@ async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000, *, holder: H
             position = await repo.lock_cursor(conn, CURSOR, wait=False)
             if position is None:
                 return None
-            events = await read_after(conn, position, limit, FAMILIES)
+            events = await next_events(conn, position, limit, FAMILIES, hub)
             if not events:
                 return 0
             subscriptions = await hooks.live_subscriptions(conn)

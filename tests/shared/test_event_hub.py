@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from shared.event_stream import EventHub
-from shared.outbox import Event, Position, publish_many
+from shared.outbox import Event, Position, publish_many, read_after
 from tests.polling import eventually
 
 
@@ -98,3 +98,28 @@ async def test_a_poke_reads_at_once_instead_of_at_the_next_poll(pool: asyncpg.Po
     finally:
         await hub.stop()
 
+
+
+async def test_a_consumer_reads_from_memory_what_the_database_would_give_it(pool: asyncpg.Pool,
+                                                                          database_url: str) -> None:
+    await write(pool, range(-5, 0))  # before the hub starts: never in its memory
+    hub = EventHub(pool, database_url, poll_interval_s=0.01)
+    await hub.start()
+    start = hub.head
+    assert hub.read_from_memory(start, 10, ["stock"]) is None  # nobody follows: no window to read
+    reader = asyncio.create_task(collect(hub, start, 1_000_000))  # keeps the hub reading
+    try:
+        await wait_until(lambda: hub.readers == 1)
+        async with pool.acquire() as conn:  # other families first, more of them than the consumer's limit
+            await publish_many(conn, [("availability.changed", f"A-{k}", {"n": k}) for k in range(300)])
+        await write(pool, range(50))
+        newest = await pool.fetchval("SELECT max(id) FROM core.events")
+        await wait_until(lambda: hub.head[1] == newest)
+        from_memory = hub.read_from_memory(start, 20, ["stock"])
+        assert from_memory == await read_after(pool, start, 20, ["stock"])
+        assert from_memory is not None and [e.payload["n"] for e in from_memory] == list(range(20))
+        assert hub.read_from_memory(hub.head, 20, ["stock"]) == []  # nothing newer read yet
+        assert hub.read_from_memory((0, 0), 20, ["stock"]) is None  # before the window: the database's
+    finally:
+        reader.cancel()
+        await hub.stop()
