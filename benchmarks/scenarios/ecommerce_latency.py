@@ -77,15 +77,27 @@ class EcommerceLatencyScenario:
         started = time.perf_counter()
         asyncio.run(_caught_up(ctx.stack.dsn))
         ctx.setup[f"{self.name}: projection catch-up"] = round(time.perf_counter() - started, 1)
-        records = [baseline]
+        with_sync = []
         # A receiver that takes one request per change, then one that opted into availability.batch.
         for delivery in ("each", "batch"):
-            records.extend(self._with_sync(ctx, spec, data.skus, delivery, without.throughput))
+            with_sync.append(self._with_sync(ctx, spec, data.skus, delivery))
             asyncio.run(_caught_up(ctx.stack.dsn))
-        return records
+        # This machine's pace drifts between loads (the baseline alone varied 585-909 orders/s from run to
+        # run): the rate without sync is measured before and after, and the ratios use their mean.
+        _stop_ecommerce(ctx)
+        again = ctx.load(spec, without_label + " (again, after)")
+        _ecommerce_allowing_loopback(ctx)
+        rate_without = (without.throughput + again.throughput) / 2
+        baseline.extra.update(rate_before=round(without.throughput, 1), rate_after=round(again.throughput, 1))
+        for orders, *_ in with_sync:
+            ratio = orders.throughput / rate_without if rate_without else None
+            orders.extra.update(rate_without_sync=round(rate_without, 1),
+                                ratio_to_without_sync=round(ratio, 3) if ratio else None,
+                                aim="orders/s with sync >= 85 % of without (mean of before and after)",
+                                aim_met=bool(ratio and ratio >= 0.85))
+        return [baseline, *(record for records in with_sync for record in records)]
 
-    def _with_sync(self, ctx: Context, spec: LoadSpec, skus: list[str], delivery: str,
-                   rate_without: float) -> list[Record]:
+    def _with_sync(self, ctx: Context, spec: LoadSpec, skus: list[str], delivery: str) -> list[Record]:
         seconds, drain = spec.duration_s, (2.0 if ctx.quick else 5.0)
         readers = 2
         port = free_port()
@@ -114,10 +126,6 @@ class EcommerceLatencyScenario:
         orders = Record.from_load(label, result, skus=len(skus), sse_readers=readers, webhook_subscribers=1,
                                   webhook_delivery=delivery)
         orders.unit = "orders/s"
-        ratio = result.throughput / rate_without if rate_without else None
-        orders.extra.update(rate_without_sync=round(rate_without, 1),
-                            ratio_to_without_sync=round(ratio, 3) if ratio else None,
-                            aim="orders/s with sync >= 85 % of without", aim_met=bool(ratio and ratio >= 0.85))
         orders.extra["backlog_over_time"] = sampler.samples
         orders.extra["backlog_plot"] = _plot_backlog(ctx, sampler.samples, load_from, load_to, delivery)
         sse_all = array("d", (x for r in sse for x in r.latencies))
