@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -153,10 +152,10 @@ class EventHub:
         if not self._readers or position < self._floor or (
                 self._families is not None and not set(families) <= set(self._families)):
             return None
-        wanted, found = set(families), []
-        for event in itertools.islice(self._events, bisect.bisect_right(self._positions, position), None):
-            if event.topic.split(".", 1)[0] in wanted:
-                found.append(event)
+        wanted, found, events = set(families), [], self._events
+        for index in range(bisect.bisect_right(self._positions, position), len(events)):  # not islice: it walks from 0
+            if events[index].topic.split(".", 1)[0] in wanted:
+                found.append(events[index])
                 if len(found) == limit:
                     break
         return found

@@ -37,6 +37,7 @@ from shared.settings import Settings
 log = get_logger("omnistock.ecommerce.webhooks")
 
 QueueKey = tuple[int, str]
+BLOCKED_RECHECK_S = 0.05
 FAMILIES = ["availability"]
 _jitter = random.SystemRandom()
 
@@ -82,6 +83,8 @@ class Dispatcher:
         self.pump_due = False
         self.timers: dict[QueueKey, asyncio.TimerHandle] = {}
         self.from_claim: set[int] = set()  # held ids the claim gave (their queue may have more in the database)
+        self.waiting_behind: set[QueueKey] = set()  # held queues with a message queued in the database behind
+        self.claim_after_write = False  # such a queue's head settled: claim once its outcome is written
         self.outcomes: list[hooks.AttemptOutcome] = []
         self.releases: list[int] = []
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -132,9 +135,13 @@ class Dispatcher:
             timeout = self.settings.webhook_poll_interval_s
             try:
                 await self._claim()
-                due = await hooks.next_due_in_s(self.pool)
+                due, pending = await hooks.next_due(self.pool)
                 if due is not None:
                     timeout = min(timeout, max(due, 0.005))
+                if pending:
+                    # Blocked behind a message another replica sends (nothing here settles it to wake us)
+                    # or behind one that is still being written: look again soon, not at once.
+                    timeout = min(timeout, BLOCKED_RECHECK_S)
             except Exception:  # a background loop must outlive any failure
                 log.exception("webhook claim failed; retrying")
             await wait_for_wake(self.claim_wake, timeout)
@@ -157,8 +164,9 @@ class Dispatcher:
             await self.write_wake.wait()
             self.write_wake.clear()
             try:
-                if await self._write():
-                    self.claim_wake.set()  # a retry or released messages wait in the database now
+                claim, self.claim_after_write = self.claim_after_write, False
+                if await self._write() or claim:
+                    self.claim_wake.set()  # a retry, released or queued messages wait in the database now
             except Exception:  # a background loop must outlive any failure; the batch is tried again
                 log.exception("writing webhook outcomes failed; retrying")
                 await asyncio.sleep(0.5)
@@ -236,8 +244,10 @@ class Dispatcher:
                 touched.add(key)
             self._drop_all_but(fan.live)  # a deleted subscription's deliveries are cancelled
             if fan.queued:
-                # Queued behind another's message (a retry, another replica's lease): only the claim sends
-                # them. Otherwise nothing of this batch waits in the database, and the claim stays asleep.
+                # Queued behind another's message (a retry, another replica's lease, or one this process
+                # holds): only the claim sends them, once what is ahead of them is settled. Otherwise
+                # nothing of this batch waits in the database, and the claim stays asleep.
+                self.waiting_behind.update(fan.queued)
                 self.claim_wake.set()
         self.released.clear()
         for key in touched:
@@ -347,6 +357,9 @@ class Dispatcher:
         if held.id in self.from_claim:
             self.from_claim.discard(held.id)
             self.claim_wake.set()  # the next message of its queue may be waiting in the database
+        if key in self.waiting_behind:
+            self.waiting_behind.discard(key)
+            self.claim_after_write = True  # what waits behind it becomes claimable when its outcome is written
         queue = self.queues.get(key, deque())
         if queue and queue[0] is held:
             queue.popleft()

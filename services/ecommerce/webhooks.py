@@ -127,7 +127,8 @@ class FanOut:
     live: set[int] = field(default_factory=set)  # subscriptions not deleted
     leased: list[Held] = field(default_factory=list)
     folded: dict[int, hooks.Message] = field(default_factory=dict)  # held delivery id -> what replaces it
-    queued: int = 0  # messages that wait in the database behind their queue's unfinished tail (the claim's)
+    # Queues with a message that waits in the database behind the queue's unfinished tail (the claim's).
+    queued: set[tuple[int, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -209,9 +210,10 @@ def _handed_over(events: list[Event], messages: list[hooks.Message], subscriptio
     inserted = [r for r in rows if r["outcome"] == "inserted"]
     by_id = {s["id"]: s for s in subscriptions}
     created = {e.id: e.created_at.timestamp() for e in events}
-    fan.queued = sum(1 for row in inserted if row["status"] == "pending")
     for message, row in zip(queued, inserted, strict=True):
-        if row["status"] == "sending":
+        if row["status"] == "pending":
+            fan.queued.add((message.subscription_id, message.key))
+        elif row["status"] == "sending":
             sub = by_id[message.subscription_id]
             fan.leased.append(Held(row["id"], message.subscription_id, message.event_id, message.topic,
                                    message.key, message.body, 1, sub["url"], sub["secret"],
