@@ -69,11 +69,6 @@ class EventHub:
     def pool(self) -> Pool:
         return self._pool
 
-    @property
-    def families(self) -> list[str] | None:
-        """The event families this hub reads (None: all)."""
-        return self._families
-
     def poke(self) -> None:
         """Read now rather than at the next poll: this process just committed events."""
         self._wakeup.set()
