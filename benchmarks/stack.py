@@ -59,9 +59,13 @@ class Stack:
         return self.pg.dsn
 
     def start_database(self, statement_stats: bool = False) -> str:
-        """Durable on purpose: fsync and synchronous_commit on, the configuration users would run.
-        `statement_stats` loads pg_stat_statements (for --profile; it costs a little on every query)."""
-        extra = {"shared_preload_libraries": "pg_stat_statements"} if statement_stats else {}
+        """Durable on purpose: fsync and synchronous_commit on, the configuration users would run, plus
+        commit timestamps. `statement_stats` loads pg_stat_statements (for --profile; it costs a little on
+        every query)."""
+        # Commit timestamps let the change-latency scenario measure staleness from each change's commit.
+        extra = {"track_commit_timestamp": "on"}
+        if statement_stats:
+            extra["shared_preload_libraries"] = "pg_stat_statements"
         self.pg = EmbeddedPostgres(self.root / "pg", free_port(), durable=True, extra_settings=extra)
         return self.pg.start()
 

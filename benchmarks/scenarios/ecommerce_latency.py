@@ -2,12 +2,12 @@
 
 An order's reservation commits `stock.changed` events; the ecommerce projection turns them into
 `availability.changed`, which the SSE stream and the webhook dispatcher carry out. Measured here,
-per stock change, from that change's `core.events.created_at` (clock_timestamp() at insert, a few
-milliseconds before its commit; same machine clock as the clients) to (a) the receipt, by an SSE
-client, of the first `availability.changed` of its SKU published after it and (b) a webhook
-receiver's receipt of the first delivery of its SKU published after it (deliveries of one SKU are
-coalesced: one delivery may report several changes). `hop` figures start at the availability event's
-own created_at instead (projection excluded).
+per stock change, from the commit of that change's transaction (pg_xact_commit_timestamp; the stack
+runs PostgreSQL with track_commit_timestamp; without it, the event's created_at, inside the transaction)
+to (a) the receipt, by an SSE client, of the first `availability.changed` of its SKU committed after it
+and (b) a webhook receiver's receipt of the first delivery of its SKU committed after it (deliveries of
+one SKU are coalesced: one delivery may report several changes). Same machine clock as the clients.
+`hop` figures start at the availability event's own commit instead (projection excluded).
 
 The SSE readers and the webhook receiver run in a client process of their own, the order load in
 the load generator's; event ids and receipt times come back from the client and are matched with
@@ -492,36 +492,46 @@ def _frame_head(frame: bytes) -> tuple[int | None, str]:
 
 @dataclass
 class _Events:
-    published: dict[int, tuple[str, float]]  # availability.changed id -> (sku, created_at)
-    changes: dict[str, list[float]]  # sku -> created_at of its stock.changed events, ascending
+    published: dict[int, tuple[str, float]]  # availability.changed id -> (sku, commit time)
+    changes: dict[str, list[float]]  # sku -> commit times of its stock.changed events, ascending
+    basis: str  # what the times are: each transaction's commit, or (no commit timestamps) each insert
 
 
 async def _events(dsn: str, since: float) -> _Events:
+    """Each event's commit time (track_commit_timestamp; the stack turns it on), else its insert time."""
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
-            "SELECT id, topic, key, extract(epoch FROM created_at)::float8 AS t FROM core.events"
-            " WHERE created_at >= to_timestamp($1) AND topic IN ('stock.changed', $2) ORDER BY created_at",
+            "SELECT id, topic, key, extract(epoch FROM created_at)::float8 AS created,"
+            " extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 AS committed"
+            " FROM core.events WHERE created_at >= to_timestamp($1) AND topic IN ('stock.changed', $2)",
             since, TOPIC)
     finally:
         await conn.close()
+    by_commit = bool(rows) and all(row["committed"] is not None for row in rows)
     published: dict[int, tuple[str, float]] = {}
     changes: dict[str, list[float]] = defaultdict(list)
     for row in rows:
+        t = row["committed"] if by_commit else row["created"]
         if row["topic"] == TOPIC:
-            published[row["id"]] = (row["key"], row["t"])
+            published[row["id"]] = (row["key"], t)
         else:
-            changes[row["key"]].append(row["t"])
-    return _Events(published, changes)
+            changes[row["key"]].append(t)
+    for stamps in changes.values():
+        stamps.sort()
+    basis = "commit of the stock change's transaction (pg_xact_commit_timestamp)" if by_commit else \
+        "stock.changed created_at (insert time inside the committing transaction)"
+    return _Events(published, changes, basis)
 
 
 @dataclass
 class _Latencies:
     latencies: array[float]  # seconds, one per stock change in the window that a received event reported
-    hops: array[float]  # seconds from the availability event's own created_at to its receipt
+    hops: array[float]  # seconds from the availability event's own commit (or insert) to its receipt
     received: int
     changes: int  # stock changes in the window
     unreported: int  # ... with no later availability event of their SKU received
+    basis: str
 
 
 def _latencies(events: _Events, packed: tuple[bytes, bytes], since: float, until: float) -> _Latencies:
@@ -532,26 +542,28 @@ def _latencies(events: _Events, packed: tuple[bytes, bytes], since: float, until
     hops: array[float] = array("d")
     for event_id, receipt in zip(ids, times, strict=True):
         if event_id in events.published:
-            sku, created = events.published[event_id]
-            by_sku[sku].append((created, receipt))
-            if since <= created <= until:
-                hops.append(receipt - created)
+            sku, published_at = events.published[event_id]
+            by_sku[sku].append((published_at, receipt))
+            if since <= published_at <= until:
+                hops.append(receipt - published_at)
     latencies: array[float] = array("d")
     changes = unreported = 0
     for sku, stamps in events.changes.items():
         seen = sorted(by_sku.get(sku, []))
-        published = [created for created, _ in seen]
+        published = [published_at for published_at, _ in seen]
         for changed in stamps:
             if not since <= changed <= until:
                 continue
             changes += 1
+            # The first availability event of the SKU committed after the change did: the projection reads
+            # a change only once it is committed, so nothing earlier can hold its value.
             index = bisect.bisect_left(published, changed)
             if index == len(seen):
                 unreported += 1
                 continue
             # Receipts of one SKU arrive in order, so the first event after the change is received first.
             latencies.append(seen[index][1] - changed)
-    return _Latencies(latencies, hops, len(ids), changes, unreported)
+    return _Latencies(latencies, hops, len(ids), changes, unreported, events.basis)
 
 
 def _percentile_ms(values: array[float], q: float) -> float | None:
@@ -572,5 +584,5 @@ def _record(label: str, latencies: array[float], parts: list[_Latencies], orders
                "unreported_changes": [p.unreported for p in parts],
                "events_received": [p.received for p in parts],
                "hop_p50_ms": _percentile_ms(hops, 0.50), "hop_p99_ms": _percentile_ms(hops, 0.99),
-               "measured_from": "stock.changed created_at (insert time inside the committing transaction)"},
+               "measured_from": parts[0].basis if parts else None},
     )
