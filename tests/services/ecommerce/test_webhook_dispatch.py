@@ -186,3 +186,25 @@ async def _fanned_out(pool: asyncpg.Pool) -> bool:
 async def _last_available(receiver: Receiver, sku: str, value: int) -> bool:
     got = receiver.of(sku)
     return bool(got) and got[-1].json["data"]["available"] == value
+
+
+async def test_the_claim_sleeps_through_followers_blocked_behind_a_message_on_the_wire(pool: asyncpg.Pool) -> None:
+    async with transaction(pool) as conn:
+        sub = (await hooks.create_subscription(conn, "https://a.example/h", [CHANGED], "s" * 16, "t"))["id"]
+    assert await hooks.next_due(pool) == (None, False)
+    await publish(pool, "HELD")
+    assert await fan_out(pool, coalesce_s=0.0) == 1
+    head = await pool.fetchval("SELECT id FROM ecommerce.webhook_deliveries WHERE subscription_id = $1", sub)
+    await pool.execute("UPDATE ecommerce.webhook_deliveries SET status = 'sending', attempts = 1,"
+                       " lease_until = now() + interval '1 minute' WHERE id = $1", head)
+    await publish(pool, "HELD")  # queued behind the head on the wire (it cannot fold into a sent message)
+    assert await fan_out(pool, coalesce_s=0.0) == 1
+    follower = await pool.fetchval("SELECT max(id) FROM ecommerce.webhook_deliveries")
+    assert follower != head
+    # The follower is due but blocked behind the head on the wire: nothing to claim, something pending.
+    assert await hooks.next_due(pool) == (None, True)
+    await pool.execute("UPDATE ecommerce.webhook_deliveries SET status = 'delivered' WHERE id = $1", head)
+    due, pending = await hooks.next_due(pool)
+    assert due == 0.0 and pending  # now it heads its queue: claim at once
+    async with transaction(pool) as conn:
+        assert [r["id"] for r in await hooks.claim_due(conn, 10, 30.0)] == [follower]
