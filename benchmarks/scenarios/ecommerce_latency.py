@@ -44,6 +44,7 @@ from benchmarks.scenarios.orders_data import orders_data
 from benchmarks.scenarios.orders_mixed import MixedOrders
 from services.ecommerce import projection, webhooks
 from services.ecommerce import repository as ecommerce_repo
+from services.ecommerce import webhook_repository as hooks
 from services.ecommerce.sync_metrics import CONSUMERS, LAG_CAP
 from shared.embedded_db import free_port
 
@@ -214,8 +215,8 @@ class _BacklogSampler:
         try:
             while not self._stop.is_set():
                 cursors = await ecommerce_repo.cursors(conn)
-                sample = {"t": round(time.time(), 2),
-                          "deliveries_unfinished": await conn.fetchval(UNFINISHED_SQL, self._subscription)}
+                unfinished = {r["subscription_id"]: r["unfinished"] for r in await hooks.backlog(conn)}
+                sample = {"t": round(time.time(), 2), "deliveries_unfinished": unfinished.get(self._subscription, 0)}
                 for name, consumer in (("not_fanned_out", webhooks.CURSOR), ("not_projected", projection.CURSOR)):
                     unread, _ = await ecommerce_repo.consumer_lag(conn, cursors[consumer], CONSUMERS[consumer],
                                                                   LAG_CAP)
@@ -224,11 +225,6 @@ class _BacklogSampler:
                 await asyncio.sleep(0.5)
         finally:
             await conn.close()
-
-
-UNFINISHED_SQL = """
-SELECT count(*) FROM ecommerce.webhook_deliveries WHERE subscription_id = $1 AND status IN ('pending', 'sending')
-"""
 
 
 def _plot_backlog(ctx: Context, samples: list[dict[str, float]], load_from: float, load_to: float,
@@ -296,9 +292,8 @@ async def _webhook_backlog(dsn: str, subscription: int) -> dict[str, Any]:
     try:
         statuses = await conn.fetch("SELECT status, count(*) AS n FROM ecommerce.webhook_deliveries"
                                     " WHERE subscription_id = $1 GROUP BY status", subscription)
-        unread = await conn.fetchval(
-            "SELECT count(*) FROM core.events WHERE split_part(topic, '.', 1) = 'availability'"
-            " AND (txid, id) > (SELECT txid, event_id FROM ecommerce.cursors WHERE name = 'webhooks')")
+        cursors = await ecommerce_repo.cursors(conn)
+        unread, _ = await ecommerce_repo.consumer_lag(conn, cursors[webhooks.CURSOR], webhooks.FAMILIES, LAG_CAP)
     finally:
         await conn.close()
     return {"deliveries": {r["status"]: r["n"] for r in statuses}, "events_not_fanned_out": unread}

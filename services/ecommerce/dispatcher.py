@@ -247,7 +247,8 @@ class Dispatcher:
                 # Queued behind another's message (a retry, another replica's lease, or one this process
                 # holds): only the claim sends them, once what is ahead of them is settled. Otherwise
                 # nothing of this batch waits in the database, and the claim stays asleep.
-                self.waiting_behind.update(fan.queued)
+                # A queue this process holds is told apart: its head's settling is what frees them.
+                self.waiting_behind.update(key for key in fan.queued if key in self.queues)
                 self.claim_wake.set()
         self.released.clear()
         for key in touched:
@@ -316,6 +317,7 @@ class Dispatcher:
             return
         self.queues.pop(key, None)
         self.ready.pop(key, None)
+        self.waiting_behind.discard(key)  # nothing held left to settle (e.g. a deleted subscription's)
         waiting = self.batch_ready.get(key[0])
         if waiting is not None:
             waiting.pop(key, None)

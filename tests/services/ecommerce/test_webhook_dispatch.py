@@ -13,7 +13,9 @@ from typing import Any
 
 import asyncpg
 
+from services.ecommerce import repository as repo
 from services.ecommerce import webhook_repository as hooks
+from services.ecommerce import webhooks
 from services.ecommerce.webhooks import FanOut, fan_out
 from shared.db import transaction
 from shared.outbox import publish_many
@@ -178,9 +180,9 @@ async def _queued(pool: asyncpg.Pool, n: int) -> bool:
 
 
 async def _fanned_out(pool: asyncpg.Pool) -> bool:
-    return await pool.fetchval(
-        "SELECT NOT EXISTS (SELECT 1 FROM core.events e, ecommerce.cursors c WHERE c.name = 'webhooks'"
-        " AND split_part(e.topic, '.', 1) = 'availability' AND (e.txid, e.id) > (c.txid, c.event_id))")
+    cursor = (await repo.cursors(pool))[webhooks.CURSOR]
+    unread, _ = await repo.consumer_lag(pool, cursor, webhooks.FAMILIES, 1)
+    return unread == 0
 
 
 async def _last_available(receiver: Receiver, sku: str, value: int) -> bool:
