@@ -34,7 +34,7 @@ async def _project(app: web.Application, settings: Settings) -> None:
     pool = await create_pool(service_dsn(settings, "ecommerce"), min_size=1, max_size=2,
                              command_timeout=settings.projection_command_timeout_s,
                              connect_timeout=settings.db_connect_timeout_s,
-                             application_name="omnistock-ecommerce-projector")
+                             application_name="omnistock-ecommerce-projector", session_state=False)
     try:
         await run_projector(pool, app[HUB], settings.projection_poll_interval_s)
     finally:

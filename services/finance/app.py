@@ -35,7 +35,7 @@ def create_app(settings: Settings, ledger: object | None = None) -> web.Applicat
     settings = settings.model_copy(
         update={"db_command_timeout_s": max(settings.db_command_timeout_s, settings.finance_command_timeout_s)})
     if ledger is not None:
-        app = create_service_app("finance", settings, api, migrations=MIGRATIONS)
+        app = create_service_app("finance", settings, api, migrations=MIGRATIONS, session_state=True)
         app[LEDGER] = ledger
         return app
 
@@ -51,7 +51,8 @@ def create_app(settings: Settings, ledger: object | None = None) -> web.Applicat
             with contextlib.suppress(asyncio.CancelledError):
                 await cosigning
 
-    return create_service_app("finance", settings, api, migrations=MIGRATIONS, contexts=[embedded_ledger])
+    return create_service_app("finance", settings, api, migrations=MIGRATIONS, contexts=[embedded_ledger],
+                              session_state=True)
 
 
 async def _cosign_checkpoints(ledger: Ledger, settings: Settings) -> None:

@@ -69,10 +69,12 @@ def create_service_app(
     event_hub: list[str] | None = None,
     contexts: list[CleanupContext] | None = None,
     housekeeping: list[Job] | None = None,
+    session_state: bool = False,
 ) -> web.Application:
     """Wire a service: settings, pool, migrations, auth, an event hub reading the `event_hub` families
     (none: no hub), then `contexts`; the housekeeping loop prunes the shared tables and the service's own
-    `housekeeping` jobs."""
+    `housekeeping` jobs. `session_state`: the service's code leaves session state on pooled connections
+    (a session advisory lock), so every release resets the session (shared/db.py create_pool)."""
     dsn = service_dsn(settings, service)  # raises when there is no URL at all (the CLI starts the embedded database)
     add_system_routes(api)
     add_key_routes(api)
@@ -105,6 +107,7 @@ def create_service_app(
             command_timeout=settings.db_command_timeout_s,
             connect_timeout=settings.db_connect_timeout_s,
             application_name=f"omnistock-{service}",
+            session_state=session_state,
         )
         if not settings.database_url:
             try:

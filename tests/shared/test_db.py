@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared.db import release, transaction
+from shared.db import create_pool, release, transaction
 
 
 async def test_a_connection_the_server_closed_is_given_back_quietly(pool: asyncpg.Pool) -> None:
@@ -37,3 +37,33 @@ async def test_a_connection_asyncpg_reports_broken_is_not_handed_out_again(pool:
         raise AssertionError("the broken connection is still open")
     async with transaction(pool) as fresh:
         assert fresh.get_server_pid() != pid and await fresh.fetchval("SELECT 1") == 1
+
+
+async def test_a_transaction_only_pool_still_rolls_back_what_a_user_left_open(database_url: str) -> None:
+    pool = await create_pool(database_url, min_size=1, max_size=1, session_state=False)
+    try:
+        conn = await pool.acquire()
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS left_open (n int) ON COMMIT PRESERVE ROWS")
+        await conn.execute("BEGIN")
+        await conn.execute("INSERT INTO left_open VALUES (1)")
+        await release(pool, conn)  # given back mid-transaction (a cancelled request)
+        async with transaction(pool) as again:
+            assert again is not None and await again.fetchval("SELECT count(*) FROM left_open") == 0
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("session_state", [True, False])
+async def test_only_a_session_state_pool_resets_the_session_on_release(database_url: str,
+                                                                      session_state: bool) -> None:
+    """Why finance declares session_state: its ledger commit holds a session advisory lock on a pooled
+    connection, and only the session reset frees it should the unlock never run."""
+    pool = await create_pool(database_url, min_size=1, max_size=1, session_state=session_state)
+    other = await asyncpg.connect(database_url)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+        assert await other.fetchval("SELECT pg_try_advisory_lock(4242)") is session_state
+    finally:
+        await other.close()
+        await pool.close()
