@@ -179,9 +179,12 @@ class Dispatcher:
             return False
         self.outcomes, self.releases = [], []
         try:
-            async with transaction(self.pool) as conn:
-                await hooks.record_outcomes(conn, outcomes)
-                await hooks.release(conn, releases)
+            if releases:
+                async with transaction(self.pool) as conn:
+                    await hooks.record_outcomes(conn, outcomes)
+                    await hooks.release(conn, releases)
+            else:  # one statement is atomic on its own: no BEGIN and COMMIT round trips
+                await hooks.record_outcomes(self.pool, outcomes)
         except BaseException:
             self.outcomes[:0], self.releases[:0] = outcomes, releases  # first again, in their order
             raise

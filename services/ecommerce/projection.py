@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
@@ -18,7 +19,7 @@ from services.ecommerce.background import stop, wait_for_wake
 from shared.db import Connection, Pool, transaction
 from shared.event_stream import EventHub, next_events
 from shared.logging import get_logger
-from shared.outbox import Event, head_position, publish_many
+from shared.outbox import Event, head_position
 
 log = get_logger("omnistock.ecommerce.projection")
 
@@ -55,7 +56,8 @@ class Touched:
 
 async def apply_batch(pool: Pool, limit: int = 1000, *, wait: bool = False, hub: EventHub | None = None) -> int | None:
     """Apply the next batch of events (from `hub`'s memory when it holds them); the number applied, or
-    None if another process holds the cursor."""
+    None if another process holds the cursor. A batch of stock changes is four statements: lock the
+    cursor, refresh the mirrors, read what recomputing needs, write the result with the cursor."""
     async with transaction(pool) as conn:
         position = await repo.lock_cursor(conn, CURSOR, wait=wait)
         if position is None:
@@ -63,47 +65,44 @@ async def apply_batch(pool: Pool, limit: int = 1000, *, wait: bool = False, hub:
         events = await next_events(conn, position, limit, FAMILIES, hub)
         if not events:
             return 0
-        await _apply(conn, Touched.of(events))
-        await repo.save_cursor(conn, CURSOR, events[-1].position)
+        changed, published = await _apply(conn, Touched.of(events))
+        await repo.save_projection(conn, changed, published, (CURSOR, events[-1].position))
     return len(events)
 
 
-async def _apply(conn: Connection, touched: Touched) -> None:
-    location_ids = sorted(touched.locations | {loc for _, loc in touched.pairs})
-    if location_ids:
-        await repo.refresh_locations(conn, location_ids)
+Changes = tuple[list[tuple[str, domain.Availability]], list[tuple[str, str, dict[str, Any]]]]
+
+
+async def _apply(conn: Connection, touched: Touched) -> Changes:
+    """Refresh the mirrors for `touched`; the availability that changed and the events to publish."""
+    if touched.locations:
+        await repo.refresh_locations(conn, sorted(touched.locations))
     if touched.pairs:
-        await repo.refresh_levels(conn, sorted(touched.pairs))
+        await repo.refresh_pairs(conn, sorted(touched.pairs))
     skus = {sku for sku, _ in touched.pairs} | touched.rule_skus
     if touched.locations:
         skus.update(await repo.refresh_levels_at(conn, sorted(touched.locations)))
     if touched.all_rules:
         skus.update(await repo.projected_skus(conn))
-    if skus:
-        await _recompute(conn, sorted(skus))
+    if not skus:
+        return [], []
+    default, inputs = await repo.recompute_inputs(conn, sorted(skus))
+    old = {sku: i.stored for sku, i in inputs.items() if i.stored is not None}
+    new = {sku: domain.availability(i.ship_available, domain.effective_rule(i.own_rule, default))
+           for sku, i in inputs.items()}
+    return _changes(old, new)
 
 
-async def _recompute(conn: Connection, skus: list[str]) -> int:
-    """Recompute these SKUs from the mirrors; save and publish the ones that changed."""
-    sums = await repo.ship_sums(conn, skus)
-    default, rules = await repo.rules_for(conn, skus)
-    old = await repo.availability_of(conn, skus)
-    new = {sku: domain.availability(sums[sku], domain.effective_rule(rules.get(sku), default)) for sku in skus}
-    return await _save_changes(conn, old, new)
-
-
-async def _save_changes(conn: Connection, old: dict[str, domain.Availability],
-                        new: dict[str, domain.Availability]) -> int:
+def _changes(old: dict[str, domain.Availability], new: dict[str, domain.Availability]) -> Changes:
+    """The SKUs whose availability `new` changes, and the events each change publishes."""
     # A missing row means "nothing sellable": a SKU never stocked gets no row, as in a rebuild.
     changed = [(sku, a) for sku, a in sorted(new.items()) if old.get(sku, domain.NOTHING) != a]
-    await repo.save_availability(conn, changed)
     events = []
     for sku, current in changed:
         before = old.get(sku, domain.NOTHING)
         payload = domain.change_payload(sku, before, current)
         events.extend((topic, sku, payload) for topic in domain.change_topics(before, current))
-    await publish_many(conn, events)
-    return len(changed)
+    return changed, events
 
 
 async def catch_up(pool: Pool, limit: int = 1000) -> int:
@@ -176,9 +175,8 @@ async def _rebuild_once(pool: Pool) -> Drift:
         drift, expected, actual = await _drift(conn)
         await repo.replace_mirrors(conn)
         await repo.delete_availability(conn, sorted(actual.keys() - expected.keys()))
-        await _save_changes(conn, actual, expected)
-        if reflected > position:
-            await repo.save_cursor(conn, CURSOR, reflected)
+        changed, published = _changes(actual, expected)
+        await repo.save_projection(conn, changed, published, (CURSOR, reflected) if reflected > position else None)
     return drift
 
 

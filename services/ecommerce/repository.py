@@ -7,7 +7,7 @@ webhook_repository.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +15,7 @@ import asyncpg
 
 from services.ecommerce.domain import DEFAULT_SCOPE, Availability, Rule
 from shared.db import Connection, Pool
-from shared.outbox import Position
+from shared.outbox import PUBLISH_FROM_ARRAYS, Position
 
 # Inventory's published definition (CONTRACT): available = on_hand - reserved - safety_stock, never < 0.
 INVENTORY_AVAILABLE = "greatest(0, s.on_hand - s.reserved - s.safety_stock)"
@@ -64,19 +64,30 @@ async def refresh_locations(conn: Connection, location_ids: list[str]) -> None:
     )
 
 
-async def refresh_levels(conn: Connection, pairs: list[tuple[str, str]]) -> None:
-    """Copy the current availability of each (sku, location) from inventory."""
-    await conn.execute(
-        f"""
-        INSERT INTO ecommerce.levels (sku, location_id, available)
-        SELECT s.sku, s.location_id, {INVENTORY_AVAILABLE}
-        FROM inventory.stock_levels s
-        JOIN unnest($1::text[], $2::text[]) AS t(sku, location_id) USING (sku, location_id)
-        ORDER BY s.sku, s.location_id
-        ON CONFLICT (sku, location_id) DO UPDATE SET available = EXCLUDED.available
-        """,
-        [p[0] for p in pairs], [p[1] for p in pairs],
-    )
+# For a batch of stock changes, in one statement: add the locations first seen in it (a location's own
+# changes arrive as location.changed and refresh it whole; re-copying it for every stock change wrote
+# its row again each batch) and copy each (sku, location)'s availability from inventory, writing only the
+# levels whose number moved.
+REFRESH_PAIRS = f"""
+WITH new_locations AS (
+    INSERT INTO ecommerce.locations (location_id, name, kind, ship, pickup, lat, lon)
+    SELECT id, name, kind, ship, pickup, lat, lon FROM inventory.locations WHERE id = ANY($3::text[])
+    ON CONFLICT (location_id) DO NOTHING
+)
+INSERT INTO ecommerce.levels (sku, location_id, available)
+SELECT s.sku, s.location_id, {INVENTORY_AVAILABLE}
+FROM inventory.stock_levels s
+JOIN unnest($1::text[], $2::text[]) AS t(sku, location_id) USING (sku, location_id)
+ORDER BY s.sku, s.location_id
+ON CONFLICT (sku, location_id) DO UPDATE SET available = EXCLUDED.available
+    WHERE ecommerce.levels.available <> EXCLUDED.available
+"""
+
+
+async def refresh_pairs(conn: Connection, pairs: list[tuple[str, str]]) -> None:
+    """Copy the current availability of each (sku, location) from inventory (REFRESH_PAIRS)."""
+    await conn.execute(REFRESH_PAIRS, [p[0] for p in pairs], [p[1] for p in pairs],
+                       sorted({p[1] for p in pairs}))
 
 
 async def refresh_levels_at(conn: Connection, location_ids: list[str]) -> list[str]:
@@ -100,21 +111,50 @@ async def projected_skus(conn: Connection) -> list[str]:
     return [r["sku"] for r in rows]
 
 
-async def ship_sums(conn: Connection, skus: list[str]) -> dict[str, int]:
-    """Sum of mirrored availability over ship-enabled locations, per SKU (0 when none)."""
-    # `sku = ANY($1)` is one scan of the primary key whatever the plan guesses; as a join with
-    # unnest($1) the planner (assuming 10 SKUs) hashed them against a scan of every mirrored level.
-    rows = await conn.fetch(
-        """
-        SELECT l.sku, sum(l.available)::bigint AS ship_available
-        FROM ecommerce.levels l JOIN ecommerce.locations loc ON loc.location_id = l.location_id
-        WHERE l.sku = ANY($1::text[]) AND loc.ship
-        GROUP BY l.sku
-        """,
-        skus,
-    )
-    found = {r["sku"]: r["ship_available"] for r in rows}
-    return {sku: found.get(sku, 0) for sku in skus}
+# What recomputing these SKUs needs, in one statement: per SKU the sum of mirrored availability over
+# ship-enabled locations (0 when none), the stored availability (none: nothing sellable yet), its own rule
+# and the default rule. Lateral lookups by key whatever the plan guesses for unnest($1): as joins, the
+# planner (assuming 100 SKUs) hashed them against a scan of every mirrored level.
+RECOMPUTE_INPUTS = """
+SELECT q.sku, coalesce(sums.ship_available, 0)::bigint AS ship_available,
+       a.ship_available AS old_ship_available, a.sellable AS old_sellable, a.state AS old_state,
+       own.buffer_kind, own.buffer_value, own.low_stock_threshold,
+       d.buffer_kind AS default_buffer_kind, d.buffer_value AS default_buffer_value,
+       d.low_stock_threshold AS default_low_stock_threshold, own.scope IS NOT NULL AS has_own,
+       d.scope IS NOT NULL AS has_default
+FROM unnest($1::text[]) AS q(sku)
+LEFT JOIN LATERAL (
+    SELECT sum(l.available) AS ship_available
+    FROM ecommerce.levels l JOIN ecommerce.locations loc ON loc.location_id = l.location_id
+    WHERE l.sku = q.sku AND loc.ship) sums ON true
+LEFT JOIN LATERAL (SELECT * FROM ecommerce.availability WHERE sku = q.sku) a ON true
+LEFT JOIN LATERAL (SELECT * FROM ecommerce.channel_rules WHERE scope = q.sku) own ON true
+LEFT JOIN ecommerce.channel_rules d ON d.scope = $2
+"""
+
+
+@dataclass(frozen=True)
+class RecomputeInput:
+    """One SKU's inputs to domain.availability (RECOMPUTE_INPUTS)."""
+
+    ship_available: int
+    stored: Availability | None
+    own_rule: Rule | None
+
+
+async def recompute_inputs(conn: Connection, skus: list[str]) -> tuple[Rule | None, dict[str, RecomputeInput]]:
+    """(default rule, inputs by SKU) for recomputing `skus`."""
+    rows = await conn.fetch(RECOMPUTE_INPUTS, skus, DEFAULT_SCOPE)
+    default = None
+    inputs = {}
+    for r in rows:
+        if r["has_default"]:
+            default = Rule(r["default_buffer_kind"], r["default_buffer_value"], r["default_low_stock_threshold"])
+        stored = None if r["old_state"] is None else \
+            Availability(r["old_ship_available"], r["old_sellable"], r["old_state"])
+        own = Rule(r["buffer_kind"], r["buffer_value"], r["low_stock_threshold"]) if r["has_own"] else None
+        inputs[r["sku"]] = RecomputeInput(r["ship_available"], stored, own)
+    return default, inputs
 
 
 async def availability_of(db: Pool | Connection, skus: list[str]) -> dict[str, Availability]:
@@ -129,19 +169,31 @@ async def all_availability(db: Pool | Connection) -> dict[str, Availability]:
     return {r["sku"]: Availability(r["ship_available"], r["sellable"], r["state"]) for r in rows}
 
 
-async def save_availability(conn: Connection, rows: Iterable[tuple[str, Availability]]) -> None:
-    items = list(rows)
-    if not items:
-        return
+# Save changed availability, publish its events and move a consumer's cursor (none: $8 is null), in one
+# statement: the projector's whole write of a batch.
+SAVE_PROJECTION = f"""
+WITH saved AS (
+    INSERT INTO ecommerce.availability (sku, ship_available, sellable, state)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) ORDER BY 1
+    ON CONFLICT (sku) DO UPDATE SET ship_available = EXCLUDED.ship_available,
+        sellable = EXCLUDED.sellable, state = EXCLUDED.state, updated_at = now()
+), published AS (
+    {PUBLISH_FROM_ARRAYS.format(topics="$5", keys="$6", payloads="$7")}
+)
+UPDATE ecommerce.cursors SET txid = $9, event_id = $10, updated_at = now() WHERE name = $8
+"""
+
+
+async def save_projection(conn: Connection, changed: list[tuple[str, Availability]],
+                          events: list[tuple[str, str, dict[str, Any]]],
+                          cursor: tuple[str, Position] | None) -> None:
+    """Save `changed` availability, publish `events` and move `cursor` (name, position) if given."""
+    name, position = cursor if cursor is not None else (None, (0, 0))
     await conn.execute(
-        """
-        INSERT INTO ecommerce.availability (sku, ship_available, sellable, state)
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) ORDER BY 1
-        ON CONFLICT (sku) DO UPDATE SET ship_available = EXCLUDED.ship_available,
-            sellable = EXCLUDED.sellable, state = EXCLUDED.state, updated_at = now()
-        """,
-        [sku for sku, _ in items], [a.ship_available for _, a in items], [a.sellable for _, a in items],
-        [a.state for _, a in items],
+        SAVE_PROJECTION,
+        [sku for sku, _ in changed], [a.ship_available for _, a in changed], [a.sellable for _, a in changed],
+        [a.state for _, a in changed], [e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
+        name, position[0], position[1],
     )
 
 

@@ -238,9 +238,9 @@ class AttemptOutcome:
     retry_in_s: float | None  # None and not delivered: dead-lettered
 
 
-async def record_outcomes(conn: Connection, outcomes: list[AttemptOutcome]) -> None:
+async def record_outcomes(db: Pool | Connection, outcomes: list[AttemptOutcome]) -> None:
     if outcomes:
-        await conn.execute(
+        await db.execute(
             RECORD_OUTCOMES, [o.delivery_id for o in outcomes], [o.attempt for o in outcomes],
             [o.started_at for o in outcomes], [o.duration_ms for o in outcomes], [o.status_code for o in outcomes],
             [o.error for o in outcomes], [o.delivered for o in outcomes], [o.retry_in_s for o in outcomes])

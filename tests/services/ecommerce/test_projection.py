@@ -17,6 +17,7 @@ from services.cli import main
 from services.ecommerce import projection
 from services.ecommerce import repository as ecommerce_repo
 from services.ecommerce import use_cases as ecommerce
+from services.ecommerce.domain import Availability, Rule
 from services.ecommerce.schemas import Buffer, RuleIn
 from services.inventory import repository as inventory_repo
 from services.inventory import use_cases as inventory
@@ -120,7 +121,7 @@ async def test_a_batch_that_fails_midway_moves_neither_cursor_nor_projection(
     async def crash(*args: Any) -> None:
         raise ConnectionResetError("process died")
 
-    monkeypatch.setattr(ecommerce_repo, "save_availability", crash)
+    monkeypatch.setattr(ecommerce_repo, "save_projection", crash)
     with pytest.raises(ConnectionResetError):
         await projection.apply_batch(pool)
     assert await ecommerce_repo.cursor_of(pool, projection.CURSOR) == before
@@ -177,13 +178,50 @@ async def test_rebuild_cli_repairs_a_projection_changed_behind_its_back(
     assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].sellable == 4
 
 
-async def test_ship_sums_count_shipping_locations_only_and_zero_for_the_rest(pool: asyncpg.Pool) -> None:
+async def test_recompute_inputs_count_shipping_locations_only_and_carry_each_rule(pool: asyncpg.Pool) -> None:
     await pool.execute(
         "INSERT INTO ecommerce.locations (location_id, name, kind, ship, pickup, lat, lon) VALUES"
         " ('wh', 'Warehouse', 'warehouse', true, false, 0, 0), ('st', 'Store', 'store', false, true, 0, 0)")
     await pool.execute(
         "INSERT INTO ecommerce.levels (sku, location_id, available) VALUES"
         " ('A', 'wh', 5), ('A', 'st', 7), ('B', 'st', 3)")
+    await pool.execute("INSERT INTO ecommerce.availability (sku, ship_available, sellable, state)"
+                       " VALUES ('A', 4, 4, 'in_stock')")
     async with pool.acquire() as conn:
-        sums = await ecommerce_repo.ship_sums(conn, ["A", "B", "NONE"])
-    assert sums == {"A": 5, "B": 0, "NONE": 0}
+        default, inputs = await ecommerce_repo.recompute_inputs(conn, ["A", "B", "NONE"])
+        assert default is None
+        assert {sku: i.ship_available for sku, i in inputs.items()} == {"A": 5, "B": 0, "NONE": 0}
+        assert inputs["A"].stored == Availability(4, 4, "in_stock") and inputs["B"].stored is None
+        assert all(i.own_rule is None for i in inputs.values())
+        await conn.execute("INSERT INTO ecommerce.channel_rules (scope, buffer_kind, buffer_value) VALUES"
+                           " ('*', 'absolute', 2), ('B', NULL, NULL)")
+        await conn.execute("UPDATE ecommerce.channel_rules SET low_stock_threshold = 9 WHERE scope = 'B'")
+        default, inputs = await ecommerce_repo.recompute_inputs(conn, ["A", "B"])
+        assert default == Rule("absolute", Decimal("2.00"), None)
+        assert inputs["A"].own_rule is None and inputs["B"].own_rule == Rule(None, None, 9)
+
+
+async def test_stock_changes_write_only_the_levels_that_moved_and_locations_only_when_they_change(
+    quiet: Api, pool: asyncpg.Pool
+) -> None:
+    await _receive(quiet, "r1", "TEE-M", "wh-1", 4)
+    await _receive(quiet, "r2", "JEANS-32", "wh-1", 2)
+    await projection.catch_up(pool)
+
+    async def versions() -> dict[str, int]:
+        rows = await pool.fetch("SELECT 'level ' || sku AS name, xmin::text::bigint AS v FROM ecommerce.levels"
+                                " UNION ALL SELECT 'location ' || location_id, xmin::text::bigint"
+                                " FROM ecommerce.locations")
+        return {r["name"]: r["v"] for r in rows}
+
+    before = await versions()
+    await _receive(quiet, "r3", "TEE-M", "wh-1", 1)
+    await projection.catch_up(pool)
+    after = await versions()
+    assert {name for name in before if after[name] != before[name]} == {"level TEE-M"}
+
+    status, _, _ = await quiet.put("/v1/locations/wh-1", json={**LOCATIONS["wh-1"], "name": "Renamed"})
+    assert status in (200, 201)
+    await projection.catch_up(pool)
+    assert await pool.fetchval("SELECT name FROM ecommerce.locations WHERE location_id = 'wh-1'") == "Renamed"
+    assert (await projection.check(pool)).none
