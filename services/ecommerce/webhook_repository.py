@@ -9,6 +9,7 @@ import asyncpg
 
 from services.ecommerce.domain import COALESCABLE_TOPIC
 from shared.db import Connection, Pool
+from shared.outbox import Position
 
 SUBSCRIPTION_COLUMNS = "id, url, events, delivery, created_by, created_at"
 UNFINISHED = "('pending', 'sending')"
@@ -39,8 +40,8 @@ RETURNING d.id, d.subscription_id, d.event_id, d.topic, d.key, d.body, d.attempt
           s.url, s.secret, s.delivery
 """
 
-# Fan a batch of messages into their queues in one statement (one index probe per message for its
-# queue's unfinished tail):
+# Fan a batch of messages into their queues and move the fan-out's cursor past their events, in one
+# statement (one index probe per message for its queue's unfinished tail):
 # - the first message of a queue in this batch may fold into that tail (collapse_snapshots already folded
 #   consecutive snapshots within the batch): into an untried pending snapshot, or, for a queue this
 #   process holds in memory, into the held tail the dispatcher names (`fold_into`: not on the wire yet);
@@ -85,6 +86,8 @@ WITH q AS (
     WHERE q.ord NOT IN (SELECT ord FROM folded)
     ORDER BY q.ord
     RETURNING id, subscription_id, key, status, next_attempt_at
+), moved AS (
+    UPDATE ecommerce.cursors SET txid = $14, event_id = $15, updated_at = now() WHERE name = $13
 )
 SELECT 'folded' AS outcome, f.ord, f.id, NULL::text AS status, NULL::timestamptz AS due FROM folded f
 UNION ALL
@@ -206,18 +209,16 @@ async def live_subscriptions(conn: Connection) -> list[asyncpg.Record]:
 
 
 async def fan_out_messages(conn: Connection, messages: list[Message], delay_s: float,
-                           lease_s: float | None) -> list[asyncpg.Record]:
+                           lease_s: float | None, cursor: tuple[str, Position]) -> list[asyncpg.Record]:
     """Fold or enqueue `messages` (FAN_OUT), leasing what may leave at once for `lease_s` (None: lease
-    nothing, queue everything); one row per message that changed a delivery: outcome
-    'folded' (ord: the message's 1-based position, id: the delivery it changed) or 'inserted' (id, status,
-    due), in id order."""
-    if not messages:
-        return []
+    nothing, queue everything), and move the fan-out's cursor (name, position); one row per message that
+    changed a delivery: outcome 'folded' (ord: the message's 1-based position, id: the delivery it
+    changed) or 'inserted' (id, status, due), in id order."""
     return await conn.fetch(
         FAN_OUT, [m.subscription_id for m in messages], [m.event_id for m in messages],
         [m.topic for m in messages], [m.key for m in messages], [m.body for m in messages],
         [m.folded for m in messages], [m.first for m in messages], [m.held_tail for m in messages],
-        [m.fold_into for m in messages], delay_s, lease_s or 0.0, lease_s is not None)
+        [m.fold_into for m in messages], delay_s, lease_s or 0.0, lease_s is not None, cursor[0], *cursor[1])
 
 
 async def claim_due(conn: Connection, limit: int, lease_s: float) -> list[asyncpg.Record]:

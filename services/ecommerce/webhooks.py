@@ -186,8 +186,8 @@ async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000, *, holder: H
             subscriptions = await hooks.live_subscriptions(conn)
             messages = messages_for(events, subscriptions, holder)
             lease_s = holder.lease_s if holder else None
-            rows = await hooks.fan_out_messages(conn, messages, coalesce_s, lease_s)
-            await repo.save_cursor(conn, CURSOR, events[-1].position)
+            rows = await hooks.fan_out_messages(conn, messages, coalesce_s, lease_s,
+                                                (CURSOR, events[-1].position))
         fan = _handed_over(events, messages, subscriptions, rows, holder)
         return len(events)
     finally:
