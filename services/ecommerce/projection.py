@@ -77,8 +77,7 @@ async def _apply(conn: Connection, touched: Touched) -> Changes:
     """Refresh the mirrors for `touched`; the availability that changed and the events to publish."""
     if touched.locations:
         await repo.refresh_locations(conn, sorted(touched.locations))
-    if touched.pairs:
-        await repo.refresh_pairs(conn, sorted(touched.pairs))
+    moved = await repo.refresh_pairs(conn, sorted(touched.pairs)) if touched.pairs else {}
     skus = {sku for sku, _ in touched.pairs} | touched.rule_skus
     if touched.locations:
         skus.update(await repo.refresh_levels_at(conn, sorted(touched.locations)))
@@ -86,10 +85,16 @@ async def _apply(conn: Connection, touched: Touched) -> Changes:
         skus.update(await repo.projected_skus(conn))
     if not skus:
         return [], []
-    default, inputs = await repo.recompute_inputs(conn, sorted(skus))
+    # A location's change may move every level there and flip its ship flag: sum those SKUs afresh.
+    # Otherwise a SKU's ship sum is the stored one plus how far its ship-enabled levels moved (rules
+    # alone move nothing); the stored row is exactly that sum (a SKU without one has 0).
+    summed = bool(touched.locations)
+    default, inputs = await repo.recompute_inputs(conn, sorted(skus), sum_levels=summed)
     old = {sku: i.stored for sku, i in inputs.items() if i.stored is not None}
-    new = {sku: domain.availability(i.ship_available, domain.effective_rule(i.own_rule, default))
-           for sku, i in inputs.items()}
+    new = {}
+    for sku, i in inputs.items():
+        ship = i.ship_available if summed else (i.stored.ship_available if i.stored else 0) + moved.get(sku, 0)
+        new[sku] = domain.availability(ship, domain.effective_rule(i.own_rule, default))
     return _changes(old, new)
 
 

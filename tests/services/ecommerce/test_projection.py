@@ -188,7 +188,7 @@ async def test_recompute_inputs_count_shipping_locations_only_and_carry_each_rul
     await pool.execute("INSERT INTO ecommerce.availability (sku, ship_available, sellable, state)"
                        " VALUES ('A', 4, 4, 'in_stock')")
     async with pool.acquire() as conn:
-        default, inputs = await ecommerce_repo.recompute_inputs(conn, ["A", "B", "NONE"])
+        default, inputs = await ecommerce_repo.recompute_inputs(conn, ["A", "B", "NONE"], sum_levels=True)
         assert default is None
         assert {sku: i.ship_available for sku, i in inputs.items()} == {"A": 5, "B": 0, "NONE": 0}
         assert inputs["A"].stored == Availability(4, 4, "in_stock") and inputs["B"].stored is None
@@ -196,9 +196,10 @@ async def test_recompute_inputs_count_shipping_locations_only_and_carry_each_rul
         await conn.execute("INSERT INTO ecommerce.channel_rules (scope, buffer_kind, buffer_value) VALUES"
                            " ('*', 'absolute', 2), ('B', NULL, NULL)")
         await conn.execute("UPDATE ecommerce.channel_rules SET low_stock_threshold = 9 WHERE scope = 'B'")
-        default, inputs = await ecommerce_repo.recompute_inputs(conn, ["A", "B"])
+        default, inputs = await ecommerce_repo.recompute_inputs(conn, ["A", "B"], sum_levels=False)
         assert default == Rule("absolute", Decimal("2.00"), None)
         assert inputs["A"].own_rule is None and inputs["B"].own_rule == Rule(None, None, 9)
+        assert inputs["A"].ship_available is None and inputs["A"].stored == Availability(4, 4, "in_stock")
 
 
 async def test_stock_changes_write_only_the_levels_that_moved_and_locations_only_when_they_change(
