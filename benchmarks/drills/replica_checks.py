@@ -116,7 +116,7 @@ def sse_in_order(readers: dict[str, SseReader], expected: dict[str, list[int]]) 
 
 DELIVERIES = """
 SELECT d.id, d.subscription_id, d.event_id, d.key, d.status, d.attempts, d.coalesced, s.url,
-       (SELECT count(*) FROM ecommerce.webhook_attempts a WHERE a.delivery_id = d.id) AS logged
+       (SELECT count(*) FROM ecommerce.webhook_attempt_log a WHERE a.delivery_id = d.id) AS logged
 FROM ecommerce.webhook_deliveries d JOIN ecommerce.webhook_subscriptions s ON s.id = d.subscription_id
 """
 # Per subscription, the events it asked for (the dispatcher's own rule: topic subscribed, published at
@@ -134,7 +134,7 @@ FROM ecommerce.webhook_subscriptions s
 
 ATTEMPTS = """
 SELECT delivery_id, attempt, coalesce(status_code BETWEEN 200 AND 299, false) AS ok, status_code, error
-FROM ecommerce.webhook_attempts
+FROM ecommerce.webhook_attempt_log
 """
 
 

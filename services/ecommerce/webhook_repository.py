@@ -95,27 +95,32 @@ SELECT 'inserted', NULL, i.id, i.status, i.next_attempt_at FROM inserted i
 ORDER BY id
 """
 
-# Log many attempts and settle their deliveries in one statement: delivered; back to the queue after
-# retry_in seconds; or dead-lettered when retry_in is null. A lease that ran out and was claimed again
-# (attempts moved on) is left alone; its attempt is still logged.
+# Settle many attempts' deliveries and log the attempts in one statement: delivered; back to the queue
+# after retry_in seconds; or dead-lettered when retry_in is null. The row keeps its last attempt, and the
+# attempt that delivered it is logged only there (webhook_attempt_log, migration 0006); every other
+# attempt gets its row in webhook_attempts, including one whose lease ran out and was claimed again
+# (attempts moved on: its delivery is left alone).
 RECORD_OUTCOMES = """
 WITH q AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::int[], $6::text[],
                          $7::bool[], $8::float8[])
              AS q(delivery_id, attempt, started_at, duration_ms, status_code, error, delivered, retry_in)
-), logged AS (
-    INSERT INTO ecommerce.webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
-    SELECT delivery_id, attempt, started_at, duration_ms, status_code, error FROM q
+), settled AS (
+    UPDATE ecommerce.webhook_deliveries d
+    SET status = CASE WHEN q.delivered THEN 'delivered' WHEN q.retry_in IS NULL THEN 'dead' ELSE 'pending' END,
+        delivered_at = CASE WHEN q.delivered THEN now() ELSE d.delivered_at END,
+        next_attempt_at = CASE WHEN q.delivered THEN d.next_attempt_at
+                               ELSE now() + make_interval(secs => coalesce(q.retry_in, 0)) END,
+        lease_until = NULL, last_status_code = q.status_code, last_started_at = q.started_at,
+        last_duration_ms = q.duration_ms,
+        last_error = CASE WHEN q.delivered THEN NULL ELSE coalesce(q.error, 'failed') END
+    FROM q
+    WHERE d.id = ANY($1::bigint[]) AND d.id = q.delivery_id AND d.status = 'sending' AND d.attempts = q.attempt
+    RETURNING d.id, q.delivered
 )
-UPDATE ecommerce.webhook_deliveries d
-SET status = CASE WHEN q.delivered THEN 'delivered' WHEN q.retry_in IS NULL THEN 'dead' ELSE 'pending' END,
-    delivered_at = CASE WHEN q.delivered THEN now() ELSE d.delivered_at END,
-    next_attempt_at = CASE WHEN q.delivered THEN d.next_attempt_at
-                           ELSE now() + make_interval(secs => coalesce(q.retry_in, 0)) END,
-    lease_until = NULL, last_status_code = q.status_code,
-    last_error = CASE WHEN q.delivered THEN NULL ELSE coalesce(q.error, 'failed') END
-FROM q
-WHERE d.id = ANY($1::bigint[]) AND d.id = q.delivery_id AND d.status = 'sending' AND d.attempts = q.attempt
+INSERT INTO ecommerce.webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+SELECT delivery_id, attempt, started_at, duration_ms, status_code, error FROM q
+WHERE NOT EXISTS (SELECT 1 FROM settled WHERE settled.id = q.delivery_id AND settled.delivered)
 """
 
 # Leased messages this process will not send after all (the one before them failed and waits for its
@@ -286,17 +291,31 @@ async def get_delivery(db: Pool | Connection, subscription_id: int, delivery_id:
 
 async def attempts_of(db: Pool | Connection, delivery_id: int) -> list[asyncpg.Record]:
     return await db.fetch(
-        "SELECT * FROM ecommerce.webhook_attempts WHERE delivery_id = $1 ORDER BY id", delivery_id
+        "SELECT * FROM ecommerce.webhook_attempt_log WHERE delivery_id = $1 ORDER BY started_at, attempt",
+        delivery_id,
     )
+
+
+# Queue a finished delivery again, now, with a fresh budget of attempts. The log keeps the old ones: the
+# attempt that delivered it, kept in the row until now, moves to webhook_attempts first (the row is locked
+# before either happens, so two redeliveries cannot both move it).
+REDELIVER = """
+WITH finished AS (
+    SELECT * FROM ecommerce.webhook_deliveries WHERE id = $1 AND status IN ('delivered', 'dead') FOR UPDATE
+), kept AS (
+    INSERT INTO ecommerce.webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code)
+    SELECT id, attempts, last_started_at, last_duration_ms, last_status_code FROM finished
+    WHERE status = 'delivered' AND last_started_at IS NOT NULL
+)
+UPDATE ecommerce.webhook_deliveries d
+SET status = 'pending', attempts = 0, next_attempt_at = now(), lease_until = NULL, last_started_at = NULL
+FROM finished WHERE d.id = finished.id
+RETURNING d.*
+"""
 
 
 async def redeliver(conn: Connection, delivery_id: int) -> asyncpg.Record | None:
-    """Queue a finished delivery again, now, with a fresh budget of attempts (the log keeps the old ones)."""
-    return await conn.fetchrow(
-        "UPDATE ecommerce.webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),"
-        " lease_until = NULL WHERE id = $1 AND status IN ('delivered', 'dead') RETURNING *",
-        delivery_id,
-    )
+    return await conn.fetchrow(REDELIVER, delivery_id)
 
 
 # When the next message the claim could take is due (the earliest pending message that heads its queue),

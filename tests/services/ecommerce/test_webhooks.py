@@ -72,6 +72,32 @@ async def test_dead_letter_after_max_attempts_then_manual_redelivery(channel: Ch
     assert status in (202, 409)  # delivered again already (202) or still on its way (409)
 
 
+async def test_the_delivering_attempt_lives_in_its_row_and_a_redelivery_keeps_it_in_the_log(
+    channel: Channel, receiver: Receiver
+) -> None:
+    sub = await subscribe(channel, receiver)
+    await channel.receive("TEE-M", "wh-1", 5)
+
+    async def log_once_delivered(n: int) -> Any:
+        _, body, _ = await channel.ecommerce.get(f"/v1/webhooks/{sub}/deliveries")
+        if not body["items"] or body["items"][0]["status"] != "delivered" or len(receiver.requests) < n:
+            return None
+        _, detail, _ = await channel.ecommerce.get(f"/v1/webhooks/{sub}/deliveries/{body['items'][0]['id']}")
+        return detail
+
+    detail = await eventually(lambda: log_once_delivered(1))
+    assert [(a["attempt"], a["status_code"]) for a in detail["log"]] == [(1, 200)]
+    assert await channel.pool.fetchval("SELECT count(*) FROM ecommerce.webhook_attempts") == 0  # nothing extra
+    status, body, _ = await channel.ecommerce.post(f"/v1/webhooks/{sub}/deliveries/{detail['id']}/redeliver")
+    assert status == 202, body
+    again = await eventually(lambda: log_once_delivered(2))
+    first, second = again["log"]
+    assert (first["attempt"], second["attempt"]) == (1, 1) and first["started_at"] < second["started_at"]
+    assert first == detail["log"][0]  # the first delivery's attempt, exactly as it was logged
+    status, body, _ = await channel.ecommerce.post(f"/v1/webhooks/{sub}/deliveries/{detail['id']}/redeliver")
+    assert status in (202, 409)
+
+
 async def test_rapid_changes_of_one_sku_are_coalesced_in_order_and_other_skus_are_not_held_up(
     channel: Channel, receiver: Receiver
 ) -> None:
