@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -41,6 +42,7 @@ from shared.outbox import Event, Position, head_position, read_after, resume_aft
 log = get_logger("omnistock.events")
 
 CHANNEL = "omnistock_events"
+POKE_RECHECK_S = 0.003
 
 
 class EventHub:
@@ -60,6 +62,8 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._readers = 0
         self._listener: asyncpg.Connection | None = None
+        self._poked = 0  # the newest transaction poke() named that the hub has not read past yet
+        self._poked_since: float | None = None
 
     @property
     def head(self) -> Position:
@@ -69,8 +73,13 @@ class EventHub:
     def pool(self) -> Pool:
         return self._pool
 
-    def poke(self) -> None:
-        """Read now rather than at the next poll: this process just committed events."""
+    def poke(self, txid: int | None = None) -> None:
+        """Read now rather than at the next poll: this process just committed events, in transaction
+        `txid` if given. Those become readable only once every older transaction has ended, often a few
+        milliseconds after the commit: until the hub has read past `txid` it looks again every
+        POKE_RECHECK_S (up to a poll interval) instead of waiting for the next poll."""
+        if txid is not None:
+            self._poked = max(self._poked, txid)
         self._wakeup.set()
 
     async def start(self) -> None:
@@ -92,8 +101,20 @@ class EventHub:
             except Exception:  # a background loop must outlive any failure
                 log.exception("event hub read failed; retrying")
                 await self._close_listener()
-            await wait_or_timeout(self._wakeup, self._poll_interval_s)
+            await wait_or_timeout(self._wakeup, self._next_wait_s())
             self._wakeup.clear()
+
+    def _next_wait_s(self) -> float:
+        """A poll interval, or POKE_RECHECK_S while a poked transaction is not read yet (for at most a
+        poll interval after the poke: its events may not be of this hub's families)."""
+        now = time.monotonic()
+        if self._poked <= self._head[0]:
+            self._poked, self._poked_since = 0, None
+        elif self._poked_since is None:
+            self._poked_since = now
+        elif now - self._poked_since >= self._poll_interval_s:
+            self._poked, self._poked_since = 0, None
+        return POKE_RECHECK_S if self._poked else self._poll_interval_s
 
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():

@@ -57,7 +57,8 @@ class Touched:
 async def apply_batch(pool: Pool, limit: int = 1000, *, wait: bool = False, hub: EventHub | None = None) -> int | None:
     """Apply the next batch of events (from `hub`'s memory when it holds them); the number applied, or
     None if another process holds the cursor. A batch of stock changes is four statements: lock the
-    cursor, refresh the mirrors, read what recomputing needs, write the result with the cursor."""
+    cursor, refresh the mirrors, read what recomputing needs, write the result with the cursor. After
+    the commit `hub` is poked with the transaction that published availability events, if any."""
     async with transaction(pool) as conn:
         position = await repo.lock_cursor(conn, CURSOR, wait=wait)
         if position is None:
@@ -66,7 +67,9 @@ async def apply_batch(pool: Pool, limit: int = 1000, *, wait: bool = False, hub:
         if not events:
             return 0
         changed, published = await _apply(conn, Touched.of(events))
-        await repo.save_projection(conn, changed, published, (CURSOR, events[-1].position))
+        txid = await repo.save_projection(conn, changed, published, (CURSOR, events[-1].position))
+    if hub is not None and published:
+        hub.poke(txid)  # SSE and fan-out need not wait for the next poll
     return len(events)
 
 
@@ -204,7 +207,7 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
                     await rebuild(pool)
                 first = False
                 while await apply_batch(pool, hub=hub):
-                    hub.poke()  # what the batch published is readable now: SSE and fan-out need not wait a poll
+                    pass
             except Exception:  # a background loop must outlive any failure (asyncpg's InternalClientError too)
                 log.exception("projection batch failed; retrying")
             await wait_for_wake(wake, poll_s)

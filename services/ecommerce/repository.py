@@ -190,7 +190,8 @@ async def all_availability(db: Pool | Connection) -> dict[str, Availability]:
 
 
 # Save changed availability, publish its events and move a consumer's cursor (none: $8 is null), in one
-# statement: the projector's whole write of a batch.
+# statement: the projector's whole write of a batch. The transaction's id tells the hub when the events
+# it published become readable (shared/event_stream.py poke).
 SAVE_PROJECTION = f"""
 WITH saved AS (
     INSERT INTO ecommerce.availability (sku, ship_available, sellable, state)
@@ -201,15 +202,17 @@ WITH saved AS (
     {PUBLISH_FROM_ARRAYS.format(topics="$5", keys="$6", payloads="$7")}
 )
 UPDATE ecommerce.cursors SET txid = $9, event_id = $10, updated_at = now() WHERE name = $8
+RETURNING pg_current_xact_id()::text::bigint AS txid
 """
 
 
 async def save_projection(conn: Connection, changed: list[tuple[str, Availability]],
                           events: list[tuple[str, str, dict[str, Any]]],
-                          cursor: tuple[str, Position] | None) -> None:
-    """Save `changed` availability, publish `events` and move `cursor` (name, position) if given."""
+                          cursor: tuple[str, Position] | None) -> int | None:
+    """Save `changed` availability, publish `events` and move `cursor` (name, position) if given; the
+    transaction's id when the cursor moved (the `txid` of the events it published)."""
     name, position = cursor if cursor is not None else (None, (0, 0))
-    await conn.execute(
+    return await conn.fetchval(
         SAVE_PROJECTION,
         [sku for sku, _ in changed], [a.ship_available for _, a in changed], [a.sellable for _, a in changed],
         [a.state for _, a in changed], [e[0] for e in events], [e[1] for e in events], [e[2] for e in events],

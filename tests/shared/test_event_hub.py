@@ -100,6 +100,33 @@ async def test_a_poke_reads_at_once_instead_of_at_the_next_poll(pool: asyncpg.Po
 
 
 
+
+async def test_a_poked_transaction_not_readable_yet_is_read_as_soon_as_it_is(pool: asyncpg.Pool,
+                                                                             database_url: str) -> None:
+    """An older transaction still running keeps the poked one's events unreadable after its commit; the
+    hub looks again until it has read them, not only at its next poll (none comes within the test)."""
+    hub = EventHub(pool, database_url, poll_interval_s=30.0)
+    await hub.start()
+    older = await asyncpg.connect(database_url)
+    try:
+        reader = asyncio.create_task(collect(hub, hub.head, 1))
+        await wait_until(lambda: hub.readers == 1)
+        await asyncio.sleep(0.2)  # the reader's own wake-up has been spent on an empty read
+        older_tx = older.transaction()
+        await older_tx.start()
+        await older.fetchval("SELECT pg_current_xact_id()")  # an id older than the writer's
+        async with pool.acquire() as conn, conn.transaction():
+            await publish_many(conn, [("stock.changed", "K-1", {"n": 1})])
+            txid = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
+        hub.poke(txid)
+        await asyncio.sleep(0.3)
+        assert not reader.done()  # not readable while the older transaction runs
+        await older_tx.rollback()
+        assert [e.payload["n"] for e in await asyncio.wait_for(reader, 5)] == [1]
+    finally:
+        await older.close()
+        await hub.stop()
+
 async def test_a_consumer_reads_from_memory_what_the_database_would_give_it(pool: asyncpg.Pool,
                                                                           database_url: str) -> None:
     await write(pool, range(-5, 0))  # before the hub starts: never in its memory
