@@ -54,51 +54,71 @@ class Touched:
         return touched
 
 
-async def apply_batch(pool: Pool, limit: int = 1000, *, wait: bool = False, hub: EventHub | None = None) -> int | None:
+async def apply_batch(pool: Pool, limit: int = 1000, *, hub: EventHub | None = None) -> int | None:
     """Apply the next batch of events (from `hub`'s memory when it holds them); the number applied, or
-    None if another process holds the cursor. A batch of stock changes is four statements: lock the
-    cursor, refresh the mirrors, read what recomputing needs, write the result with the cursor. After
-    the commit `hub` is poked with the transaction that published availability events, if any."""
-    async with transaction(pool) as conn:
-        position = await repo.lock_cursor(conn, CURSOR, wait=wait)
-        if position is None:
-            return None
-        events = await next_events(conn, position, limit, FAMILIES, hub)
-        if not events:
-            return 0
-        changed, published = await _apply(conn, Touched.of(events))
-        txid = await repo.save_projection(conn, changed, published, (CURSOR, events[-1].position))
-    if hub is not None and published:
+    None when another process moved the cursor first (nothing was written: read again).
+
+    A batch of stock changes runs in no transaction: it reads the cursor, inventory's numbers against
+    the mirror's, and each SKU's stored availability and rules, then writes everything in one statement
+    on the condition that the cursor has not moved (repository.SAVE_BATCH), so it holds a transaction id
+    only while that statement runs. A batch with location changes takes the cursor's lock and refreshes
+    those locations first, in one transaction. `hub` is then poked with the transaction that published
+    availability events, if any."""
+    cursor = await repo.read_cursor(pool, CURSOR)
+    events = await next_events(pool, cursor.position, limit, FAMILIES, hub)
+    if not events:
+        return 0
+    touched = Touched.of(events)
+    if touched.locations:
+        async with transaction(pool) as conn:
+            if await repo.lock_cursor(conn, CURSOR, wait=False) != cursor.position:
+                return None
+            batch = await _batch(conn, touched, await _refresh_locations(conn, touched.locations))
+            txid = await repo.save_batch(conn, CURSOR, await repo.read_cursor(conn, CURSOR), events[-1].position,
+                                         batch)
+    else:
+        batch = await _batch(pool, touched, None)
+        txid = await repo.save_batch(pool, CURSOR, cursor, events[-1].position, batch)
+    if txid is None:
+        return None
+    if hub is not None and batch.events:
         hub.poke(txid)  # SSE and fan-out need not wait for the next poll
     return len(events)
 
 
-Changes = tuple[list[tuple[str, domain.Availability]], list[tuple[str, str, dict[str, Any]]]]
+async def _refresh_locations(conn: Connection, locations: set[str]) -> list[str]:
+    """Re-copy these locations and every level there (in the cursor's transaction); the SKUs stocked there."""
+    await repo.refresh_locations(conn, sorted(locations))
+    return await repo.refresh_levels_at(conn, sorted(locations))
 
 
-async def _apply(conn: Connection, touched: Touched) -> Changes:
-    """Refresh the mirrors for `touched`; the availability that changed and the events to publish."""
-    if touched.locations:
-        await repo.refresh_locations(conn, sorted(touched.locations))
-    moved = await repo.refresh_pairs(conn, sorted(touched.pairs)) if touched.pairs else {}
-    skus = {sku for sku, _ in touched.pairs} | touched.rule_skus
-    if touched.locations:
-        skus.update(await repo.refresh_levels_at(conn, sorted(touched.locations)))
+async def _batch(db: Pool | Connection, touched: Touched, resummed: list[str] | None) -> repo.Batch:
+    """What applying `touched` writes. A SKU's ship sum is the stored one plus how far its ship-enabled
+    levels move (rules alone move nothing; a SKU without a stored row has 0), or, after a location change
+    (`resummed`: the SKUs stocked there, whose levels were just re-copied), the mirror's sum plus that."""
+    pairs = await repo.pairs_now(db, sorted(touched.pairs)) if touched.pairs else []
+    moved: dict[str, int] = {}
+    for pair in pairs:
+        moved[pair.sku] = moved.get(pair.sku, 0) + pair.ship_moved
+    skus = {sku for sku, _ in touched.pairs} | touched.rule_skus | set(resummed or [])
     if touched.all_rules:
-        skus.update(await repo.projected_skus(conn))
-    if not skus:
-        return [], []
-    # A location's change may move every level there and flip its ship flag: sum those SKUs afresh.
-    # Otherwise a SKU's ship sum is the stored one plus how far its ship-enabled levels moved (rules
-    # alone move nothing); the stored row is exactly that sum (a SKU without one has 0).
-    summed = bool(touched.locations)
-    default, inputs = await repo.recompute_inputs(conn, sorted(skus), sum_levels=summed)
-    old = {sku: i.stored for sku, i in inputs.items() if i.stored is not None}
-    new = {}
-    for sku, i in inputs.items():
-        ship = i.ship_available if summed else (i.stored.ship_available if i.stored else 0) + moved.get(sku, 0)
-        new[sku] = domain.availability(ship, domain.effective_rule(i.own_rule, default))
-    return _changes(old, new)
+        skus.update(await repo.projected_skus(db))
+    changed: list[tuple[str, domain.Availability]] = []
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    if skus:
+        default, inputs = await repo.recompute_inputs(db, sorted(skus), sum_levels=resummed is not None)
+        old = {sku: i.stored for sku, i in inputs.items() if i.stored is not None}
+        new = {}
+        for sku, i in inputs.items():
+            base = i.ship_available if resummed is not None else (i.stored.ship_available if i.stored else 0)
+            new[sku] = domain.availability((base or 0) + moved.get(sku, 0), domain.effective_rule(i.own_rule, default))
+        changed, events = _changes(old, new)
+    return repo.Batch(levels=[(p.sku, p.location_id, p.available) for p in pairs if p.available != p.mirrored],
+                      new_locations=sorted({p.location_id for p in pairs if not p.location_mirrored}),
+                      changed=changed, events=events)
+
+
+Changes = tuple[list[tuple[str, domain.Availability]], list[tuple[str, str, dict[str, Any]]]]
 
 
 def _changes(old: dict[str, domain.Availability], new: dict[str, domain.Availability]) -> Changes:
@@ -114,10 +134,10 @@ def _changes(old: dict[str, domain.Availability], new: dict[str, domain.Availabi
 
 
 async def catch_up(pool: Pool, limit: int = 1000) -> int:
-    """Apply every readable event (waiting for a concurrent consumer's batch); the number applied."""
+    """Apply every readable event (reading again after a concurrent consumer's batch); the number applied."""
     total = 0
-    while n := await apply_batch(pool, limit, wait=True):
-        total += n
+    while (n := await apply_batch(pool, limit)) != 0:
+        total += n or 0
     return total
 
 
@@ -179,12 +199,15 @@ async def _rebuild_once(pool: Pool) -> Drift:
     async with transaction(pool, isolation="repeatable_read") as conn:
         position = await repo.lock_cursor(conn, CURSOR, wait=True)
         assert position is not None
+        cursor = await repo.read_cursor(conn, CURSOR)
         reflected = await head_position(conn)
         drift, expected, actual = await _drift(conn)
         await repo.replace_mirrors(conn)
         await repo.delete_availability(conn, sorted(actual.keys() - expected.keys()))
         changed, published = _changes(actual, expected)
-        await repo.save_projection(conn, changed, published, (CURSOR, reflected) if reflected > position else None)
+        # The cursor's version moves even when its position stays: a batch computed against the old
+        # mirrors must not be written over the rebuilt ones.
+        await repo.save_batch(conn, CURSOR, cursor, max(reflected, position), repo.Batch([], [], changed, published))
     return drift
 
 

@@ -31,11 +31,17 @@ async def lock_cursor(conn: Connection, name: str, *, wait: bool) -> Position | 
     return None if row is None else (row["txid"], row["event_id"])
 
 
-async def save_cursor(conn: Connection, name: str, position: Position) -> None:
-    await conn.execute(
-        "UPDATE ecommerce.cursors SET txid = $2, event_id = $3, updated_at = now() WHERE name = $1",
-        name, position[0], position[1],
-    )
+@dataclass(frozen=True)
+class CursorState:
+    """Where a consumer's cursor stands, and its version (every change of the row moves it)."""
+
+    position: Position
+    version: int
+
+
+async def read_cursor(db: Pool | Connection, name: str) -> CursorState:
+    row = await db.fetchrow("SELECT txid, event_id, version FROM ecommerce.cursors WHERE name = $1", name)
+    return CursorState((row["txid"], row["event_id"]), row["version"])
 
 
 async def cursor_of(db: Pool | Connection, name: str) -> Position:
@@ -64,48 +70,43 @@ async def refresh_locations(conn: Connection, location_ids: list[str]) -> None:
     )
 
 
-# For a batch of stock changes, in one statement: add the locations first seen in it (a location's own
-# changes arrive as location.changed and refresh it whole; re-copying it for every stock change wrote
-# its row again each batch), copy each (sku, location)'s availability from inventory, writing only the
-# levels whose number moved, and return per SKU how much its ship-enabled levels moved: the projector
-# adds that to the stored sum instead of summing every level of the SKU again (50 a SKU in the
-# benchmark, the projector's largest read). Each pair is looked up by key (lateral), whatever the plan
+# For a batch of stock changes, read-only: each (sku, location)'s availability in inventory now, its
+# mirrored value (null: not mirrored yet) and whether the location ships, by the mirror or, for a
+# location not mirrored yet, by inventory. Each pair is looked up by key (lateral), whatever the plan
 # guesses for unnest.
-REFRESH_PAIRS = f"""
-WITH new_locations AS (
-    INSERT INTO ecommerce.locations (location_id, name, kind, ship, pickup, lat, lon)
-    SELECT id, name, kind, ship, pickup, lat, lon FROM inventory.locations WHERE id = ANY($3::text[])
-    ON CONFLICT (location_id) DO NOTHING
-    RETURNING location_id, ship
-), moved AS (
-    SELECT t.sku, t.location_id, {INVENTORY_AVAILABLE} AS available, mirror.available AS before
-    FROM unnest($1::text[], $2::text[]) AS t(sku, location_id)
-    JOIN LATERAL (SELECT * FROM inventory.stock_levels
-                  WHERE sku = t.sku AND location_id = t.location_id) s ON true
-    LEFT JOIN LATERAL (SELECT available FROM ecommerce.levels
-                       WHERE sku = t.sku AND location_id = t.location_id) mirror ON true
-), saved AS (
-    INSERT INTO ecommerce.levels (sku, location_id, available)
-    SELECT sku, location_id, available FROM moved
-    ORDER BY sku, location_id
-    ON CONFLICT (sku, location_id) DO UPDATE SET available = EXCLUDED.available
-        WHERE ecommerce.levels.available <> EXCLUDED.available
-)
-SELECT m.sku, coalesce(sum(m.available - coalesce(m.before, 0))
-                       FILTER (WHERE coalesce(loc.ship, fresh.ship)), 0)::bigint AS ship_delta
-FROM moved m
-LEFT JOIN ecommerce.locations loc ON loc.location_id = m.location_id
-LEFT JOIN new_locations fresh ON fresh.location_id = m.location_id
-GROUP BY m.sku
+PAIRS_NOW = f"""
+SELECT t.sku, t.location_id, {INVENTORY_AVAILABLE} AS available, mirror.available AS mirrored,
+       coalesce(loc.ship, fresh.ship, false) AS ship, loc.location_id IS NOT NULL AS location_mirrored
+FROM unnest($1::text[], $2::text[]) AS t(sku, location_id)
+JOIN LATERAL (SELECT * FROM inventory.stock_levels WHERE sku = t.sku AND location_id = t.location_id) s ON true
+LEFT JOIN LATERAL (SELECT available FROM ecommerce.levels
+                   WHERE sku = t.sku AND location_id = t.location_id) mirror ON true
+LEFT JOIN ecommerce.locations loc ON loc.location_id = t.location_id
+LEFT JOIN inventory.locations fresh ON fresh.id = t.location_id
 """
 
 
-async def refresh_pairs(conn: Connection, pairs: list[tuple[str, str]]) -> dict[str, int]:
-    """Copy the current availability of each (sku, location) from inventory (REFRESH_PAIRS); how much
-    each SKU's ship-enabled mirrored availability moved."""
-    rows = await conn.fetch(REFRESH_PAIRS, [p[0] for p in pairs], [p[1] for p in pairs],
-                            sorted({p[1] for p in pairs}))
-    return {r["sku"]: r["ship_delta"] for r in rows}
+@dataclass(frozen=True)
+class PairNow:
+    """One (sku, location) of a batch: inventory's availability now against the mirror's (PAIRS_NOW)."""
+
+    sku: str
+    location_id: str
+    available: int
+    mirrored: int | None
+    ship: bool
+    location_mirrored: bool
+
+    @property
+    def ship_moved(self) -> int:
+        """How far this level moves its SKU's ship sum when the mirror takes the new value."""
+        return self.available - (self.mirrored or 0) if self.ship else 0
+
+
+async def pairs_now(db: Pool | Connection, pairs: list[tuple[str, str]]) -> list[PairNow]:
+    rows = await db.fetch(PAIRS_NOW, [p[0] for p in pairs], [p[1] for p in pairs])
+    return [PairNow(r["sku"], r["location_id"], r["available"], r["mirrored"], r["ship"], r["location_mirrored"])
+            for r in rows]
 
 
 async def refresh_levels_at(conn: Connection, location_ids: list[str]) -> list[str]:
@@ -189,34 +190,58 @@ async def all_availability(db: Pool | Connection) -> dict[str, Availability]:
     return {r["sku"]: Availability(r["ship_available"], r["sellable"], r["state"]) for r in rows}
 
 
-# Save changed availability, publish its events and move a consumer's cursor (none: $8 is null), in one
-# statement: the projector's whole write of a batch. The transaction's id tells the hub when the events
-# it published become readable (shared/event_stream.py poke).
-SAVE_PROJECTION = f"""
-WITH saved AS (
+# A batch's whole write in one statement, on the condition that the cursor still stands where the
+# projector read it (version included): the moved levels, the locations first seen, the changed
+# availability, its events and the cursor. Run on its own (no transaction) it holds a transaction id only
+# while it runs. Every write waits for `moved`, so the cursor row is locked first (a concurrent writer
+# waits there, then finds the version moved and writes nothing), and nothing is written when it did not
+# move. Returns the transaction's id (the `txid` of the events it published), or no row.
+SAVE_BATCH = f"""
+WITH moved AS (
+    UPDATE ecommerce.cursors SET txid = $3, event_id = $4, version = version + 1, updated_at = now()
+    WHERE name = $1 AND version = $2
+    RETURNING pg_current_xact_id()::text::bigint AS txid
+), new_locations AS (
+    INSERT INTO ecommerce.locations (location_id, name, kind, ship, pickup, lat, lon)
+    SELECT id, name, kind, ship, pickup, lat, lon FROM inventory.locations
+    WHERE id = ANY($5::text[]) AND EXISTS (SELECT 1 FROM moved)
+    ON CONFLICT (location_id) DO NOTHING
+), levels AS (
+    INSERT INTO ecommerce.levels (sku, location_id, available)
+    SELECT * FROM unnest($6::text[], $7::text[], $8::bigint[]) WHERE EXISTS (SELECT 1 FROM moved) ORDER BY 1, 2
+    ON CONFLICT (sku, location_id) DO UPDATE SET available = EXCLUDED.available
+), saved AS (
     INSERT INTO ecommerce.availability (sku, ship_available, sellable, state)
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) ORDER BY 1
+    SELECT * FROM unnest($9::text[], $10::bigint[], $11::bigint[], $12::text[]) WHERE EXISTS (SELECT 1 FROM moved)
+    ORDER BY 1
     ON CONFLICT (sku) DO UPDATE SET ship_available = EXCLUDED.ship_available,
         sellable = EXCLUDED.sellable, state = EXCLUDED.state, updated_at = now()
 ), published AS (
-    {PUBLISH_FROM_ARRAYS.format(topics="$5", keys="$6", payloads="$7")}
+    {PUBLISH_FROM_ARRAYS.format(topics="$13", keys="$14", payloads="$15")} WHERE EXISTS (SELECT 1 FROM moved)
 )
-UPDATE ecommerce.cursors SET txid = $9, event_id = $10, updated_at = now() WHERE name = $8
-RETURNING pg_current_xact_id()::text::bigint AS txid
+SELECT txid FROM moved
 """
 
 
-async def save_projection(conn: Connection, changed: list[tuple[str, Availability]],
-                          events: list[tuple[str, str, dict[str, Any]]],
-                          cursor: tuple[str, Position] | None) -> int | None:
-    """Save `changed` availability, publish `events` and move `cursor` (name, position) if given; the
-    transaction's id when the cursor moved (the `txid` of the events it published)."""
-    name, position = cursor if cursor is not None else (None, (0, 0))
-    return await conn.fetchval(
-        SAVE_PROJECTION,
-        [sku for sku, _ in changed], [a.ship_available for _, a in changed], [a.sellable for _, a in changed],
-        [a.state for _, a in changed], [e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
-        name, position[0], position[1],
+@dataclass(frozen=True)
+class Batch:
+    """What one projector batch writes (SAVE_BATCH)."""
+
+    levels: list[tuple[str, str, int]]  # (sku, location, available) whose mirrored number moved
+    new_locations: list[str]  # locations to mirror before their first level
+    changed: list[tuple[str, Availability]]
+    events: list[tuple[str, str, dict[str, Any]]]
+
+
+async def save_batch(db: Pool | Connection, name: str, read: CursorState, to: Position, batch: Batch) -> int | None:
+    """Write `batch` and move cursor `name` to `to` if it is still as `read`; the transaction's id, or None
+    when another process moved it first (nothing written)."""
+    return await db.fetchval(
+        SAVE_BATCH, name, read.version, to[0], to[1], batch.new_locations,
+        [lv[0] for lv in batch.levels], [lv[1] for lv in batch.levels], [lv[2] for lv in batch.levels],
+        [sku for sku, _ in batch.changed], [a.ship_available for _, a in batch.changed],
+        [a.sellable for _, a in batch.changed], [a.state for _, a in batch.changed],
+        [e[0] for e in batch.events], [e[1] for e in batch.events], [e[2] for e in batch.events],
     )
 
 

@@ -87,7 +87,8 @@ WITH q AS (
     ORDER BY q.ord
     RETURNING id, subscription_id, key, status, next_attempt_at
 ), moved AS (
-    UPDATE ecommerce.cursors SET txid = $14, event_id = $15, updated_at = now() WHERE name = $13
+    UPDATE ecommerce.cursors SET txid = $14, event_id = $15, version = version + 1, updated_at = now()
+    WHERE name = $13
 )
 SELECT 'folded' AS outcome, f.ord, f.id, NULL::text AS status, NULL::timestamptz AS due FROM folded f
 UNION ALL

@@ -121,7 +121,7 @@ async def test_a_batch_that_fails_midway_moves_neither_cursor_nor_projection(
     async def crash(*args: Any) -> None:
         raise ConnectionResetError("process died")
 
-    monkeypatch.setattr(ecommerce_repo, "save_projection", crash)
+    monkeypatch.setattr(ecommerce_repo, "save_batch", crash)
     with pytest.raises(ConnectionResetError):
         await projection.apply_batch(pool)
     assert await ecommerce_repo.cursor_of(pool, projection.CURSOR) == before
@@ -225,4 +225,27 @@ async def test_stock_changes_write_only_the_levels_that_moved_and_locations_only
     assert status in (200, 201)
     await projection.catch_up(pool)
     assert await pool.fetchval("SELECT name FROM ecommerce.locations WHERE location_id = 'wh-1'") == "Renamed"
+    assert (await projection.check(pool)).none
+
+
+async def test_a_batch_computed_before_another_process_moved_the_cursor_writes_nothing(
+    quiet: Api, pool: asyncpg.Pool
+) -> None:
+    """Replicas race for each batch without a lock: the loser's write finds the cursor's version moved
+    (by the winner's batch, or by a rebuild) and changes nothing."""
+    await _receive(quiet, "r1", "TEE-M", "wh-1", 4)
+    stale = await ecommerce_repo.read_cursor(pool, projection.CURSOR)
+    await projection.catch_up(pool)  # the winner
+    wrong = ecommerce_repo.Batch(levels=[("TEE-M", "wh-1", 99)], new_locations=[],
+                                 changed=[("TEE-M", Availability(99, 99, "in_stock"))],
+                                 events=[("availability.changed", "TEE-M", {"sku": "TEE-M"})])
+    events_before = await pool.fetchval("SELECT count(*) FROM core.events")
+    assert await ecommerce_repo.save_batch(pool, projection.CURSOR, stale, (2**62, 1), wrong) is None
+    current = await ecommerce_repo.read_cursor(pool, projection.CURSOR)
+    await projection.rebuild(pool)  # nothing to repair; the cursor's version moves all the same
+    assert (await ecommerce_repo.read_cursor(pool, projection.CURSOR)).version > current.version
+    assert await ecommerce_repo.save_batch(pool, projection.CURSOR, current, (2**62, 1), wrong) is None
+    assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].sellable == 4
+    assert await pool.fetchval("SELECT available FROM ecommerce.levels WHERE sku = 'TEE-M'") == 4
+    assert await pool.fetchval("SELECT count(*) FROM core.events") == events_before
     assert (await projection.check(pool)).none
