@@ -20,6 +20,7 @@ from services.orders.use_cases import Placement
 from shared.db import create_pool
 from shared.http.app import create_service_app
 from shared.http.keys import HUB, POOL
+from shared.leadership import Leadership
 from shared.migrations import MigrationSet
 from shared.roles import service_dsn
 from shared.settings import Settings
@@ -35,8 +36,11 @@ async def _project(app: web.Application, settings: Settings) -> None:
                              command_timeout=settings.projection_command_timeout_s,
                              connect_timeout=settings.db_connect_timeout_s,
                              application_name="omnistock-ecommerce-projector", session_state=False)
+    leadership = Leadership(service_dsn(settings, "ecommerce"), projection.LEADERSHIP_KEY,
+                            application_name="omnistock-ecommerce-projector-lead",
+                            connect_timeout_s=settings.db_connect_timeout_s)
     try:
-        await run_projector(pool, app[HUB], settings.projection_poll_interval_s)
+        await run_projector(pool, app[HUB], settings.projection_poll_interval_s, leadership)
     finally:
         pool.terminate()  # stopping: whatever batch was open rolls back, the cursor with it
 

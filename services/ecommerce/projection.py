@@ -18,12 +18,14 @@ from services.ecommerce import repository as repo
 from services.ecommerce.background import stop, wait_for_wake
 from shared.db import Connection, Pool, transaction
 from shared.event_stream import EventHub, next_events
+from shared.leadership import Leadership
 from shared.logging import get_logger
 from shared.outbox import Event, head_position
 
 log = get_logger("omnistock.ecommerce.projection")
 
 CURSOR = "availability"
+LEADERSHIP_KEY = 1  # the projector's key among shared/leadership.py jobs
 FAMILIES = ["stock", "location", "channel"]
 RULES_CHANGED = "channel.rules_changed"
 
@@ -211,8 +213,10 @@ async def _rebuild_once(pool: Pool) -> Drift:
     return drift
 
 
-async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
-    """Background task: apply batches whenever the hub sees events (or every `poll_s`), forever."""
+async def run_projector(pool: Pool, hub: EventHub, poll_s: float, leadership: Leadership) -> None:
+    """Background task: apply batches whenever the hub sees events (or every `poll_s`), forever, while
+    this process leads (`leadership`): replicas would otherwise all read each batch and all but one
+    find their write refused. A replica that does not lead looks again every `poll_s`."""
     wake = asyncio.Event()
 
     async def listen() -> None:
@@ -224,6 +228,9 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
         first = True
         while True:
             try:
+                if not await leadership.leading():
+                    await asyncio.sleep(poll_s)
+                    continue
                 if first and await repo.cursor_of(pool, CURSOR) == (0, 0):
                     # A fresh projection: stock loaded without outbox events (bulk seeding) is only
                     # visible to a rebuild.
@@ -237,3 +244,4 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float) -> None:
             wake.clear()
     finally:
         await stop(listener)
+        await leadership.close()
