@@ -51,7 +51,7 @@ class Leadership:
             try:
                 self._conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s,
                                                    server_settings={"application_name": self._application_name})
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except (*CONNECTION_LOST, TimeoutError) as exc:
                 log.warning("cannot reach the database to take the lead", job=self._application_name, error=repr(exc))
                 return False
         if not self._leading:

@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from array import array
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -108,7 +108,7 @@ class EcommerceLatencyScenario:
                                       delivery)
             load_from = time.time()
             label = f"order placement under stream + webhook ({delivery}), mixed 1-5 lines c={spec.concurrency}"
-            with _BacklogSampler(ctx.stack.dsn, subscription) as sampler:
+            with _BacklogSampler(ctx.stack.dsn, subscription) as sampler, _HorizonSampler(ctx.stack.dsn) as horizon:
                 result = ctx.load(spec, label)
                 load_to = time.time()
                 time.sleep(drain)  # let the last changes of the window reach both clients
@@ -127,6 +127,7 @@ class EcommerceLatencyScenario:
         orders = Record.from_load(label, result, skus=len(skus), sse_readers=readers, webhook_subscribers=1,
                                   webhook_delivery=delivery)
         orders.unit = "orders/s"
+        orders.extra["oldest_writing_transaction"] = horizon.summary()
         orders.extra["backlog_over_time"] = sampler.samples
         orders.extra["backlog_plot"] = _plot_backlog(ctx, sampler.samples, load_from, load_to, delivery)
         sse_all = array("d", (x for r in sse for x in r.latencies))
@@ -225,6 +226,57 @@ class _BacklogSampler:
                 await asyncio.sleep(0.5)
         finally:
             await conn.close()
+
+
+# The oldest transaction holding a transaction id: every outbox reader waits for it to end (events are
+# readable only below pg_snapshot_xmin), so its age is the staleness the database alone adds to a stream.
+OLDEST_WRITING = r"""
+SELECT (extract(epoch FROM clock_timestamp() - xact_start) * 1000)::float8 AS ms, application_name, state,
+       left(regexp_replace(query, '\s+', ' ', 'g'), 60) AS query
+FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1
+"""
+
+
+class _HorizonSampler:
+    """Every 10 ms during a load: the age of the oldest writing transaction, and who held it when it
+    was older than 30 ms."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._stop = threading.Event()
+        self.ages_ms: list[float] = []
+        self.holders: Counter[str] = Counter()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> _HorizonSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    async def _run(self) -> None:
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            while not self._stop.is_set():
+                row = await conn.fetchrow(OLDEST_WRITING)
+                self.ages_ms.append(row["ms"] if row else 0.0)
+                if row and row["ms"] > 30:
+                    self.holders[f"{row['application_name']} ({row['state']}): {row['query']}"] += 1
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+    def summary(self) -> dict[str, object]:
+        ages = sorted(self.ages_ms)
+        if not ages:
+            return {}
+        def at(q: float) -> float:
+            return round(ages[min(len(ages) - 1, int(q * len(ages)))], 1)
+
+        return {"samples": len(ages), "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99),
+                "max_ms": round(ages[-1], 1), "held_over_30_ms_by": dict(self.holders.most_common(5))}
 
 
 def _plot_backlog(ctx: Context, samples: list[dict[str, float]], load_from: float, load_to: float,

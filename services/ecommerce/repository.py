@@ -45,8 +45,7 @@ async def read_cursor(db: Pool | Connection, name: str) -> CursorState:
 
 
 async def cursor_of(db: Pool | Connection, name: str) -> Position:
-    row = await db.fetchrow("SELECT txid, event_id FROM ecommerce.cursors WHERE name = $1", name)
-    return (row["txid"], row["event_id"])
+    return (await read_cursor(db, name)).position
 
 
 async def cursors(db: Pool | Connection) -> dict[str, Position]:
@@ -125,8 +124,8 @@ async def refresh_levels_at(conn: Connection, location_ids: list[str]) -> list[s
     return [r["sku"] for r in rows]
 
 
-async def projected_skus(conn: Connection) -> list[str]:
-    rows = await conn.fetch("SELECT sku FROM ecommerce.availability UNION SELECT DISTINCT sku FROM ecommerce.levels")
+async def projected_skus(db: Pool | Connection) -> list[str]:
+    rows = await db.fetch("SELECT sku FROM ecommerce.availability UNION SELECT DISTINCT sku FROM ecommerce.levels")
     return [r["sku"] for r in rows]
 
 
@@ -162,10 +161,10 @@ class RecomputeInput:
     own_rule: Rule | None
 
 
-async def recompute_inputs(conn: Connection, skus: list[str],
+async def recompute_inputs(db: Pool | Connection, skus: list[str],
                            sum_levels: bool) -> tuple[Rule | None, dict[str, RecomputeInput]]:
     """(default rule, inputs by SKU) for recomputing `skus`, with their ship sums if `sum_levels`."""
-    rows = await conn.fetch(RECOMPUTE_INPUTS, skus, DEFAULT_SCOPE, sum_levels)
+    rows = await db.fetch(RECOMPUTE_INPUTS, skus, DEFAULT_SCOPE, sum_levels)
     default = None
     inputs = {}
     for r in rows:
