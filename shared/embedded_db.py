@@ -115,11 +115,15 @@ def _run_as_owner() -> dict[str, object]:
         ensure_user_exists,
     )
 
-    ensure_user_exists(SYSTEM_USER)
-    ensure_prefix_permissions(POSTGRES_BIN_PATH)
-    readable = stat.S_IRGRP | stat.S_IROTH
-    ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
-    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+    # One process at a time: on a fresh machine, parallel test workers (or services) starting together
+    # would each see no system user and run useradd, and all but one fail ("user already exists").
+    with open(Path(tempfile.gettempdir()) / "omnistock-embedded-postgres-setup.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_user_exists(SYSTEM_USER)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
     return {"user": SYSTEM_USER}
 
 
