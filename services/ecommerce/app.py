@@ -36,13 +36,16 @@ async def _project(app: web.Application, settings: Settings) -> None:
                              command_timeout=settings.projection_command_timeout_s,
                              connect_timeout=settings.db_connect_timeout_s,
                              application_name="omnistock-ecommerce-projector", session_state=False)
-    leadership = Leadership(service_dsn(settings, "ecommerce"), projection.LEADERSHIP_KEY,
-                            application_name="omnistock-ecommerce-projector-lead",
-                            connect_timeout_s=settings.db_connect_timeout_s)
     try:
-        await run_projector(pool, app[HUB], settings.projection_poll_interval_s, leadership)
+        await run_projector(pool, app[HUB], settings.projection_poll_interval_s,
+                            _lead(settings, projection.LEADERSHIP_KEY, "projector"))
     finally:
         pool.terminate()  # stopping: whatever batch was open rolls back, the cursor with it
+
+
+def _lead(settings: Settings, key: int, job: str) -> Leadership:
+    return Leadership(service_dsn(settings, "ecommerce"), key, application_name=f"omnistock-ecommerce-{job}-lead",
+                      connect_timeout_s=settings.db_connect_timeout_s)
 
 
 # What this process's readers follow: the projector, the webhook fan-out and the availability stream.
@@ -50,10 +53,12 @@ HUB_FAMILIES = sorted({*projection.FAMILIES, *webhooks.FAMILIES, *STREAM_FAMILIE
 
 
 def create_app(settings: Settings) -> web.Application:
-    # Every replica runs both tasks; the cursor locks make exactly one of them work a batch at a time,
-    # and SKIP LOCKED claims let every replica's dispatcher send disjoint deliveries.
+    # Every replica runs both tasks; one replica at a time projects and fans out (leadership; the cursors'
+    # versions refuse a stale batch), and SKIP LOCKED claims let every replica's dispatcher send disjoint
+    # deliveries.
     projector = background("ecommerce-projector", lambda app: _project(app, settings))
-    dispatcher = background("ecommerce-webhooks", lambda app: Dispatcher(app[POOL], app[HUB], settings).run())
+    dispatcher = background("ecommerce-webhooks", lambda app: Dispatcher(
+        app[POOL], app[HUB], settings, _lead(settings, webhooks.LEADERSHIP_KEY, "fan-out")).run())
     sampler = background("ecommerce-sync-metrics",
                          lambda app: run_sampler(app[POOL], settings.sync_metrics_interval_s))
     app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=HUB_FAMILIES,

@@ -9,6 +9,7 @@ checked before the request. Redirects are never followed (a 3xx is a failed atte
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from dataclasses import dataclass
@@ -48,18 +49,26 @@ class PolicyResolver(AbstractResolver):
 def refusal(url: str, allow_list: list[str]) -> str | None:
     """Why the URL may not be called at all (checked before any connection), or None. Host names are
     checked again, on every attempt, by PolicyResolver when they are resolved."""
+    return _refusal(url, tuple(allow_list))
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal(url: str, allow_list: tuple[str, ...]) -> str | None:
+    # A pure function of the URL and the policy (no DNS here), asked on every attempt of every
+    # subscription: cached, as the same few URLs come back thousands of times a second.
     if problem := domain.url_problem(url):
         return problem
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    if not domain.port_allowed(host, port, allow_list):
+    allowed = list(allow_list)
+    if not domain.port_allowed(host, port, allowed):
         return f"port {port}: webhooks go to ports 80 and 443 unless '{host}:{port}' is allow-listed"
     ip = domain.literal_ip(host)
-    if ip is not None and not domain.address_allowed(ip, host, allow_list, port):
+    if ip is not None and not domain.address_allowed(ip, host, allowed, port):
         return f"{host} is not a public address (not allow-listed)"
     if ip is None and host.lower().rstrip(".") in domain.LOCAL_NAMES \
-            and not domain.address_allowed("127.0.0.1", host, allow_list, port):
+            and not domain.address_allowed("127.0.0.1", host, allowed, port):
         return f"{host} is the local machine (not allow-listed)"
     return None
 

@@ -10,7 +10,8 @@ again when their lease runs out (at-least-once; receivers dedupe on the event id
 
 The database claim (CLAIM_DUE) is the slow path: a retry whose backoff ran out (the messages behind a
 failed one wait in the database with it), a lease of a dispatcher that died, a redelivery. Every
-replica runs one; fan-out's cursor lock and SKIP LOCKED claims keep their messages disjoint.
+replica runs one and sends what it claims; one replica at a time fans out (shared/leadership.py), and
+the cursor's version check in fan-out's statement and SKIP LOCKED claims keep their messages disjoint.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.ecommerce.sync_metrics import WEBHOOK_ATTEMPTS, WEBHOOK_STALENESS
 from services.ecommerce.webhooks import FanOut, Held, fan_out
 from shared.db import Pool, transaction
 from shared.event_stream import EventHub
+from shared.leadership import Leadership
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -68,8 +70,9 @@ class Dispatcher:
     """Background tasks of one process: fan-out, sending from memory, the outcome writer, the claim of
     what waits in the database, and lease renewal."""
 
-    def __init__(self, pool: Pool, hub: EventHub, settings: Settings) -> None:
+    def __init__(self, pool: Pool, hub: EventHub, settings: Settings, fan_out_lead: Leadership) -> None:
         self.pool, self.hub, self.settings = pool, hub, settings
+        self.fan_out_lead = fan_out_lead  # one replica fans out; every replica sends and claims
         self.sender = Sender(settings)
         self.lease_s = settings.webhook_timeout_s + 30.0
         self.queues: dict[QueueKey, deque[Held]] = {}
@@ -113,6 +116,7 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._write(), timeout=5.0)
             await self.sender.close()
+            await self.fan_out_lead.close()
 
     async def _listen(self) -> None:
         async for _ in self.hub.follow_batches(self.hub.head, FAMILIES,
@@ -123,8 +127,10 @@ class Dispatcher:
         while True:
             timeout = self.settings.webhook_poll_interval_s
             try:
-                if await fan_out(self.pool, self.settings.webhook_coalesce_s, holder=self, hub=self.hub):
-                    timeout = 0.0  # more may be waiting: the next batch at once
+                # Replicas that all fanned out would all read each batch and all but one be refused.
+                if await self.fan_out_lead.leading() and await fan_out(
+                        self.pool, self.settings.webhook_coalesce_s, holder=self, hub=self.hub) != 0:
+                    timeout = 0.0  # more may be waiting, or another fan-out got there first: look at once
             except Exception:  # a background loop must outlive any failure
                 log.exception("webhook fan-out failed; retrying")
             await wait_for_wake(self.events_arrived, timeout)

@@ -1,8 +1,8 @@
 """The availability projection: incremental from the outbox, and rebuilt from scratch on demand.
 
-One consumer works at a time (it holds the cursor row's lock for its whole batch, replicas skip it),
-and it moves the cursor in the same transaction as the projection rows and the `availability.*`
-events it publishes, so a crash never applies a batch twice or skips one.
+One replica projects at a time (the leader, shared/leadership.py), and every batch moves the cursor in
+the statement that writes the projection rows and the `availability.*` events it publishes, only if the
+cursor's version is still the one it read, so a crash or a rival never applies a batch twice or skips one.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from services.ecommerce.domain import COALESCABLE_TOPIC
+from services.ecommerce.repository import CursorState
 from shared.db import Connection, Pool
 from shared.outbox import Position
 
@@ -41,7 +42,9 @@ RETURNING d.id, d.subscription_id, d.event_id, d.topic, d.key, d.body, d.attempt
 """
 
 # Fan a batch of messages into their queues and move the fan-out's cursor past their events, in one
-# statement (one index probe per message for its queue's unfinished tail):
+# statement (one index probe per message for its queue's unfinished tail), on the condition that the
+# cursor's version is still the one the batch was read at: every write joins `moved`, so a fan-out that
+# lost the race (another replica's, during a change of leader) writes nothing and gets no 'moved' row.
 # - the first message of a queue in this batch may fold into that tail (collapse_snapshots already folded
 #   consecutive snapshots within the batch): into an untried pending snapshot, or, for a queue this
 #   process holds in memory, into the held tail the dispatcher names (`fold_into`: not on the wire yet);
@@ -66,10 +69,14 @@ WITH q AS (
         SELECT id, status, attempts, topic FROM ecommerce.webhook_deliveries
         WHERE subscription_id = q.subscription_id AND key = q.key AND status IN {UNFINISHED}
         ORDER BY id DESC LIMIT 1) t ON true
+), moved AS (
+    UPDATE ecommerce.cursors SET txid = $14, event_id = $15, version = version + 1, updated_at = now()
+    WHERE name = $13 AND version = $16
+    RETURNING 1
 ), folded AS (
     UPDATE ecommerce.webhook_deliveries d
     SET event_id = q.event_id, body = q.body, coalesced = d.coalesced + 1 + q.folded
-    FROM q JOIN tails USING (ord)
+    FROM q JOIN tails USING (ord) JOIN moved ON true
     -- By primary key whatever the plan guesses for the join (as a join alone it scanned the queue).
     WHERE d.id = ANY(ARRAY(SELECT target FROM tails WHERE target IS NOT NULL)) AND d.id = tails.target
       AND d.topic = q.topic
@@ -82,18 +89,17 @@ WITH q AS (
            CASE WHEN $12 AND (tails.tail_id IS NULL OR tails.ours) THEN 'sending' ELSE 'pending' END,
            CASE WHEN $12 AND (tails.tail_id IS NULL OR tails.ours) THEN 1 ELSE 0 END,
            CASE WHEN $12 AND (tails.tail_id IS NULL OR tails.ours) THEN now() + make_interval(secs => $11) END
-    FROM q JOIN tails USING (ord)
+    FROM q JOIN tails USING (ord) JOIN moved ON true
     WHERE q.ord NOT IN (SELECT ord FROM folded)
     ORDER BY q.ord
     RETURNING id, subscription_id, key, status, next_attempt_at
-), moved AS (
-    UPDATE ecommerce.cursors SET txid = $14, event_id = $15, version = version + 1, updated_at = now()
-    WHERE name = $13
 )
 SELECT 'folded' AS outcome, f.ord, f.id, NULL::text AS status, NULL::timestamptz AS due FROM folded f
 UNION ALL
 SELECT 'inserted', NULL, i.id, i.status, i.next_attempt_at FROM inserted i
-ORDER BY id
+UNION ALL
+SELECT 'moved', NULL, NULL, NULL, NULL FROM moved
+ORDER BY id NULLS LAST
 """
 
 # Settle many attempts' deliveries and log the attempts in one statement: delivered; back to the queue
@@ -189,9 +195,10 @@ async def get_subscription(db: Pool | Connection, subscription_id: int) -> async
 async def delete_subscription(conn: Connection, subscription_id: int) -> asyncpg.Record | None:
     """Soft-delete (the delivery log stays readable) and cancel what was still waiting to be sent.
 
-    Takes the fan-out cursor's lock first: fan-out updates the same deliveries in another order, and
-    without one order between the two they deadlock."""
-    await conn.execute("SELECT 1 FROM ecommerce.cursors WHERE name = 'webhooks' FOR UPDATE")
+    Moves the fan-out cursor's version first, which takes its lock: fan-out's statement locks it before
+    the deliveries it updates, so both take the two in one order (no deadlock), and a fan-out that read
+    the subscription as live before this commits is refused instead of enqueueing behind the cancel."""
+    await conn.execute("UPDATE ecommerce.cursors SET version = version + 1 WHERE name = 'webhooks'")
     row = await conn.fetchrow(
         "UPDATE ecommerce.webhook_subscriptions SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL"
         f" RETURNING {SUBSCRIPTION_COLUMNS}",
@@ -214,17 +221,21 @@ async def live_subscriptions(conn: Connection) -> list[asyncpg.Record]:
     )
 
 
-async def fan_out_messages(conn: Connection, messages: list[Message], delay_s: float,
-                           lease_s: float | None, cursor: tuple[str, Position]) -> list[asyncpg.Record]:
+async def fan_out_messages(db: Pool | Connection, messages: list[Message], delay_s: float, lease_s: float | None,
+                           cursor: str, read: CursorState, to: Position) -> list[asyncpg.Record] | None:
     """Fold or enqueue `messages` (FAN_OUT), leasing what may leave at once for `lease_s` (None: lease
-    nothing, queue everything), and move the fan-out's cursor (name, position); one row per message that
-    changed a delivery: outcome 'folded' (ord: the message's 1-based position, id: the delivery it
-    changed) or 'inserted' (id, status, due), in id order."""
-    return await conn.fetch(
+    nothing, queue everything), and move the fan-out's cursor to `to` if it is still as `read`; one row
+    per message that changed a delivery: outcome 'folded' (ord: the message's 1-based position, id: the
+    delivery it changed) or 'inserted' (id, status, due), in id order. None when another fan-out moved
+    the cursor first (nothing written)."""
+    rows = await db.fetch(
         FAN_OUT, [m.subscription_id for m in messages], [m.event_id for m in messages],
         [m.topic for m in messages], [m.key for m in messages], [m.body for m in messages],
         [m.folded for m in messages], [m.first for m in messages], [m.held_tail for m in messages],
-        [m.fold_into for m in messages], delay_s, lease_s or 0.0, lease_s is not None, cursor[0], *cursor[1])
+        [m.fold_into for m in messages], delay_s, lease_s or 0.0, lease_s is not None, cursor, *to, read.version)
+    if not rows or rows[-1]["outcome"] != "moved":
+        return None
+    return rows[:-1]
 
 
 async def claim_due(conn: Connection, limit: int, lease_s: float) -> list[asyncpg.Record]:

@@ -1,9 +1,9 @@
 """Outbound webhooks: subscriptions, and fan-out of availability events into delivery queues.
 
-Fan-out is an outbox consumer like the projection (cursor moved in the same transaction as the
-deliveries it enqueues). Per (subscription, SKU) the deliveries form a queue sent in order; sending is
-the dispatcher's (dispatcher.py): fan-out leases it the messages it may send at once, in the statement
-that enqueues them.
+Fan-out is an outbox consumer like the projection: its cursor moves in the statement that enqueues
+the deliveries, and only if no other fan-out moved it since the batch was read. Per (subscription,
+SKU) the deliveries form a queue sent in order; sending is the dispatcher's (dispatcher.py): fan-out
+leases it the messages it may send at once, in the statement that enqueues them.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from shared.outbox import Event
 from shared.paging import decode_cursor, encode_cursor
 
 CURSOR = "webhooks"
+LEADERSHIP_KEY = 2  # fan-out's key among shared/leadership.py jobs (the projector's is 1)
 FAMILIES = ["availability"]
 
 
@@ -169,25 +170,29 @@ def render_body(event: Event) -> bytes:
 
 async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000, *, holder: Holder | None = None,
                   hub: EventHub | None = None) -> int | None:
-    """Turn the next availability events into deliveries; the number of events read (None: locked).
+    """Turn the next availability events into deliveries; the number of events read (None: another
+    fan-out moved the cursor first and nothing was written: read again).
 
-    Set-based: one statement folds and enqueues the whole batch. With a `holder` (the dispatcher),
-    messages it may send at once are leased to it in that statement and handed over after the commit,
-    so they leave without another trip to the database; without one, every message is queued."""
+    Set-based: one statement folds and enqueues the whole batch and moves the cursor, on the condition
+    that the cursor is still where it was read. No transaction around the reads: the batch holds a
+    transaction id (which every outbox reader's horizon waits for) only while that statement runs. With a
+    `holder` (the dispatcher), messages it may send at once are leased to it in that statement and
+    handed over after it, so they leave without another trip to the database; without one, every
+    message is queued."""
     fan: FanOut | None = None
     try:
-        async with transaction(pool) as conn:
-            position = await repo.lock_cursor(conn, CURSOR, wait=False)
-            if position is None:
-                return None
-            events = await next_events(conn, position, limit, FAMILIES, hub)
+        async with pool.acquire() as conn:
+            cursor = await repo.read_cursor(conn, CURSOR)
+            events = await next_events(conn, cursor.position, limit, FAMILIES, hub)
             if not events:
                 return 0
             subscriptions = await hooks.live_subscriptions(conn)
             messages = messages_for(events, subscriptions, holder)
             lease_s = holder.lease_s if holder else None
-            rows = await hooks.fan_out_messages(conn, messages, coalesce_s, lease_s,
-                                                (CURSOR, events[-1].position))
+            rows = await hooks.fan_out_messages(conn, messages, coalesce_s, lease_s, CURSOR, cursor,
+                                                events[-1].position)
+        if rows is None:
+            return None
         fan = _handed_over(events, messages, subscriptions, rows, holder)
         return len(events)
     finally:
