@@ -8,8 +8,9 @@ cursor's version is still the one it read, so a crash or a rival never applies a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -28,6 +29,7 @@ CURSOR = "availability"
 LEADERSHIP_KEY = 1  # the projector's key among shared/leadership.py jobs
 FAMILIES = ["stock", "location", "channel"]
 RULES_CHANGED = "channel.rules_changed"
+T, U = TypeVar("T"), TypeVar("U")
 
 
 @dataclass
@@ -56,7 +58,16 @@ class Touched:
         return touched
 
 
-async def apply_batch(pool: Pool, limit: int = 1000, *, hub: EventHub | None = None) -> int | None:
+@dataclass
+class KnownCursor:
+    """The cursor as this process's last batch left it, so the next batch need not read it: anyone else's
+    write moves its version, and then that batch is refused and the cursor read afresh."""
+
+    state: repo.CursorState | None = None
+
+
+async def apply_batch(pool: Pool, limit: int = 1000, *, hub: EventHub | None = None,
+                      known: KnownCursor | None = None) -> int | None:
     """Apply the next batch of events (from `hub`'s memory when it holds them); the number applied, or
     None when another process moved the cursor first (nothing was written: read again).
 
@@ -66,9 +77,12 @@ async def apply_batch(pool: Pool, limit: int = 1000, *, hub: EventHub | None = N
     only while that statement runs. A batch with location changes takes the cursor's lock and refreshes
     those locations first, in one transaction. `hub` is then poked with the transaction that published
     availability events, if any."""
-    cursor = await repo.read_cursor(pool, CURSOR)
+    known = known or KnownCursor()
+    cursor = known.state or await repo.read_cursor(pool, CURSOR)
+    known.state = None  # until this batch's write says where the cursor is
     events = await next_events(pool, cursor.position, limit, FAMILIES, hub)
     if not events:
+        known.state = cursor
         return 0
     touched = Touched.of(events)
     if touched.locations:
@@ -76,13 +90,14 @@ async def apply_batch(pool: Pool, limit: int = 1000, *, hub: EventHub | None = N
             if await repo.lock_cursor(conn, CURSOR, wait=False) != cursor.position:
                 return None
             batch = await _batch(conn, touched, await _refresh_locations(conn, touched.locations))
-            txid = await repo.save_batch(conn, CURSOR, await repo.read_cursor(conn, CURSOR), events[-1].position,
-                                         batch)
+            cursor = await repo.read_cursor(conn, CURSOR)
+            txid = await repo.save_batch(conn, CURSOR, cursor, events[-1].position, batch)
     else:
         batch = await _batch(pool, touched, None)
         txid = await repo.save_batch(pool, CURSOR, cursor, events[-1].position, batch)
     if txid is None:
         return None
+    known.state = repo.CursorState(events[-1].position, cursor.version + 1)  # as SAVE_BATCH left it
     if hub is not None and batch.events:
         hub.poke(txid)  # SSE and fan-out need not wait for the next poll
     return len(events)
@@ -98,17 +113,19 @@ async def _batch(db: Pool | Connection, touched: Touched, resummed: list[str] | 
     """What applying `touched` writes. A SKU's ship sum is the stored one plus how far its ship-enabled
     levels move (rules alone move nothing; a SKU without a stored row has 0), or, after a location change
     (`resummed`: the SKUs stocked there, whose levels were just re-copied), the mirror's sum plus that."""
-    pairs = await repo.pairs_now(db, sorted(touched.pairs)) if touched.pairs else []
-    moved: dict[str, int] = {}
-    for pair in pairs:
-        moved[pair.sku] = moved.get(pair.sku, 0) + pair.ship_moved
     skus = {sku for sku, _ in touched.pairs} | touched.rule_skus | set(resummed or [])
     if touched.all_rules:
         skus.update(await repo.projected_skus(db))
+    pairs, (default, inputs) = await _read_both(
+        repo.pairs_now(db, sorted(touched.pairs)) if touched.pairs else _none([]),
+        repo.recompute_inputs(db, sorted(skus), sum_levels=resummed is not None) if skus else _none((None, {})),
+        concurrently=isinstance(db, asyncpg.Pool))
+    moved: dict[str, int] = {}
+    for pair in pairs:
+        moved[pair.sku] = moved.get(pair.sku, 0) + pair.ship_moved
     changed: list[tuple[str, domain.Availability]] = []
     events: list[tuple[str, str, dict[str, Any]]] = []
     if skus:
-        default, inputs = await repo.recompute_inputs(db, sorted(skus), sum_levels=resummed is not None)
         old = {sku: i.stored for sku, i in inputs.items() if i.stored is not None}
         new = {}
         for sku, i in inputs.items():
@@ -118,6 +135,18 @@ async def _batch(db: Pool | Connection, touched: Touched, resummed: list[str] | 
     return repo.Batch(levels=[(p.sku, p.location_id, p.available) for p in pairs if p.available != p.mirrored],
                       new_locations=sorted({p.location_id for p in pairs if not p.location_mirrored}),
                       changed=changed, events=events)
+
+
+async def _none(value: T) -> T:
+    return value
+
+
+async def _read_both(first: Awaitable[T], second: Awaitable[U], *, concurrently: bool) -> tuple[T, U]:
+    """Both reads; on a pool at once, over two connections (neither depends on the other, and each is a
+    wait of the projector's batch under load); on one connection one after the other."""
+    if concurrently:
+        return await asyncio.gather(first, second)
+    return await first, await second
 
 
 Changes = tuple[list[tuple[str, domain.Availability]], list[tuple[str, str, dict[str, Any]]]]
@@ -225,10 +254,11 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float, leadership: Le
 
     listener = asyncio.create_task(listen(), name="ecommerce-projector-wake")
     try:
-        first = True
+        first, known = True, KnownCursor()
         while True:
             try:
                 if not await leadership.leading():
+                    known.state = None
                     await asyncio.sleep(poll_s)
                     continue
                 if first and await repo.cursor_of(pool, CURSOR) == (0, 0):
@@ -236,7 +266,7 @@ async def run_projector(pool: Pool, hub: EventHub, poll_s: float, leadership: Le
                     # visible to a rebuild.
                     await rebuild(pool)
                 first = False
-                while await apply_batch(pool, hub=hub):
+                while await apply_batch(pool, hub=hub, known=known):
                     pass
             except Exception:  # a background loop must outlive any failure (asyncpg's InternalClientError too)
                 log.exception("projection batch failed; retrying")

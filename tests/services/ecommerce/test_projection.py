@@ -249,3 +249,24 @@ async def test_a_batch_computed_before_another_process_moved_the_cursor_writes_n
     assert await pool.fetchval("SELECT available FROM ecommerce.levels WHERE sku = 'TEE-M'") == 4
     assert await pool.fetchval("SELECT count(*) FROM core.events") == events_before
     assert (await projection.check(pool)).none
+
+
+async def test_a_known_cursor_saves_a_read_and_is_dropped_once_another_write_moves_it(
+    quiet: Api, pool: asyncpg.Pool
+) -> None:
+    """The leader keeps the cursor its last batch wrote instead of reading it each batch; a rebuild (or
+    another replica) moving it in between makes the next batch refused, and the one after reads afresh."""
+    known = projection.KnownCursor()
+    await projection.catch_up(pool)
+    await _receive(quiet, "r1", "TEE-M", "wh-1", 4)
+    assert await projection.apply_batch(pool, known=known) == 1
+    assert known.state == await ecommerce_repo.read_cursor(pool, projection.CURSOR)
+
+    await projection.rebuild(pool)  # moves the version behind the leader's back
+    await _receive(quiet, "r2", "TEE-M", "wh-1", 3)
+    assert await projection.apply_batch(pool, known=known) is None  # refused: written nothing
+    assert known.state is None
+    assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].sellable == 4
+    assert await projection.apply_batch(pool, known=known) == 1  # read afresh, then applied
+    assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].sellable == 7
+    assert (await projection.check(pool)).none
