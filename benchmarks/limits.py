@@ -26,9 +26,10 @@ SCRIPTS: dict[str, str] = {
     "hot UPDATE": "UPDATE bench_pgbench SET v = v + 1 WHERE id = 1;\n",
     # Clients update random rows of 100k: no contention, so the WAL flush (group commit) is the limit.
     "spread UPDATE": SPREAD + "UPDATE bench_pgbench SET v = v + 1 WHERE id = :id;\n",
-    # The same with a NOTIFY in the transaction, as every outbox write does (core.events' trigger).
-    # PostgreSQL serialises the commits of notifying transactions on one lock held across the WAL
-    # flush, so this is the ceiling of any write path that notifies, however light its SQL.
+    # The same with a NOTIFY in the transaction, as every outbox write did until core/0002 dropped
+    # core.events' trigger: PostgreSQL serialises the commits of notifying transactions on one lock held
+    # across the WAL flush, so this is the ceiling of any write path that notifies, however light its
+    # SQL. Kept as the measured reason the writers' path does not notify (README, the event hub).
     "spread UPDATE + NOTIFY": SPREAD + "BEGIN;\nUPDATE bench_pgbench SET v = v + 1 WHERE id = :id;\n"
                                        "SELECT pg_notify('bench_pgbench', '');\nEND;\n",
 }

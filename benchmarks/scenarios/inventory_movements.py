@@ -59,8 +59,4 @@ class MovementsScenario:
         record = Record.from_load(label, result, limit,
                                   pairs=len(data.pairs), aim=f"ratio >= {AIM_RATIO:.0%}")
         record.extra["aim_met"] = record.ratio is not None and record.ratio >= AIM_RATIO
-        if ceiling := ctx.limit("pgbench spread UPDATE + NOTIFY"):
-            # Every movement notifies (outbox trigger), so this is its ceiling whatever the service does.
-            record.extra["notify_ceiling"] = {"limit": ceiling.name, "tps": round(ceiling.value),
-                                              "ratio": round(record.throughput / ceiling.value, 3)}
         return [record]
