@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,18 +41,20 @@ async def _end_transaction_only(conn: Connection) -> None:
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20,
                       command_timeout: float = 10.0, connect_timeout: float = 60.0,
-                      application_name: str = "omnistock", session_state: bool = True) -> Pool:
+                      application_name: str = "omnistock", session_state: bool = True,
+                      init: Callable[[Connection], Awaitable[None]] = init_connection) -> Pool:
     """`session_state=False` for pools whose users work in transactions only (no session advisory lock,
     LISTEN, cursor or plain SET): asyncpg's release then skips its reset query (advisory unlock, CLOSE ALL,
     UNLISTEN, RESET ALL), one more round trip on every release, 8 % of the e-commerce process's CPU under
-    the order load. It still rolls back a transaction left open."""
+    the order load. It still rolls back a transaction left open. `init` prepares each new connection
+    (our codecs; a caller's init must call init_connection too)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
         timeout=connect_timeout,  # asyncpg's name for the connection-establishment timeout
-        init=init_connection,
+        init=init,
         server_settings={"application_name": application_name, "timezone": "UTC"},
         reset=None if session_state else _end_transaction_only,
     )

@@ -114,14 +114,20 @@ class AuditJobs:
 
     async def _run(self, job: _Job) -> AuditResult:
         async with self.ledger.pool.acquire() as conn:
-            if not await repo.try_lock_audit(conn):
-                job.state = "waiting"  # for another replica's audit to end
-                await repo.lock_audit(conn)
             try:
-                job.state, job.started_at = "running", self.now()
-                report = await self.ledger.audit()
-            finally:
-                await repo.unlock_audit(conn)
+                if not await repo.try_lock_audit(conn):
+                    job.state = "waiting"  # for another replica's audit to end
+                    await repo.lock_audit(conn)
+                try:
+                    job.state, job.started_at = "running", self.now()
+                    report = await self.ledger.audit()
+                finally:
+                    await repo.unlock_audit(conn)
+            except BaseException:
+                # The pool does not reset sessions on release: a connection that may still hold the
+                # session lock (cancelled while taking or giving it back) is closed, which frees it.
+                conn.terminate()
+                raise
         result = AuditResult(audit_json(report), report.tree_size or 0, job.started_at, self.now())
         self.last, self.last_error = result, None
         log.info("ledger audit finished", tree_size=result.tree_size, ok=report.ok,

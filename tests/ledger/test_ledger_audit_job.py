@@ -170,3 +170,48 @@ async def test_only_finance_and_auditors_see_the_audit_job(service: ServiceFacto
     status, body, _ = await api.as_key(key).get("/v1/ledger/audit")
     assert_problem(status, body, 403, "forbidden")
     assert api.client.app[AUDIT].runs == 0
+
+
+async def lock_is_free(pool: asyncpg.Pool) -> bool:
+    async with pool.acquire() as conn:
+        free = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", AUDIT_LOCK_KEY))
+        if free:
+            await conn.execute("SELECT pg_advisory_unlock($1)", AUDIT_LOCK_KEY)
+        return free
+
+
+async def test_no_run_leaves_the_audit_lock_held_done_failed_or_cancelled(
+        books_with: Callable[..., Awaitable[Books]], pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger's pool does not reset sessions on release: a session lock left on a pooled connection
+    would hold every replica's audit back for good."""
+    books = await books_with(ledger_audit_wait_s=0)
+
+    async def done() -> Any:
+        status, result, _ = await books.audit()
+        return result if status == 200 else None
+
+    assert (await eventually(done))["ok"]
+    assert await lock_is_free(pool)
+
+    async def broken() -> None:
+        raise RuntimeError("the audit broke")
+
+    await books.append(100, 1)  # a grown tree: the next request runs again
+    monkeypatch.setattr(books.jobs.ledger, "audit", broken)
+    await books.audit()
+    await eventually(lambda: asyncio.sleep(0, result=books.jobs._job is None or None))
+    assert await lock_is_free(pool)
+    monkeypatch.undo()
+
+    async with pool.acquire() as other_replica:  # the next run waits for it, and is cancelled waiting
+        await other_replica.execute("SELECT pg_advisory_lock($1)", AUDIT_LOCK_KEY)
+        await books.append(200, 1)
+        assert (await books.audit())[0] == 202
+        job = books.jobs._job
+        assert job is not None and job.task is not None
+        await eventually(lambda: asyncio.sleep(0, result=job.state == "waiting" or None))
+        job.task.cancel()
+        await asyncio.gather(job.task, return_exceptions=True)
+        await other_replica.execute("SELECT pg_advisory_unlock($1)", AUDIT_LOCK_KEY)
+    assert await lock_is_free(pool)
+    assert (await eventually(done))["ok"]  # and a later request audits as usual
