@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(default=600.0, gt=0)
     webhook_coalesce_s: float = Field(default=0.05, ge=0)  # how long a change waits for newer ones of its SKU
     webhook_concurrency: int = Field(default=32, ge=1)
+    # Keep-alive connections the dispatcher opens to one receiver (host and port): its share of the
+    # concurrency, so one busy receiver cannot take every slot from the others.
+    webhook_connections_per_host: int = Field(default=16, ge=1)
     webhook_batch_max: int = Field(default=100, ge=1, le=1000)  # changes per availability.batch POST
     webhook_poll_interval_s: float = Field(default=1.0, gt=0)
     # How often the backlog and lag gauges are read from the database (services/ecommerce/sync_metrics.py).

@@ -91,11 +91,12 @@ class Sender:
         self._allow_list = list(settings.webhook_allow_hosts)
         self._timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_s,
                                               connect=settings.webhook_connect_timeout_s)
+        self._per_host = settings.webhook_connections_per_host
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(resolver=PolicyResolver(self._allow_list), limit=256, limit_per_host=16,
-                                         use_dns_cache=False)
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(self._allow_list), limit=256,
+                                         limit_per_host=self._per_host, use_dns_cache=False)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
                                               headers={"User-Agent": "omnistock-webhooks/1"})
 
