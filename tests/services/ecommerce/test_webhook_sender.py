@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestServer
 
 from services.ecommerce.delivery import Sender
 from shared.settings import Settings
+from tests.polling import eventually
 
 
 async def test_one_receiver_gets_at_most_its_connections_and_each_is_reused() -> None:
@@ -34,8 +35,7 @@ async def test_one_receiver_gets_at_most_its_connections_and_each_is_reused() ->
     try:
         url = f"http://127.0.0.1:{server.port}/hook"
         sends = [asyncio.create_task(sender.send(url, b"{}", {})) for _ in range(9)]
-        while in_flight < 3:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: asyncio.sleep(0, result=in_flight >= 3 or None))
         await asyncio.sleep(0.2)  # the other six wait for a connection instead of opening more
         assert most == 3
         release.set()
