@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 import orjson
@@ -190,17 +190,17 @@ def _stop_ecommerce(ctx: Context) -> None:
         service.process.kill()
 
 
-class _BacklogSampler:
-    """Every 0.5 s during the load: unfinished deliveries of the subscription and the events the
-    projection and the webhook fan-out have not read yet (a thread with its own connection)."""
+class _Sampler:
+    """A thread with its own connection that calls `sample` every `interval_s` while the load runs."""
 
-    def __init__(self, dsn: str, subscription: int) -> None:
-        self._dsn, self._subscription = dsn, subscription
+    interval_s = 0.5
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
         self._stop = threading.Event()
-        self.samples: list[dict[str, float]] = []
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def __enter__(self) -> _BacklogSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -209,23 +209,38 @@ class _BacklogSampler:
         self._thread.join(timeout=10)
 
     async def _run(self) -> None:
-        # The unread counts as the service's own lag gauges read them (sync_metrics.py): from each cursor's
-        # position in index order. A join of core.events with the cursors table scanned the whole outbox
-        # each time instead (75-170 ms twice a second under load, a quarter of the database's time).
         conn = await asyncpg.connect(self._dsn)
         try:
             while not self._stop.is_set():
-                cursors = await ecommerce_repo.cursors(conn)
-                unfinished = {r["subscription_id"]: r["unfinished"] for r in await hooks.backlog(conn)}
-                sample = {"t": round(time.time(), 2), "deliveries_unfinished": unfinished.get(self._subscription, 0)}
-                for name, consumer in (("not_fanned_out", webhooks.CURSOR), ("not_projected", projection.CURSOR)):
-                    unread, _ = await ecommerce_repo.consumer_lag(conn, cursors[consumer], CONSUMERS[consumer],
-                                                                  LAG_CAP)
-                    sample[name] = unread
-                self.samples.append(sample)
-                await asyncio.sleep(0.5)
+                await self.sample(conn)
+                await asyncio.sleep(self.interval_s)
         finally:
             await conn.close()
+
+    async def sample(self, conn: asyncpg.Connection) -> None:
+        raise NotImplementedError
+
+
+class _BacklogSampler(_Sampler):
+    """Every 0.5 s during the load: unfinished deliveries of the subscription and the events the
+    projection and the webhook fan-out have not read yet."""
+
+    def __init__(self, dsn: str, subscription: int) -> None:
+        super().__init__(dsn)
+        self._subscription = subscription
+        self.samples: list[dict[str, float]] = []
+
+    async def sample(self, conn: asyncpg.Connection) -> None:
+        # The unread counts as the service's own lag gauges read them (sync_metrics.py): from each cursor's
+        # position in index order. A join of core.events with the cursors table scanned the whole outbox
+        # each time instead (75-170 ms twice a second under load, a quarter of the database's time).
+        cursors = await ecommerce_repo.cursors(conn)
+        unfinished = {r["subscription_id"]: r["unfinished"] for r in await hooks.backlog(conn)}
+        sample = {"t": round(time.time(), 2), "deliveries_unfinished": unfinished.get(self._subscription, 0)}
+        for name, consumer in (("not_fanned_out", webhooks.CURSOR), ("not_projected", projection.CURSOR)):
+            unread, _ = await ecommerce_repo.consumer_lag(conn, cursors[consumer], CONSUMERS[consumer], LAG_CAP)
+            sample[name] = unread
+        self.samples.append(sample)
 
 
 # The oldest transaction holding a transaction id: every outbox reader waits for it to end (events are
@@ -237,36 +252,22 @@ FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1
 """
 
 
-class _HorizonSampler:
+class _HorizonSampler(_Sampler):
     """Every 10 ms during a load: the age of the oldest writing transaction, and who held it when it
     was older than 30 ms."""
 
+    interval_s = 0.01
+
     def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._stop = threading.Event()
+        super().__init__(dsn)
         self.ages_ms: list[float] = []
         self.holders: Counter[str] = Counter()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def __enter__(self) -> _HorizonSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    async def _run(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
-        try:
-            while not self._stop.is_set():
-                row = await conn.fetchrow(OLDEST_WRITING)
-                self.ages_ms.append(row["ms"] if row else 0.0)
-                if row and row["ms"] > 30:
-                    self.holders[f"{row['application_name']} ({row['state']}): {row['query']}"] += 1
-                await asyncio.sleep(0.01)
-        finally:
-            await conn.close()
+    async def sample(self, conn: asyncpg.Connection) -> None:
+        row = await conn.fetchrow(OLDEST_WRITING)
+        self.ages_ms.append(row["ms"] if row else 0.0)
+        if row and row["ms"] > 30:
+            self.holders[f"{row['application_name']} ({row['state']}): {row['query']}"] += 1
 
     def summary(self) -> dict[str, object]:
         ages = sorted(self.ages_ms)
