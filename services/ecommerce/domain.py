@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -200,13 +199,6 @@ def parse_allow_entry(raw: str) -> AllowEntry:
 
 
 def parse_allow_list(entries: list[str]) -> tuple[AllowEntry, ...]:
-    return _parse_allow_list(tuple(entries))
-
-
-@functools.lru_cache(maxsize=16)
-def _parse_allow_list(entries: tuple[str, ...]) -> tuple[AllowEntry, ...]:
-    # Checked on every webhook attempt against the same few settings: parsing networks each time was
-    # a few per cent of the dispatcher's CPU.
     return tuple(parse_allow_entry(entry) for entry in entries)
 
 

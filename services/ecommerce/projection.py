@@ -71,8 +71,9 @@ async def apply_batch(pool: Pool, limit: int = 1000, *, hub: EventHub | None = N
     """Apply the next batch of events (from `hub`'s memory when it holds them); the number applied, or
     None when another process moved the cursor first (nothing was written: read again).
 
-    A batch of stock changes runs in no transaction: it reads the cursor, inventory's numbers against
-    the mirror's, and each SKU's stored availability and rules, then writes everything in one statement
+    A batch of stock changes runs in no transaction: it takes the cursor as `known` holds it (as this
+    process's last batch left it) or reads it, reads inventory's numbers against the mirror's and each
+    SKU's stored availability and rules, then writes everything in one statement
     on the condition that the cursor has not moved (repository.SAVE_BATCH), so it holds a transaction id
     only while that statement runs. A batch with location changes takes the cursor's lock and refreshes
     those locations first, in one transaction. `hub` is then poked with the transaction that published
