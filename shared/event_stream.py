@@ -22,6 +22,14 @@ under the order load. A process that publishes events itself (the projector) `po
 commit, so its own readers (SSE, the webhook fan-out) see them without waiting for the next poll. The
 durable consumers of a process (the projector, the fan-out) take their batches from the hub's memory
 (`read_from_memory`) rather than reading the same events from the database a second time.
+
+The express lane: an event becomes readable from the outbox only once every older transaction has
+ended (tens of milliseconds under the order load), so a family that one writer at a time publishes, in
+commit order (`express_family`: e-commerce's `availability`, written by the projector), is also kept in
+a window of its own, which the writing process fills right after its commit (`publish_committed`) when
+the batch follows, without a gap, the last event of that family the hub holds. Readers of that family
+alone follow that window; the outbox still delivers the same events later (taken once, by position),
+and is the only source when the writer is another process or a batch does not follow on.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ POKE_RECHECK_S = 0.003
 
 class EventHub:
     def __init__(self, pool: Pool, dsn: str, *, window: int = 20_000, poll_interval_s: float = 0.02,
-                 families: list[str] | None = None) -> None:
+                 families: list[str] | None = None, express_family: str | None = None) -> None:
         self._pool = pool
         self._families = sorted(families) if families is not None else None
         self._dsn = dsn
@@ -64,6 +72,9 @@ class EventHub:
         self._listener: asyncpg.Connection | None = None
         self._poked = 0  # the newest transaction poke() named that the hub has not read past yet
         self._poked_since: float | None = None
+        if express_family is not None and families is not None and express_family not in families:
+            raise ValueError(f"the express family {express_family} must be one this hub reads")
+        self._express = _Lane(express_family) if express_family is not None else None
 
     @property
     def head(self) -> Position:
@@ -84,6 +95,8 @@ class EventHub:
 
     async def start(self) -> None:
         self._head = self._floor = await head_position(self._pool)
+        if self._express is not None:
+            self._express.reset(self._head)
         self._task = asyncio.create_task(self._run(), name="event-hub")
 
     async def stop(self) -> None:
@@ -146,6 +159,8 @@ class EventHub:
             self._head = self._floor = head
             self._events.clear()
             self._positions.clear()
+            if self._express is not None:
+                self._express.reset(head)
 
     def _append(self, batch: list[Event]) -> None:
         self._events.extend(batch)
@@ -156,8 +171,29 @@ class EventHub:
             self._floor = self._positions[cut - 1]
             del self._events[:cut]
             del self._positions[:cut]
+        if self._express is not None:
+            self._express.take_read(batch, self._window)
+        self._wake_readers()
+
+    def _wake_readers(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def publish_committed(self, previous: Position, events: list[Event]) -> bool:
+        """Hand the express family's events of a transaction this process just committed to this hub's
+        readers, before the outbox lets anyone read them; `previous` is the position of that family's
+        last event before them (as the writer's cursor row held it). Taken only when the hub holds that
+        event last (nothing in between can be missing) and someone follows the hub; otherwise the outbox
+        brings them, a little later. Whether they were taken."""
+        lane = self._express
+        if lane is None or not events or not self._readers or not lane.follows(previous, events):
+            return False
+        lane.append(events, self._window)
+        self._wake_readers()
+        return True
+
+    def _is_express(self, families: list[str] | None) -> bool:
+        return self._express is not None and families == [self._express.family]
 
     def read_from_memory(self, position: Position, limit: int, families: list[str]) -> list[Event] | None:
         """The next `limit` events of `families` after `position` that this hub has read, for a durable
@@ -165,6 +201,9 @@ class EventHub:
         None when memory does not cover `position` or those families, or nobody follows the hub (it then
         keeps no window). An empty list means the hub has not read anything newer yet: it wakes its
         readers when it does."""
+        if self._is_express(families):
+            assert self._express is not None
+            return self._express.after(position, limit) if self._readers else None
         if not self._readers or position < self._floor or (
                 self._families is not None and not set(families) <= set(self._families)):
             return None
@@ -189,15 +228,20 @@ class EventHub:
         batch for a stream, one wake-up for a consumer), an empty batch as a heartbeat when idle."""
         if self._families is not None and (families is None or not set(families) <= set(self._families)):
             raise ValueError(f"this hub reads only {self._families}, not {families or 'every family'}")
-        position = start
+        position, express = start, self._express if self._is_express(families) else None
         self._readers += 1
         self._wakeup.set()  # an idle hub starts reading now, not at its next poll
         try:
             while True:
                 changed = self._changed
-                batch = self._window_after(position, 500)
-                if batch is None:
-                    batch = await read_after(self._pool, position, 500, self._families)
+                if express is not None:
+                    batch = express.after(position, 500)
+                    if batch is None:
+                        batch = await read_after(self._pool, position, 500, families)
+                else:
+                    batch = self._window_after(position, 500)
+                    if batch is None:
+                        batch = await read_after(self._pool, position, 500, self._families)
                 if not batch:
                     if not await wait_or_timeout(changed, heartbeat_s):
                         yield []
@@ -219,6 +263,51 @@ class EventHub:
     def buffered(self) -> int:
         """Events held in the in-memory window."""
         return len(self._events)
+
+
+class _Lane:
+    """The express family's window: every event of that family after `floor`, in position order (which
+    for this family is commit order), the last one being `last` (None until the hub has one)."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.events: list[Event] = []
+        self.positions: list[Position] = []
+        self.floor: Position = (0, 0)
+        self.last: Position | None = None
+
+    def reset(self, floor: Position) -> None:
+        self.events.clear()
+        self.positions.clear()
+        self.floor, self.last = floor, None
+
+    def follows(self, previous: Position, events: list[Event]) -> bool:
+        return self.last is not None and previous == self.last and all(
+            e.topic.split(".", 1)[0] == self.family for e in events)
+
+    def take_read(self, batch: list[Event], window: int) -> None:
+        """The family's events of a batch read from the outbox that the lane does not hold yet."""
+        fresh = [e for e in batch if e.topic.split(".", 1)[0] == self.family
+                 and (self.last is None or e.position > self.last)]
+        if fresh:
+            self.append(fresh, window)
+
+    def append(self, events: list[Event], window: int) -> None:
+        self.events.extend(events)
+        self.positions.extend(e.position for e in events)
+        self.last = events[-1].position
+        if len(self.events) > 2 * window:
+            cut = len(self.events) - window
+            self.floor = self.positions[cut - 1]
+            del self.events[:cut]
+            del self.positions[:cut]
+
+    def after(self, position: Position, limit: int) -> list[Event] | None:
+        """The lane's events after `position`, or None when it no longer covers `position`."""
+        if position < self.floor:
+            return None
+        start = bisect.bisect_right(self.positions, position)
+        return self.events[start:start + limit]
 
 
 async def next_events(conn: Connection, position: Position, limit: int, families: list[str],

@@ -48,16 +48,10 @@ async def publish(conn: Connection, topic: str, key: str, payload: dict[str, Any
     )
 
 
-# Publishing many events from three parallel arrays; the placeholders name the statement's parameters,
-# so a consumer may publish inside a statement of its own (services/ecommerce/repository.py SAVE_PROJECTION).
-PUBLISH_FROM_ARRAYS = ("INSERT INTO core.events (topic, key, payload)"
-                       " SELECT * FROM unnest({topics}::text[], {keys}::text[], {payloads}::jsonb[])")
-
-
 async def publish_many(conn: Connection, events: list[tuple[str, str, dict[str, Any]]]) -> None:
     if events:
         await conn.execute(
-            PUBLISH_FROM_ARRAYS.format(topics="$1", keys="$2", payloads="$3"),
+            "INSERT INTO core.events (topic, key, payload) SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])",
             [e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
         )
 

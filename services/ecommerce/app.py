@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> web.Application:
     sampler = background("ecommerce-sync-metrics",
                          lambda app: run_sampler(app[POOL], settings.sync_metrics_interval_s))
     app = create_service_app("ecommerce", settings, api, migrations=MIGRATIONS, event_hub=HUB_FAMILIES,
+                             express_family=projection.PUBLISHED_FAMILY,
                              contexts=[projector, dispatcher, sampler], housekeeping=retention.jobs(settings))
     app[SHOP_PLACEMENT] = Placement(POLICIES[settings.orders_sourcing_policy], LocationDirectory(),
                                     settings.reservation_ttl_s)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.ecommerce import domain
 from services.ecommerce import repository as repo
@@ -28,8 +29,15 @@ log = get_logger("omnistock.ecommerce.projection")
 CURSOR = "availability"
 LEADERSHIP_KEY = 1  # the projector's key among shared/leadership.py jobs
 FAMILIES = ["stock", "location", "channel"]
+PUBLISHED_FAMILY = "availability"  # only the projection publishes it, one batch at a time (the hub's express lane)
 RULES_CHANGED = "channel.rules_changed"
 T, U = TypeVar("T"), TypeVar("U")
+
+# Here rather than in sync_metrics.py, which reads this module's names at import.
+EXPRESS_BATCHES = Counter(
+    "omnistock_availability_batches_published_total",
+    "Projector batches that published availability events, by how this process's streams got them:"
+    " taken (handed over at commit) or outbox (read once every older transaction had ended)", ["via"])
 
 
 @dataclass
@@ -76,8 +84,8 @@ async def apply_batch(pool: Pool, limit: int = 1000, *, hub: EventHub | None = N
     SKU's stored availability and rules, then writes everything in one statement
     on the condition that the cursor has not moved (repository.SAVE_BATCH), so it holds a transaction id
     only while that statement runs. A batch with location changes takes the cursor's lock and refreshes
-    those locations first, in one transaction. `hub` is then poked with the transaction that published
-    availability events, if any."""
+    those locations first, in one transaction. The availability events it published then go to `hub`'s
+    readers at once (its express lane), or the hub is poked to read them from the outbox soon."""
     known = known or KnownCursor()
     cursor = known.state or await repo.read_cursor(pool, CURSOR)
     known.state = None  # until this batch's write says where the cursor is
@@ -92,15 +100,19 @@ async def apply_batch(pool: Pool, limit: int = 1000, *, hub: EventHub | None = N
                 return None
             batch = await _batch(conn, touched, await _refresh_locations(conn, touched.locations))
             cursor = await repo.read_cursor(conn, CURSOR)
-            txid = await repo.save_batch(conn, CURSOR, cursor, events[-1].position, batch)
+            saved = await repo.save_batch(conn, CURSOR, cursor, events[-1].position, batch)
     else:
         batch = await _batch(pool, touched, None)
-        txid = await repo.save_batch(pool, CURSOR, cursor, events[-1].position, batch)
-    if txid is None:
+        saved = await repo.save_batch(pool, CURSOR, cursor, events[-1].position, batch)
+    if saved is None:
         return None
-    known.state = repo.CursorState(events[-1].position, cursor.version + 1)  # as SAVE_BATCH left it
-    if hub is not None and batch.events:
-        hub.poke(txid)  # SSE and fan-out need not wait for the next poll
+    published = saved.events[-1].position if saved.events else cursor.published
+    known.state = repo.CursorState(events[-1].position, cursor.version + 1, published)  # as SAVE_BATCH left it
+    if hub is not None and saved.events:
+        taken = hub.publish_committed(cursor.published, saved.events)
+        EXPRESS_BATCHES.labels("taken" if taken else "outbox").inc()
+        if not taken:
+            hub.poke(saved.txid)  # SSE and fan-out need not wait for the next poll
     return len(events)
 
 
@@ -239,7 +251,12 @@ async def _rebuild_once(pool: Pool) -> Drift:
         changed, published = _changes(actual, expected)
         # The cursor's version moves even when its position stays: a batch computed against the old
         # mirrors must not be written over the rebuilt ones.
-        await repo.save_batch(conn, CURSOR, cursor, max(reflected, position), repo.Batch([], [], changed, published))
+        saved = await repo.save_batch(conn, CURSOR, cursor, max(reflected, position),
+                                      repo.Batch([], [], changed, published))
+        if saved is None:
+            # Its transaction id predates the last batch's publication (drawn before it waited for the
+            # cursor's lock): its events would sort before ones already streamed. Roll back, look again.
+            raise asyncpg.SerializationError("the projection published after this rebuild began")
     return drift
 
 

@@ -15,7 +15,7 @@ import asyncpg
 
 from services.ecommerce.domain import DEFAULT_SCOPE, Availability, Rule
 from shared.db import Connection, Pool
-from shared.outbox import PUBLISH_FROM_ARRAYS, Position
+from shared.outbox import START, Event, Position
 
 # Inventory's published definition (CONTRACT): available = on_hand - reserved - safety_stock, never < 0.
 INVENTORY_AVAILABLE = "greatest(0, s.on_hand - s.reserved - s.safety_stock)"
@@ -33,15 +33,18 @@ async def lock_cursor(conn: Connection, name: str, *, wait: bool) -> Position | 
 
 @dataclass(frozen=True)
 class CursorState:
-    """Where a consumer's cursor stands, and its version (every change of the row moves it)."""
+    """Where a consumer's cursor stands, its version (every change of the row moves it) and, for the
+    projection, the position of the last event it published."""
 
     position: Position
     version: int
+    published: Position = START
 
 
 async def read_cursor(db: Pool | Connection, name: str) -> CursorState:
-    row = await db.fetchrow("SELECT txid, event_id, version FROM ecommerce.cursors WHERE name = $1", name)
-    return CursorState((row["txid"], row["event_id"]), row["version"])
+    row = await db.fetchrow("SELECT txid, event_id, version, published_txid, published_id"
+                            " FROM ecommerce.cursors WHERE name = $1", name)
+    return CursorState((row["txid"], row["event_id"]), row["version"], (row["published_txid"], row["published_id"]))
 
 
 async def cursor_of(db: Pool | Connection, name: str) -> Position:
@@ -195,10 +198,19 @@ async def all_availability(db: Pool | Connection) -> dict[str, Availability]:
 # while it runs. Every write waits for `moved`, so the cursor row is locked first (a concurrent writer
 # waits there, then finds the version moved and writes nothing), and nothing is written when it did not
 # move. Returns the transaction's id (the `txid` of the events it published), or no row.
-SAVE_BATCH = f"""
-WITH moved AS (
-    UPDATE ecommerce.cursors SET txid = $3, event_id = $4, version = version + 1, updated_at = now()
-    WHERE name = $1 AND version = $2
+SAVE_BATCH = """
+WITH numbered AS (
+    -- Ids drawn here, so the cursor row can name the last one in the statement that inserts them.
+    SELECT nextval(pg_get_serial_sequence('core.events', 'id')) AS id, topic, key, payload
+    FROM (SELECT * FROM unnest($13::text[], $14::text[], $15::jsonb[]) WITH ORDINALITY AS e(topic, key, payload, n)
+          ORDER BY n) e
+), moved AS (
+    UPDATE ecommerce.cursors SET txid = $3, event_id = $4, version = version + 1, updated_at = now(),
+        published_txid = CASE WHEN $16 THEN pg_current_xact_id()::text::bigint ELSE published_txid END,
+        published_id = CASE WHEN $16 THEN (SELECT max(id) FROM numbered) ELSE published_id END
+    -- A writer whose transaction id is below the last publisher's (it drew it before waiting for this
+    -- row) would publish events that sort before ones already streamed (migration ecommerce/0008).
+    WHERE name = $1 AND version = $2 AND pg_current_xact_id()::text::bigint > published_txid
     RETURNING pg_current_xact_id()::text::bigint AS txid
 ), new_locations AS (
     INSERT INTO ecommerce.locations (location_id, name, kind, ship, pickup, lat, lon)
@@ -216,9 +228,13 @@ WITH moved AS (
     ON CONFLICT (sku) DO UPDATE SET ship_available = EXCLUDED.ship_available,
         sellable = EXCLUDED.sellable, state = EXCLUDED.state, updated_at = now()
 ), published AS (
-    {PUBLISH_FROM_ARRAYS.format(topics="$13", keys="$14", payloads="$15")} WHERE EXISTS (SELECT 1 FROM moved)
+    INSERT INTO core.events (id, topic, key, payload)
+    SELECT id, topic, key, payload FROM numbered WHERE EXISTS (SELECT 1 FROM moved)
+    RETURNING id, created_at
 )
-SELECT txid FROM moved
+SELECT txid, (SELECT array_agg(id ORDER BY id) FROM published) AS ids,
+       (SELECT array_agg(created_at ORDER BY id) FROM published) AS created
+FROM moved
 """
 
 
@@ -232,16 +248,33 @@ class Batch:
     events: list[tuple[str, str, dict[str, Any]]]
 
 
-async def save_batch(db: Pool | Connection, name: str, read: CursorState, to: Position, batch: Batch) -> int | None:
-    """Write `batch` and move cursor `name` to `to` if it is still as `read`; the transaction's id, or None
-    when another process moved it first (nothing written)."""
-    return await db.fetchval(
+@dataclass(frozen=True)
+class Saved:
+    """A batch as written: its transaction and the events it published, in order."""
+
+    txid: int
+    events: list[Event]
+
+
+async def save_batch(db: Pool | Connection, name: str, read: CursorState, to: Position,
+                     batch: Batch) -> Saved | None:
+    """Write `batch` and move cursor `name` to `to` if it is still as `read`; None when another process
+    moved it first, or published after this transaction began (nothing written)."""
+    row = await db.fetchrow(
         SAVE_BATCH, name, read.version, to[0], to[1], batch.new_locations,
         [lv[0] for lv in batch.levels], [lv[1] for lv in batch.levels], [lv[2] for lv in batch.levels],
         [sku for sku, _ in batch.changed], [a.ship_available for _, a in batch.changed],
         [a.sellable for _, a in batch.changed], [a.state for _, a in batch.changed],
         [e[0] for e in batch.events], [e[1] for e in batch.events], [e[2] for e in batch.events],
+        bool(batch.events),
     )
+    if row is None:
+        return None
+    txid = row["txid"]
+    published = [Event(event_id, txid, topic, key, payload, created)
+                 for event_id, created, (topic, key, payload) in zip(row["ids"] or [], row["created"] or [],
+                                                                    batch.events, strict=True)]
+    return Saved(txid, published)
 
 
 # --- from scratch (rebuild and its check) ---------------------------------------------------------

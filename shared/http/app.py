@@ -67,12 +67,14 @@ def create_service_app(
     *,
     migrations: list[MigrationSet],
     event_hub: list[str] | None = None,
+    express_family: str | None = None,
     contexts: list[CleanupContext] | None = None,
     housekeeping: list[Job] | None = None,
     session_state: bool = False,
 ) -> web.Application:
     """Wire a service: settings, pool, migrations, auth, an event hub reading the `event_hub` families
-    (none: no hub), then `contexts`; the housekeeping loop prunes the shared tables and the service's own
+    (none: no hub; `express_family`: shared/event_stream.py, the express lane), then `contexts`; the
+    housekeeping loop prunes the shared tables and the service's own
     `housekeeping` jobs. `session_state`: the service's code leaves session state on pooled connections
     (a session advisory lock), so every release resets the session (shared/db.py create_pool)."""
     dsn = service_dsn(settings, service)  # raises when there is no URL at all (the CLI starts the embedded database)
@@ -126,7 +128,7 @@ def create_service_app(
 
     async def hub(app: web.Application) -> AsyncIterator[None]:
         event_hub_ = EventHub(app[POOL], dsn, poll_interval_s=settings.event_poll_interval_s,
-                              families=event_hub)
+                              families=event_hub, express_family=express_family)
         await event_hub_.start()
         app[HUB] = event_hub_
         yield

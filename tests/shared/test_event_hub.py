@@ -150,3 +150,102 @@ async def test_a_consumer_reads_from_memory_what_the_database_would_give_it(pool
     finally:
         reader.cancel()
         await hub.stop()
+
+
+async def committed(pool: asyncpg.Pool, topic: str, numbers: range) -> list[Event]:
+    """Events written in one committed transaction, as their writer knows them."""
+    rows = await pool.fetch(
+        "INSERT INTO core.events (topic, key, payload)"
+        " SELECT $1, 'K-' || n, jsonb_build_object('n', n) FROM unnest($2::int[]) AS u(n)"
+        " RETURNING id, txid, topic, key, payload, created_at", topic, list(numbers))
+    return sorted((Event(r["id"], r["txid"], r["topic"], r["key"], r["payload"], r["created_at"]) for r in rows),
+                  key=lambda e: e.position)
+
+
+async def follow_into(hub: EventHub, start: Position, families: list[str], into: list[Event]) -> None:
+    async for batch in hub.follow_batches(start, families, heartbeat_s=0.05):
+        into.extend(batch)
+
+
+def express_hub(pool: asyncpg.Pool, database_url: str) -> EventHub:
+    return EventHub(pool, database_url, poll_interval_s=0.01, families=["availability", "stock"],
+                    express_family="availability")
+
+
+async def test_the_express_lane_hands_committed_events_to_readers_before_the_outbox_shows_them(
+        pool: asyncpg.Pool, database_url: str) -> None:
+    """While an older transaction runs, the outbox shows nothing committed after it; the writer's own
+    hub streams its events all the same, and each reaches a reader once, in order, when the outbox
+    delivers them too."""
+    hub = express_hub(pool, database_url)
+    await hub.start()
+    older = await asyncpg.connect(database_url)
+    got: list[Event] = []
+    start = hub.head
+    reader = asyncio.create_task(follow_into(hub, start, ["availability"], got))
+    try:
+        await wait_until(lambda: hub.readers == 1)
+        first = await committed(pool, "availability.changed", range(1))  # read from the outbox
+        await wait_until(lambda: got == first)
+        older_tx = older.transaction()
+        await older_tx.start()
+        await older.fetchval("SELECT pg_current_xact_id()")
+        express = await committed(pool, "availability.changed", range(1, 4))
+        assert await read_after(pool, first[-1].position, 10, ["availability"]) == []  # not readable yet
+        assert hub.publish_committed(first[-1].position, express)
+        await wait_until(lambda: got == first + express)
+        assert hub.read_from_memory(start, 10, ["availability"]) == first + express  # fan-out reads it too
+        await older_tx.rollback()
+        await committed(pool, "stock.changed", range(2))  # the hub's outbox read goes past them
+        later = await committed(pool, "availability.changed", range(4, 6))
+        await wait_until(lambda: len(got) >= 6)
+        await asyncio.sleep(0.1)  # a duplicate would arrive about now
+        assert [e.id for e in got] == [e.id for e in first + express + later]
+        assert hub.read_from_memory(start, 10, ["availability"]) == first + express + later
+    finally:
+        reader.cancel()
+        await older.close()
+        await hub.stop()
+
+
+async def test_the_express_lane_refuses_what_might_leave_a_gap_and_the_outbox_brings_it(
+        pool: asyncpg.Pool, database_url: str) -> None:
+    # No poll comes within the test: the hub reads the outbox only when poked.
+    hub = EventHub(pool, database_url, poll_interval_s=30.0, families=["availability", "stock"],
+                   express_family="availability")
+    await hub.start()
+    got: list[Event] = []
+    start = hub.head
+    reader = asyncio.create_task(follow_into(hub, start, ["availability"], got))
+    try:
+        await wait_until(lambda: hub.readers == 1)
+        unknown = await committed(pool, "availability.changed", range(1))
+        # The hub has not read any event of the family yet: it cannot know what came before.
+        assert not hub.publish_committed(start, unknown)
+        hub.poke()
+        await wait_until(lambda: got == unknown)
+        other_writer = await committed(pool, "availability.changed", range(1, 3))  # e.g. a rebuild elsewhere
+        mine = await committed(pool, "availability.changed", range(3, 5))
+        # What came before is other_writer's, which the hub has not read: taking these would skip it.
+        assert not hub.publish_committed(other_writer[-1].position, mine)
+        stock = await committed(pool, "stock.changed", range(1))
+        assert not hub.publish_committed(unknown[-1].position, stock)  # not the express family
+        await asyncio.sleep(0.1)
+        assert got == unknown
+        hub.poke()
+        await wait_until(lambda: len(got) >= 5)
+        await asyncio.sleep(0.1)
+        assert [e.id for e in got] == [e.id for e in unknown + other_writer + mine]
+    finally:
+        reader.cancel()
+    try:
+        await wait_until(lambda: hub.readers == 0)
+        alone = await committed(pool, "availability.changed", range(5, 6))
+        assert not hub.publish_committed(mine[-1].position, alone)  # nobody follows: the hub keeps no window
+    finally:
+        await hub.stop()
+
+
+async def test_an_express_family_must_be_one_the_hub_reads(pool: asyncpg.Pool, database_url: str) -> None:
+    with pytest.raises(ValueError, match="express family"):
+        EventHub(pool, database_url, families=["stock"], express_family="availability")

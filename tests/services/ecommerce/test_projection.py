@@ -17,14 +17,19 @@ from services.cli import main
 from services.ecommerce import projection
 from services.ecommerce import repository as ecommerce_repo
 from services.ecommerce import use_cases as ecommerce
+from services.ecommerce.app import HUB_FAMILIES
 from services.ecommerce.domain import Availability, Rule
+from services.ecommerce.projection import EXPRESS_BATCHES
 from services.ecommerce.schemas import Buffer, RuleIn
 from services.inventory import repository as inventory_repo
 from services.inventory import use_cases as inventory
 from services.inventory.schemas import LocationIn, MovementIn
 from shared.db import transaction
 from shared.errors import InsufficientStock, NotFound, ValidationFailed
+from shared.event_stream import EventHub
+from shared.outbox import Event, read_after
 from tests.conftest import Api, ServiceFactory
+from tests.polling import eventually
 from tests.services.ecommerce.conftest import LOCATIONS, SKUS, Channel
 
 PLACES = sorted(LOCATIONS)
@@ -270,3 +275,91 @@ async def test_a_known_cursor_saves_a_read_and_is_dropped_once_another_write_mov
     assert await projection.apply_batch(pool, known=known) == 1  # read afresh, then applied
     assert (await ecommerce_repo.availability_of(pool, ["TEE-M"]))["TEE-M"].sellable == 7
     assert (await projection.check(pool)).none
+
+
+async def test_a_writer_whose_transaction_began_before_the_last_publication_is_refused(
+    quiet: Api, pool: asyncpg.Pool
+) -> None:
+    """Streams take the projector's events at its commit, before older transactions end: a writer whose
+    transaction id is below the last publisher's (it drew it, then waited for the cursor's lock) would
+    publish events that sort before ones already streamed, so its write is refused even though the
+    cursor's version is the one it read."""
+    await projection.catch_up(pool)
+    await _receive(quiet, "r1", "TEE-M", "wh-1", 4)
+    early = await pool.acquire()
+    try:
+        transaction_ = early.transaction()
+        await transaction_.start()
+        await early.fetchval("SELECT pg_current_xact_id()")  # its id is drawn now, before the batch below
+        assert await projection.apply_batch(pool) == 1  # publishes availability.changed in a later transaction
+        current = await ecommerce_repo.read_cursor(pool, projection.CURSOR)
+        assert current.published == await pool.fetchrow(
+            "SELECT txid, id FROM core.events WHERE topic LIKE 'availability.%' ORDER BY txid DESC, id DESC LIMIT 1")
+        late = ecommerce_repo.Batch(levels=[], new_locations=[], changed=[("TEE-M", Availability(9, 9, "in_stock"))],
+                                    events=[("availability.changed", "TEE-M", {"sku": "TEE-M", "sellable": 9})])
+        events_before = await pool.fetchval("SELECT count(*) FROM core.events")
+        assert await ecommerce_repo.save_batch(early, projection.CURSOR, current, current.position, late) is None
+        await transaction_.commit()
+    finally:
+        await pool.release(early)
+    assert await pool.fetchval("SELECT count(*) FROM core.events") == events_before
+    assert await ecommerce_repo.read_cursor(pool, projection.CURSOR) == current
+    # The same write from a transaction begun now goes through and names its last event.
+    saved = await ecommerce_repo.save_batch(pool, projection.CURSOR, current, current.position, late)
+    assert saved is not None and [e.topic for e in saved.events] == ["availability.changed"]
+    assert (await ecommerce_repo.read_cursor(pool, projection.CURSOR)).published == saved.events[-1].position
+
+
+async def test_the_projectors_events_reach_its_streams_at_commit_while_older_transactions_run(
+    quiet: Api, pool: asyncpg.Pool, database_url: str
+) -> None:
+    """The outbox shows nothing committed after a transaction still running; the projector's process
+    streams its availability events at its commit all the same (the hub's express lane), once, in order."""
+    await projection.catch_up(pool)
+    hub = EventHub(pool, database_url, poll_interval_s=0.01, families=HUB_FAMILIES,
+                   express_family=projection.PUBLISHED_FAMILY)
+    await hub.start()
+    start, got = hub.head, list[Event]()
+
+    async def follow() -> None:
+        async for batch in hub.follow_batches(start, ["availability"], heartbeat_s=0.05):
+            got.extend(batch)
+
+    async def applied() -> bool:
+        return await projection.apply_batch(pool, hub=hub) == 1  # 0 until the hub has read the change
+
+    def sellable() -> list[int]:
+        return [e.payload["available"] for e in got if e.topic == "availability.changed"]
+
+    reader = asyncio.create_task(follow())
+    older = await asyncpg.connect(database_url)
+    taken_before = EXPRESS_BATCHES.labels("taken")._value.get()
+    try:
+        await eventually(lambda: _true(hub.readers == 1))
+        await _receive(quiet, "r1", "TEE-M", "wh-1", 4)
+        await eventually(applied)
+        await eventually(lambda: _true(sellable() == [4]))  # from the outbox: the hub now holds the last one
+        first = got[-1]
+        await _receive(quiet, "r2", "TEE-M", "wh-1", 3)
+        older_tx = older.transaction()
+        await older_tx.start()
+        await older.fetchval("SELECT pg_current_xact_id()")
+        await eventually(applied)
+        await eventually(lambda: _true(sellable() == [4, 7]))
+        assert await read_after(pool, first.position, 10, ["availability"]) == []  # the outbox shows nothing yet
+        assert EXPRESS_BATCHES.labels("taken")._value.get() == taken_before + 1
+        await older_tx.rollback()
+        await _receive(quiet, "r3", "TEE-M", "wh-1", 1)
+        await eventually(applied)
+        await eventually(lambda: _true(len(sellable()) >= 3))
+        await asyncio.sleep(0.1)  # a duplicate would arrive about now
+        assert sellable() == [4, 7, 8]
+        assert [e.id for e in got] == [e.id for e in await read_after(pool, start, 100, ["availability"])]
+    finally:
+        reader.cancel()
+        await older.close()
+        await hub.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
