@@ -106,6 +106,7 @@ class EcommerceLatencyScenario:
         try:
             subscription = _subscribe(ctx.url("ecommerce"), ctx.key("admin"), f"http://127.0.0.1:{port}/hook",
                                       delivery)
+            published_before = _published_batches(ctx.url("ecommerce"))
             load_from = time.time()
             label = f"order placement under stream + webhook ({delivery}), mixed 1-5 lines c={spec.concurrency}"
             with _BacklogSampler(ctx.stack.dsn, subscription) as sampler, _HorizonSampler(ctx.stack.dsn) as horizon:
@@ -113,6 +114,7 @@ class EcommerceLatencyScenario:
                 load_to = time.time()
                 time.sleep(drain)  # let the last changes of the window reach both clients
             received = listener.stop()
+            published = _published_batches(ctx.url("ecommerce"), since=published_before)
         finally:
             listener.close()
         backlog = asyncio.run(_webhook_backlog(ctx.stack.dsn, subscription))
@@ -137,6 +139,8 @@ class EcommerceLatencyScenario:
         sse_record.extra["aim_met"] = bool(result.throughput >= AIM_ORDERS_S
                                            and (sse_record.p99_ms or 1e9) <= AIM_SSE_P99_MS)
         sse_record.extra["sse_bytes"] = received["sse_bytes"]
+        # Projector batches whose events the SSE streams got at commit (the hub's express lane) or from the outbox.
+        sse_record.extra["availability_batches_by_path"] = published
         hook_record = _record(f"stock change -> webhook receipt ({delivery})", hook.latencies, [hook],
                               result.throughput, seconds)
         hook_record.extra.update(at_end_of_drain=backlog, unsubscribe=unsubscribed,
@@ -350,6 +354,18 @@ async def _webhook_backlog(dsn: str, subscription: int) -> dict[str, Any]:
     finally:
         await conn.close()
     return {"deliveries": {r["status"]: r["n"] for r in statuses}, "events_not_fanned_out": unread}
+
+
+def _published_batches(base: str, since: dict[str, float] | None = None) -> dict[str, float]:
+    """omnistock_availability_batches_published_total by `via`, less `since`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts = {sample.labels["via"]: sample.value for family in text_string_to_metric_families(text)
+              if family.name == "omnistock_availability_batches_published"
+              for sample in family.samples if sample.name.endswith("_total")}
+    return {via: count - (since or {}).get(via, 0.0) for via, count in counts.items()}
 
 
 def _http(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
