@@ -71,9 +71,14 @@ class EcommerceLatencyScenario:
         # The same load with no e-commerce process at all: the rate the sync must keep 85 % of.
         _stop_ecommerce(ctx)
         without_label = f"order placement without e-commerce sync, mixed 1-5 lines c={concurrency}"
-        without = ctx.load(spec, without_label)
+        # The horizon sampler runs in every load (its 100 queries a second cost the database a few per
+        # cent), so the rates compared carry the same measuring load; without the sync it also shows
+        # how long the order placements alone hold a transaction id.
+        with _HorizonSampler(ctx.stack.dsn) as horizon:
+            without = ctx.load(spec, without_label)
         baseline = Record.from_load(without_label, without, skus=len(data.skus))
         baseline.unit = "orders/s"
+        baseline.extra["oldest_writing_transaction"] = horizon.summary()
         _ecommerce_allowing_loopback(ctx)
         started = time.perf_counter()
         asyncio.run(_caught_up(ctx.stack.dsn))
@@ -86,7 +91,9 @@ class EcommerceLatencyScenario:
         # This machine's pace drifts between loads (the baseline alone varied 585-909 orders/s from run to
         # run): the rate without sync is measured before and after, and the ratios use their mean.
         _stop_ecommerce(ctx)
-        again = ctx.load(spec, without_label + " (again, after)")
+        with _HorizonSampler(ctx.stack.dsn) as horizon:
+            again = ctx.load(spec, without_label + " (again, after)")
+        baseline.extra["oldest_writing_transaction_after"] = horizon.summary()
         _ecommerce_allowing_loopback(ctx)
         rate_without = (without.throughput + again.throughput) / 2
         baseline.extra.update(rate_before=round(without.throughput, 1), rate_after=round(again.throughput, 1))
