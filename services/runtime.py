@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Iterator
 
@@ -62,6 +63,22 @@ async def migrate(settings: Settings, *, force_grants: bool = False) -> list[str
         await pool.close()
 
 
+# Python's cycle collector, at its defaults (700, 10, 10), took 11.6 % of the e-commerce process's CPU
+# under the order load (py-spy --native): a collection every 700 new container objects, while each
+# batch of stock changes allocates thousands (records, events, deliveries) and the event hub's window
+# keeps tens of thousands alive for the older generations to walk again and again. Almost nothing a
+# request allocates is cyclic; reference counting frees it. Collections stay, a hundred times rarer.
+GC_THRESHOLDS = (70_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Once the apps are set up: what start-up allocated lives for the process (frozen: never scanned
+    again), and the collector runs at GC_THRESHOLDS."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(settings: Settings, names: list[str], ready: asyncio.Event | None = None) -> None:
     """Run the named services until SIGINT/SIGTERM, then close every app's resources."""
     stop = asyncio.Event()
@@ -75,6 +92,7 @@ async def serve(settings: Settings, names: list[str], ready: asyncio.Event | Non
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port_for(name), backlog=4096).start()
             runners.append(runner)
+        tune_gc()
         if ready is not None:
             ready.set()
         await stop.wait()
