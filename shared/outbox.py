@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.db import Connection, Pool
 
@@ -28,8 +28,10 @@ LIMIT $3
 """
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """One outbox event. A named tuple, not a frozen dataclass: hubs build thousands a second, and a
+    frozen dataclass sets each field through object.__setattr__ (py-spy: 2 % of e-commerce's CPU)."""
+
     id: int
     txid: int
     topic: str

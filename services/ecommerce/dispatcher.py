@@ -42,6 +42,8 @@ QueueKey = tuple[int, str]
 BLOCKED_RECHECK_S = 0.05
 FAMILIES = ["availability"]
 _jitter = random.SystemRandom()
+# The labelled counters once, not labels() on every attempt.
+_ATTEMPTS = {result: WEBHOOK_ATTEMPTS.labels(result) for result in ("delivered", "retry", "dead")}
 
 
 def request_for(held: list[Held], now: float) -> tuple[bytes, dict[str, str]]:
@@ -360,7 +362,7 @@ class Dispatcher:
                                                   outcome.status_code, outcome.error, outcome.ok, retry_in))
         self.write_wake.set()
         result = "delivered" if outcome.ok else ("retry" if retry_in is not None else "dead")
-        WEBHOOK_ATTEMPTS.labels(result).inc()
+        _ATTEMPTS[result].inc()
         if outcome.ok:
             WEBHOOK_STALENESS.observe(max(0.0, time.time() - held.event_at))
         else:

@@ -8,6 +8,7 @@ import ipaddress
 import math
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from shared.errors import Problem
@@ -40,8 +41,7 @@ class Rule:
     low_stock_threshold: int | None = None
 
 
-@dataclass(frozen=True)
-class Availability:
+class Availability(NamedTuple):  # built per SKU of every batch: a named tuple is the cheapest immutable
     ship_available: int
     sellable: int
     state: str

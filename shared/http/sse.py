@@ -84,9 +84,11 @@ async def _stream(request: web.Request, start: Position, families: list[str], ke
 def observe_staleness(service: str, events: list[Event]) -> None:
     """Each written event's age: from its created_at (inside its writer's transaction) to now."""
     now = time.time()
+    histograms: dict[str, Any] = {}  # labels() per family, not per event: it was 1 % of a stream's CPU
     for event in events:
         family = event.topic.split(".", 1)[0]
-        SSE_STALENESS.labels(service, family).observe(max(0.0, now - event.created_at.timestamp()))
+        histogram = histograms.get(family) or histograms.setdefault(family, SSE_STALENESS.labels(service, family))
+        histogram.observe(max(0.0, now - event.created_at.timestamp()))
 
 
 async def until_key_invalid(request: web.Request, work: Coroutine[Any, Any, None],
