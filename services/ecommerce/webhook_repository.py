@@ -213,12 +213,21 @@ async def delete_subscription(conn: Connection, subscription_id: int) -> asyncpg
     return row
 
 
-async def live_subscriptions(conn: Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT id, events, created_at, url, secret, delivery FROM ecommerce.webhook_subscriptions"
-        " WHERE deleted_at IS NULL"
-        " ORDER BY id"
-    )
+# What a fan-out reads before its batch, in one round trip and one snapshot: its cursor and the live
+# subscriptions (one row each; one row with a NULL id when there are none).
+CURSOR_AND_SUBSCRIPTIONS = """
+SELECT c.txid, c.event_id, c.version, s.id, s.events, s.created_at, s.url, s.secret, s.delivery
+FROM ecommerce.cursors c LEFT JOIN ecommerce.webhook_subscriptions s ON s.deleted_at IS NULL
+WHERE c.name = $1
+ORDER BY s.id
+"""
+
+
+async def cursor_and_subscriptions(conn: Connection, cursor: str) -> tuple[CursorState, list[asyncpg.Record]]:
+    rows = await conn.fetch(CURSOR_AND_SUBSCRIPTIONS, cursor)
+    first = rows[0]
+    state = CursorState((first["txid"], first["event_id"]), first["version"])
+    return state, [row for row in rows if row["id"] is not None]
 
 
 async def fan_out_messages(db: Pool | Connection, messages: list[Message], delay_s: float, lease_s: float | None,

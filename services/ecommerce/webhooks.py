@@ -17,7 +17,6 @@ import asyncpg
 import orjson
 
 from services.ecommerce import domain
-from services.ecommerce import repository as repo
 from services.ecommerce import webhook_repository as hooks
 from services.ecommerce.delivery import refusal
 from services.ecommerce.schemas import (
@@ -182,11 +181,10 @@ async def fan_out(pool: Pool, coalesce_s: float, limit: int = 1000, *, holder: H
     fan: FanOut | None = None
     try:
         async with pool.acquire() as conn:
-            cursor = await repo.read_cursor(conn, CURSOR)
+            cursor, subscriptions = await hooks.cursor_and_subscriptions(conn, CURSOR)
             events = await next_events(conn, cursor.position, limit, FAMILIES, hub)
             if not events:
                 return 0
-            subscriptions = await hooks.live_subscriptions(conn)
             messages = messages_for(events, subscriptions, holder)
             lease_s = holder.lease_s if holder else None
             rows = await hooks.fan_out_messages(conn, messages, coalesce_s, lease_s, CURSOR, cursor,

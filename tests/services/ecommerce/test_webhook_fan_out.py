@@ -6,6 +6,8 @@ folded into the queue's untried tail from an earlier batch, never into one alrea
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import orjson
 
@@ -72,16 +74,16 @@ async def test_a_fan_out_whose_cursor_another_moved_first_writes_nothing(pool: a
     async with transaction(pool) as conn:
         sub = (await hooks.create_subscription(conn, "https://a.example/h", [CHANGED], "s" * 16, "t"))["id"]
     await publish(pool, (CHANGED, "X", 1), (CHANGED, "Y", 2))
-    read_subscriptions, rival = hooks.live_subscriptions, []
+    read_subscriptions, rival = hooks.cursor_and_subscriptions, []
 
-    async def rival_gets_there_first(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        rows = await read_subscriptions(conn)
+    async def rival_gets_there_first(conn: asyncpg.Connection, cursor: str) -> tuple[Any, list[asyncpg.Record]]:
+        rows = await read_subscriptions(conn, cursor)
         if not rival:  # between this fan-out's reads and its write, another replica's fans out the batch
             rival.append(None)
             rival[0] = await fan_out(pool, coalesce_s=0.0)
         return rows
 
-    monkeypatch.setattr(hooks, "live_subscriptions", rival_gets_there_first)
+    monkeypatch.setattr(hooks, "cursor_and_subscriptions", rival_gets_there_first)
     assert await fan_out(pool, coalesce_s=0.0) is None
     assert rival == [2]
     # Enqueued once (the rival's), not twice; the cursor is past both.
@@ -95,15 +97,15 @@ async def test_a_subscription_deleted_while_a_fan_out_reads_gets_nothing_enqueue
         sub = (await hooks.create_subscription(conn, "https://a.example/h", [CHANGED], "s" * 16, "t"))["id"]
         kept = (await hooks.create_subscription(conn, "https://b.example/h", [CHANGED], "s" * 16, "t"))["id"]
     await publish(pool, (CHANGED, "X", 1))
-    read_subscriptions = hooks.live_subscriptions
+    read_subscriptions = hooks.cursor_and_subscriptions
 
-    async def deleted_after_reading(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        rows = await read_subscriptions(conn)  # the fan-out sees the subscription live...
+    async def deleted_after_reading(conn: asyncpg.Connection, cursor: str) -> tuple[Any, list[asyncpg.Record]]:
+        rows = await read_subscriptions(conn, cursor)  # the fan-out sees the subscription live...
         async with transaction(pool) as other:  # ...and it is deleted before the fan-out writes
             await hooks.delete_subscription(other, sub)
         return rows
 
-    monkeypatch.setattr(hooks, "live_subscriptions", deleted_after_reading)
+    monkeypatch.setattr(hooks, "cursor_and_subscriptions", deleted_after_reading)
     assert await fan_out(pool, coalesce_s=0.0) is None  # refused: the delete moved the cursor's version
     monkeypatch.undo()
     assert await fan_out(pool, coalesce_s=0.0) == 1  # read again: only the live subscription gets it
