@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -60,6 +61,17 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20,
     )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: Pool, timeout_s: float = 10.0) -> None:
+    """Close `pool`, waiting at most `timeout_s` for connections in use to come back, then terminating
+    them: a connection left mid-operation (asyncpg's wait on a cancelled query or introspection has no
+    bound) would otherwise hold the service's shutdown forever."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)  # a cancelled close() terminates the pool
+    except TimeoutError:
+        log.warning("connections not given back in time; the pool was terminated", timeout_s=timeout_s)
+        pool.terminate()
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ import prometheus_client
 from aiohttp import web
 
 from shared.auth import KeyCache, cache_limits
-from shared.db import create_pool
+from shared.db import close_pool, create_pool
 from shared.errors import ServiceUnavailable
 from shared.event_stream import EventHub
 from shared.housekeeping import Job, core_jobs, housekeeping_context
@@ -124,7 +124,7 @@ def create_service_app(
         app[KEY_CACHE] = key_cache
         yield
         await key_cache.stop()
-        await pool.close()
+        await close_pool(pool)
 
     async def hub(app: web.Application) -> AsyncIterator[None]:
         event_hub_ = EventHub(app[POOL], dsn, poll_interval_s=settings.event_poll_interval_s,

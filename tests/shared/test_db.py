@@ -7,7 +7,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared.db import create_pool, release, transaction
+from shared.db import close_pool, create_pool, release, transaction
+from tests.polling import eventually
 
 
 async def test_a_connection_the_server_closed_is_given_back_quietly(pool: asyncpg.Pool) -> None:
@@ -67,3 +68,22 @@ async def test_only_a_session_state_pool_resets_the_session_on_release(database_
     finally:
         await other.close()
         await pool.close()
+
+
+async def test_closing_a_pool_whose_connection_never_comes_back_ends_in_time(database_url: str) -> None:
+    """A connection still out (a request stuck mid-operation) cannot hold the service's shutdown forever."""
+    pool = await create_pool(database_url, min_size=1, max_size=1, application_name="omnistock-close-test")
+    held = await pool.acquire()  # never released
+    started = asyncio.get_running_loop().time()
+    await close_pool(pool, timeout_s=0.5)
+    assert asyncio.get_running_loop().time() - started < 5
+    observer = await asyncpg.connect(database_url)
+    try:
+        async def gone() -> bool:  # terminated, not left open to the server
+            return not await observer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'omnistock-close-test'")
+
+        await eventually(gone, within_s=5)
+    finally:
+        await observer.close()
+    del held  # it was out the whole time
