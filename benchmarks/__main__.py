@@ -32,6 +32,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="sample the services with py-spy and PostgreSQL with pg_stat_statements"
                              " during every load (results/profiles/)")
+    parser.add_argument("--native", action="store_true",
+                        help="with --profile: sample native frames too (C extensions, the collector, syscalls);"
+                             " it pauses each service to unwind, so the run's figures are not comparable")
     return parser.parse_args(argv)
 
 
@@ -67,12 +70,12 @@ def run_scenarios(ctx: Context, scenarios: list[Scenario]) -> tuple[list[Record]
     return records, failures
 
 
-def _profiler(wanted: bool, started_at: str, dsn: str) -> Profiler | None:
+def _profiler(wanted: bool, started_at: str, dsn: str, native: bool = False) -> Profiler | None:
     if not wanted:
         return None
     if not profile.available():
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    return Profiler(report.RESULTS_DIR / "profiles" / started_at, dsn)
+    return Profiler(report.RESULTS_DIR / "profiles" / started_at, dsn, native=native)
 
 
 def main(argv: list[str]) -> int:
@@ -98,7 +101,7 @@ def main(argv: list[str]) -> int:
                for name in sorted({n for s in scenarios for n in s.services})},
         })
         ctx = Context(stack=stack, quick=args.quick, limits=limits, meter=meter, setup=setup,
-                      profiler=_profiler(args.profile, started_at, stack.dsn))
+                      profiler=_profiler(args.profile, started_at, stack.dsn, args.native))
         records, failures = run_scenarios(ctx, scenarios)
     finally:
         stack.close()

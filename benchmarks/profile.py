@@ -37,6 +37,7 @@ SELECT query, calls, total_exec_time, max_exec_time, rows, sum(total_exec_time) 
 class Profiler:
     out_dir: Path
     dsn: str | None = None  # a database with pg_stat_statements preloaded, or None
+    native: bool = False  # C frames too (py-spy --native pauses the process to unwind it)
     running: list[tuple[str, Path, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     def start(self, label: str, pids: dict[str, int], seconds: float) -> None:
@@ -47,7 +48,7 @@ class Profiler:
             path = self.out_dir / f"{_slug(label)}.{service}.txt"
             command = [str(PY_SPY if PY_SPY.exists() else "py-spy"), "record", "--pid", str(pid), "--format", "raw",
                        "--rate", "200", "--duration", str(max(1, round(seconds))), "--output", str(path),
-                       "--nonblocking", "--gil"]
+                       *(["--native"] if self.native else ["--nonblocking", "--gil"])]
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.running.append((service, path, process))
 
